@@ -1,0 +1,237 @@
+//! The checkpoint directory of one query:
+//!
+//! ```text
+//! <checkpoint>/metadata        v1 + {"id": ...}: the query id, stable across restarts
+//! <checkpoint>/offsets/<N>     v1 + OffsetsEntry, written before batch N runs
+//! <checkpoint>/commits/<N>     v1 + CommitEntry, written after batch N reached the sink
+//! <checkpoint>/sources/<i>/    private logs of source i (e.g. the files a file source took)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::{ensure_dir, write_atomic};
+use crate::log::{parse_entry, VersionedLog, LOG_VERSION};
+use crate::recovery::{resolve_start, StartDecision};
+use crate::{Result, StateError};
+
+/// The query's identity, written once when the checkpoint is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryMetadata {
+    /// Stable query id (a UUID).
+    pub id: String,
+}
+
+/// The write-ahead entry of one batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetsEntry {
+    /// The batch id (equal to the entry's file name).
+    pub batch_id: u64,
+    /// Batch timestamp in ms since the epoch: `now()`/`current_timestamp()` of this batch.
+    pub batch_timestamp_ms: i64,
+    /// Event-time watermark in force for this batch, ms since the epoch (0 when none).
+    pub watermark_ms: i64,
+    /// End offset of each source (source-specific JSON), in the order of the query's sources.
+    pub sources: Vec<serde_json::Value>,
+    /// Settings that must not change between restarts.
+    #[serde(default)]
+    pub conf: BTreeMap<String, String>,
+}
+
+/// The commit entry of one batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitEntry {
+    /// The batch id.
+    pub batch_id: u64,
+    /// Watermark for the next batch, ms since the epoch.
+    pub next_watermark_ms: i64,
+}
+
+/// An opened checkpoint directory.
+#[derive(Debug, Clone)]
+pub struct CheckpointDir {
+    root: PathBuf,
+    metadata: QueryMetadata,
+    offsets: VersionedLog<OffsetsEntry>,
+    commits: VersionedLog<CommitEntry>,
+}
+
+impl CheckpointDir {
+    /// Opens the checkpoint at `root`, creating it (with a new query id) if it does not exist or
+    /// is empty. A non-empty directory without Sluice metadata is refused: it is someone else's.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root: PathBuf = root.into();
+        let meta_path = root.join("metadata");
+        let metadata = match fs::read(&meta_path) {
+            Ok(bytes) => parse_entry::<QueryMetadata>(&meta_path, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(other) = first_visible_entry(&root)? {
+                    return Err(StateError::Inconsistent {
+                        dir: root.clone(),
+                        reason: format!(
+                            "the directory is not empty ({} exists) but has no Sluice `metadata` file; \
+                             it is not a Sluice checkpoint or its metadata was deleted. Refusing to start \
+                             from zero: choose an empty or new checkpoint location",
+                            other.display()
+                        ),
+                    });
+                }
+                ensure_dir(&root)?;
+                let metadata = QueryMetadata {
+                    id: uuid::Uuid::new_v4().to_string(),
+                };
+                let json = serde_json::to_string(&metadata).map_err(|e| StateError::Corrupt {
+                    path: meta_path.clone(),
+                    reason: e.to_string(),
+                })?;
+                write_atomic(&meta_path, format!("{LOG_VERSION}\n{json}").as_bytes())?;
+                metadata
+            }
+            Err(e) => return Err(StateError::io(&meta_path, e)),
+        };
+        Ok(Self {
+            offsets: VersionedLog::open(root.join("offsets"))?,
+            commits: VersionedLog::open(root.join("commits"))?,
+            metadata,
+            root,
+        })
+    }
+
+    /// The checkpoint's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The stable query id.
+    pub fn query_id(&self) -> &str {
+        &self.metadata.id
+    }
+
+    /// The offsets log.
+    pub fn offsets(&self) -> &VersionedLog<OffsetsEntry> {
+        &self.offsets
+    }
+
+    /// The commit log.
+    pub fn commits(&self) -> &VersionedLog<CommitEntry> {
+        &self.commits
+    }
+
+    /// Directory for source `index`'s private logs (created if missing).
+    pub fn source_dir(&self, index: usize) -> Result<PathBuf> {
+        let d = self.root.join("sources").join(index.to_string());
+        ensure_dir(&d)?;
+        Ok(d)
+    }
+
+    /// Reads the logs and decides where to start (see [`resolve_start`]).
+    pub fn start_decision(&self) -> Result<StartDecision> {
+        let last_offsets = self.offsets.latest_id()?;
+        let last_commit = self.commits.latest_id()?;
+        resolve_start(last_offsets, last_commit).map_err(|reason| StateError::Inconsistent {
+            dir: self.root.clone(),
+            reason,
+        })
+    }
+
+    /// Reads the offsets entry of `batch`, which must exist.
+    pub fn offsets_of(&self, batch: u64) -> Result<OffsetsEntry> {
+        let entry = self
+            .offsets
+            .get(batch)?
+            .ok_or_else(|| StateError::Inconsistent {
+                dir: self.root.clone(),
+                reason: format!("offsets entry {batch} is missing"),
+            })?;
+        if entry.batch_id != batch {
+            return Err(StateError::Corrupt {
+                path: self.offsets.dir().join(batch.to_string()),
+                reason: format!("entry says batch {} ", entry.batch_id),
+            });
+        }
+        Ok(entry)
+    }
+}
+
+fn first_visible_entry(dir: &Path) -> Result<Option<PathBuf>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StateError::io(dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| StateError::io(dir, e))?;
+        if !entry.file_name().to_string_lossy().starts_with('.') {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(batch_id: u64) -> OffsetsEntry {
+        OffsetsEntry {
+            batch_id,
+            batch_timestamp_ms: 1,
+            watermark_ms: 0,
+            sources: vec![serde_json::json!({"logOffset": batch_id})],
+            conf: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn id_is_stable_and_decisions_follow_the_logs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("chk");
+        let c = CheckpointDir::open(&root).expect("open");
+        let id = c.query_id().to_string();
+        assert_eq!(c.start_decision().expect("d"), StartDecision::Fresh);
+        c.offsets().add(0, &entry(0)).expect("add");
+        assert_eq!(
+            c.start_decision().expect("d"),
+            StartDecision::Rerun { batch: 0 }
+        );
+        c.commits()
+            .add(
+                0,
+                &CommitEntry {
+                    batch_id: 0,
+                    next_watermark_ms: 0,
+                },
+            )
+            .expect("add");
+        let c2 = CheckpointDir::open(&root).expect("reopen");
+        assert_eq!(c2.query_id(), id);
+        assert_eq!(
+            c2.start_decision().expect("d"),
+            StartDecision::Resume { last_committed: 0 }
+        );
+        assert_eq!(c2.offsets_of(0).expect("entry"), entry(0));
+    }
+
+    #[test]
+    fn foreign_and_corrupt_checkpoints_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("data.csv"), "a,b").expect("write");
+        let err = CheckpointDir::open(dir.path()).expect_err("foreign dir");
+        assert!(err.to_string().contains("not a Sluice checkpoint"), "{err}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("metadata"), "{\"id\":\"x\"}").expect("write");
+        let err = CheckpointDir::open(dir.path()).expect_err("no version line");
+        assert!(matches!(err, StateError::Foreign { .. }), "{err}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("metadata"), "v1\n{\"id\":").expect("write");
+        let err = CheckpointDir::open(dir.path()).expect_err("truncated");
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    }
+}

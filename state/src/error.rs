@@ -1,0 +1,78 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Who has to act on an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The user: a bad option, a checkpoint that belongs to something else, bad data.
+    User,
+    /// An external system: the disk, the network, a broker or database. Retrying may help.
+    External,
+    /// Sluice itself: an invariant was broken.
+    Bug,
+}
+
+/// Errors of the checkpoint directory and state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// An I/O operation on a checkpoint file failed.
+    #[error("checkpoint I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A checkpoint file exists but cannot be parsed.
+    #[error("corrupt checkpoint file {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A checkpoint file was written by something else or by an unknown format version.
+    #[error("checkpoint file {path} has format {found:?}, expected {expected:?}: this directory was not written by this version of Sluice (or not by Sluice at all); use another checkpoint location or move this one away")]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// The version line found.
+        found: String,
+        /// The version line expected.
+        expected: String,
+    },
+    /// The logs are in a state recovery cannot resolve.
+    #[error("inconsistent checkpoint in {dir}: {reason}")]
+    Inconsistent {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+    /// An entry that must not exist twice was written again with other content.
+    #[error("log entry {path} already exists with different content")]
+    Conflict {
+        /// The entry's file.
+        path: PathBuf,
+    },
+}
+
+impl StateError {
+    /// Who must act on this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StateError::Io { .. } => ErrorKind::External,
+            StateError::Corrupt { .. } | StateError::Foreign { .. } => ErrorKind::User,
+            StateError::Inconsistent { .. } => ErrorKind::User,
+            StateError::Conflict { .. } => ErrorKind::Bug,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StateError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

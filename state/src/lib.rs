@@ -1,0 +1,28 @@
+//! # sluice-state
+//!
+//! The durable side of a streaming query.
+//!
+//! | module        | what it holds |
+//! |---------------|---------------|
+//! | [`error`]     | [`StateError`], the crate's one error enum, with [`ErrorKind`] saying who must act |
+//! | [`atomic`]    | atomic file writes (temp name + fsync + rename + directory fsync) |
+//! | [`log`]       | [`VersionedLog`]: a directory of numbered, versioned JSON entries, never overwritten |
+//! | [`checkpoint`]| [`CheckpointDir`]: `metadata`, `offsets/N`, `commits/N`, `sources/<i>/` of one query |
+//! | [`recovery`]  | [`resolve_start`]: the pure decision of where a restarted query resumes |
+//!
+//! The state store traits (and their RocksDB implementation) land here with the stateful-streaming
+//! work; nothing in this crate knows about Arrow, DataFusion or any connector.
+
+pub mod atomic;
+pub mod checkpoint;
+pub mod error;
+pub mod log;
+pub mod recovery;
+
+pub use checkpoint::{CheckpointDir, CommitEntry, OffsetsEntry, QueryMetadata};
+pub use error::{ErrorKind, StateError};
+pub use log::VersionedLog;
+pub use recovery::{resolve_start, StartDecision};
+
+/// Result type of this crate.
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
