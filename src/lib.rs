@@ -1,1 +1,90 @@
-//! placeholder
+//! # sluice
+//!
+//! Structured streaming for unbounded tables: read a stream, describe a query (Spark's
+//! DataFrame vocabulary or SQL), and Sluice runs it forever in micro-batches, checkpointed,
+//! exactly once.
+//!
+//! ```no_run
+//! use sluice::prelude::*;
+//! # fn main() -> sluice::Result<()> {
+//! let session = Session::builder().app_name("clicks").build()?;
+//! let events = session.read_stream().schema("ts TIMESTAMP, action STRING, value DOUBLE").json("in")?;
+//! let query = events.filter(col("action").eq(lit("click")))?
+//!     .write_stream().format("console").start()?;
+//! query.await_termination()?;
+//! # Ok(()) }
+//! ```
+//!
+//! This crate is the facade: it re-exports the engine's API and adds the built-in connectors
+//! to every [`Session`]. Map of the crate:
+//!
+//! | module       | what it holds |
+//! |--------------|---------------|
+//! | (root)       | [`Session`] (engine session with built-in connectors), re-exports |
+//! | [`prelude`]  | what a program needs: `Session`, `col`, `lit`, `Trigger`, `OutputMode`, ... |
+//! | [`pipeline`] | the pipeline file (`sluice run pipeline.toml`): parsing and running it |
+//!
+//! The `sluice` binary (src/main.rs) is the daemon: `sluice run <pipeline.toml>`.
+
+pub mod pipeline;
+
+pub use sluice_connectors as connectors;
+pub use sluice_engine::{
+    functions, ConnectorRegistry, DataFrame, DataStreamReader, DataStreamWriter, EngineError,
+    ErrorKind, OutputMode, PreparedQuery, QueryError, QueryProgress, QueryStatus, Result,
+    StreamingQuery, StreamingQueryListener, Trigger,
+};
+pub use sluice_engine::{Session as EngineSession, SessionBuilder as EngineSessionBuilder};
+
+/// A Sluice session with the built-in connectors (files, console, memory, file sinks).
+/// Dereferences to the engine's session: `read_stream()`, `sql()`, `table()`, ...
+#[derive(Clone, Debug)]
+pub struct Session(sluice_engine::Session);
+
+/// Builds a [`Session`].
+pub struct SessionBuilder(sluice_engine::SessionBuilder);
+
+impl Session {
+    /// A builder with the built-in connectors registered.
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder(sluice_engine::Session::builder().connectors(sluice_connectors::builtin()))
+    }
+
+    /// The engine session.
+    pub fn engine(&self) -> &sluice_engine::Session {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = sluice_engine::Session;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl SessionBuilder {
+    /// Names the application.
+    pub fn app_name(self, name: impl Into<String>) -> Self {
+        Self(self.0.app_name(name))
+    }
+    /// Sets a DataFusion configuration key.
+    pub fn config(self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        Self(self.0.config(key, value))
+    }
+    /// Adds connectors beside the built-in ones.
+    pub fn with_connectors(mut self, f: impl FnOnce(&mut ConnectorRegistry)) -> Self {
+        f(self.0.registry_mut());
+        self
+    }
+    /// Builds the session.
+    pub fn build(self) -> Result<Session> {
+        Ok(Session(self.0.build()?))
+    }
+}
+
+/// What a program needs.
+pub mod prelude {
+    pub use crate::functions::*;
+    pub use crate::{DataFrame, OutputMode, Session, StreamingQuery, Trigger};
+}

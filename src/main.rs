@@ -1,1 +1,210 @@
-fn main() {}
+//! The `sluice` daemon: `sluice run <pipeline.toml>`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice::pipeline::Pipeline;
+use sluice::{QueryError, Session, StreamingQueryListener};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Structured streaming for unbounded tables"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the queries of a pipeline file until SIGINT/SIGTERM (or until all are done, with
+    /// once / available-now triggers).
+    ///
+    /// The pipeline file (TOML; relative paths are relative to it):
+    ///
+    ///   [source.events]
+    ///   format = "json"            # json | csv | parquet | text
+    ///   path = "in"                # a directory or a glob
+    ///   schema = "event_time TIMESTAMP, action STRING, value DOUBLE"
+    ///   watermark = { column = "event_time", delay = "10 minutes" }
+    ///   options = { maxFilesPerTrigger = 1 }    # strings, numbers or booleans
+    ///
+    ///   [query.clicks]
+    ///   sql = "SELECT event_time, value FROM events WHERE action = 'click'"
+    ///   output_mode = "append"     # append | update | complete
+    ///   trigger = "available-now"  # once | available-now | file-arrival | "500 milliseconds"
+    ///   checkpoint = "chk/clicks"
+    ///   sink = { format = "csv", path = "out/clicks", options = { header = true } }
+    ///   progress_log = "progress.jsonl"   # optional: one JSON line per batch
+    ///
+    /// Exit status: 0 when stopped or done, 1 when a query failed, 2 for a usage or
+    /// pipeline-file error (before anything runs).
+    #[command(verbatim_doc_comment)]
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+}
+
+enum Event {
+    Signal(&'static str),
+    Terminated(String, Option<QueryError>),
+}
+
+struct Forward(mpsc::Sender<Event>);
+
+impl StreamingQueryListener for Forward {
+    fn on_query_terminated(&self, id: &str, _run_id: &str, error: Option<&QueryError>) {
+        let _ = self
+            .0
+            .send(Event::Terminated(id.to_string(), error.cloned()));
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Run { pipeline } => run(pipeline),
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let (pipeline, base) = match Pipeline::load(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let session = match Session::builder().app_name("sluice").build() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    session.add_listener(Arc::new(Forward(tx.clone())));
+    let prepared = match pipeline.prepare(&session, &base) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    spawn_signal_thread(tx);
+    let mut queries = Vec::new();
+    for (name, p) in prepared {
+        match p.launch() {
+            Ok(q) => queries.push(q),
+            Err(e) => {
+                eprintln!("error: query '{name}': {e}");
+                for q in &queries {
+                    q.stop();
+                }
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let mut running = queries.len();
+    while running > 0 {
+        match rx.recv() {
+            Ok(Event::Signal(sig)) => {
+                tracing::info!("{sig}: finishing the batches in flight, then stopping");
+                for q in &queries {
+                    q.stop();
+                }
+                let failed = queries.iter().any(|q| q.exception().is_some());
+                return if failed {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            Ok(Event::Terminated(id, error)) => {
+                running -= 1;
+                if let Some(e) = error {
+                    let name = queries
+                        .iter()
+                        .find(|q| q.id() == id)
+                        .and_then(|q| q.name().map(str::to_string))
+                        .unwrap_or(id);
+                    eprintln!("error: query '{name}' failed: {e}");
+                    for q in &queries {
+                        q.stop();
+                    }
+                    return ExitCode::from(1);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn spawn_signal_thread(tx: mpsc::Sender<Event>) {
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("cannot listen for signals: {e}");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            let sig = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            let _ = tx.send(Event::Signal(sig));
+        });
+    });
+}

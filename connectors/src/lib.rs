@@ -1,1 +1,31 @@
-//! placeholder
+//! # sluice-connectors
+//!
+//! The connectors of Sluice, one folder each, with formats kept apart from transports:
+//!
+//! | module            | what it holds |
+//! |-------------------|---------------|
+//! | [`file`]          | the file-directory source (json, csv, parquet, text), watched with inotify |
+//! | [`formats`]       | json / csv / parquet / text decoding into Arrow, malformed-record modes |
+//! | [`sinks::console`]| Spark's console output |
+//! | [`sinks::memory`] | a named in-memory table, queryable with SQL |
+//! | [`sinks::file`]   | csv / json / parquet files, exactly-once through a manifest log |
+//!
+//! [`builtin`] returns a registry with all of them; Kafka, JDBC and Delta come next.
+
+pub mod file;
+pub mod formats;
+pub mod sinks;
+
+use std::sync::Arc;
+
+use sluice_engine::ConnectorRegistry;
+
+/// A registry with every built-in connector.
+pub fn builtin() -> ConnectorRegistry {
+    let mut r = ConnectorRegistry::new();
+    r.add_source(Arc::new(file::FileSourceFactory));
+    r.add_sink(Arc::new(sinks::console::ConsoleSinkFactory));
+    r.add_sink(Arc::new(sinks::memory::MemorySinkFactory));
+    r.add_sink(Arc::new(sinks::file::FileSinkFactory));
+    r
+}

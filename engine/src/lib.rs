@@ -1,1 +1,59 @@
-//! placeholder
+//! # sluice-engine
+//!
+//! The engine of Sluice: the Spark-style API, the SQL front end, the streaming plan and the
+//! micro-batch executor. It defines the [`Source`] and [`Sink`] contracts and knows no concrete
+//! connector (they live in `sluice-connectors`); checkpoints come from `sluice-state`.
+//!
+//! | module          | what it holds |
+//! |-----------------|---------------|
+//! | [`session`]     | [`Session`] (as `SparkSession`): `read_stream()`, `sql()`, `table()`, listeners |
+//! | [`reader`]      | [`DataStreamReader`]: `format`, `option(s)`, `schema`, `load`, `json`/`csv`/... |
+//! | [`dataframe`]   | [`DataFrame`]: `select`, `filter`/`where_`, `with_column`, ... over DataFusion plans |
+//! | [`writer`]      | [`DataStreamWriter`], [`Trigger`]: `format`, `output_mode`, `trigger`, `start` |
+//! | [`query`]       | [`StreamingQuery`], the handle of a running query; [`StreamingQueryListener`] |
+//! | [`plan`]        | [`StreamPlan`]: the DataFusion logical plan translated once into streaming operators |
+//! | [`execution`]   | the micro-batch loop: offsets log → read → plan → sink → commit log → progress |
+//! | [`connector`]   | [`Source`], [`Sink`], their factories, [`ConnectorRegistry`], [`Notifier`] |
+//! | [`clock`]       | the batch clock behind `now()`/`current_timestamp()` in streaming queries |
+//! | [`progress`]    | [`QueryProgress`] with Spark's field names, [`QueryStatus`] |
+//! | [`ddl`]         | Spark DDL schema strings → Arrow schemas |
+//! | [`options`]     | case-insensitive [`Options`], durations and sizes |
+//! | [`fault`]       | `SLUICE_CRASH_AT` crash points for exactly-once tests |
+//! | [`error`]       | [`EngineError`]: every error says whether the user, an external system or a bug must act |
+
+pub mod clock;
+pub mod connector;
+pub mod dataframe;
+pub mod ddl;
+pub mod error;
+pub mod execution;
+pub mod fault;
+pub mod options;
+pub mod plan;
+pub mod progress;
+pub mod query;
+pub mod reader;
+pub mod session;
+pub mod writer;
+
+pub use connector::{
+    ConnectorRegistry, Notifier, Offset, OutputMode, ReadLimit, Sink, SinkContext, SinkFactory,
+    SinkSpec, Source, SourceContext, SourceFactory, SourceSpec,
+};
+pub use dataframe::DataFrame;
+pub use ddl::{parse_ddl_schema, timestamp_type};
+pub use error::{EngineError, ErrorKind, Result};
+pub use options::{parse_duration, Options};
+pub use plan::StreamPlan;
+pub use progress::{QueryProgress, QueryStatus};
+pub use query::{QueryError, StreamingQuery, StreamingQueryListener};
+pub use reader::{DataStreamReader, IntoSchema};
+pub use session::{Session, SessionBuilder};
+pub use writer::{DataStreamWriter, PreparedQuery, Trigger};
+
+/// Expressions (DataFusion's) for the DataFrame API: `col`, `lit`, and the usual functions.
+pub mod functions {
+    pub use datafusion::functions::expr_fn::*;
+    pub use datafusion::logical_expr::{cast, col, lit, when, Expr};
+    pub use datafusion::prelude::{abs, coalesce, concat, lower, upper};
+}

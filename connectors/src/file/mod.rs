@@ -1,0 +1,672 @@
+//! The file-directory source: new files in a directory (or matching a glob) become micro-batches.
+//!
+//! Each batch's files are recorded in the source's own log in the checkpoint
+//! (`sources/<i>/<n>`: the files of entry n); the offset is `{"logOffset": n}`. A file is taken
+//! once: files in any log entry are "seen". New files are taken in (modification time, path)
+//! order (newest first with `latestFirst`), bounded by `maxFilesPerTrigger`/`maxBytesPerTrigger`.
+//! Names starting with `_` or `.` are ignored (writers rename finished files into place). The
+//! directory is watched with inotify (or polled, `watchMode = poll`), so an idle query sleeps
+//! and a new file starts a batch within milliseconds.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use notify::Watcher;
+use serde::{Deserialize, Serialize};
+use sluice_engine::{
+    EngineError, Notifier, Offset, Options, ReadLimit, Result, Source, SourceContext,
+    SourceFactory, SourceSpec,
+};
+use sluice_state::VersionedLog;
+
+use crate::formats::{self, csv::CsvOptions, ParseSettings};
+
+/// Options every file source accepts.
+const COMMON_OPTIONS: &[&str] = &[
+    "maxFilesPerTrigger",
+    "maxBytesPerTrigger",
+    "latestFirst",
+    "maxFileAge",
+    "fileNameOnly",
+    "cleanSource",
+    "sourceArchiveDir",
+    "watchMode",
+    "pollInterval",
+];
+const LINE_OPTIONS: &[&str] = &["mode", "columnNameOfCorruptRecord", "inferSchema"];
+const CSV_OPTIONS: &[&str] = &[
+    "header",
+    "sep",
+    "delimiter",
+    "quote",
+    "escape",
+    "nullValue",
+    "timestampFormat",
+];
+
+/// The file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// JSON lines.
+    Json,
+    /// CSV.
+    Csv,
+    /// Parquet.
+    Parquet,
+    /// Lines of text.
+    Text,
+}
+
+impl FileFormat {
+    fn parse(name: &str) -> Result<Self> {
+        match name {
+            "json" => Ok(Self::Json),
+            "csv" => Ok(Self::Csv),
+            "parquet" => Ok(Self::Parquet),
+            "text" => Ok(Self::Text),
+            other => Err(EngineError::user(format!("unknown file format '{other}'"))),
+        }
+    }
+
+    fn known_options(self) -> Vec<&'static str> {
+        let mut k = COMMON_OPTIONS.to_vec();
+        match self {
+            Self::Json => k.extend(LINE_OPTIONS),
+            Self::Csv => {
+                k.extend(LINE_OPTIONS);
+                k.extend(CSV_OPTIONS);
+            }
+            Self::Parquet => k.push("mergeSchema"),
+            Self::Text => {}
+        }
+        k
+    }
+}
+
+/// One input file, as recorded in the source log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Absolute path.
+    pub path: String,
+    /// Modification time, ms since the epoch.
+    #[serde(rename = "modificationTime")]
+    pub mtime_ms: i64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Where to look for files.
+#[derive(Debug, Clone)]
+struct Location {
+    /// A directory, or the directory part of a glob.
+    base: PathBuf,
+    /// The glob pattern, if the path had wildcards.
+    pattern: Option<String>,
+}
+
+impl Location {
+    fn new(path: &str) -> Result<Self> {
+        if path.contains(['*', '?', '[', '{']) {
+            let p = Path::new(path);
+            let mut base = PathBuf::new();
+            for c in p.components() {
+                if c.as_os_str()
+                    .to_string_lossy()
+                    .contains(['*', '?', '[', '{'])
+                {
+                    break;
+                }
+                base.push(c);
+            }
+            glob::Pattern::new(path)
+                .map_err(|e| EngineError::user(format!("invalid glob '{path}': {e}")))?;
+            Ok(Self {
+                base,
+                pattern: Some(path.to_string()),
+            })
+        } else {
+            let base = PathBuf::from(path);
+            if !base.is_dir() {
+                return Err(EngineError::user(format!(
+                    "path does not exist or is not a directory: {path} (a file source reads a directory or a glob)"
+                )));
+            }
+            Ok(Self {
+                base,
+                pattern: None,
+            })
+        }
+    }
+
+    fn hidden(name: &str) -> bool {
+        name.starts_with('_') || name.starts_with('.')
+    }
+
+    /// All visible files now present.
+    fn list(&self) -> Result<Vec<FileEntry>> {
+        let mut out = Vec::new();
+        let mut push = |p: PathBuf| -> Result<()> {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if Self::hidden(&name) {
+                return Ok(());
+            }
+            let md = match std::fs::metadata(&p) {
+                Ok(md) => md,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()), // raced away
+                Err(e) => return Err(EngineError::io(&p, e)),
+            };
+            if !md.is_file() {
+                return Ok(());
+            }
+            let mtime_ms = md
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let abs = std::path::absolute(&p).unwrap_or(p);
+            out.push(FileEntry {
+                path: abs.to_string_lossy().into_owned(),
+                mtime_ms,
+                size: md.len(),
+            });
+            Ok(())
+        };
+        match &self.pattern {
+            Some(pat) => {
+                let paths = glob::glob(pat)
+                    .map_err(|e| EngineError::user(format!("invalid glob '{pat}': {e}")))?;
+                for p in paths {
+                    match p {
+                        Ok(p) => {
+                            // skip files under hidden directories too
+                            if p.components().any(|c| {
+                                let s = c.as_os_str().to_string_lossy();
+                                s.len() > 1 && s != ".." && Self::hidden(&s)
+                            }) {
+                                continue;
+                            }
+                            push(p)?
+                        }
+                        Err(e) => return Err(EngineError::external(format!("listing {pat}: {e}"))),
+                    }
+                }
+            }
+            None => {
+                let rd =
+                    std::fs::read_dir(&self.base).map_err(|e| EngineError::io(&self.base, e))?;
+                for e in rd {
+                    let e = e.map_err(|e| EngineError::io(&self.base, e))?;
+                    push(e.path())?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What `cleanSource` does with the files of committed batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CleanSource {
+    Off,
+    Delete,
+    Archive(PathBuf),
+}
+
+/// Creates file sources for json, csv, parquet and text.
+#[derive(Debug, Default)]
+pub struct FileSourceFactory;
+
+impl FileSourceFactory {
+    fn first_file(loc: &Location) -> Result<Option<FileEntry>> {
+        let mut files = loc.list()?;
+        files.sort_by(|a, b| (a.mtime_ms, &a.path).cmp(&(b.mtime_ms, &b.path)));
+        Ok(files.into_iter().next())
+    }
+}
+
+impl SourceFactory for FileSourceFactory {
+    fn formats(&self) -> Vec<&'static str> {
+        vec!["json", "csv", "parquet", "text"]
+    }
+
+    fn resolve_schema(&self, spec: &SourceSpec) -> Result<SchemaRef> {
+        let format = FileFormat::parse(&spec.format)?;
+        let what = format!("the {} source", spec.format);
+        spec.options
+            .check_known(&what, &format.known_options(), &[])?;
+        let path = spec.path.as_deref().ok_or_else(|| {
+            EngineError::user(format!(
+                "{what} needs a path: load(\"dir\") or load(\"dir/*.json\")"
+            ))
+        })?;
+        let loc = Location::new(path)?;
+        validate_options(&spec.options)?;
+        if format == FileFormat::Text {
+            if let Some(s) = &spec.schema {
+                if s.fields().len() != 1
+                    || s.field(0).data_type() != &arrow::datatypes::DataType::Utf8
+                {
+                    return Err(EngineError::user(
+                        "the text source has one STRING column ('value')",
+                    ));
+                }
+            }
+            return Ok(spec.schema.clone().unwrap_or_else(formats::text::schema));
+        }
+        if let Some(s) = &spec.schema {
+            if format != FileFormat::Parquet {
+                ParseSettings::new(Arc::clone(s), &spec.options)?;
+            }
+            return Ok(Arc::clone(s));
+        }
+        let infer = spec.options.get_bool("inferSchema", false)? || format == FileFormat::Parquet;
+        if !infer {
+            return Err(EngineError::user(format!(
+                "{what} at '{path}' needs a schema: call .schema(\"col TYPE, ...\") \
+                 (or set option inferSchema=true to sample the files already there)"
+            )));
+        }
+        let Some(first) = Self::first_file(&loc)? else {
+            return Err(EngineError::user(format!(
+                "cannot infer a schema for {what}: no file in '{path}' yet; give a schema"
+            )));
+        };
+        let bytes =
+            std::fs::read(&first.path).map_err(|e| EngineError::io(Path::new(&first.path), e))?;
+        let schema = match format {
+            FileFormat::Json => formats::json::infer(&bytes),
+            FileFormat::Csv => {
+                formats::csv::infer(&bytes, &CsvOptions::from_options(&spec.options)?)
+            }
+            FileFormat::Parquet => formats::parquet::infer(bytes),
+            FileFormat::Text => unreachable_text(),
+        }
+        .map_err(|e| {
+            EngineError::user(format!("cannot infer a schema from {}: {e}", first.path))
+        })?;
+        Ok(Arc::new(schema))
+    }
+
+    fn create(
+        &self,
+        spec: &SourceSpec,
+        schema: SchemaRef,
+        ctx: &SourceContext,
+    ) -> Result<Box<dyn Source>> {
+        let format = FileFormat::parse(&spec.format)?;
+        let path = spec.path.clone().unwrap_or_default();
+        let loc = Location::new(&path)?;
+        let o = &spec.options;
+        let clean = match o.get("cleanSource").map(|s| s.to_ascii_lowercase()) {
+            None => CleanSource::Off,
+            Some(s) if s == "off" => CleanSource::Off,
+            Some(s) if s == "delete" => CleanSource::Delete,
+            Some(s) if s == "archive" => {
+                let dir = o.get("sourceArchiveDir").ok_or_else(|| {
+                    EngineError::user("cleanSource=archive needs option sourceArchiveDir")
+                })?;
+                CleanSource::Archive(PathBuf::from(dir))
+            }
+            Some(s) => {
+                return Err(EngineError::user(format!(
+                    "option 'cleanSource' must be off, archive or delete, got '{s}'"
+                )))
+            }
+        };
+        let log: VersionedLog<Vec<FileEntry>> = VersionedLog::open(&ctx.checkpoint_dir)?;
+        let mut seen = HashSet::new();
+        let mut max_mtime = i64::MIN;
+        let file_name_only = o.get_bool("fileNameOnly", false)?;
+        let ids = log.ids()?;
+        for id in &ids {
+            for f in log.get(*id)?.unwrap_or_default() {
+                max_mtime = max_mtime.max(f.mtime_ms);
+                seen.insert(key(&f.path, file_name_only));
+            }
+        }
+        let parse = match format {
+            FileFormat::Json | FileFormat::Csv => Some(ParseSettings::new(Arc::clone(&schema), o)?),
+            _ => None,
+        };
+        let csv = match format {
+            FileFormat::Csv => Some(CsvOptions::from_options(o)?),
+            _ => None,
+        };
+        Ok(Box::new(FileSource {
+            description: format!("FileStreamSource[{path}]"),
+            format,
+            schema,
+            loc,
+            log,
+            latest_log: ids.last().copied(),
+            seen,
+            max_mtime,
+            max_files: o.get_u64("maxFilesPerTrigger")?.map(|n| n.max(1) as usize),
+            max_bytes: o.get_bytes("maxBytesPerTrigger")?,
+            latest_first: o.get_bool("latestFirst", false)?,
+            max_file_age: o.get_duration("maxFileAge")?,
+            file_name_only,
+            clean,
+            cleaned_upto: None,
+            available_now: None,
+            watch_poll: match o.get("watchMode").map(|s| s.to_ascii_lowercase()) {
+                None => None,
+                Some(m) if m == "notify" || m == "inotify" => None,
+                Some(m) if m == "poll" => Some(
+                    o.get_duration("pollInterval")?
+                        .unwrap_or(Duration::from_secs(1)),
+                ),
+                Some(m) => {
+                    return Err(EngineError::user(format!(
+                        "option 'watchMode' must be notify or poll, got '{m}'"
+                    )))
+                }
+            },
+            watcher: None,
+            parse,
+            csv,
+            backlog: 0,
+        }))
+    }
+}
+
+fn unreachable_text() -> Result<arrow::datatypes::Schema> {
+    Ok(formats::text::schema().as_ref().clone())
+}
+
+fn validate_options(o: &Options) -> Result<()> {
+    o.get_u64("maxFilesPerTrigger")?;
+    o.get_bytes("maxBytesPerTrigger")?;
+    o.get_bool("latestFirst", false)?;
+    o.get_duration("maxFileAge")?;
+    o.get_bool("fileNameOnly", false)?;
+    o.get_duration("pollInterval")?;
+    formats::Mode::from_options(o)?;
+    Ok(())
+}
+
+fn key(path: &str, file_name_only: bool) -> String {
+    if file_name_only {
+        Path::new(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.to_string())
+    } else {
+        path.to_string()
+    }
+}
+
+fn log_offset(o: Option<&Offset>) -> Result<Option<u64>> {
+    match o {
+        None => Ok(None),
+        Some(v) => v
+            .get("logOffset")
+            .and_then(|x| x.as_u64())
+            .map(Some)
+            .ok_or_else(|| EngineError::user(format!("not a file source offset: {v}"))),
+    }
+}
+
+/// A running file source.
+pub struct FileSource {
+    description: String,
+    format: FileFormat,
+    schema: SchemaRef,
+    loc: Location,
+    log: VersionedLog<Vec<FileEntry>>,
+    latest_log: Option<u64>,
+    seen: HashSet<String>,
+    max_mtime: i64,
+    max_files: Option<usize>,
+    max_bytes: Option<u64>,
+    latest_first: bool,
+    max_file_age: Option<Duration>,
+    file_name_only: bool,
+    clean: CleanSource,
+    cleaned_upto: Option<u64>,
+    available_now: Option<HashSet<String>>,
+    watch_poll: Option<Duration>,
+    watcher: Option<Box<dyn Watcher + Send>>,
+    parse: Option<ParseSettings>,
+    csv: Option<CsvOptions>,
+    backlog: u64,
+}
+
+impl FileSource {
+    fn new_files(&self) -> Result<Vec<FileEntry>> {
+        let mut files: Vec<FileEntry> = self
+            .loc
+            .list()?
+            .into_iter()
+            .filter(|f| !self.seen.contains(&key(&f.path, self.file_name_only)))
+            .filter(|f| match &self.available_now {
+                Some(set) => set.contains(&f.path),
+                None => true,
+            })
+            .collect();
+        if let Some(age) = self.max_file_age {
+            let newest = files
+                .iter()
+                .map(|f| f.mtime_ms)
+                .max()
+                .unwrap_or(i64::MIN)
+                .max(self.max_mtime);
+            let cutoff = newest.saturating_sub(age.as_millis() as i64);
+            files.retain(|f| f.mtime_ms >= cutoff);
+        }
+        files.sort_by(|a, b| (a.mtime_ms, &a.path).cmp(&(b.mtime_ms, &b.path)));
+        if self.latest_first {
+            files.reverse();
+        }
+        Ok(files)
+    }
+
+    fn read_file(&self, f: &FileEntry) -> Result<Vec<RecordBatch>> {
+        let path = Path::new(&f.path);
+        let bytes = std::fs::read(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                EngineError::user(format!(
+                    "input file {} was deleted after it was taken into a batch; the batch cannot be read again",
+                    f.path
+                ))
+            } else {
+                EngineError::io(path, e)
+            }
+        })?;
+        match self.format {
+            FileFormat::Json => formats::json::read(path, &bytes, self.settings()?),
+            FileFormat::Csv => {
+                let csv = self
+                    .csv
+                    .as_ref()
+                    .ok_or_else(|| EngineError::bug("csv options missing"))?;
+                formats::csv::read(path, &bytes, self.settings()?, csv)
+            }
+            FileFormat::Parquet => formats::parquet::read(path, bytes, &self.schema),
+            FileFormat::Text => formats::text::read(&bytes, &self.schema),
+        }
+    }
+
+    fn settings(&self) -> Result<&ParseSettings> {
+        self.parse
+            .as_ref()
+            .ok_or_else(|| EngineError::bug("parse settings missing"))
+    }
+
+    fn clean_entry(&self, id: u64) -> Result<()> {
+        let files = self.log.get(id)?.unwrap_or_default();
+        for f in files {
+            let p = Path::new(&f.path);
+            let res = match &self.clean {
+                CleanSource::Off => return Ok(()),
+                CleanSource::Delete => std::fs::remove_file(p),
+                CleanSource::Archive(dir) => {
+                    let rel = p.strip_prefix("/").unwrap_or(p);
+                    let target = dir.join(rel);
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
+                    }
+                    std::fs::rename(p, &target)
+                }
+            };
+            match res {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // done before a restart
+                Err(e) => return Err(EngineError::io(p, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Source for FileSource {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+
+    fn latest_offset(
+        &mut self,
+        start: Option<&Offset>,
+        limit: ReadLimit,
+    ) -> Result<Option<Offset>> {
+        let start = log_offset(start)?;
+        let next = start.map_or(0, |s| s + 1);
+        // An entry planned before a crash but never put in the offsets log: offer it again,
+        // unchanged, so the batch holds exactly the files it would have held.
+        if self.latest_log.is_some_and(|l| l >= next) {
+            return Ok(Some(serde_json::json!({ "logOffset": next })));
+        }
+        let files = self.new_files()?;
+        let mut take = Vec::new();
+        let mut bytes = 0u64;
+        for f in files.iter() {
+            if limit == ReadLimit::Configured {
+                if self.max_files.is_some_and(|m| take.len() >= m) {
+                    break;
+                }
+                if self
+                    .max_bytes
+                    .is_some_and(|m| !take.is_empty() && bytes + f.size > m)
+                {
+                    break;
+                }
+            }
+            bytes += f.size;
+            take.push(f.clone());
+        }
+        self.backlog = (files.len() - take.len()) as u64;
+        if take.is_empty() {
+            return Ok(None);
+        }
+        self.log.add(next, &take)?;
+        for f in &take {
+            self.max_mtime = self.max_mtime.max(f.mtime_ms);
+            self.seen.insert(key(&f.path, self.file_name_only));
+        }
+        self.latest_log = Some(next);
+        Ok(Some(serde_json::json!({ "logOffset": next })))
+    }
+
+    fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Vec<RecordBatch>> {
+        let from = log_offset(start)?.map_or(0, |s| s + 1);
+        let to = log_offset(Some(end))?.unwrap_or(0);
+        let mut out = Vec::new();
+        for id in from..=to {
+            let files = self.log.get(id)?.ok_or_else(|| {
+                EngineError::user(format!(
+                    "the file source log entry {id} is missing from {}: the checkpoint is damaged",
+                    self.log.dir().display()
+                ))
+            })?;
+            for f in &files {
+                // a re-run after a restart must know these files too
+                self.seen.insert(key(&f.path, self.file_name_only));
+                out.extend(self.read_file(f)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn commit(&mut self, end: &Offset) -> Result<()> {
+        if self.clean == CleanSource::Off {
+            return Ok(());
+        }
+        let Some(to) = log_offset(Some(end))? else {
+            return Ok(());
+        };
+        let from = self.cleaned_upto.map_or(to, |c| c + 1);
+        for id in from..=to {
+            self.clean_entry(id)?;
+        }
+        self.cleaned_upto = Some(to);
+        Ok(())
+    }
+
+    fn prepare_for_available_now(&mut self) -> Result<()> {
+        let now: HashSet<String> = self.new_files()?.into_iter().map(|f| f.path).collect();
+        self.available_now = Some(now);
+        Ok(())
+    }
+
+    fn watch(&mut self, notifier: Notifier) -> Result<bool> {
+        let n2 = notifier.clone();
+        let handler = move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                n2.notify();
+            }
+        };
+        let mode = if self.loc.pattern.is_some() {
+            notify::RecursiveMode::Recursive
+        } else {
+            notify::RecursiveMode::NonRecursive
+        };
+        let mut watcher: Box<dyn Watcher + Send> = match self.watch_poll {
+            None => match notify::recommended_watcher(handler) {
+                Ok(w) => Box::new(w),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot watch {} ({e}); polling every second",
+                        self.loc.base.display()
+                    );
+                    let n3 = notifier.clone();
+                    Box::new(
+                        notify::PollWatcher::new(
+                            move |r: notify::Result<notify::Event>| {
+                                if r.is_ok() {
+                                    n3.notify()
+                                }
+                            },
+                            notify::Config::default().with_poll_interval(Duration::from_secs(1)),
+                        )
+                        .map_err(|e| EngineError::external(format!("cannot poll: {e}")))?,
+                    )
+                }
+            },
+            Some(iv) => Box::new(
+                notify::PollWatcher::new(handler, notify::Config::default().with_poll_interval(iv))
+                    .map_err(|e| EngineError::external(format!("cannot poll: {e}")))?,
+            ),
+        };
+        watcher.watch(&self.loc.base, mode).map_err(|e| {
+            EngineError::external(format!("cannot watch {}: {e}", self.loc.base.display()))
+        })?;
+        self.watcher = Some(watcher);
+        Ok(true)
+    }
+
+    fn backlog(&self) -> Option<u64> {
+        Some(self.backlog)
+    }
+}

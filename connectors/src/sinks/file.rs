@@ -1,0 +1,270 @@
+//! The file sink (csv, json, parquet): exactly-once through a manifest log.
+//!
+//! Batch N is written as `part-<N>-0.<ext>` (hidden `.part-...tmp` until complete, then renamed),
+//! then recorded in `<path>/_sluice_metadata/<N>` (the manifest entry, atomic). A batch whose
+//! manifest entry exists is not written again. When the sink opens, files of an unfinished batch
+//! (present but in no manifest entry) are removed, so a plain reader that skips names starting
+//! with `_` or `.` sees exactly the committed rows; a reader that honours the manifest
+//! ([`committed_files`]) sees each batch once at any time.
+
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use serde::{Deserialize, Serialize};
+use sluice_engine::fault::crash_point;
+use sluice_engine::{EngineError, OutputMode, Result, Sink, SinkContext, SinkFactory, SinkSpec};
+use sluice_state::VersionedLog;
+
+/// Name of the manifest directory inside the output directory.
+pub const MANIFEST_DIR: &str = "_sluice_metadata";
+
+/// Spark's timestamp text in a UTC session: `2025-01-01T00:00:00.027Z`.
+const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
+
+/// One manifest entry: the files of one batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// The batch id.
+    #[serde(rename = "batchId")]
+    pub batch_id: u64,
+    /// File names, relative to the output directory.
+    pub files: Vec<String>,
+    /// Rows written.
+    pub rows: u64,
+}
+
+/// The files of all committed batches of the file sink at `dir`, in batch order.
+pub fn committed_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let log: VersionedLog<ManifestEntry> = VersionedLog::open(dir.join(MANIFEST_DIR))?;
+    let mut out = Vec::new();
+    for id in log.ids()? {
+        if let Some(e) = log.get(id)? {
+            out.extend(e.files.iter().map(|f| dir.join(f)));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Csv,
+    Json,
+    Parquet,
+}
+
+/// Creates file sinks.
+#[derive(Debug, Default)]
+pub struct FileSinkFactory;
+
+impl SinkFactory for FileSinkFactory {
+    fn formats(&self) -> Vec<&'static str> {
+        vec!["csv", "json", "parquet"]
+    }
+    fn supported_modes(&self, _format: &str) -> Vec<OutputMode> {
+        vec![OutputMode::Append]
+    }
+    fn validate(&self, spec: &SinkSpec) -> Result<()> {
+        let known: &[&str] = match spec.format.as_str() {
+            "csv" => &["path", "header", "sep", "delimiter"],
+            _ => &["path"],
+        };
+        spec.options
+            .check_known(&format!("the {} sink", spec.format), known, &[])?;
+        if spec.options.get("path").is_none() {
+            return Err(EngineError::user(format!(
+                "the {} sink needs option 'path' (the output directory)",
+                spec.format
+            )));
+        }
+        spec.options.get_bool("header", false)?;
+        Ok(())
+    }
+    fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
+        self.validate(spec)?;
+        let kind = match spec.format.as_str() {
+            "csv" => Kind::Csv,
+            "json" => Kind::Json,
+            "parquet" => Kind::Parquet,
+            f => return Err(EngineError::user(format!("unknown file sink format '{f}'"))),
+        };
+        let dir = PathBuf::from(spec.options.get("path").unwrap_or_default());
+        fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
+        let manifest: VersionedLog<ManifestEntry> = VersionedLog::open(dir.join(MANIFEST_DIR))?;
+        let delimiter = spec
+            .options
+            .get("sep")
+            .or(spec.options.get("delimiter"))
+            .map(|s| s.as_bytes().first().copied().unwrap_or(b','))
+            .unwrap_or(b',');
+        let sink = FileSink {
+            dir,
+            kind,
+            manifest,
+            schema: Arc::clone(&ctx.schema),
+            header: spec.options.get_bool("header", false)?,
+            delimiter,
+        };
+        sink.remove_uncommitted()?;
+        Ok(Box::new(sink))
+    }
+}
+
+/// Writes each batch as files and records them in the manifest.
+pub struct FileSink {
+    dir: PathBuf,
+    kind: Kind,
+    manifest: VersionedLog<ManifestEntry>,
+    schema: SchemaRef,
+    header: bool,
+    delimiter: u8,
+}
+
+impl FileSink {
+    fn ext(&self) -> &'static str {
+        match self.kind {
+            Kind::Csv => "csv",
+            Kind::Json => "json",
+            Kind::Parquet => "parquet",
+        }
+    }
+
+    /// Removes part files that no manifest entry lists (left by a batch that died mid-write).
+    fn remove_uncommitted(&self) -> Result<()> {
+        let mut listed = std::collections::HashSet::new();
+        for id in self.manifest.ids()? {
+            if let Some(e) = self.manifest.get(id)? {
+                listed.extend(e.files);
+            }
+        }
+        let rd = fs::read_dir(&self.dir).map_err(|e| EngineError::io(&self.dir, e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| EngineError::io(&self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = (name.starts_with("part-") && !listed.contains(&name))
+                || (name.starts_with(".part-") && name.ends_with(".tmp"));
+            if ours {
+                tracing::info!(file = %entry.path().display(), "removing output of an uncommitted batch");
+                fs::remove_file(entry.path()).map_err(|e| EngineError::io(&entry.path(), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_file(&self, path: &Path, batches: &[RecordBatch]) -> Result<()> {
+        let file = File::create(path).map_err(|e| EngineError::io(path, e))?;
+        let mut w = BufWriter::new(file);
+        match self.kind {
+            Kind::Csv => {
+                let mut cw = arrow::csv::WriterBuilder::new()
+                    .with_header(self.header)
+                    .with_delimiter(self.delimiter)
+                    .with_timestamp_format(TS_FORMAT.trim_end_matches('Z').to_string())
+                    .with_timestamp_tz_format(TS_FORMAT.to_string())
+                    .build(&mut w);
+                if batches.is_empty() {
+                    cw.write(&RecordBatch::new_empty(Arc::clone(&self.schema)))?;
+                }
+                for b in batches {
+                    cw.write(b)?;
+                }
+            }
+            Kind::Json => {
+                let mut jw = arrow::json::LineDelimitedWriter::new(&mut w);
+                for b in batches {
+                    jw.write(&timestamps_as_text(b)?)?;
+                }
+                jw.finish()?;
+            }
+            Kind::Parquet => {
+                let mut pw =
+                    parquet::arrow::ArrowWriter::try_new(&mut w, Arc::clone(&self.schema), None)
+                        .map_err(|e| EngineError::external(format!("parquet writer: {e}")))?;
+                for b in batches {
+                    pw.write(b).map_err(|e| {
+                        EngineError::external(format!("writing {}: {e}", path.display()))
+                    })?;
+                }
+                pw.close().map_err(|e| {
+                    EngineError::external(format!("writing {}: {e}", path.display()))
+                })?;
+            }
+        }
+        let file = w
+            .into_inner()
+            .map_err(|e| EngineError::io(path, e.into_error()))?;
+        file.sync_all().map_err(|e| EngineError::io(path, e))
+    }
+}
+
+/// Timestamps as Spark's JSON text (`2025-01-01T00:00:00.027Z`).
+fn timestamps_as_text(b: &RecordBatch) -> Result<RecordBatch> {
+    if !b
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Timestamp(_, _)))
+    {
+        return Ok(b.clone());
+    }
+    let opts = FormatOptions::default()
+        .with_timestamp_format(Some(TS_FORMAT.trim_end_matches('Z')))
+        .with_timestamp_tz_format(Some(TS_FORMAT));
+    let mut fields = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+        if matches!(f.data_type(), DataType::Timestamp(_, _)) {
+            let fmt = ArrayFormatter::try_new(c.as_ref(), &opts)?;
+            let s: StringArray = (0..c.len())
+                .map(|i| c.is_valid(i).then(|| fmt.value(i).to_string()))
+                .collect();
+            fields.push(Field::new(f.name(), DataType::Utf8, true));
+            cols.push(Arc::new(s));
+        } else {
+            fields.push(f.as_ref().clone());
+            cols.push(c.clone());
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+impl Sink for FileSink {
+    fn description(&self) -> String {
+        format!("FileSink[{}]", self.dir.display())
+    }
+
+    fn add_batch(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
+        if self.manifest.get(batch_id)?.is_some() {
+            tracing::info!(
+                batch_id,
+                "batch already in the file sink's manifest; skipping"
+            );
+            return Ok(());
+        }
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let mut files = Vec::new();
+        if rows > 0 {
+            let name = format!("part-{batch_id:05}-0.{}", self.ext());
+            let tmp = self.dir.join(format!(".{name}.tmp"));
+            self.write_file(&tmp, batches)?;
+            crash_point("mid-sink", batch_id);
+            let target = self.dir.join(&name);
+            fs::rename(&tmp, &target).map_err(|e| EngineError::io(&target, e))?;
+            files.push(name);
+        }
+        crash_point("mid-sink-renamed", batch_id);
+        self.manifest.add(
+            batch_id,
+            &ManifestEntry {
+                batch_id,
+                files,
+                rows,
+            },
+        )?;
+        Ok(())
+    }
+}

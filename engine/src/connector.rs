@@ -1,0 +1,339 @@
+//! The contracts between the engine and its connectors: [`Source`], [`Sink`], their factories,
+//! and the [`ConnectorRegistry`] a session looks formats up in.
+//!
+//! Offsets are opaque JSON values owned by each source; the engine stores them in the offsets
+//! log and hands them back unchanged.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::error::{EngineError, Result};
+use crate::options::Options;
+
+/// A source offset: JSON chosen by the source (e.g. `{"logOffset": 4}`).
+pub type Offset = serde_json::Value;
+
+/// How much a source may offer in one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadLimit {
+    /// Everything available (`Trigger::Once`).
+    All,
+    /// The source's own rate limits (`maxFilesPerTrigger`, `maxBytesPerTrigger`, ...).
+    Configured,
+}
+
+/// Wakes a waiting query: sources call [`Notifier::notify`] when new data may be available
+/// (a file renamed into a watched directory, records arriving), `stop()` calls it too.
+#[derive(Debug, Clone, Default)]
+pub struct Notifier {
+    inner: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Notifier {
+    /// A new notifier with no pending signal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Signals the waiter (a signal given while nobody waits is kept until the next wait).
+    pub fn notify(&self) {
+        let (lock, cv) = &*self.inner;
+        let mut pending = lock.lock().unwrap_or_else(|p| p.into_inner());
+        *pending = true;
+        cv.notify_all();
+    }
+
+    /// Waits for a signal, at most `timeout` (forever when `None`). Returns whether a signal came.
+    /// Consumes the signal.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        let (lock, cv) = &*self.inner;
+        let mut pending = lock.lock().unwrap_or_else(|p| p.into_inner());
+        match timeout {
+            None => {
+                while !*pending {
+                    pending = cv.wait(pending).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            Some(t) => {
+                let deadline = std::time::Instant::now() + t;
+                while !*pending {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    pending = cv
+                        .wait_timeout(pending, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+        std::mem::take(&mut *pending)
+    }
+
+    /// Clears a pending signal without waiting.
+    pub fn clear(&self) {
+        let (lock, _) = &*self.inner;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = false;
+    }
+}
+
+/// What a user asked for with `read_stream()...load(path)`.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// Format name (`json`, `csv`, `parquet`, `text`, ...).
+    pub format: String,
+    /// Path given to `load`, if any.
+    pub path: Option<String>,
+    /// User schema, if given.
+    pub schema: Option<SchemaRef>,
+    /// Options as written.
+    pub options: Options,
+}
+
+/// Everything a source gets when its query starts.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// The stable query id.
+    pub query_id: String,
+    /// Position of the source in the query.
+    pub index: usize,
+    /// Directory for the source's private logs in the checkpoint (exists).
+    pub checkpoint_dir: PathBuf,
+}
+
+/// A streaming source.
+///
+/// Called by the micro-batch executor, on the query's own thread, in this order per batch:
+/// [`latest_offset`](Source::latest_offset) (only for new batches, never for a re-run),
+/// [`get_batch`](Source::get_batch), and after the batch is committed,
+/// [`commit`](Source::commit). What must hold:
+/// - `get_batch(start, end)` returns the same rows every time it is called with the same offsets,
+///   in this process or after a restart (that is what makes a re-run batch exact);
+/// - `latest_offset` never returns an offset behind `start`, and returns `None` when it has
+///   nothing new;
+/// - `commit(end)` is called only when every batch up to `end` is in the commit log; it may
+///   delete or archive input (`cleanSource`), never before.
+pub trait Source: Send {
+    /// Schema of the rows this source produces.
+    fn schema(&self) -> SchemaRef;
+
+    /// Short description for progress reports (e.g. `FileStreamSource[/data/in]`).
+    fn description(&self) -> String;
+
+    /// The end offset of the next batch, starting after `start` (`None` before the first batch),
+    /// bounded by `limit`; `None` when nothing new is available.
+    fn latest_offset(&mut self, start: Option<&Offset>, limit: ReadLimit)
+        -> Result<Option<Offset>>;
+
+    /// The rows after `start` up to and including `end`.
+    fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Vec<RecordBatch>>;
+
+    /// Everything up to `end` is committed.
+    fn commit(&mut self, _end: &Offset) -> Result<()> {
+        Ok(())
+    }
+
+    /// `Trigger::AvailableNow`: fix the data available now as the target; later
+    /// `latest_offset` calls must not go beyond it.
+    fn prepare_for_available_now(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Event-driven triggers: call `notifier.notify()` whenever new data may be available.
+    /// Sources that cannot watch leave this as is; the executor then polls at the trigger interval.
+    fn watch(&mut self, _notifier: Notifier) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// How much input is still waiting after `end` (files, offsets), for progress; `None` if unknown.
+    fn backlog(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Creates sources of one or more formats.
+pub trait SourceFactory: Send + Sync {
+    /// Formats served (lower case), e.g. `["json", "csv"]`.
+    fn formats(&self) -> Vec<&'static str>;
+
+    /// Checks the options and returns the schema of the stream, at `load()` time (before any
+    /// checkpoint is known). Errors are user errors naming the option, file or format.
+    fn resolve_schema(&self, spec: &SourceSpec) -> Result<SchemaRef>;
+
+    /// Creates the source when the query starts.
+    fn create(
+        &self,
+        spec: &SourceSpec,
+        schema: SchemaRef,
+        ctx: &SourceContext,
+    ) -> Result<Box<dyn Source>>;
+}
+
+/// Output modes, with Spark's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputMode {
+    /// Only new rows, each once.
+    Append,
+    /// Rows changed in this batch.
+    Update,
+    /// The whole result, every batch.
+    Complete,
+}
+
+impl std::str::FromStr for OutputMode {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "append" => Ok(OutputMode::Append),
+            "update" => Ok(OutputMode::Update),
+            "complete" => Ok(OutputMode::Complete),
+            _ => Err(EngineError::user(format!(
+                "unknown output mode '{s}'; use append, update or complete"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for OutputMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutputMode::Append => "append",
+            OutputMode::Update => "update",
+            OutputMode::Complete => "complete",
+        })
+    }
+}
+
+/// What a user asked for with `write_stream()...`.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    /// Format name (`console`, `memory`, `csv`, ...).
+    pub format: String,
+    /// Options as written (`path` among them for file sinks).
+    pub options: Options,
+    /// The output mode.
+    pub output_mode: OutputMode,
+}
+
+/// Everything a sink gets when its query starts.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// The stable query id.
+    pub query_id: String,
+    /// The query name, if any.
+    pub query_name: Option<String>,
+    /// Schema of the rows the sink receives.
+    pub schema: SchemaRef,
+    /// The query's checkpoint directory.
+    pub checkpoint_dir: PathBuf,
+    /// The session's DataFusion context (e.g. for the memory sink's table).
+    pub session: datafusion::prelude::SessionContext,
+}
+
+/// A streaming sink.
+///
+/// Called by the executor on the query's thread, once per batch, after the batch's offsets are
+/// in the offsets log and before its commit entry is written. What must hold:
+/// - `add_batch` is idempotent per batch id: called again with a batch id it has already
+///   written (a re-run after a crash), it must leave the output as if it had been called once;
+///   a sink that cannot promise this says so in [`Sink::exactly_once`];
+/// - an error of kind External means "retry": the executor calls `add_batch` again with the same
+///   batch and rows; an error of kind User fails the query.
+pub trait Sink: Send {
+    /// Short description for progress reports.
+    fn description(&self) -> String;
+
+    /// Writes the rows of batch `batch_id`.
+    fn add_batch(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()>;
+
+    /// Whether a re-run batch is written only once.
+    fn exactly_once(&self) -> bool {
+        true
+    }
+
+    /// The query stops (cleanly or not); release resources.
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Creates sinks of one or more formats.
+pub trait SinkFactory: Send + Sync {
+    /// Formats served (lower case).
+    fn formats(&self) -> Vec<&'static str>;
+
+    /// Output modes the sink supports.
+    fn supported_modes(&self, format: &str) -> Vec<OutputMode>;
+
+    /// Whether the sink needs an explicit checkpoint location (durable sinks do).
+    fn requires_checkpoint(&self, _format: &str) -> bool {
+        true
+    }
+
+    /// Checks the options (user errors name the option).
+    fn validate(&self, spec: &SinkSpec) -> Result<()>;
+
+    /// Creates the sink when the query starts.
+    fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>>;
+}
+
+/// Connectors known to a session, by format name.
+#[derive(Clone, Default)]
+pub struct ConnectorRegistry {
+    sources: BTreeMap<String, Arc<dyn SourceFactory>>,
+    sinks: BTreeMap<String, Arc<dyn SinkFactory>>,
+}
+
+impl ConnectorRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a source factory under its formats.
+    pub fn add_source(&mut self, f: Arc<dyn SourceFactory>) {
+        for fmt in f.formats() {
+            self.sources.insert(fmt.to_string(), Arc::clone(&f));
+        }
+    }
+
+    /// Registers a sink factory under its formats.
+    pub fn add_sink(&mut self, f: Arc<dyn SinkFactory>) {
+        for fmt in f.formats() {
+            self.sinks.insert(fmt.to_string(), Arc::clone(&f));
+        }
+    }
+
+    /// The source factory for `format`, or a user error listing the known formats.
+    pub fn source(&self, format: &str) -> Result<Arc<dyn SourceFactory>> {
+        self.sources
+            .get(&format.to_ascii_lowercase())
+            .cloned()
+            .ok_or_else(|| {
+                EngineError::user(format!(
+                    "unknown source format '{format}'; available: {}",
+                    self.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })
+    }
+
+    /// The sink factory for `format`, or a user error listing the known formats.
+    pub fn sink(&self, format: &str) -> Result<Arc<dyn SinkFactory>> {
+        self.sinks
+            .get(&format.to_ascii_lowercase())
+            .cloned()
+            .ok_or_else(|| {
+                EngineError::user(format!(
+                    "unknown sink format '{format}'; available: {}, foreach_batch",
+                    self.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })
+    }
+}

@@ -1,0 +1,121 @@
+//! [`DataFrame`]: a (streaming) table being described with Spark's vocabulary. Operations build
+//! a DataFusion logical plan; nothing runs until `write_stream().start()` (or `collect()` for
+//! batch tables).
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+
+use crate::error::{EngineError, Result};
+use crate::plan::is_streaming;
+use crate::session::Session;
+use crate::writer::DataStreamWriter;
+
+/// A table described by a plan: streaming when it reads a stream.
+#[derive(Clone)]
+pub struct DataFrame {
+    session: Session,
+    df: datafusion::dataframe::DataFrame,
+}
+
+impl std::fmt::Debug for DataFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataFrame[{}]", self.df.logical_plan().display())
+    }
+}
+
+impl DataFrame {
+    pub(crate) fn from_datafusion(session: Session, df: datafusion::dataframe::DataFrame) -> Self {
+        Self { session, df }
+    }
+
+    fn map(
+        self,
+        f: impl FnOnce(
+            datafusion::dataframe::DataFrame,
+        ) -> datafusion::error::Result<datafusion::dataframe::DataFrame>,
+    ) -> Result<Self> {
+        Ok(Self {
+            df: f(self.df)?,
+            session: self.session,
+        })
+    }
+
+    /// The session this DataFrame belongs to.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Whether this DataFrame reads a stream.
+    pub fn is_streaming(&self) -> bool {
+        is_streaming(self.df.logical_plan())
+    }
+
+    /// The logical plan.
+    pub fn logical_plan(&self) -> &LogicalPlan {
+        self.df.logical_plan()
+    }
+
+    /// The schema of the rows.
+    pub fn schema(&self) -> SchemaRef {
+        std::sync::Arc::new(self.df.schema().as_arrow().clone())
+    }
+
+    /// Projects expressions (`select(vec![col("a"), col("b") * lit(2)])`).
+    pub fn select(self, exprs: impl IntoIterator<Item = Expr>) -> Result<Self> {
+        self.map(|df| df.select(exprs))
+    }
+
+    /// Projects columns by name.
+    pub fn select_columns(self, columns: &[&str]) -> Result<Self> {
+        self.map(|df| df.select_columns(columns))
+    }
+
+    /// Keeps the rows where `predicate` is true.
+    pub fn filter(self, predicate: Expr) -> Result<Self> {
+        self.map(|df| df.filter(predicate))
+    }
+
+    /// Alias of [`filter`](Self::filter) (`where` is a Rust keyword).
+    pub fn where_(self, predicate: Expr) -> Result<Self> {
+        self.filter(predicate)
+    }
+
+    /// Adds or replaces a column.
+    pub fn with_column(self, name: &str, expr: Expr) -> Result<Self> {
+        self.map(|df| df.with_column(name, expr))
+    }
+
+    /// Renames a column (no-op when it does not exist, as in Spark).
+    pub fn with_column_renamed(self, old: &str, new: &str) -> Result<Self> {
+        self.map(|df| df.with_column_renamed(old, new))
+    }
+
+    /// Drops columns.
+    pub fn drop(self, columns: &[&str]) -> Result<Self> {
+        self.map(|df| df.drop_columns(columns))
+    }
+
+    /// Registers this DataFrame as a view for `session.sql`.
+    pub fn create_or_replace_temp_view(&self, name: &str) -> Result<()> {
+        self.session.register_view(name, self)
+    }
+
+    /// Starts describing how to write this stream.
+    pub fn write_stream(self) -> DataStreamWriter {
+        DataStreamWriter::new(self)
+    }
+
+    /// Runs a batch (non-streaming) DataFrame, e.g. over a memory sink's table.
+    pub fn collect(self) -> Result<Vec<RecordBatch>> {
+        if self.is_streaming() {
+            return Err(EngineError::user(
+                "Queries with streaming sources must be executed with write_stream().start()",
+            ));
+        }
+        let df = self.df;
+        self.session
+            .block_on(async move { df.collect().await })
+            .map_err(Into::into)
+    }
+}

@@ -1,0 +1,447 @@
+//! The micro-batch executor: one thread per query, running DESIGN.md's data flow.
+//!
+//! Per batch N: ask each source for its latest offset → write `offsets/N` (the write-ahead log,
+//! with the batch timestamp) → read the rows → run the plan → hand the rows to the sink (retried
+//! on external errors, never skipped) → write `commits/N` → let sources clean up → report
+//! progress. On start, [`sluice_state::resolve_start`] decides whether a batch must be re-run
+//! with exactly its recorded offsets.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use sluice_state::{CheckpointDir, CommitEntry, OffsetsEntry, StartDecision};
+
+use crate::clock::BatchClock;
+use crate::connector::{Offset, ReadLimit, Sink, Source};
+use crate::error::{EngineError, ErrorKind, Result};
+use crate::fault::crash_point;
+use crate::plan::StreamPlan;
+use crate::progress::{DurationMs, QueryProgress, SinkProgress, SourceProgress};
+use crate::query::{QueryError, QueryShared, StreamingQueryListener};
+use crate::writer::Trigger;
+
+/// How a failing sink is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt before the query fails.
+    pub max_retries: u32,
+    /// First backoff; doubled after each failure up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 10,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// When no source can watch for new data, how often to look.
+const POLL_FALLBACK: Duration = Duration::from_secs(1);
+
+pub(crate) struct Execution {
+    shared: Arc<QueryShared>,
+    plan: StreamPlan,
+    sources: Vec<Box<dyn Source>>,
+    sink: Box<dyn Sink>,
+    checkpoint: CheckpointDir,
+    trigger: Trigger,
+    clock: BatchClock,
+    listeners: Vec<Arc<dyn StreamingQueryListener>>,
+    progress_log: Option<File>,
+    retry: RetryPolicy,
+    /// End offsets of the last committed batch (`None`: the source has produced nothing yet).
+    committed: Vec<Option<Offset>>,
+    next_batch: u64,
+    last_trigger: Option<Instant>,
+}
+
+impl Execution {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shared: Arc<QueryShared>,
+        plan: StreamPlan,
+        sources: Vec<Box<dyn Source>>,
+        sink: Box<dyn Sink>,
+        checkpoint: CheckpointDir,
+        trigger: Trigger,
+        clock: BatchClock,
+        listeners: Vec<Arc<dyn StreamingQueryListener>>,
+        progress_log: Option<File>,
+        retry: RetryPolicy,
+    ) -> Self {
+        let n = sources.len();
+        Self {
+            shared,
+            plan,
+            sources,
+            sink,
+            checkpoint,
+            trigger,
+            clock,
+            listeners,
+            progress_log,
+            retry,
+            committed: vec![None; n],
+            next_batch: 0,
+            last_trigger: None,
+        }
+    }
+
+    /// Runs until stopped, done or failed, and records the outcome in the shared state.
+    pub(crate) fn run_to_end(mut self) {
+        let shared = Arc::clone(&self.shared);
+        for l in &self.listeners {
+            l.on_query_started(&shared.id, &shared.run_id, shared.name.as_deref());
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()));
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => {
+                tracing::error!(query = ?shared.name, id = %shared.id, "query failed: {e}");
+                Some(QueryError {
+                    message: e.to_string(),
+                    kind: e.kind(),
+                })
+            }
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Some(QueryError {
+                    message: format!("internal error (a bug in Sluice): panic: {msg}"),
+                    kind: ErrorKind::Bug,
+                })
+            }
+        };
+        if let Err(e) = self.sink.close() {
+            tracing::warn!("closing the sink failed: {e}");
+        }
+        for l in &self.listeners {
+            l.on_query_terminated(&shared.id, &shared.run_id, error.as_ref());
+        }
+        shared.terminate(error);
+    }
+
+    fn run(&mut self) -> Result<()> {
+        self.recover()?;
+        match self.trigger {
+            Trigger::AvailableNow => {
+                for s in &mut self.sources {
+                    s.prepare_for_available_now()?;
+                }
+            }
+            Trigger::Once => {}
+            Trigger::ProcessingTime(_) => {}
+        }
+        let mut watched = true;
+        if let Trigger::ProcessingTime(_) = self.trigger {
+            for s in &mut self.sources {
+                watched &= s.watch(self.shared.notifier.clone())?;
+            }
+        }
+        let limit = match self.trigger {
+            Trigger::Once => ReadLimit::All,
+            _ => ReadLimit::Configured,
+        };
+        loop {
+            if self.shared.stop_requested() {
+                return Ok(());
+            }
+            if let (Trigger::ProcessingTime(iv), Some(last)) = (self.trigger, self.last_trigger) {
+                let due = last + iv;
+                let now = Instant::now();
+                if due > now {
+                    self.shared
+                        .set_status("Waiting for next trigger", false, false);
+                    // a file-arrival signal during the interval is not a reason to run early:
+                    // loop until the trigger is due (or the query is stopped)
+                    self.shared.notifier.wait(Some(due - now));
+                    continue;
+                }
+            }
+            self.shared.notifier.clear();
+            let trigger_start = Instant::now();
+            let ts_ms = chrono::Utc::now().timestamp_millis();
+            self.shared
+                .set_status("Getting offsets from sources", false, true);
+            let mut ends = Vec::with_capacity(self.sources.len());
+            let mut any = false;
+            for (i, s) in self.sources.iter_mut().enumerate() {
+                match s.latest_offset(self.committed[i].as_ref(), limit)? {
+                    Some(end) if Some(&end) != self.committed[i].as_ref() => {
+                        any = true;
+                        ends.push(end);
+                    }
+                    _ => ends.push(self.committed[i].clone().unwrap_or(serde_json::Value::Null)),
+                }
+            }
+            let latest_offset_ms = trigger_start.elapsed().as_millis() as u64;
+            if !any {
+                match self.trigger {
+                    Trigger::Once | Trigger::AvailableNow => return Ok(()),
+                    Trigger::ProcessingTime(iv) => {
+                        self.shared
+                            .set_status("Waiting for data to arrive", false, false);
+                        let timeout = if watched {
+                            None
+                        } else {
+                            Some(iv.max(POLL_FALLBACK))
+                        };
+                        self.shared.notifier.wait(timeout);
+                        continue;
+                    }
+                }
+            }
+            self.last_trigger = Some(trigger_start);
+            let batch = self.next_batch;
+            let entry = OffsetsEntry {
+                batch_id: batch,
+                batch_timestamp_ms: ts_ms,
+                watermark_ms: 0,
+                sources: ends,
+                conf: Default::default(),
+            };
+            self.shared.set_status("Processing new data", true, true);
+            let t = Instant::now();
+            if !self.checkpoint.offsets().add(batch, &entry)? {
+                return Err(EngineError::user(format!(
+                    "offsets entry {batch} already exists in {}: another query is writing to this checkpoint",
+                    self.checkpoint.root().display()
+                )));
+            }
+            let wal_ms = t.elapsed().as_millis() as u64;
+            crash_point("after-offsets", batch);
+            self.run_batch(&entry, trigger_start, latest_offset_ms, wal_ms)?;
+            if self.trigger == Trigger::Once {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies the start decision: where to resume, and the re-run of an uncommitted batch.
+    fn recover(&mut self) -> Result<()> {
+        let decision = self.checkpoint.start_decision()?;
+        tracing::info!(id = %self.shared.id, ?decision, "starting query");
+        match decision {
+            StartDecision::Fresh => {
+                self.next_batch = 0;
+            }
+            StartDecision::Resume { last_committed } => {
+                let e = self.checkpoint.offsets_of(last_committed)?;
+                self.committed = self.offsets_of_entry(&e)?;
+                self.next_batch = last_committed + 1;
+                // the process may have died before the sources cleaned up after that commit
+                for (s, end) in self.sources.iter_mut().zip(&self.committed) {
+                    if let Some(end) = end {
+                        if let Err(err) = s.commit(end) {
+                            tracing::warn!(
+                                "source clean-up after batch {last_committed} failed: {err}"
+                            );
+                        }
+                    }
+                }
+            }
+            StartDecision::Rerun { batch } => {
+                if batch > 0 {
+                    let prev = self.checkpoint.offsets_of(batch - 1)?;
+                    self.committed = self.offsets_of_entry(&prev)?;
+                }
+                let entry = self.checkpoint.offsets_of(batch)?;
+                self.offsets_of_entry(&entry)?;
+                self.next_batch = batch;
+                tracing::info!(
+                    batch,
+                    "re-running the uncommitted batch with its recorded offsets"
+                );
+                self.run_batch(&entry, Instant::now(), 0, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn offsets_of_entry(&self, e: &OffsetsEntry) -> Result<Vec<Option<Offset>>> {
+        if e.sources.len() != self.sources.len() {
+            return Err(EngineError::user(format!(
+                "the checkpoint {} was written by a query with {} source(s); this query has {}: \
+                 use a new checkpoint location for a changed query",
+                self.checkpoint.root().display(),
+                e.sources.len(),
+                self.sources.len()
+            )));
+        }
+        Ok(e.sources
+            .iter()
+            .map(|v| if v.is_null() { None } else { Some(v.clone()) })
+            .collect())
+    }
+
+    /// Runs batch `entry.batch_id` with the offsets in `entry`, from `self.committed`.
+    fn run_batch(
+        &mut self,
+        entry: &OffsetsEntry,
+        trigger_start: Instant,
+        latest_offset_ms: u64,
+        wal_ms: u64,
+    ) -> Result<()> {
+        let batch = entry.batch_id;
+        self.clock.set(entry.batch_timestamp_ms);
+        let t = Instant::now();
+        let mut inputs: Vec<Vec<RecordBatch>> = Vec::with_capacity(self.sources.len());
+        let mut source_rows = Vec::with_capacity(self.sources.len());
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            let end = &entry.sources[i];
+            let rows = if end.is_null() || Some(end) == self.committed[i].as_ref() {
+                Vec::new()
+            } else {
+                s.get_batch(self.committed[i].as_ref(), end)?
+            };
+            source_rows.push(rows.iter().map(|b| b.num_rows() as u64).sum::<u64>());
+            inputs.push(rows);
+        }
+        let get_batch_ms = t.elapsed().as_millis() as u64;
+
+        let t = Instant::now();
+        let output = self.plan.execute(&inputs)?;
+        drop(inputs);
+        let output_rows: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
+        self.write_to_sink(batch, &output)?;
+        crash_point("after-sink", batch);
+        let add_batch_ms = t.elapsed().as_millis() as u64;
+
+        let t = Instant::now();
+        self.checkpoint.commits().add(
+            batch,
+            &CommitEntry {
+                batch_id: batch,
+                next_watermark_ms: entry.watermark_ms,
+            },
+        )?;
+        let commit_ms = t.elapsed().as_millis() as u64;
+        crash_point("after-commit", batch);
+        let starts = std::mem::replace(
+            &mut self.committed,
+            entry
+                .sources
+                .iter()
+                .map(|v| if v.is_null() { None } else { Some(v.clone()) })
+                .collect(),
+        );
+        for (s, end) in self.sources.iter_mut().zip(&entry.sources) {
+            if !end.is_null() {
+                if let Err(err) = s.commit(end) {
+                    tracing::warn!("source clean-up after batch {batch} failed: {err}");
+                }
+            }
+        }
+        self.next_batch = batch + 1;
+
+        let total_ms = trigger_start.elapsed().as_millis() as u64;
+        let input_rows: u64 = source_rows.iter().sum();
+        let per_sec = |rows: u64, ms: u64| {
+            if ms == 0 {
+                rows as f64 * 1000.0
+            } else {
+                rows as f64 * 1000.0 / ms as f64
+            }
+        };
+        let since_last_ms = self
+            .last_trigger
+            .map(|l| l.elapsed().as_millis() as u64)
+            .unwrap_or(total_ms);
+        let progress = QueryProgress {
+            id: self.shared.id.clone(),
+            run_id: self.shared.run_id.clone(),
+            name: self.shared.name.clone(),
+            timestamp: chrono::DateTime::from_timestamp_millis(entry.batch_timestamp_ms)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            batch_id: batch,
+            num_input_rows: input_rows,
+            input_rows_per_second: per_sec(input_rows, since_last_ms),
+            processed_rows_per_second: per_sec(input_rows, total_ms),
+            duration_ms: DurationMs {
+                latest_offset: latest_offset_ms,
+                get_batch: get_batch_ms,
+                add_batch: add_batch_ms,
+                wal_commit: wal_ms,
+                commit_offsets: commit_ms,
+                trigger_execution: total_ms,
+            },
+            event_time: Default::default(),
+            sources: self
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, s)| SourceProgress {
+                    description: s.description(),
+                    start_offset: starts[i].clone(),
+                    end_offset: entry.sources[i].clone(),
+                    num_input_rows: source_rows[i],
+                    input_rows_per_second: per_sec(source_rows[i], since_last_ms),
+                    processed_rows_per_second: per_sec(source_rows[i], total_ms),
+                })
+                .collect(),
+            sink: SinkProgress {
+                description: self.sink.description(),
+                num_output_rows: output_rows,
+            },
+        };
+        tracing::info!(
+            query = self.shared.name.as_deref().unwrap_or(""),
+            batch,
+            input_rows,
+            output_rows,
+            ms = total_ms,
+            "batch committed"
+        );
+        if let Some(f) = &mut self.progress_log {
+            if let Err(e) = writeln!(f, "{}", progress.json()) {
+                tracing::warn!("cannot write the progress log: {e}");
+            }
+        }
+        for l in &self.listeners {
+            l.on_query_progress(&progress);
+        }
+        self.shared.push_progress(progress);
+        Ok(())
+    }
+
+    /// Hands the batch to the sink, retrying external failures with backoff; never skips it.
+    fn write_to_sink(&mut self, batch: u64, output: &[RecordBatch]) -> Result<()> {
+        let mut backoff = self.retry.initial_backoff;
+        let mut attempt = 0;
+        loop {
+            match self.sink.add_batch(batch, output) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::External && attempt < self.retry.max_retries => {
+                    attempt += 1;
+                    tracing::warn!(
+                        batch,
+                        attempt,
+                        "sink {} failed, retrying in {backoff:?}: {e}",
+                        self.sink.description()
+                    );
+                    self.shared.set_status(
+                        &format!("Retrying the sink (attempt {attempt}) after: {e}"),
+                        true,
+                        true,
+                    );
+                    self.shared.notifier.wait(Some(backoff));
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

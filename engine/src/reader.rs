@@ -1,0 +1,140 @@
+//! [`DataStreamReader`]: `session.read_stream().format(..).option(..).schema(..).load(path)`.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::LogicalPlanBuilder;
+
+use crate::connector::SourceSpec;
+use crate::ddl::parse_ddl_schema;
+use crate::error::Result;
+use crate::options::Options;
+use crate::plan::StreamTable;
+use crate::session::Session;
+use crate::DataFrame;
+
+/// A schema given to `schema(..)`: a DDL string or an Arrow schema.
+pub trait IntoSchema {
+    /// Converts into an Arrow schema.
+    fn into_schema(self) -> Result<SchemaRef>;
+}
+impl IntoSchema for &str {
+    fn into_schema(self) -> Result<SchemaRef> {
+        Ok(Arc::new(parse_ddl_schema(self)?))
+    }
+}
+impl IntoSchema for String {
+    fn into_schema(self) -> Result<SchemaRef> {
+        self.as_str().into_schema()
+    }
+}
+impl IntoSchema for SchemaRef {
+    fn into_schema(self) -> Result<SchemaRef> {
+        Ok(self)
+    }
+}
+impl IntoSchema for Schema {
+    fn into_schema(self) -> Result<SchemaRef> {
+        Ok(Arc::new(self))
+    }
+}
+
+/// Describes a stream to read. Errors (bad schema, unknown format or option) surface at `load`.
+pub struct DataStreamReader {
+    session: Session,
+    format: String,
+    options: Options,
+    schema: Option<Result<SchemaRef>>,
+}
+
+impl DataStreamReader {
+    pub(crate) fn new(session: Session) -> Self {
+        Self {
+            session,
+            format: "parquet".into(),
+            options: Options::new(),
+            schema: None,
+        }
+    }
+
+    /// The source format: `json`, `csv`, `parquet`, `text` (default `parquet`, as Spark).
+    pub fn format(mut self, format: &str) -> Self {
+        self.format = format.to_ascii_lowercase();
+        self
+    }
+
+    /// Sets an option (keys are case-insensitive).
+    pub fn option(mut self, key: &str, value: impl ToString) -> Self {
+        self.options.set(key, value.to_string());
+        self
+    }
+
+    /// Sets several options.
+    pub fn options<K: AsRef<str>, V: ToString>(
+        mut self,
+        opts: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        for (k, v) in opts {
+            self.options.set(k.as_ref(), v.to_string());
+        }
+        self
+    }
+
+    /// The schema, as a DDL string (`"ts TIMESTAMP, action STRING"`) or an Arrow schema.
+    pub fn schema(mut self, schema: impl IntoSchema) -> Self {
+        self.schema = Some(schema.into_schema());
+        self
+    }
+
+    /// Loads the stream at `path` (a directory or a glob for file formats).
+    pub fn load(self, path: impl AsRef<str>) -> Result<DataFrame> {
+        let path = path.as_ref().to_string();
+        self.load_spec(Some(path))
+    }
+
+    /// Loads a stream that takes no path (its location is in the options).
+    pub fn load_default(self) -> Result<DataFrame> {
+        let path = self.options.get("path").map(str::to_string);
+        self.load_spec(path)
+    }
+
+    /// `format("json").load(path)`.
+    pub fn json(self, path: impl AsRef<str>) -> Result<DataFrame> {
+        self.format("json").load(path)
+    }
+    /// `format("csv").load(path)`.
+    pub fn csv(self, path: impl AsRef<str>) -> Result<DataFrame> {
+        self.format("csv").load(path)
+    }
+    /// `format("parquet").load(path)`.
+    pub fn parquet(self, path: impl AsRef<str>) -> Result<DataFrame> {
+        self.format("parquet").load(path)
+    }
+    /// `format("text").load(path)`: one `value` column per line.
+    pub fn text(self, path: impl AsRef<str>) -> Result<DataFrame> {
+        self.format("text").load(path)
+    }
+
+    fn load_spec(self, path: Option<String>) -> Result<DataFrame> {
+        let schema = self.schema.transpose()?;
+        let factory = self.session.registry().source(&self.format)?;
+        let mut options = self.options;
+        options.remove("path");
+        let spec = SourceSpec {
+            format: self.format.clone(),
+            path,
+            schema,
+            options,
+        };
+        let schema = factory.resolve_schema(&spec)?;
+        let table = Arc::new(StreamTable {
+            spec,
+            schema: Arc::clone(&schema),
+        });
+        let plan = LogicalPlanBuilder::scan(self.format.as_str(), provider_as_source(table), None)?
+            .build()?;
+        let df = datafusion::dataframe::DataFrame::new(self.session.context().state(), plan);
+        Ok(DataFrame::from_datafusion(self.session, df))
+    }
+}

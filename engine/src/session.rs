@@ -1,0 +1,214 @@
+//! [`Session`]: the entry point, as Spark's `SparkSession`.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use datafusion::datasource::ViewTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::connector::ConnectorRegistry;
+use crate::dataframe::DataFrame;
+use crate::error::{EngineError, Result};
+use crate::query::{StreamingQuery, StreamingQueryListener};
+use crate::reader::DataStreamReader;
+
+/// Builds a [`Session`].
+#[derive(Default)]
+pub struct SessionBuilder {
+    app_name: Option<String>,
+    registry: ConnectorRegistry,
+    config: Vec<(String, String)>,
+}
+
+impl SessionBuilder {
+    /// Names the application (shown in logs).
+    pub fn app_name(mut self, name: impl Into<String>) -> Self {
+        self.app_name = Some(name.into());
+        self
+    }
+
+    /// Sets a DataFusion configuration key (e.g. `datafusion.execution.batch_size`).
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.push((key.into(), value.into()));
+        self
+    }
+
+    /// Uses these connectors (the `sluice` crate's builder adds the built-in ones).
+    pub fn connectors(mut self, registry: ConnectorRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Mutable access to the connector registry, to add connectors.
+    pub fn registry_mut(&mut self) -> &mut ConnectorRegistry {
+        &mut self.registry
+    }
+
+    /// Builds the session.
+    pub fn build(self) -> Result<Session> {
+        let mut config = SessionConfig::new()
+            .with_information_schema(false)
+            .set_str("datafusion.execution.time_zone", "UTC");
+        for (k, v) in &self.config {
+            config = config.set_str(k, v);
+        }
+        let ctx = SessionContext::new_with_config(config);
+        Ok(Session {
+            inner: Arc::new(SessionInner {
+                app_name: self.app_name.unwrap_or_else(|| "sluice".into()),
+                ctx,
+                registry: self.registry,
+                queries: Mutex::new(Vec::new()),
+                listeners: Mutex::new(Vec::new()),
+                runtime: OnceLock::new(),
+            }),
+        })
+    }
+}
+
+struct SessionInner {
+    app_name: String,
+    ctx: SessionContext,
+    registry: ConnectorRegistry,
+    queries: Mutex<Vec<StreamingQuery>>,
+    listeners: Mutex<Vec<Arc<dyn StreamingQueryListener>>>,
+    runtime: OnceLock<tokio::runtime::Runtime>,
+}
+
+/// A Sluice session: reads streams, runs SQL over them, and starts streaming queries.
+/// Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("app_name", &self.inner.app_name)
+            .finish()
+    }
+}
+
+impl Session {
+    /// A builder with no connectors (use `sluice::Session::builder()` for the built-in ones).
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::default()
+    }
+
+    /// The application name.
+    pub fn app_name(&self) -> &str {
+        &self.inner.app_name
+    }
+
+    /// Starts describing a stream to read.
+    pub fn read_stream(&self) -> DataStreamReader {
+        DataStreamReader::new(self.clone())
+    }
+
+    /// Plans a SQL statement over the session's views and tables. A query over streams gives a
+    /// streaming DataFrame (run it with `write_stream()`); DDL statements run at once.
+    pub fn sql(&self, sql: &str) -> Result<DataFrame> {
+        let ctx = self.inner.ctx.clone();
+        let sql = sql.to_string();
+        let df = self.block_on(async move { ctx.sql(&sql).await })?;
+        Ok(DataFrame::from_datafusion(self.clone(), df))
+    }
+
+    /// A DataFrame over a registered view or table (e.g. a memory sink's table).
+    pub fn table(&self, name: &str) -> Result<DataFrame> {
+        let ctx = self.inner.ctx.clone();
+        let name = name.to_string();
+        let df = self.block_on(async move { ctx.table(name.as_str()).await })?;
+        Ok(DataFrame::from_datafusion(self.clone(), df))
+    }
+
+    /// Registers (or replaces) a view.
+    pub(crate) fn register_view(&self, name: &str, df: &DataFrame) -> Result<()> {
+        let plan = df.logical_plan().clone();
+        let _ = self.inner.ctx.deregister_table(name)?;
+        self.inner
+            .ctx
+            .register_table(name, Arc::new(ViewTable::new(plan, None)))?;
+        Ok(())
+    }
+
+    /// The underlying DataFusion context (to register functions or batch tables).
+    pub fn context(&self) -> &SessionContext {
+        &self.inner.ctx
+    }
+
+    /// The connectors this session knows.
+    pub fn registry(&self) -> &ConnectorRegistry {
+        &self.inner.registry
+    }
+
+    /// Adds a listener told about every query's start, progress and termination.
+    pub fn add_listener(&self, listener: Arc<dyn StreamingQueryListener>) {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
+    }
+
+    pub(crate) fn listeners(&self) -> Vec<Arc<dyn StreamingQueryListener>> {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Queries started in this session that are still running.
+    pub fn active_queries(&self) -> Vec<StreamingQuery> {
+        self.inner
+            .queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|q| q.is_active())
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn add_query(&self, q: StreamingQuery) -> Result<()> {
+        let mut qs = self.inner.queries.lock().unwrap_or_else(|p| p.into_inner());
+        qs.retain(|q| q.is_active());
+        if let Some(other) = qs.iter().find(|o| o.id() == q.id()) {
+            return Err(EngineError::user(format!(
+                "cannot start query with id {} (checkpoint in use): query {} with the same id is already active",
+                q.id(),
+                other.name().unwrap_or("<unnamed>")
+            )));
+        }
+        qs.push(q);
+        Ok(())
+    }
+
+    /// Runs a future to completion on the session's runtime (from any thread).
+    pub fn block_on<F>(&self, fut: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        let rt = self.inner.runtime.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("sluice-session")
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("cannot start the session's tokio runtime: {e}"))
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // called from async code: block a helper thread instead of the caller's runtime
+            std::thread::scope(|s| {
+                s.spawn(|| rt.block_on(fut))
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+        } else {
+            rt.block_on(fut)
+        }
+    }
+}

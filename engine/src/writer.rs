@@ -1,0 +1,344 @@
+//! [`DataStreamWriter`]: `df.write_stream().format(..).output_mode(..).trigger(..).start()`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+
+use crate::clock::BatchClock;
+use crate::connector::{OutputMode, Sink, SinkContext, SinkSpec, SourceContext};
+use crate::error::{EngineError, Result};
+use crate::execution::{Execution, RetryPolicy};
+use crate::options::{parse_duration, Options};
+use crate::plan::StreamPlan;
+use crate::query::{QueryShared, StreamingQuery};
+use crate::DataFrame;
+use sluice_state::CheckpointDir;
+
+/// When batches run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A batch as soon as new data exists, at most one per interval. `ProcessingTime(0)` (the
+    /// default) is event-driven: file sources wake the query when a file arrives; an idle query
+    /// sleeps.
+    ProcessingTime(Duration),
+    /// One batch with everything available, then stop.
+    Once,
+    /// Everything available at start, in rate-limited batches, then stop.
+    AvailableNow,
+}
+
+impl Default for Trigger {
+    fn default() -> Self {
+        Trigger::ProcessingTime(Duration::ZERO)
+    }
+}
+
+impl std::str::FromStr for Trigger {
+    type Err = EngineError;
+    /// `once`, `available-now`, `file-arrival` / `continuous-files` (event-driven), or an interval
+    /// such as `500 milliseconds`.
+    fn from_str(s: &str) -> Result<Self> {
+        let l = s.trim().to_ascii_lowercase().replace('_', "-");
+        match l.as_str() {
+            "once" => Ok(Trigger::Once),
+            "available-now" | "availablenow" => Ok(Trigger::AvailableNow),
+            "file-arrival" | "default" | "" => Ok(Trigger::default()),
+            _ => parse_duration(s).map(Trigger::ProcessingTime).map_err(|e| {
+                EngineError::user(format!(
+                    "unknown trigger '{s}': use once, available-now, file-arrival or an interval ({e})"
+                ))
+            }),
+        }
+    }
+}
+
+type ForeachBatchFn = Box<dyn FnMut(u64, &[RecordBatch]) -> Result<()> + Send>;
+
+/// Writer options the engine itself reads (not passed to the sink).
+const ENGINE_OPTIONS: &[&str] = &[
+    "checkpointLocation",
+    "queryName",
+    "sinkMaxRetries",
+    "sinkRetryBackoff",
+];
+
+/// Describes where and how a stream is written; `start()` runs it.
+pub struct DataStreamWriter {
+    df: DataFrame,
+    format: Option<String>,
+    options: Options,
+    output_mode: OutputMode,
+    trigger: Trigger,
+    checkpoint: Option<PathBuf>,
+    query_name: Option<String>,
+    foreach: Option<ForeachBatchFn>,
+    progress_log: Option<PathBuf>,
+}
+
+impl DataStreamWriter {
+    pub(crate) fn new(df: DataFrame) -> Self {
+        Self {
+            df,
+            format: None,
+            options: Options::new(),
+            output_mode: OutputMode::Append,
+            trigger: Trigger::default(),
+            checkpoint: None,
+            query_name: None,
+            foreach: None,
+            progress_log: None,
+        }
+    }
+
+    /// The sink format: `console`, `memory`, `csv`, `json`, `parquet` (more with connectors).
+    pub fn format(mut self, format: &str) -> Self {
+        self.format = Some(format.to_ascii_lowercase());
+        self
+    }
+
+    /// Sets a sink option (also `checkpointLocation` and `queryName`, as in Spark).
+    pub fn option(mut self, key: &str, value: impl ToString) -> Self {
+        self.options.set(key, value.to_string());
+        self
+    }
+
+    /// Sets several options.
+    pub fn options<K: AsRef<str>, V: ToString>(
+        mut self,
+        opts: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        for (k, v) in opts {
+            self.options.set(k.as_ref(), v.to_string());
+        }
+        self
+    }
+
+    /// The output mode (default append).
+    pub fn output_mode(mut self, mode: OutputMode) -> Self {
+        self.output_mode = mode;
+        self
+    }
+
+    /// The trigger (default: event-driven, a batch as soon as data exists).
+    pub fn trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
+    }
+
+    /// Where the query keeps its offsets and commits (required for durable sinks).
+    pub fn checkpoint_location(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.checkpoint = Some(dir.into());
+        self
+    }
+
+    /// Names the query (the memory sink's table name).
+    pub fn query_name(mut self, name: &str) -> Self {
+        self.query_name = Some(name.to_string());
+        self
+    }
+
+    /// Hands each batch to a closure with its batch id (at-least-once: a re-run batch is handed
+    /// over again; use the batch id to deduplicate).
+    pub fn foreach_batch(
+        mut self,
+        f: impl FnMut(u64, &[RecordBatch]) -> Result<()> + Send + 'static,
+    ) -> Self {
+        self.foreach = Some(Box::new(f));
+        self.format = Some("foreach_batch".into());
+        self
+    }
+
+    /// Appends every batch's progress as a JSON line to this file.
+    pub fn progress_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.progress_log = Some(path.into());
+        self
+    }
+
+    /// Plans the query, opens its checkpoint, sources and sink, and starts it on its own thread.
+    /// Every user error (unsupported construct, output mode, option) is reported here.
+    pub fn start(self) -> Result<StreamingQuery> {
+        self.prepare()?.launch()
+    }
+
+    /// Everything `start()` does except starting the query's thread: for a daemon that must check
+    /// all its queries before running any.
+    pub fn prepare(mut self) -> Result<PreparedQuery> {
+        let session = self.df.session().clone();
+        let clock = BatchClock::new();
+        let plan = StreamPlan::build(self.df.logical_plan(), &session.context().state(), &clock)?;
+
+        if self.output_mode == OutputMode::Complete && !plan.stateful {
+            return Err(EngineError::user(
+                "Complete output mode not supported when there are no streaming aggregations on streaming DataFrames; use append (or update)",
+            ));
+        }
+
+        if let Some(v) = self.options.remove("checkpointLocation") {
+            self.checkpoint.get_or_insert(PathBuf::from(v));
+        }
+        if let Some(v) = self.options.remove("queryName") {
+            self.query_name.get_or_insert(v);
+        }
+        let mut retry = RetryPolicy::default();
+        if let Some(n) = self.options.get_u64("sinkMaxRetries")? {
+            retry.max_retries = n as u32;
+        }
+        if let Some(d) = self.options.get_duration("sinkRetryBackoff")? {
+            retry.initial_backoff = d;
+        }
+        for k in ENGINE_OPTIONS {
+            self.options.remove(k);
+        }
+
+        let format = self.format.clone().ok_or_else(|| {
+            EngineError::user("no sink: call format(..) or foreach_batch(..) before start()")
+        })?;
+        let (factory, needs_checkpoint) = if self.foreach.is_some() {
+            if let Some((k, _)) = self.options.iter().next() {
+                return Err(EngineError::user(format!(
+                    "unknown option '{k}' for foreach_batch; it takes none"
+                )));
+            }
+            (None, false)
+        } else {
+            let f = session.registry().sink(&format)?;
+            let modes = f.supported_modes(&format);
+            if !modes.contains(&self.output_mode) {
+                return Err(EngineError::user(format!(
+                    "the {format} sink does not support output mode {}; it supports: {}",
+                    self.output_mode,
+                    modes
+                        .iter()
+                        .map(|m| m.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let needs = f.requires_checkpoint(&format);
+            (Some(f), needs)
+        };
+        let spec = SinkSpec {
+            format: format.clone(),
+            options: self.options.clone(),
+            output_mode: self.output_mode,
+        };
+        if let Some(f) = &factory {
+            f.validate(&spec)?;
+        }
+
+        let checkpoint_dir = match &self.checkpoint {
+            Some(d) => d.clone(),
+            None if !needs_checkpoint => {
+                std::env::temp_dir().join(format!("sluice-temporary-{}", uuid::Uuid::new_v4()))
+            }
+            None => return Err(EngineError::user(format!(
+                "checkpointLocation must be set for the {format} sink (checkpoint_location(dir))"
+            ))),
+        };
+        let checkpoint = CheckpointDir::open(&checkpoint_dir)?;
+        let shared = QueryShared::new(checkpoint.query_id().to_string(), self.query_name.clone());
+
+        let mut sources = Vec::new();
+        for (i, t) in plan.sources.iter().enumerate() {
+            let f = session.registry().source(&t.spec.format)?;
+            let ctx = SourceContext {
+                query_id: shared.id.clone(),
+                index: i,
+                checkpoint_dir: checkpoint.source_dir(i)?,
+            };
+            sources.push(f.create(&t.spec, Arc::clone(&t.schema), &ctx)?);
+        }
+        let sink: Box<dyn Sink> = match (factory, self.foreach.take()) {
+            (_, Some(f)) => Box::new(ForeachBatchSink { f }),
+            (Some(factory), None) => factory.create(
+                &spec,
+                &SinkContext {
+                    query_id: shared.id.clone(),
+                    query_name: self.query_name.clone(),
+                    schema: Arc::clone(&plan.output_schema),
+                    checkpoint_dir: checkpoint.root().to_path_buf(),
+                    session: session.context().clone(),
+                },
+            )?,
+            (None, None) => return Err(EngineError::bug("no sink factory")),
+        };
+
+        let progress_log = match &self.progress_log {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| EngineError::io(p, e))?,
+            ),
+            None => None,
+        };
+
+        let exec = Execution::new(
+            Arc::clone(&shared),
+            plan,
+            sources,
+            sink,
+            checkpoint,
+            self.trigger,
+            clock,
+            session.listeners(),
+            progress_log,
+            retry,
+        );
+        Ok(PreparedQuery {
+            exec,
+            shared,
+            session,
+        })
+    }
+}
+
+/// A query checked and opened but not running yet ([`DataStreamWriter::prepare`]).
+pub struct PreparedQuery {
+    exec: Execution,
+    shared: Arc<QueryShared>,
+    session: crate::Session,
+}
+
+impl PreparedQuery {
+    /// The stable query id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Starts the query on its own thread.
+    pub fn launch(self) -> Result<StreamingQuery> {
+        let query = StreamingQuery {
+            shared: Arc::clone(&self.shared),
+            thread: Arc::new(Mutex::new(None)),
+        };
+        self.session.add_query(query.clone())?;
+        let name = self.shared.name.clone().unwrap_or_else(|| "query".into());
+        let exec = self.exec;
+        let handle = std::thread::Builder::new()
+            .name(format!("sluice-{name}"))
+            .spawn(move || exec.run_to_end())
+            .map_err(|e| EngineError::external(format!("cannot start the query thread: {e}")))?;
+        *query.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(query)
+    }
+}
+
+struct ForeachBatchSink {
+    f: ForeachBatchFn,
+}
+
+impl Sink for ForeachBatchSink {
+    fn description(&self) -> String {
+        "ForeachBatchSink".into()
+    }
+    fn add_batch(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
+        (self.f)(batch_id, batches)
+    }
+    fn exactly_once(&self) -> bool {
+        false
+    }
+}

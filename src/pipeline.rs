@@ -1,0 +1,219 @@
+//! The pipeline file run by `sluice run`: named sources (registered as SQL views) and named
+//! queries (SQL + sink + trigger + checkpoint). Relative paths are relative to the file.
+//!
+//! ```toml
+//! [source.events]
+//! format = "json"                      # json | csv | parquet | text
+//! path = "in"
+//! schema = "event_time TIMESTAMP, action STRING, user_id BIGINT, value DOUBLE, country STRING"
+//! watermark = { column = "event_time", delay = "10 minutes" }
+//! options = { maxFilesPerTrigger = 1 }
+//!
+//! [query.clicks]
+//! sql = "SELECT event_time, user_id, value FROM events WHERE action = 'click' AND value > 100"
+//! output_mode = "append"               # append | update | complete
+//! trigger = "available-now"            # once | available-now | file-arrival | "500 milliseconds"
+//! checkpoint = "chk/clicks"
+//! sink = { format = "csv", path = "out/clicks", options = { header = true } }
+//! progress_log = "progress/clicks.jsonl"   # optional
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{EngineError, OutputMode, PreparedQuery, Result, Session, Trigger};
+
+/// A whole pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Sources by name (the SQL view name).
+    #[serde(default)]
+    pub source: BTreeMap<String, SourceDef>,
+    /// Queries by name.
+    #[serde(default)]
+    pub query: BTreeMap<String, QueryDef>,
+}
+
+/// `[source.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDef {
+    /// Format (json, csv, parquet, text).
+    pub format: String,
+    /// Directory or glob.
+    pub path: Option<String>,
+    /// DDL schema.
+    pub schema: Option<String>,
+    /// Event-time watermark (applied by the stateful operators).
+    pub watermark: Option<WatermarkDef>,
+    /// Source options; values may be strings, numbers or booleans.
+    #[serde(default)]
+    pub options: BTreeMap<String, toml::Value>,
+}
+
+/// `watermark = { column = "...", delay = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkDef {
+    /// Event-time column.
+    pub column: String,
+    /// Allowed lateness, e.g. "10 minutes".
+    pub delay: String,
+}
+
+/// `[query.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryDef {
+    /// The query.
+    pub sql: String,
+    /// append (default) | update | complete.
+    pub output_mode: Option<String>,
+    /// Trigger (default: as soon as data exists, event-driven).
+    pub trigger: Option<String>,
+    /// Checkpoint directory.
+    pub checkpoint: Option<String>,
+    /// The sink.
+    pub sink: SinkDef,
+    /// Progress JSON lines go here, if set.
+    pub progress_log: Option<String>,
+}
+
+/// `sink = { format = "...", path = "...", options = {...} }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkDef {
+    /// Sink format.
+    pub format: String,
+    /// Output path (file sinks).
+    pub path: Option<String>,
+    /// Sink options.
+    #[serde(default)]
+    pub options: BTreeMap<String, toml::Value>,
+}
+
+fn option_text(key: &str, v: &toml::Value) -> Result<String> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(EngineError::user(format!(
+            "option '{key}' must be a string, number or boolean, not {}",
+            other.type_str()
+        ))),
+    }
+}
+
+impl Pipeline {
+    /// Reads and parses a pipeline file.
+    pub fn load(path: &Path) -> Result<(Self, PathBuf)> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            EngineError::user(format!("cannot read pipeline file {}: {e}", path.display()))
+        })?;
+        let p: Pipeline = toml::from_str(&text)
+            .map_err(|e| EngineError::user(format!("pipeline file {}: {e}", path.display())))?;
+        if p.query.is_empty() {
+            return Err(EngineError::user(format!(
+                "pipeline file {} defines no [query.NAME]",
+                path.display()
+            )));
+        }
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        Ok((p, base))
+    }
+
+    /// Registers the sources and checks and opens every query, without starting any.
+    pub fn prepare(&self, session: &Session, base: &Path) -> Result<Vec<(String, PreparedQuery)>> {
+        let resolve = |p: &str| -> String {
+            let pb = Path::new(p);
+            if pb.is_absolute() {
+                p.to_string()
+            } else {
+                base.join(pb).to_string_lossy().into_owned()
+            }
+        };
+        for (name, s) in &self.source {
+            let mut r = session.read_stream().format(&s.format);
+            for (k, v) in &s.options {
+                r = r.option(k, option_text(k, v)?);
+            }
+            if let Some(schema) = &s.schema {
+                r = r.schema(schema.as_str());
+            }
+            let df = match &s.path {
+                Some(p) => r.load(resolve(p)),
+                None => r.load_default(),
+            }
+            .map_err(|e| in_context(&format!("source '{name}'"), e))?;
+            if let Some(w) = &s.watermark {
+                if df.schema().index_of(&w.column).is_err() {
+                    return Err(EngineError::user(format!(
+                        "source '{name}': watermark column '{}' is not in the schema",
+                        w.column
+                    )));
+                }
+                sluice_engine::parse_duration(&w.delay).map_err(|e| {
+                    EngineError::user(format!("source '{name}': watermark delay: {e}"))
+                })?;
+                tracing::debug!(source = %name, "watermark recorded; it applies to stateful operators");
+            }
+            df.create_or_replace_temp_view(name)?;
+        }
+        let mut prepared = Vec::new();
+        for (name, q) in &self.query {
+            let ctx = format!("query '{name}'");
+            let df = session.sql(&q.sql).map_err(|e| in_context(&ctx, e))?;
+            let mut w = df.write_stream().format(&q.sink.format).query_name(name);
+            if let Some(p) = &q.sink.path {
+                w = w.option("path", resolve(p));
+            }
+            for (k, v) in &q.sink.options {
+                w = w.option(k, option_text(k, v)?);
+            }
+            let mode: OutputMode = q
+                .output_mode
+                .as_deref()
+                .unwrap_or("append")
+                .parse()
+                .map_err(|e| in_context(&ctx, e))?;
+            w = w.output_mode(mode);
+            if let Some(t) = &q.trigger {
+                let t: Trigger = t.parse().map_err(|e| in_context(&ctx, e))?;
+                w = w.trigger(t);
+            }
+            if let Some(c) = &q.checkpoint {
+                w = w.checkpoint_location(resolve(c));
+            }
+            if let Some(p) = &q.progress_log {
+                let p = resolve(p);
+                if let Some(parent) = Path::new(&p).parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
+                }
+                w = w.progress_log(p);
+            }
+            prepared.push((name.clone(), w.prepare().map_err(|e| in_context(&ctx, e))?));
+        }
+        Ok(prepared)
+    }
+}
+
+fn in_context(ctx: &str, e: EngineError) -> EngineError {
+    match e {
+        EngineError::User(m) => EngineError::User(format!("{ctx}: {m}")),
+        EngineError::External(m) => EngineError::External(format!("{ctx}: {m}")),
+        EngineError::DataFusion(d) => EngineError::User(format!("{ctx}: {d}")),
+        other => other,
+    }
+}
