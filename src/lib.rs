@@ -28,6 +28,8 @@
 
 pub mod pipeline;
 
+pub use arrow;
+pub use datafusion;
 pub use sluice_connectors as connectors;
 pub use sluice_engine::{
     functions, ConnectorRegistry, DataFrame, DataStreamReader, DataStreamWriter, EngineError,

@@ -233,9 +233,11 @@ impl DataStreamWriter {
             None if !needs_checkpoint => {
                 std::env::temp_dir().join(format!("sluice-temporary-{}", uuid::Uuid::new_v4()))
             }
-            None => return Err(EngineError::user(format!(
+            None => {
+                return Err(EngineError::user(format!(
                 "checkpointLocation must be set for the {format} sink (checkpoint_location(dir))"
-            ))),
+            )))
+            }
         };
         let checkpoint = CheckpointDir::open(&checkpoint_dir)?;
         let shared = QueryShared::new(checkpoint.query_id().to_string(), self.query_name.clone());

@@ -1,0 +1,141 @@
+//! Helpers shared by the end-to-end tests: temp workspaces, input files with controlled
+//! modification times, running the `sluice` binary, reading a file sink's committed rows.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The daemon binary built by cargo for these tests.
+pub fn sluice_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// Writes `content` to `dir/name` through a hidden temporary name and a rename (as a
+/// well-behaved producer does), with modification time `base + seq` seconds, so the source
+/// orders files by `seq`.
+pub fn put_file(dir: &Path, name: &str, content: &str, seq: u64) {
+    fs::create_dir_all(dir).expect("mkdir");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, content).expect("write input");
+    let f = fs::File::options().write(true).open(&tmp).expect("open");
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seq);
+    f.set_modified(t).expect("mtime");
+    drop(f);
+    fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
+/// Copies every file of `from` into `to`, ordered by name (the n-th file gets mtime seq n).
+pub fn stage_inputs(from: &Path, to: &Path) -> usize {
+    let mut names: Vec<_> = fs::read_dir(from)
+        .expect("read inputs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for (i, n) in names.iter().enumerate() {
+        let content = fs::read_to_string(from.join(n)).expect("read input");
+        put_file(to, n, &content, i as u64);
+    }
+    names.len()
+}
+
+/// Runs `sluice run <pipeline>` to its end, with extra environment.
+pub fn run_pipeline(pipeline: &Path, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(sluice_bin());
+    c.arg("run").arg(pipeline).env("SLUICE_LOG", "warn");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run sluice")
+}
+
+/// Starts `sluice run <pipeline>` in the background.
+pub fn spawn_pipeline(pipeline: &Path, env: &[(&str, &str)]) -> Child {
+    let mut c = Command::new(sluice_bin());
+    c.arg("run")
+        .arg(pipeline)
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().expect("spawn sluice")
+}
+
+/// Whether the process died from SIGKILL.
+pub fn killed(o: &Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    o.status.signal() == Some(9)
+}
+
+/// Sends a signal to a child.
+pub fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .args([format!("-{sig}"), child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+}
+
+/// Polls `cond` until it holds, failing the test after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Data lines of the files listed in the file sink's manifest at `dir` (csv headers dropped).
+pub fn committed_lines(dir: &Path, header: bool) -> Vec<String> {
+    let files = sluice::connectors::sinks::file::committed_files(dir).expect("manifest");
+    let mut out = Vec::new();
+    for f in files {
+        let text = fs::read_to_string(&f).expect("read output");
+        for (i, l) in text.lines().enumerate() {
+            if header && i == 0 {
+                continue;
+            }
+            out.push(l.to_string());
+        }
+    }
+    out
+}
+
+/// Data lines of the visible files in `dir` (what a plain reader sees).
+pub fn visible_lines(dir: &Path, header: bool) -> Vec<String> {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .expect("ls out")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('_') && !n.starts_with('.'))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for n in names {
+        let text = fs::read_to_string(dir.join(n)).expect("read");
+        for (i, l) in text.lines().enumerate() {
+            if header && i == 0 {
+                continue;
+            }
+            out.push(l.to_string());
+        }
+    }
+    out
+}
+
+/// Sorted copy.
+pub fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// A temp dir that is removed at the end of the test.
+pub fn workdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("sluice-test-")
+        .tempdir()
+        .expect("tempdir")
+}
