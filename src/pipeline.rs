@@ -16,6 +16,7 @@
 //! checkpoint = "chk/clicks"
 //! sink = { format = "csv", path = "out/clicks", options = { header = true } }
 //! progress_log = "progress/clicks.jsonl"   # optional
+//! late_data_sink = { format = "json", path = "late" }   # optional: rows dropped as late
 //! ```
 
 use std::collections::BTreeMap;
@@ -80,6 +81,8 @@ pub struct QueryDef {
     pub sink: SinkDef,
     /// Progress JSON lines go here, if set.
     pub progress_log: Option<String>,
+    /// Where input rows dropped as late go (a watermarked window aggregation), if set.
+    pub late_data_sink: Option<SinkDef>,
 }
 
 /// `sink = { format = "...", path = "...", options = {...} }`.
@@ -157,18 +160,12 @@ impl Pipeline {
                 None => r.load_default(),
             }
             .map_err(|e| in_context(&format!("source '{name}'"), e))?;
-            if let Some(w) = &s.watermark {
-                if df.schema().index_of(&w.column).is_err() {
-                    return Err(EngineError::user(format!(
-                        "source '{name}': watermark column '{}' is not in the schema",
-                        w.column
-                    )));
-                }
-                sluice_engine::parse_duration(&w.delay).map_err(|e| {
-                    EngineError::user(format!("source '{name}': watermark delay: {e}"))
-                })?;
-                tracing::debug!(source = %name, "watermark recorded; it applies to stateful operators");
-            }
+            let df = match &s.watermark {
+                Some(w) => df
+                    .with_watermark(&w.column, &w.delay)
+                    .map_err(|e| in_context(&format!("source '{name}'"), e))?,
+                None => df,
+            };
             df.create_or_replace_temp_view(name)?;
         }
         let mut prepared = Vec::new();
@@ -192,6 +189,16 @@ impl Pipeline {
             if let Some(t) = &q.trigger {
                 let t: Trigger = t.parse().map_err(|e| in_context(&ctx, e))?;
                 w = w.trigger(t);
+            }
+            if let Some(l) = &q.late_data_sink {
+                let mut opts: Vec<(String, String)> = Vec::new();
+                if let Some(p) = &l.path {
+                    opts.push(("path".into(), resolve(p)));
+                }
+                for (k, v) in &l.options {
+                    opts.push((k.clone(), option_text(k, v)?));
+                }
+                w = w.late_data_sink(&l.format, opts);
             }
             if let Some(c) = &q.checkpoint {
                 w = w.checkpoint_location(resolve(c));

@@ -96,6 +96,33 @@ impl DataFrame {
         self.map(|df| df.drop_columns(columns))
     }
 
+    /// Declares `column` as the event time, late by at most `delay` (`"10 minutes"`): windows
+    /// of it close, and rows for closed windows are late, as in Spark.
+    pub fn with_watermark(self, column: &str, delay: &str) -> Result<Self> {
+        let delay = crate::options::parse_duration(delay)
+            .map_err(|e| EngineError::user(format!("with_watermark: {e}")))?;
+        let (state, plan) = self.df.into_parts();
+        let col = plan
+            .schema()
+            .qualified_field_with_unqualified_name(column)
+            .map_err(|_| EngineError::user(format!("with_watermark: no column '{column}'")))?;
+        let column = datafusion::common::Column::from(col);
+        let plan = crate::watermark::WatermarkNode::plan(plan, column, delay.as_millis() as i64);
+        Ok(Self {
+            df: datafusion::dataframe::DataFrame::new(state, plan),
+            session: self.session,
+        })
+    }
+
+    /// Groups the rows (`group_by([window(col("ts"), "1 minute"), col("action")])`), then
+    /// [`GroupedData::agg`] or [`GroupedData::count`].
+    pub fn group_by(self, exprs: impl IntoIterator<Item = Expr>) -> GroupedData {
+        GroupedData {
+            df: self,
+            keys: exprs.into_iter().collect(),
+        }
+    }
+
     /// Registers this DataFrame as a view for `session.sql`.
     pub fn create_or_replace_temp_view(&self, name: &str) -> Result<()> {
         self.session.register_view(name, self)
@@ -117,5 +144,28 @@ impl DataFrame {
         self.session
             .block_on(async move { df.collect().await })
             .map_err(Into::into)
+    }
+}
+
+/// A DataFrame grouped by keys, waiting for its aggregates.
+pub struct GroupedData {
+    df: DataFrame,
+    keys: Vec<Expr>,
+}
+
+impl GroupedData {
+    /// Aggregates (`agg([count(lit(1)).alias("count"), sum(col("value"))])`).
+    pub fn agg(self, aggs: impl IntoIterator<Item = Expr>) -> Result<DataFrame> {
+        let keys = self.keys;
+        self.df
+            .map(|df| df.aggregate(keys, aggs.into_iter().collect()))
+    }
+
+    /// `count(*)` per group, in a column named `count`.
+    pub fn count(self) -> Result<DataFrame> {
+        self.agg([
+            datafusion::functions_aggregate::expr_fn::count(datafusion::logical_expr::lit(1))
+                .alias("count"),
+        ])
     }
 }

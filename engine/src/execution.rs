@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use sluice_state::{CheckpointDir, CommitEntry, OffsetsEntry, StartDecision};
 
+use crate::aggregate::StateOperatorProgress;
 use crate::clock::BatchClock;
 use crate::connector::{Offset, ReadLimit, Sink, Source};
 use crate::error::{EngineError, ErrorKind, Result};
@@ -60,6 +61,12 @@ pub(crate) struct Execution {
     retry: RetryPolicy,
     /// End offsets of the last committed batch (`None`: the source has produced nothing yet).
     committed: Vec<Option<Offset>>,
+    /// Watermark for the next batch (from the last commit), ms.
+    watermark_ms: i64,
+    /// Watermark the last batch ran with: the late-row threshold of the next batch, ms.
+    last_batch_watermark_ms: i64,
+    /// Where late input rows go, if the user asked.
+    late_sink: Option<Box<dyn Sink>>,
     next_batch: u64,
     last_trigger: Option<Instant>,
 }
@@ -77,6 +84,7 @@ impl Execution {
         listeners: Vec<Arc<dyn StreamingQueryListener>>,
         progress_log: Option<File>,
         retry: RetryPolicy,
+        late_sink: Option<Box<dyn Sink>>,
     ) -> Self {
         let n = sources.len();
         Self {
@@ -91,6 +99,9 @@ impl Execution {
             progress_log,
             retry,
             committed: vec![None; n],
+            watermark_ms: 0,
+            last_batch_watermark_ms: 0,
+            late_sink,
             next_batch: 0,
             last_trigger: None,
         }
@@ -126,6 +137,11 @@ impl Execution {
         };
         if let Err(e) = self.sink.close() {
             tracing::warn!("closing the sink failed: {e}");
+        }
+        if let Some(late) = &mut self.late_sink {
+            if let Err(e) = late.close() {
+                tracing::warn!("closing the late-data sink failed: {e}");
+            }
         }
         for l in &self.listeners {
             l.on_query_terminated(&shared.id, &shared.run_id, error.as_ref());
@@ -187,7 +203,11 @@ impl Execution {
                 }
             }
             let latest_offset_ms = trigger_start.elapsed().as_millis() as u64;
-            if !any {
+            // Spark's no-data batch: the watermark moved, so windows can close without new data
+            let no_data_batch = !any
+                && self.plan.evicts_by_watermark()
+                && self.watermark_ms > self.last_batch_watermark_ms;
+            if !any && !no_data_batch {
                 match self.trigger {
                     Trigger::Once | Trigger::AvailableNow => return Ok(()),
                     Trigger::ProcessingTime(iv) => {
@@ -208,7 +228,8 @@ impl Execution {
             let entry = OffsetsEntry {
                 batch_id: batch,
                 batch_timestamp_ms: ts_ms,
-                watermark_ms: 0,
+                watermark_ms: self.watermark_ms,
+                late_watermark_ms: self.last_batch_watermark_ms,
                 sources: ends,
                 conf: Default::default(),
             };
@@ -233,6 +254,22 @@ impl Execution {
     fn recover(&mut self) -> Result<()> {
         let decision = self.checkpoint.start_decision()?;
         tracing::info!(id = %self.shared.id, ?decision, "starting query");
+        let state_batch = self.plan.state_batch();
+        let state_ok = match (decision, self.plan.stateful) {
+            (_, false) => true,
+            (StartDecision::Fresh, true) => state_batch.is_none(),
+            (StartDecision::Resume { last_committed }, true) => state_batch == Some(last_committed),
+            (StartDecision::Rerun { batch }, true) => {
+                state_batch == Some(batch) || state_batch == batch.checked_sub(1)
+            }
+        };
+        if !state_ok {
+            return Err(EngineError::user(format!(
+                "the state in {}/state holds batch {state_batch:?}, which does not fit the logs ({decision:?}): \
+                 the state directory was replaced or deleted; restore it or use a new checkpoint location",
+                self.checkpoint.root().display()
+            )));
+        }
         match decision {
             StartDecision::Fresh => {
                 self.next_batch = 0;
@@ -240,6 +277,12 @@ impl Execution {
             StartDecision::Resume { last_committed } => {
                 let e = self.checkpoint.offsets_of(last_committed)?;
                 self.committed = self.offsets_of_entry(&e)?;
+                self.last_batch_watermark_ms = e.watermark_ms;
+                self.watermark_ms = self
+                    .checkpoint
+                    .commits()
+                    .get(last_committed)?
+                    .map_or(e.watermark_ms, |c| c.next_watermark_ms);
                 self.next_batch = last_committed + 1;
                 // the process may have died before the sources cleaned up after that commit
                 for (s, end) in self.sources.iter_mut().zip(&self.committed) {
@@ -312,21 +355,55 @@ impl Execution {
         let get_batch_ms = t.elapsed().as_millis() as u64;
 
         let t = Instant::now();
-        let output = self.plan.execute(&inputs)?;
+        // the state already holds this batch (the process died between the state commit and
+        // the commit log): the sink has it too, only the commit entry is missing
+        let state_has_batch = self.plan.stateful && self.plan.state_batch() == Some(batch);
+        let output = self.plan.execute(
+            &inputs,
+            entry.late_watermark_ms,
+            entry.watermark_ms,
+            state_has_batch,
+        )?;
         drop(inputs);
-        let output_rows: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
-        self.write_to_sink(batch, &output)?;
+        let output_rows: u64 = output.rows.iter().map(|b| b.num_rows() as u64).sum();
+        if !state_has_batch {
+            if let Some(late) = &mut self.late_sink {
+                late.add_batch(batch, &output.late_rows)?;
+            }
+            self.write_to_sink(batch, &output.rows)?;
+        }
         crash_point("after-sink", batch);
+        let mut state_progress = Vec::new();
+        if let Some(changes) = output.changes {
+            if let Some(stats) = self.plan.commit_state(batch, changes)? {
+                state_progress.push(StateOperatorProgress {
+                    operator_name: "stateStoreSave".into(),
+                    num_rows_total: stats.rows_total,
+                    num_rows_updated: stats.rows_updated,
+                    num_rows_removed: stats.rows_removed,
+                    num_rows_dropped_by_watermark: output.dropped_by_watermark,
+                    memory_used_bytes: stats.memory_used_bytes,
+                    commit_time_ms: stats.commit_ms,
+                });
+            }
+        }
+        crash_point("after-state", batch);
         let add_batch_ms = t.elapsed().as_millis() as u64;
+        let next_watermark_ms = match (self.plan.watermark_delay_ms, output.max_event_time_ms) {
+            (Some(delay), Some(max)) => entry.watermark_ms.max(max - delay),
+            _ => entry.watermark_ms,
+        };
 
         let t = Instant::now();
         self.checkpoint.commits().add(
             batch,
             &CommitEntry {
                 batch_id: batch,
-                next_watermark_ms: entry.watermark_ms,
+                next_watermark_ms,
             },
         )?;
+        self.last_batch_watermark_ms = entry.watermark_ms;
+        self.watermark_ms = next_watermark_ms;
         let commit_ms = t.elapsed().as_millis() as u64;
         crash_point("after-commit", batch);
         let starts = std::mem::replace(
@@ -378,7 +455,18 @@ impl Execution {
                 commit_offsets: commit_ms,
                 trigger_execution: total_ms,
             },
-            event_time: Default::default(),
+            event_time: match self.plan.watermark_delay_ms {
+                Some(_) => [(
+                    "watermark".to_string(),
+                    chrono::DateTime::from_timestamp_millis(entry.watermark_ms)
+                        .unwrap_or_default()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                )]
+                .into_iter()
+                .collect(),
+                None => Default::default(),
+            },
+            state_operators: state_progress,
             sources: self
                 .sources
                 .iter()

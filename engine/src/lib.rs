@@ -14,6 +14,10 @@
 //! | [`plan`]        | [`StreamPlan`]: the DataFusion logical plan translated once into streaming operators |
 //! | [`execution`]   | the micro-batch loop: offsets log → read → plan → sink → commit log → progress |
 //! | [`connector`]   | [`Source`], [`Sink`], their factories, [`ConnectorRegistry`], [`Notifier`] |
+//! | [`aggregate`]   | the streaming aggregation operator (windows, watermark, output modes, state) |
+//! | [`window`]      | `window` / `session_window`: the window functions and their shapes |
+//! | [`watermark`]   | `with_watermark`: the event-time watermark node of the logical plan |
+//! | [`sql`]         | Spark's `window.start` syntax rewritten in the parsed statement |
 //! | [`clock`]       | the batch clock behind `now()`/`current_timestamp()` in streaming queries |
 //! | [`progress`]    | [`QueryProgress`] with Spark's field names, [`QueryStatus`] |
 //! | [`ddl`]         | Spark DDL schema strings → Arrow schemas |
@@ -21,6 +25,7 @@
 //! | [`fault`]       | `SLUICE_CRASH_AT` crash points for exactly-once tests |
 //! | [`error`]       | [`EngineError`]: every error says whether the user, an external system or a bug must act |
 
+pub mod aggregate;
 pub mod clock;
 pub mod connector;
 pub mod dataframe;
@@ -34,13 +39,16 @@ pub mod progress;
 pub mod query;
 pub mod reader;
 pub mod session;
+pub mod sql;
+pub mod watermark;
+pub mod window;
 pub mod writer;
 
 pub use connector::{
     ConnectorRegistry, Notifier, Offset, OutputMode, ReadLimit, Sink, SinkContext, SinkFactory,
     SinkSpec, Source, SourceContext, SourceFactory, SourceSpec,
 };
-pub use dataframe::DataFrame;
+pub use dataframe::{DataFrame, GroupedData};
 pub use ddl::{parse_ddl_schema, timestamp_type};
 pub use error::{EngineError, ErrorKind, Result};
 pub use options::{parse_duration, Options};
@@ -53,7 +61,12 @@ pub use writer::{DataStreamWriter, PreparedQuery, Trigger};
 
 /// Expressions (DataFusion's) for the DataFrame API: `col`, `lit`, and the usual functions.
 pub mod functions {
+    pub use crate::window::{session_window, sliding_window, window};
     pub use datafusion::functions::expr_fn::*;
+    pub use datafusion::functions_aggregate::expr_fn::{
+        approx_distinct, approx_percentile_cont, avg, count, count_distinct, first_value,
+        last_value, max, min, sum,
+    };
     pub use datafusion::logical_expr::{cast, col, lit, when, Expr};
     pub use datafusion::prelude::{abs, coalesce, concat, lower, upper};
 }

@@ -22,9 +22,25 @@ use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Expr, LogicalPlan, ReturnFieldArgs, ScalarUDF};
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use arrow::array::TimestampMicrosecondArray;
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, TimeUnit};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::ExprSchemable;
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use sluice_state::store::{CommitStats, StateChanges, StateStore};
+
+use crate::aggregate::{AggSpec, AggregateOp, WindowGroup};
 use crate::clock::{BatchClock, BatchClockUdf};
-use crate::connector::SourceSpec;
+use crate::connector::{OutputMode, SourceSpec};
 use crate::error::{EngineError, Result};
+use crate::watermark::WatermarkNode;
+use crate::window::{spec_of_args, WindowKind, WindowUdf};
+
+/// How many streaming plans this process has built (one per started query, never per batch).
+pub static PLANS_BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A stream in a logical plan: the table behind `read_stream()...load()`.
 #[derive(Debug)]
@@ -83,6 +99,13 @@ pub fn is_streaming(plan: &LogicalPlan) -> bool {
 /// One operator of the streaming plan.
 #[derive(Debug)]
 enum Node {
+    /// The rows of the stage's input (the aggregate's output for the stage above it).
+    Input,
+    Watermark {
+        input: Box<Node>,
+        column: usize,
+        max: Arc<AtomicI64>,
+    },
     Scan {
         projection: Option<Vec<usize>>,
         schema: SchemaRef,
@@ -101,6 +124,22 @@ enum Node {
 impl Node {
     fn execute(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         match self {
+            Node::Input => Ok(batch.clone()),
+            Node::Watermark { input, column, max } => {
+                let b = input.execute(batch)?;
+                let ts = cast(
+                    b.column(*column),
+                    &DataType::Timestamp(TimeUnit::Microsecond, None),
+                )?;
+                let ts = ts
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .ok_or_else(|| EngineError::bug("watermark column is not a timestamp"))?;
+                if let Some(m) = arrow::compute::max(ts) {
+                    max.fetch_max(m, Ordering::SeqCst);
+                }
+                Ok(b)
+            }
             Node::Scan { projection, schema } => {
                 let b = match projection {
                     Some(p) => batch.project(p)?,
@@ -150,12 +189,56 @@ pub struct StreamPlan {
     pub output_schema: SchemaRef,
     /// Whether the plan keeps state across batches.
     pub stateful: bool,
-    root: Node,
+    /// The watermark delay, ms, if the plan has `with_watermark`.
+    pub watermark_delay_ms: Option<i64>,
+    /// The stateless operators (up to the aggregate's input, or the whole plan).
+    pre: Node,
+    /// The aggregation and the stateless operators above it.
+    agg: Option<AggStage>,
+    /// Largest event time (µs) seen by the watermark node in the current batch.
+    max_event_time: Arc<AtomicI64>,
+}
+
+#[derive(Debug)]
+struct AggStage {
+    op: AggregateOp,
+    input_schema: SchemaRef,
+    post: Node,
+}
+
+/// What one batch produced.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    /// Rows for the sink.
+    pub rows: Vec<RecordBatch>,
+    /// Input rows dropped as late.
+    pub late_rows: Vec<RecordBatch>,
+    /// Partially aggregated rows dropped as late.
+    pub dropped_by_watermark: u64,
+    /// State changes to commit after the sink has the batch.
+    pub changes: Option<StateChanges>,
+    /// Largest event time in the batch, ms.
+    pub max_event_time_ms: Option<i64>,
+}
+
+struct Ctx<'a> {
+    state: &'a SessionState,
+    sources: Vec<Arc<StreamTable>>,
+    agg: Option<(AggregateOp, SchemaRef, Node)>,
+    watermark: Option<(String, i64)>,
+    max_event_time: Arc<AtomicI64>,
+    mode: OutputMode,
 }
 
 impl StreamPlan {
     /// Translates a logical plan. `clock` is the query's batch clock: `now()` and friends read it.
-    pub fn build(plan: &LogicalPlan, state: &SessionState, clock: &BatchClock) -> Result<Self> {
+    pub fn build(
+        plan: &LogicalPlan,
+        state: &SessionState,
+        clock: &BatchClock,
+        mode: OutputMode,
+    ) -> Result<Self> {
+        PLANS_BUILT.fetch_add(1, Ordering::SeqCst);
         let analyzed =
             state
                 .analyzer()
@@ -164,32 +247,151 @@ impl StreamPlan {
         let bound = bind_clock(analyzed, clock)?;
         let optimized = state.optimize(&bound)?;
         check_supported(&optimized)?;
-        let mut sources = Vec::new();
-        let root = translate(&optimized, state, &mut sources)?;
-        if sources.is_empty() {
+        let mut ctx = Ctx {
+            state,
+            sources: Vec::new(),
+            agg: None,
+            watermark: None,
+            max_event_time: Arc::new(AtomicI64::new(i64::MIN)),
+            mode,
+        };
+        let root = translate(&optimized, &mut ctx)?;
+        if ctx.sources.is_empty() {
             return Err(EngineError::user(
                 "the query reads no stream: start() needs a DataFrame from read_stream() (use collect() for batch tables)",
             ));
         }
         let output_schema = nullable_schema(optimized.schema().as_arrow());
+        let (pre, agg) = match ctx.agg.take() {
+            None => (root, None),
+            Some((op, input_schema, pre)) => (
+                pre,
+                Some(AggStage {
+                    op,
+                    input_schema,
+                    post: root,
+                }),
+            ),
+        };
+        if let Some(a) = &agg {
+            if mode == OutputMode::Append && !a.op.uses_watermark() {
+                return Err(EngineError::user(
+                    "Append output mode not supported when there are streaming aggregations without a watermark: \
+                     group by a window of the watermarked column (with_watermark(...), or the source's `watermark` key), \
+                     or use update or complete mode",
+                ));
+            }
+        }
         Ok(Self {
-            sources,
+            sources: ctx.sources,
             output_schema,
-            stateful: false,
-            root,
+            stateful: agg.is_some(),
+            watermark_delay_ms: ctx.watermark.map(|(_, d)| d),
+            pre,
+            agg,
+            max_event_time: ctx.max_event_time,
         })
     }
 
+    /// The state store operators need, opened by the executor: `(operator index, name)`.
+    pub fn state_operators(&self) -> Vec<(usize, &'static str)> {
+        match &self.agg {
+            Some(_) => vec![(0, "stateStoreSave")],
+            None => vec![],
+        }
+    }
+
+    /// Gives operator `index` its state store.
+    pub fn set_state_store(&mut self, index: usize, store: Box<dyn StateStore>) -> Result<()> {
+        match (&mut self.agg, index) {
+            (Some(a), 0) => {
+                a.op.set_store(store);
+                Ok(())
+            }
+            _ => Err(EngineError::bug(format!("no stateful operator {index}"))),
+        }
+    }
+
+    /// The batch the state already holds (if the plan is stateful).
+    pub fn state_batch(&self) -> Option<u64> {
+        self.agg.as_ref().and_then(|a| a.op.committed_batch())
+    }
+
+    /// Whether the aggregation evicts by watermark (a no-data batch can emit rows).
+    pub fn evicts_by_watermark(&self) -> bool {
+        self.agg.as_ref().is_some_and(|a| a.op.uses_watermark())
+    }
+
     /// Runs one micro-batch's input (the batches of the single source) through the plan.
-    pub fn execute(&self, inputs: &[Vec<RecordBatch>]) -> Result<Vec<RecordBatch>> {
-        let mut out = Vec::new();
+    /// `late_wm_ms`/`evict_wm_ms`: the previous and the current watermark. When `skip_state`
+    /// (the state store already holds this batch), only the event times are collected.
+    pub fn execute(
+        &mut self,
+        inputs: &[Vec<RecordBatch>],
+        late_wm_ms: i64,
+        evict_wm_ms: i64,
+        skip_state: bool,
+    ) -> Result<BatchOutput> {
+        self.max_event_time.store(i64::MIN, Ordering::SeqCst);
+        let mut pre_out = Vec::new();
         for batch in inputs.iter().flatten() {
-            let b = self.root.execute(batch)?;
+            let b = self.pre.execute(batch)?;
             if b.num_rows() > 0 {
-                out.push(b);
+                pre_out.push(b);
+            }
+        }
+        let max = self.max_event_time.load(Ordering::SeqCst);
+        let mut out = BatchOutput {
+            max_event_time_ms: (max != i64::MIN).then(|| max.div_euclid(1000)),
+            ..Default::default()
+        };
+        match &mut self.agg {
+            None => out.rows = pre_out,
+            Some(_) if skip_state => {}
+            Some(a) => {
+                let r = a.op.process(
+                    &pre_out,
+                    &a.input_schema,
+                    late_wm_ms * 1000,
+                    evict_wm_ms * 1000,
+                )?;
+                for b in &r.rows {
+                    let b = a.post.execute(b)?;
+                    if b.num_rows() > 0 {
+                        out.rows.push(b);
+                    }
+                }
+                out.late_rows = r.late_rows;
+                out.dropped_by_watermark = r.dropped_by_watermark;
+                out.changes = Some(r.changes);
             }
         }
         Ok(out)
+    }
+
+    /// Commits the state of batch `batch_id`.
+    pub fn commit_state(
+        &mut self,
+        batch_id: u64,
+        changes: StateChanges,
+    ) -> Result<Option<CommitStats>> {
+        match &mut self.agg {
+            Some(a) => Ok(Some(a.op.commit(batch_id, changes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Schema of the late input rows (the aggregation's input), if the plan can drop any.
+    pub fn late_rows_schema(&self) -> Option<SchemaRef> {
+        self.agg
+            .as_ref()
+            .filter(|a| a.op.uses_watermark())
+            .map(|a| Arc::clone(&a.input_schema))
+    }
+
+    /// Keys in state.
+    pub fn state_rows(&self) -> u64 {
+        self.agg.as_ref().map_or(0, |a| a.op.rows_total())
     }
 }
 
@@ -211,9 +413,8 @@ fn check_supported(plan: &LogicalPlan) -> Result<()> {
             | LogicalPlan::Filter(_)
             | LogicalPlan::SubqueryAlias(_)
             | LogicalPlan::TableScan(_) => None,
-            LogicalPlan::Aggregate(_) => Some(
-                "aggregation (GROUP BY or an aggregate function) is not supported on a stream yet",
-            ),
+            LogicalPlan::Aggregate(_) => None,
+            LogicalPlan::Extension(e) if e.node.as_any().is::<WatermarkNode>() => None,
             LogicalPlan::Distinct(_) => Some("DISTINCT is not supported on a stream yet"),
             LogicalPlan::Join(_) => Some("JOIN is not supported on a stream yet"),
             LogicalPlan::Sort(_) => {
@@ -293,11 +494,8 @@ fn bind_clock(plan: LogicalPlan, clock: &BatchClock) -> Result<LogicalPlan> {
     Ok(rewritten.data)
 }
 
-fn translate(
-    plan: &LogicalPlan,
-    state: &SessionState,
-    sources: &mut Vec<Arc<StreamTable>>,
-) -> Result<Node> {
+fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
+    let state = ctx.state;
     match plan {
         LogicalPlan::TableScan(scan) => {
             let stream = stream_of_scan(scan).ok_or_else(|| {
@@ -308,13 +506,13 @@ fn translate(
                     "filters or limit pushed into a stream scan",
                 ));
             }
-            if !sources.iter().any(|s| Arc::ptr_eq(s, &stream)) {
-                if !sources.is_empty() {
+            if !ctx.sources.iter().any(|s| Arc::ptr_eq(s, &stream)) {
+                if !ctx.sources.is_empty() {
                     return Err(EngineError::user(
                         "unsupported construct in streaming query: reading two streams in one query (join/union) is not supported yet",
                     ));
                 }
-                sources.push(stream);
+                ctx.sources.push(stream);
             }
             Ok(Node::Scan {
                 projection: scan.projection.clone(),
@@ -322,7 +520,7 @@ fn translate(
             })
         }
         LogicalPlan::Filter(f) => {
-            let input = translate(&f.input, state, sources)?;
+            let input = translate(&f.input, ctx)?;
             let predicate = state.create_physical_expr(f.predicate.clone(), f.input.schema())?;
             Ok(Node::Filter {
                 input: Box::new(input),
@@ -330,7 +528,7 @@ fn translate(
             })
         }
         LogicalPlan::Projection(p) => {
-            let input = translate(&p.input, state, sources)?;
+            let input = translate(&p.input, ctx)?;
             let exprs = p
                 .expr
                 .iter()
@@ -342,7 +540,108 @@ fn translate(
                 schema: nullable_schema(p.schema.as_arrow()),
             })
         }
-        LogicalPlan::SubqueryAlias(a) => translate(&a.input, state, sources),
+        LogicalPlan::SubqueryAlias(a) => translate(&a.input, ctx),
+        LogicalPlan::Extension(e) => {
+            let w = e
+                .node
+                .as_any()
+                .downcast_ref::<WatermarkNode>()
+                .ok_or_else(|| {
+                    EngineError::user(format!(
+                        "unsupported construct in streaming query: {}",
+                        e.node.name()
+                    ))
+                })?;
+            if ctx.watermark.is_some() {
+                return Err(EngineError::user(
+                    "more than one watermark in a query is not supported yet",
+                ));
+            }
+            let input = translate(&w.input, ctx)?;
+            let column = w.input.schema().index_of_column(&w.column)?;
+            ctx.watermark = Some((w.column.name.clone(), w.delay_ms));
+            Ok(Node::Watermark {
+                input: Box::new(input),
+                column,
+                max: Arc::clone(&ctx.max_event_time),
+            })
+        }
+        LogicalPlan::Aggregate(a) => {
+            if ctx.agg.is_some() {
+                return Err(EngineError::user(
+                    "unsupported construct in streaming query: more than one aggregation in one query",
+                ));
+            }
+            let pre = translate(&a.input, ctx)?;
+            let in_df = a.input.schema();
+            let in_schema: SchemaRef = Arc::new(in_df.as_arrow().clone());
+            let mut window = None;
+            let mut keys = Vec::new();
+            let mut key_types = Vec::new();
+            let mut watermarked = false;
+            for (pos, g) in a.group_expr.iter().enumerate() {
+                let inner = match g {
+                    Expr::Alias(al) => al.expr.as_ref(),
+                    other => other,
+                };
+                if let Expr::ScalarFunction(ScalarFunction { func, args }) = inner {
+                    if let Some(kind) = WindowUdf::kind_of(func) {
+                        if window.is_some() {
+                            return Err(EngineError::user("GROUP BY has two window() calls"));
+                        }
+                        if kind == WindowKind::Session {
+                            return Err(EngineError::user(
+                                "unsupported construct in streaming query: session_window() is not supported yet",
+                            ));
+                        }
+                        let spec = spec_of_args(kind, args)?;
+                        let time = state.create_physical_expr(args[0].clone(), in_df)?;
+                        if let (Expr::Column(c), Some((wm_col, _))) = (&args[0], &ctx.watermark) {
+                            watermarked = &c.name == wm_col;
+                        }
+                        window = Some(WindowGroup {
+                            position: pos,
+                            time,
+                            spec,
+                        });
+                        continue;
+                    }
+                }
+                keys.push(state.create_physical_expr(g.clone(), in_df)?);
+                key_types.push(g.get_type(in_df.as_ref())?);
+            }
+            let mut aggs = Vec::new();
+            for e in &a.aggr_expr {
+                let lowered = LoweredAggregateBuilder::new(
+                    e,
+                    in_df,
+                    &in_schema,
+                    state.execution_props(),
+                    &PhysicalPlanningContext::default(),
+                )
+                .build()?;
+                if !lowered.order_bys.is_empty() {
+                    return Err(EngineError::user(
+                        "unsupported construct in streaming query: ORDER BY inside an aggregate",
+                    ));
+                }
+                aggs.push(AggSpec {
+                    expr: lowered.aggregate,
+                    filter: lowered.filter,
+                });
+            }
+            let op = AggregateOp::new(
+                window,
+                keys,
+                key_types,
+                aggs,
+                Arc::new(a.schema.as_arrow().clone()),
+                ctx.mode,
+                watermarked,
+            )?;
+            ctx.agg = Some((op, in_schema, pre));
+            Ok(Node::Input)
+        }
         other => Err(EngineError::user(format!(
             "unsupported construct in streaming query: {}",
             other.display()

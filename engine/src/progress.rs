@@ -75,6 +75,9 @@ pub struct QueryProgress {
     /// Event-time statistics (from the stateful streaming work on).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub event_time: BTreeMap<String, String>,
+    /// Stateful operators (Spark's `stateOperators`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state_operators: Vec<crate::aggregate::StateOperatorProgress>,
     /// Per source.
     pub sources: Vec<SourceProgress>,
     /// The sink.

@@ -217,3 +217,13 @@ impl StreamingQuery {
         }
     }
 }
+
+impl From<QueryError> for crate::EngineError {
+    fn from(e: QueryError) -> Self {
+        match e.kind {
+            ErrorKind::User => crate::EngineError::User(e.message),
+            ErrorKind::External => crate::EngineError::External(e.message),
+            ErrorKind::Bug => crate::EngineError::Bug(e.message),
+        }
+    }
+}

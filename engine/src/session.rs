@@ -4,7 +4,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::datasource::ViewTable;
+use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::window::{WindowKind, WindowUdf};
 
 use crate::connector::ConnectorRegistry;
 use crate::dataframe::DataFrame;
@@ -53,6 +56,10 @@ impl SessionBuilder {
             config = config.set_str(k, v);
         }
         let ctx = SessionContext::new_with_config(config);
+        ctx.register_udf(ScalarUDF::new_from_impl(WindowUdf::new(WindowKind::Time)));
+        ctx.register_udf(ScalarUDF::new_from_impl(WindowUdf::new(
+            WindowKind::Session,
+        )));
         Ok(Session {
             inner: Arc::new(SessionInner {
                 app_name: self.app_name.unwrap_or_else(|| "sluice".into()),
@@ -96,6 +103,12 @@ impl Session {
         SessionBuilder::default()
     }
 
+    /// How many streaming plans this process has built: one per started query, never one per
+    /// batch.
+    pub fn plans_built() -> u64 {
+        crate::plan::PLANS_BUILT.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The application name.
     pub fn app_name(&self) -> &str {
         &self.inner.app_name
@@ -110,8 +123,16 @@ impl Session {
     /// streaming DataFrame (run it with `write_stream()`); DDL statements run at once.
     pub fn sql(&self, sql: &str) -> Result<DataFrame> {
         let ctx = self.inner.ctx.clone();
-        let sql = sql.to_string();
-        let df = self.block_on(async move { ctx.sql(&sql).await })?;
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let mut stmt = state.sql_to_statement(sql, &dialect)?;
+        if let datafusion::sql::parser::Statement::Statement(s) = &mut stmt {
+            crate::sql::rewrite_statement(s)?;
+        }
+        let df = self.block_on(async move {
+            let plan = state.statement_to_plan(stmt).await?;
+            ctx.execute_logical_plan(plan).await
+        })?;
         Ok(DataFrame::from_datafusion(self.clone(), df))
     }
 

@@ -14,7 +14,7 @@ use crate::options::{parse_duration, Options};
 use crate::plan::StreamPlan;
 use crate::query::{QueryShared, StreamingQuery};
 use crate::DataFrame;
-use sluice_state::CheckpointDir;
+use sluice_state::{CheckpointDir, RocksStateStoreProvider, StateStoreProvider};
 
 /// When batches run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,7 @@ pub struct DataStreamWriter {
     query_name: Option<String>,
     foreach: Option<ForeachBatchFn>,
     progress_log: Option<PathBuf>,
+    late_data: Option<(String, Options)>,
 }
 
 impl DataStreamWriter {
@@ -89,6 +90,7 @@ impl DataStreamWriter {
             query_name: None,
             foreach: None,
             progress_log: None,
+            late_data: None,
         }
     }
 
@@ -150,6 +152,21 @@ impl DataStreamWriter {
         self
     }
 
+    /// Writes the input rows a watermarked aggregation drops as late to a second sink (e.g.
+    /// `late_data_sink("json", [("path", "late")])`), batch by batch, never silently losing them.
+    pub fn late_data_sink<K: AsRef<str>, V: ToString>(
+        mut self,
+        format: &str,
+        options: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let mut o = Options::new();
+        for (k, v) in options {
+            o.set(k.as_ref(), v.to_string());
+        }
+        self.late_data = Some((format.to_ascii_lowercase(), o));
+        self
+    }
+
     /// Appends every batch's progress as a JSON line to this file.
     pub fn progress_log(mut self, path: impl Into<PathBuf>) -> Self {
         self.progress_log = Some(path.into());
@@ -167,7 +184,12 @@ impl DataStreamWriter {
     pub fn prepare(mut self) -> Result<PreparedQuery> {
         let session = self.df.session().clone();
         let clock = BatchClock::new();
-        let plan = StreamPlan::build(self.df.logical_plan(), &session.context().state(), &clock)?;
+        let mut plan = StreamPlan::build(
+            self.df.logical_plan(),
+            &session.context().state(),
+            &clock,
+            self.output_mode,
+        )?;
 
         if self.output_mode == OutputMode::Complete && !plan.stateful {
             return Err(EngineError::user(
@@ -240,6 +262,37 @@ impl DataStreamWriter {
             }
         };
         let checkpoint = CheckpointDir::open(&checkpoint_dir)?;
+        for (i, _name) in plan.state_operators() {
+            let dir = checkpoint.root().join("state").join(i.to_string());
+            plan.set_state_store(i, RocksStateStoreProvider.open(&dir)?)?;
+        }
+        let late_sink = match self.late_data.take() {
+            None => None,
+            Some((format, options)) => {
+                let Some(schema) = plan.late_rows_schema() else {
+                    return Err(EngineError::user(
+                        "a late-data sink needs a watermarked window aggregation: only it drops late rows",
+                    ));
+                };
+                let f = session.registry().sink(&format)?;
+                let spec = SinkSpec {
+                    format,
+                    options,
+                    output_mode: OutputMode::Append,
+                };
+                f.validate(&spec)?;
+                Some(f.create(
+                    &spec,
+                    &SinkContext {
+                        query_id: checkpoint.query_id().to_string(),
+                        query_name: self.query_name.as_ref().map(|n| format!("{n}_late")),
+                        schema,
+                        checkpoint_dir: checkpoint.root().to_path_buf(),
+                        session: session.context().clone(),
+                    },
+                )?)
+            }
+        };
         let shared = QueryShared::new(checkpoint.query_id().to_string(), self.query_name.clone());
 
         let mut sources = Vec::new();
@@ -289,6 +342,7 @@ impl DataStreamWriter {
             session.listeners(),
             progress_log,
             retry,
+            late_sink,
         );
         Ok(PreparedQuery {
             exec,

@@ -33,8 +33,13 @@ pub struct OffsetsEntry {
     pub batch_id: u64,
     /// Batch timestamp in ms since the epoch: `now()`/`current_timestamp()` of this batch.
     pub batch_timestamp_ms: i64,
-    /// Event-time watermark in force for this batch, ms since the epoch (0 when none).
+    /// Event-time watermark in force for this batch (eviction and append emission), ms since
+    /// the epoch (0 when none).
     pub watermark_ms: i64,
+    /// The previous batch's watermark: rows whose window ends at or before it are late
+    /// (Spark >= 3.4).
+    #[serde(default)]
+    pub late_watermark_ms: i64,
     /// End offset of each source (source-specific JSON), in the order of the query's sources.
     pub sources: Vec<serde_json::Value>,
     /// Settings that must not change between restarts.
@@ -182,6 +187,7 @@ mod tests {
             batch_id,
             batch_timestamp_ms: 1,
             watermark_ms: 0,
+            late_watermark_ms: 0,
             sources: vec![serde_json::json!({"logOffset": batch_id})],
             conf: BTreeMap::new(),
         }

@@ -9,20 +9,25 @@
 //! | [`log`]       | [`VersionedLog`]: a directory of numbered, versioned JSON entries, never overwritten |
 //! | [`checkpoint`]| [`CheckpointDir`]: `metadata`, `offsets/N`, `commits/N`, `sources/<i>/` of one query |
 //! | [`recovery`]  | [`resolve_start`]: the pure decision of where a restarted query resumes |
+//! | [`store`]     | [`StateStore`] / [`StateStoreProvider`]: the traits stateful operators use |
+//! | [`rocks`]     | [`RocksStateStore`]: the RocksDB implementation (RocksDB stays in this module) |
 //!
-//! The state store traits (and their RocksDB implementation) land here with the stateful-streaming
-//! work; nothing in this crate knows about Arrow, DataFusion or any connector.
+//! Nothing in this crate knows about Arrow, DataFusion or any connector.
 
 pub mod atomic;
 pub mod checkpoint;
 pub mod error;
 pub mod log;
 pub mod recovery;
+pub mod rocks;
+pub mod store;
 
 pub use checkpoint::{CheckpointDir, CommitEntry, OffsetsEntry, QueryMetadata};
 pub use error::{ErrorKind, StateError};
 pub use log::VersionedLog;
 pub use recovery::{resolve_start, StartDecision};
+pub use rocks::{RocksStateStore, RocksStateStoreProvider};
+pub use store::{CommitStats, StateChanges, StateStore, StateStoreProvider};
 
 /// Result type of this crate.
 pub type Result<T, E = StateError> = std::result::Result<T, E>;

@@ -1,0 +1,555 @@
+//! The streaming aggregation operator: windowed or not, with its state in a [`StateStore`].
+//!
+//! Per micro-batch: assign rows to windows, drop rows whose window ended at or before the
+//! previous batch's watermark (counted, and handed to the late-data sink), aggregate the batch
+//! in memory with DataFusion's vectorised `GroupsAccumulator`s, load the stored states of only
+//! the groups the batch touched (one multi-get), merge, and emit per output mode: update = the
+//! touched groups; append = the groups whose window ended at or before the current watermark
+//! (then dropped from state); complete = every group. The state changes are committed by
+//! [`AggregateOp::commit`] after the sink has the batch, in one synced write with the batch id.
+//!
+//! Keys: `window end (8 bytes, order-preserving) ++ arrow-row encoding of the other group keys`,
+//! so that eviction is one range scan from the start. Values: the arrow-row encoding of the
+//! aggregates' intermediate states (e.g. sum and count for avg).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute::{cast, concat_batches, filter_record_batch, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_plan::PhysicalExpr;
+use sluice_state::store::{CommitStats, StateChanges, StateStore};
+
+use crate::connector::OutputMode;
+use crate::error::{EngineError, Result};
+use crate::window::{window_struct, WindowSpec};
+
+/// One aggregate function of the operator.
+#[derive(Debug)]
+pub struct AggSpec {
+    /// The physical aggregate.
+    pub expr: Arc<AggregateFunctionExpr>,
+    /// `FILTER (WHERE ...)`.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+/// Where the window goes among the group columns, and its shape.
+#[derive(Debug, Clone)]
+pub struct WindowGroup {
+    /// Position among the group-by expressions.
+    pub position: usize,
+    /// The time column expression (evaluated on the operator's input).
+    pub time: Arc<dyn PhysicalExpr>,
+    /// The window shape.
+    pub spec: WindowSpec,
+}
+
+/// What one batch produced, before it is committed.
+#[derive(Debug, Default)]
+pub struct AggOutput {
+    /// Rows for the sink.
+    pub rows: Vec<RecordBatch>,
+    /// Input rows dropped as late (for the late-data sink).
+    pub late_rows: Vec<RecordBatch>,
+    /// Partially aggregated rows dropped as late (Spark's `numRowsDroppedByWatermark`).
+    pub dropped_by_watermark: u64,
+    /// State changes to commit.
+    pub changes: StateChanges,
+}
+
+/// Progress of the operator in one batch (Spark's `stateOperators[i]`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateOperatorProgress {
+    /// Operator name.
+    pub operator_name: String,
+    /// Keys in state after the batch.
+    pub num_rows_total: u64,
+    /// Keys written.
+    pub num_rows_updated: u64,
+    /// Keys removed.
+    pub num_rows_removed: u64,
+    /// Partially aggregated rows dropped as late.
+    pub num_rows_dropped_by_watermark: u64,
+    /// Memory used by the store.
+    pub memory_used_bytes: u64,
+    /// Time of the state commit, ms.
+    pub commit_time_ms: u64,
+}
+
+/// The aggregation operator.
+pub struct AggregateOp {
+    window: Option<WindowGroup>,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    aggs: Vec<AggSpec>,
+    key_converter: RowConverter,
+    state_converter: RowConverter,
+    state_counts: Vec<usize>,
+    output_schema: SchemaRef,
+    mode: OutputMode,
+    /// Whether window ends are compared with the watermark (the window's time column is the
+    /// watermarked column).
+    watermarked: bool,
+    store: Option<Box<dyn StateStore>>,
+}
+
+impl std::fmt::Debug for AggregateOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggregateOp")
+            .field("window", &self.window)
+            .field("aggs", &self.aggs.len())
+            .finish()
+    }
+}
+
+fn encode_end(end: i64) -> [u8; 8] {
+    ((end as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn decode_end(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    (u64::from_be_bytes(a) ^ (1 << 63)) as i64
+}
+
+impl AggregateOp {
+    /// Builds the operator. `key_types` are the data types of `keys`; `output_schema` is the
+    /// logical Aggregate's schema (group columns, then aggregates).
+    pub fn new(
+        window: Option<WindowGroup>,
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        key_types: Vec<DataType>,
+        aggs: Vec<AggSpec>,
+        output_schema: SchemaRef,
+        mode: OutputMode,
+        watermarked: bool,
+    ) -> Result<Self> {
+        let key_converter = RowConverter::new(key_types.into_iter().map(SortField::new).collect())?;
+        let mut state_fields = Vec::new();
+        let mut state_counts = Vec::new();
+        for a in &aggs {
+            let f = a.expr.state_fields()?;
+            state_counts.push(f.len());
+            state_fields.extend(f.into_iter().map(|f| SortField::new(f.data_type().clone())));
+        }
+        Ok(Self {
+            window,
+            keys,
+            aggs,
+            key_converter,
+            state_converter: RowConverter::new(state_fields)?,
+            state_counts,
+            output_schema,
+            mode,
+            watermarked,
+            store: None,
+        })
+    }
+
+    /// Gives the operator its state store (when the query starts).
+    pub fn set_store(&mut self, store: Box<dyn StateStore>) {
+        self.store = Some(store);
+    }
+
+    fn store(&self) -> Result<&dyn StateStore> {
+        self.store
+            .as_deref()
+            .ok_or_else(|| EngineError::bug("aggregate without state store"))
+    }
+
+    /// The batch the state store last committed.
+    pub fn committed_batch(&self) -> Option<u64> {
+        self.store.as_ref().and_then(|s| s.committed_batch())
+    }
+
+    /// Whether the operator evicts by watermark (append/update with a watermarked window).
+    pub fn uses_watermark(&self) -> bool {
+        self.watermarked && self.window.is_some()
+    }
+
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+        self.aggs
+            .iter()
+            .map(|a| {
+                if a.expr.groups_accumulator_supported() {
+                    Ok(a.expr.create_groups_accumulator()?)
+                } else {
+                    let e = Arc::clone(&a.expr);
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        e.create_accumulator()
+                    })) as Box<dyn GroupsAccumulator>)
+                }
+            })
+            .collect()
+    }
+
+    /// Processes one batch's input. `late_wm` / `evict_wm`: the previous and the current
+    /// watermark, µs.
+    pub fn process(
+        &mut self,
+        input: &[RecordBatch],
+        in_schema: &SchemaRef,
+        late_wm: i64,
+        evict_wm: i64,
+    ) -> Result<AggOutput> {
+        let batch = concat_batches(in_schema, input)?;
+        let n = batch.num_rows();
+        let mut out = AggOutput::default();
+
+        // 1. window assignment (row i of the expanded input = input row take[i] in window ends[i])
+        let (take_idx, ends): (Option<UInt32Array>, Vec<i64>) = match &self.window {
+            None => (None, vec![0; n]),
+            Some(w) => {
+                let ts = w.time.evaluate(&batch)?.into_array(n)?;
+                let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+                let ts = ts
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .ok_or_else(|| EngineError::bug("window time is not a timestamp"))?;
+                let mut idx = Vec::with_capacity(n);
+                let mut ends = Vec::with_capacity(n);
+                let mut scratch = Vec::new();
+                for (i, t) in ts.iter().enumerate() {
+                    let Some(t) = t else { continue }; // no event time: no window (as Spark)
+                    scratch.clear();
+                    w.spec.windows_of(t, &mut scratch);
+                    for e in &scratch {
+                        idx.push(i as u32);
+                        ends.push(*e);
+                    }
+                }
+                (Some(UInt32Array::from(idx)), ends)
+            }
+        };
+        let expanded = match &take_idx {
+            None => batch.clone(),
+            Some(idx) => {
+                let cols = batch
+                    .columns()
+                    .iter()
+                    .map(|c| Ok(take(c.as_ref(), idx, None)?))
+                    .collect::<Result<Vec<_>>>()?;
+                RecordBatch::try_new(batch.schema(), cols)?
+            }
+        };
+        let m = expanded.num_rows();
+
+        // 2. late rows: window end <= previous watermark
+        let late: Vec<bool> = if self.uses_watermark() {
+            ends.iter().map(|e| *e <= late_wm).collect()
+        } else {
+            vec![false; m]
+        };
+        let key_arrays = self
+            .keys
+            .iter()
+            .map(|k| Ok(k.evaluate(&expanded)?.into_array(m)?))
+            .collect::<Result<Vec<_>>>()?;
+        // (no group key besides the window: every row's key part is empty)
+        let key_rows = if self.keys.is_empty() {
+            None
+        } else {
+            Some(self.key_converter.convert_columns(&key_arrays)?)
+        };
+
+        // 3. group indices of the on-time rows; distinct late groups are counted
+        let mut groups: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut group_keys: Vec<Vec<u8>> = Vec::new();
+        let mut group_idx = Vec::with_capacity(m);
+        let mut late_groups: std::collections::HashSet<Vec<u8>> = Default::default();
+        let mut keep = Vec::with_capacity(m);
+        for i in 0..m {
+            let key_part: &[u8] = match &key_rows {
+                Some(r) => r.row(i).data(),
+                None => &[],
+            };
+            let mut k = Vec::with_capacity(8 + key_part.len());
+            if self.window.is_some() {
+                k.extend_from_slice(&encode_end(ends[i]));
+            }
+            k.extend_from_slice(key_part);
+            if late[i] {
+                late_groups.insert(k);
+                keep.push(false);
+                continue;
+            }
+            keep.push(true);
+            let next = group_keys.len();
+            let g = *groups.entry(k).or_insert_with_key(|k| {
+                group_keys.push(k.clone());
+                next
+            });
+            group_idx.push(g);
+        }
+        out.dropped_by_watermark = late_groups.len() as u64;
+        if late.iter().any(|l| *l) {
+            // the late input rows themselves (each input row once)
+            let mut late_input = vec![false; n];
+            for (i, l) in late.iter().enumerate() {
+                if *l {
+                    let row = take_idx.as_ref().map_or(i, |t| t.value(i) as usize);
+                    late_input[row] = true;
+                }
+            }
+            out.late_rows.push(filter_record_batch(
+                &batch,
+                &BooleanArray::from(late_input),
+            )?);
+        }
+        let on_time = filter_record_batch(&expanded, &BooleanArray::from(keep))?;
+        let num_groups = group_keys.len();
+
+        // 4. aggregate the batch in memory
+        let mut accs = self.new_accumulators()?;
+        for (a, acc) in self.aggs.iter().zip(accs.iter_mut()) {
+            let args = a
+                .expr
+                .expressions()
+                .iter()
+                .map(|e| Ok(e.evaluate(&on_time)?.into_array(on_time.num_rows())?))
+                .collect::<Result<Vec<_>>>()?;
+            let filter = match &a.filter {
+                Some(f) => {
+                    let v = f.evaluate(&on_time)?.into_array(on_time.num_rows())?;
+                    Some(
+                        v.as_any()
+                            .downcast_ref::<BooleanArray>()
+                            .cloned()
+                            .ok_or_else(|| EngineError::bug("FILTER is not boolean"))?,
+                    )
+                }
+                None => None,
+            };
+            acc.update_batch(&args, &group_idx, filter.as_ref(), num_groups)?;
+        }
+
+        // 5. merge the stored states of the touched groups
+        let stored = self.store()?.multi_get(&group_keys)?;
+        let mut found_idx = Vec::new();
+        let mut found_vals = Vec::new();
+        for (g, v) in stored.iter().enumerate() {
+            if let Some(v) = v {
+                found_idx.push(g);
+                found_vals.push(v.as_slice());
+            }
+        }
+        if !found_idx.is_empty() {
+            let states = self.decode_states(&found_vals)?;
+            for (acc, cols) in accs.iter_mut().zip(states) {
+                acc.merge_batch(&cols, &found_idx, num_groups)?;
+            }
+        }
+        let new_groups = num_groups - found_idx.len();
+        let mut states: Vec<Vec<ArrayRef>> = accs
+            .iter_mut()
+            .map(|a| a.state(EmitTo::All))
+            .collect::<std::result::Result<_, _>>()?;
+
+        // 6. what is emitted and what stays
+        let evict = |end: i64| {
+            self.uses_watermark() && self.mode != OutputMode::Complete && end <= evict_wm
+        };
+        let ends_of: Vec<i64> = group_keys
+            .iter()
+            .map(|k| {
+                if self.window.is_some() {
+                    decode_end(k)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let mut emit_touched: Vec<usize> = Vec::new();
+        let mut changes = StateChanges::default();
+        let state_rows = self.encode_states(&states)?;
+        let mut rows_delta = new_groups as i64;
+        for g in 0..num_groups {
+            let gone = evict(ends_of[g]);
+            let emit = match self.mode {
+                OutputMode::Update | OutputMode::Complete => true,
+                OutputMode::Append => {
+                    if self.uses_watermark() {
+                        gone
+                    } else {
+                        false
+                    }
+                }
+            };
+            if emit {
+                emit_touched.push(g);
+            }
+            if gone {
+                if stored[g].is_some() {
+                    changes.deletes.push(group_keys[g].clone());
+                }
+                rows_delta -= 1;
+            } else {
+                changes
+                    .puts
+                    .push((group_keys[g].clone(), state_rows[g].clone()));
+            }
+        }
+
+        // stored groups the batch did not touch: evicted (append emits them) or, in complete
+        // mode, emitted as they are
+        let mut extra_keys: Vec<Vec<u8>> = Vec::new();
+        let mut extra_vals: Vec<Vec<u8>> = Vec::new();
+        let scan_to: Option<Vec<u8>> = match self.mode {
+            OutputMode::Complete => None,
+            _ if self.uses_watermark() => Some(encode_end(evict_wm.saturating_add(1)).to_vec()),
+            _ => Some(Vec::new()),
+        };
+        if scan_to.as_ref().is_none_or(|t| !t.is_empty()) {
+            self.store()?.scan(&[], scan_to.as_deref(), &mut |k, v| {
+                if !groups.contains_key(k) {
+                    extra_keys.push(k.to_vec());
+                    extra_vals.push(v.to_vec());
+                }
+                Ok(true)
+            })?;
+        }
+        if self.mode != OutputMode::Complete {
+            for k in &extra_keys {
+                changes.deletes.push(k.clone());
+                rows_delta -= 1;
+            }
+        }
+        changes.rows_delta = rows_delta;
+
+        // 7. build the output rows (update mode evicts untouched groups silently)
+        if self.mode == OutputMode::Update {
+            extra_keys.clear();
+            extra_vals.clear();
+        }
+        if !emit_touched.is_empty() || !extra_keys.is_empty() {
+            let mut keys: Vec<&[u8]> = emit_touched
+                .iter()
+                .map(|g| group_keys[*g].as_slice())
+                .collect();
+            keys.extend(extra_keys.iter().map(|k| k.as_slice()));
+            // final values: states of the emitted groups, merged into fresh accumulators
+            let touched_idx =
+                UInt32Array::from(emit_touched.iter().map(|g| *g as u32).collect::<Vec<_>>());
+            let extra_states =
+                if extra_vals.is_empty() {
+                    None
+                } else {
+                    Some(self.decode_states(
+                        &extra_vals.iter().map(|v| v.as_slice()).collect::<Vec<_>>(),
+                    )?)
+                };
+            let total = keys.len();
+            let mut finals = self.new_accumulators()?;
+            for (i, acc) in finals.iter_mut().enumerate() {
+                let t: Vec<ArrayRef> = states[i]
+                    .iter()
+                    .map(|c| Ok(take(c.as_ref(), &touched_idx, None)?))
+                    .collect::<Result<_>>()?;
+                let idx: Vec<usize> = (0..emit_touched.len()).collect();
+                acc.merge_batch(&t, &idx, total)?;
+                if let Some(es) = &extra_states {
+                    let idx: Vec<usize> = (emit_touched.len()..total).collect();
+                    acc.merge_batch(&es[i], &idx, total)?;
+                }
+            }
+            let values = finals
+                .iter_mut()
+                .map(|a| a.evaluate(EmitTo::All))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            out.rows.push(self.output_batch(&keys, values)?);
+        }
+        states.clear();
+        out.changes = changes;
+        Ok(out)
+    }
+
+    fn decode_states(&self, vals: &[&[u8]]) -> Result<Vec<Vec<ArrayRef>>> {
+        let parser = self.state_converter.parser();
+        let rows = vals.iter().map(|v| parser.parse(v));
+        let cols = self.state_converter.convert_rows(rows)?;
+        let mut out = Vec::with_capacity(self.state_counts.len());
+        let mut it = cols.into_iter();
+        for c in &self.state_counts {
+            out.push(it.by_ref().take(*c).collect());
+        }
+        Ok(out)
+    }
+
+    fn encode_states(&self, states: &[Vec<ArrayRef>]) -> Result<Vec<Vec<u8>>> {
+        let cols: Vec<ArrayRef> = states.iter().flatten().cloned().collect();
+        if cols.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self.state_converter.convert_columns(&cols)?;
+        Ok((0..rows.num_rows())
+            .map(|i| rows.row(i).as_ref().to_vec())
+            .collect())
+    }
+
+    fn output_batch(&self, keys: &[&[u8]], values: Vec<ArrayRef>) -> Result<RecordBatch> {
+        let offset = if self.window.is_some() { 8 } else { 0 };
+        let key_cols = if self.keys.is_empty() {
+            Vec::new()
+        } else {
+            let parser = self.key_converter.parser();
+            self.key_converter
+                .convert_rows(keys.iter().map(|k| parser.parse(&k[offset..])))?
+        };
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        let mut key_iter = key_cols.into_iter();
+        let n_groups = self.keys.len() + usize::from(self.window.is_some());
+        for pos in 0..n_groups {
+            match &self.window {
+                Some(w) if w.position == pos => {
+                    let ends: TimestampMicrosecondArray = keys
+                        .iter()
+                        .map(|k| Some(decode_end(k)))
+                        .collect::<TimestampMicrosecondArray>()
+                        .with_timezone("UTC");
+                    let starts: TimestampMicrosecondArray = ends
+                        .iter()
+                        .map(|e| e.map(|e| e - w.spec.size_us))
+                        .collect::<TimestampMicrosecondArray>()
+                        .with_timezone("UTC");
+                    cols.push(window_struct(starts, ends));
+                }
+                _ => cols.push(
+                    key_iter
+                        .next()
+                        .ok_or_else(|| EngineError::bug("group key count"))?,
+                ),
+            }
+        }
+        cols.extend(values);
+        // align types and nullability with the planned schema
+        let fields: Vec<Field> = self
+            .output_schema
+            .fields()
+            .iter()
+            .zip(&cols)
+            .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), true))
+            .collect();
+        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+    }
+
+    /// Commits the state changes of `batch_id` (after the sink has the batch).
+    pub fn commit(&mut self, batch_id: u64, changes: StateChanges) -> Result<CommitStats> {
+        let store = self
+            .store
+            .as_mut()
+            .ok_or_else(|| EngineError::bug("aggregate without state store"))?;
+        Ok(store.commit(batch_id, changes)?)
+    }
+
+    /// Keys in state.
+    pub fn rows_total(&self) -> u64 {
+        self.store.as_ref().map_or(0, |s| s.rows_total())
+    }
+}

@@ -1,0 +1,313 @@
+//! Event-time windows: `window(ts, size [, slide [, start]])` and `session_window(ts, gap)`,
+//! as SQL functions and DataFrame expressions. Both return Spark's `window` struct
+//! (`start`, `end`: TIMESTAMP, end exclusive, aligned to the Unix epoch plus `start`).
+//!
+//! In a GROUP BY, the streaming planner recognises these functions and assigns each row to its
+//! windows itself (a sliding window puts a row in several); evaluated row by row (e.g. in a
+//! projection) only a tumbling `window` has a single answer.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, StructArray, TimestampMicrosecondArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Fields, TimeUnit};
+use datafusion::common::{exec_err, plan_err, ScalarValue};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::ddl::timestamp_type;
+use crate::options::parse_duration;
+
+/// The struct type of a window column.
+pub fn window_type() -> DataType {
+    DataType::Struct(window_fields())
+}
+
+fn window_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("start", timestamp_type(), true),
+        Field::new("end", timestamp_type(), true),
+    ])
+}
+
+/// Tumbling, sliding or session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WindowKind {
+    /// `window(...)`.
+    Time,
+    /// `session_window(...)`.
+    Session,
+}
+
+/// A window's shape, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// Window length (the gap for session windows).
+    pub size_us: i64,
+    /// Distance between window starts (= size for tumbling windows).
+    pub slide_us: i64,
+    /// Offset of window starts from the epoch.
+    pub offset_us: i64,
+    /// Tumbling/sliding or session.
+    pub kind: WindowKind,
+}
+
+impl WindowSpec {
+    /// Start of the last window starting at or before `ts`.
+    pub fn last_start(&self, ts: i64) -> i64 {
+        ts - (ts - self.offset_us).rem_euclid(self.slide_us)
+    }
+
+    /// Ends of every window containing `ts`, earliest first.
+    pub fn windows_of(&self, ts: i64, out: &mut Vec<i64>) {
+        let mut start = self.last_start(ts);
+        let mut ends = Vec::new();
+        while start + self.size_us > ts {
+            ends.push(start + self.size_us);
+            start -= self.slide_us;
+        }
+        ends.reverse();
+        out.extend(ends);
+    }
+}
+
+fn interval_us(v: &ScalarValue, what: &str) -> DfResult<i64> {
+    match v {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => parse_duration(s)
+            .map(|d| d.as_micros() as i64)
+            .or_else(|e| plan_err!("{what}: {e}")),
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
+            Ok(i.days as i64 * 86_400_000_000 + i.nanoseconds / 1000)
+        }
+        ScalarValue::IntervalDayTime(Some(i)) => {
+            Ok(i.days as i64 * 86_400_000_000 + i.milliseconds as i64 * 1000)
+        }
+        other => plan_err!("{what} must be a literal duration such as '10 minutes', got {other}"),
+    }
+}
+
+/// Reads the window shape from the literal arguments of a window function call.
+pub fn spec_of_args(kind: WindowKind, args: &[Expr]) -> DfResult<WindowSpec> {
+    let lit = |i: usize, what: &str| -> DfResult<i64> {
+        match args.get(i) {
+            Some(Expr::Literal(v, _)) => interval_us(v, what),
+            Some(other) => plan_err!("{what} must be a literal, got {other}"),
+            None => plan_err!("{what} is missing"),
+        }
+    };
+    let size = lit(1, "window duration")?;
+    if size <= 0 {
+        return plan_err!("window duration must be positive");
+    }
+    match kind {
+        WindowKind::Session => {
+            if args.len() != 2 {
+                return plan_err!("session_window(time_column, gap) takes two arguments");
+            }
+            Ok(WindowSpec {
+                size_us: size,
+                slide_us: size,
+                offset_us: 0,
+                kind,
+            })
+        }
+        WindowKind::Time => {
+            if !(2..=4).contains(&args.len()) {
+                return plan_err!(
+                    "window(time_column, duration [, slide [, start]]) takes 2 to 4 arguments"
+                );
+            }
+            let slide = if args.len() >= 3 {
+                lit(2, "slide duration")?
+            } else {
+                size
+            };
+            if slide <= 0 || slide > size {
+                return plan_err!(
+                    "the slide duration must be positive and at most the window duration"
+                );
+            }
+            let offset = if args.len() == 4 {
+                lit(3, "start time")?
+            } else {
+                0
+            };
+            Ok(WindowSpec {
+                size_us: size,
+                slide_us: slide,
+                offset_us: offset.rem_euclid(slide),
+                kind,
+            })
+        }
+    }
+}
+
+/// The `window` / `session_window` function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct WindowUdf {
+    kind: WindowKind,
+    signature: Signature,
+}
+
+impl WindowUdf {
+    /// The function of this kind.
+    pub fn new(kind: WindowKind) -> Self {
+        Self {
+            kind,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+
+    /// Whether `udf` is a window function, and which.
+    pub fn kind_of(udf: &ScalarUDF) -> Option<WindowKind> {
+        let any: &dyn std::any::Any = udf.inner().as_ref();
+        any.downcast_ref::<WindowUdf>().map(|w| w.kind)
+    }
+}
+
+impl ScalarUDFImpl for WindowUdf {
+    fn name(&self) -> &str {
+        match self.kind {
+            WindowKind::Time => "window",
+            WindowKind::Session => "session_window",
+        }
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        match arg_types.first() {
+            Some(DataType::Timestamp(_, _)) | Some(DataType::Date32) => Ok(window_type()),
+            Some(other) => plan_err!("{}() needs a TIMESTAMP column, got {other}", self.name()),
+            None => plan_err!("{}() needs a time column", self.name()),
+        }
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let scalars: Vec<ScalarValue> = args.args[1..]
+            .iter()
+            .map(|a| match a {
+                ColumnarValue::Scalar(s) => Ok(s.clone()),
+                _ => exec_err!("window durations must be literals"),
+            })
+            .collect::<DfResult<_>>()?;
+        let lits: Vec<Expr> = std::iter::once(Expr::Literal(ScalarValue::Null, None))
+            .chain(scalars.into_iter().map(|s| Expr::Literal(s, None)))
+            .collect();
+        let spec = spec_of_args(self.kind, &lits)?;
+        if self.kind == WindowKind::Session || spec.slide_us != spec.size_us {
+            return exec_err!(
+                "{}() with more than one window per row can only be used in GROUP BY",
+                self.name()
+            );
+        }
+        let ts = args.args[0].to_array(args.number_rows)?;
+        let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+        let ts = ts
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("timestamp cast".into()))?;
+        let starts: TimestampMicrosecondArray = ts
+            .iter()
+            .map(|v| v.map(|t| spec.last_start(t)))
+            .collect::<TimestampMicrosecondArray>()
+            .with_timezone("UTC");
+        let ends: TimestampMicrosecondArray = starts
+            .iter()
+            .map(|v| v.map(|s| s + spec.size_us))
+            .collect::<TimestampMicrosecondArray>()
+            .with_timezone("UTC");
+        Ok(ColumnarValue::Array(window_struct(starts, ends)))
+    }
+}
+
+/// Builds a window struct column.
+pub fn window_struct(
+    starts: TimestampMicrosecondArray,
+    ends: TimestampMicrosecondArray,
+) -> ArrayRef {
+    Arc::new(StructArray::new(
+        window_fields(),
+        vec![Arc::new(starts) as ArrayRef, Arc::new(ends) as ArrayRef],
+        None,
+    ))
+}
+
+/// `window(ts, "10 minutes")`, `window(ts, "10 minutes", "5 minutes")`: a time window expression.
+pub fn window(time: Expr, duration: &str) -> Expr {
+    call(
+        WindowKind::Time,
+        vec![
+            time,
+            Expr::Literal(ScalarValue::Utf8(Some(duration.into())), None),
+        ],
+    )
+}
+
+/// A sliding window.
+pub fn sliding_window(time: Expr, duration: &str, slide: &str) -> Expr {
+    call(
+        WindowKind::Time,
+        vec![
+            time,
+            Expr::Literal(ScalarValue::Utf8(Some(duration.into())), None),
+            Expr::Literal(ScalarValue::Utf8(Some(slide.into())), None),
+        ],
+    )
+}
+
+/// `session_window(ts, "5 minutes")`.
+pub fn session_window(time: Expr, gap: &str) -> Expr {
+    call(
+        WindowKind::Session,
+        vec![
+            time,
+            Expr::Literal(ScalarValue::Utf8(Some(gap.into())), None),
+        ],
+    )
+}
+
+fn call(kind: WindowKind, args: Vec<Expr>) -> Expr {
+    Expr::ScalarFunction(ScalarFunction {
+        func: Arc::new(ScalarUDF::new_from_impl(WindowUdf::new(kind))),
+        args,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_epoch_aligned_and_end_exclusive() {
+        let min = 60_000_000;
+        let t = WindowSpec {
+            size_us: min,
+            slide_us: min,
+            offset_us: 0,
+            kind: WindowKind::Time,
+        };
+        let mut v = Vec::new();
+        t.windows_of(90_000_000, &mut v);
+        assert_eq!(v, vec![2 * min]);
+        v.clear();
+        t.windows_of(min, &mut v); // exactly on a boundary: the window that starts there
+        assert_eq!(v, vec![2 * min]);
+        v.clear();
+        t.windows_of(-1, &mut v);
+        assert_eq!(v, vec![0]);
+        let s = WindowSpec {
+            size_us: 10 * min,
+            slide_us: 5 * min,
+            offset_us: 0,
+            kind: WindowKind::Time,
+        };
+        v.clear();
+        s.windows_of(7 * min, &mut v);
+        assert_eq!(v, vec![10 * min, 15 * min]);
+    }
+}

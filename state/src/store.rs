@@ -1,0 +1,77 @@
+//! The state store of stateful operators: traits, with no storage engine in them.
+//!
+//! One store per stateful operator per checkpoint (`<checkpoint>/state/<op>/`). Keys are the
+//! operator's encoded group keys (ordered: operators put the event-time window end first so
+//! that eviction is a range scan); values its encoded accumulator states. A store is versioned
+//! by batch id: [`StateStore::commit`] applies one batch's changes and records the batch id in
+//! the same atomic, synced write, so after a crash the store holds exactly the state after some
+//! batch N, and [`StateStore::committed_batch`] says which; recovery reconciles N with the
+//! commit log.
+
+use std::path::Path;
+
+use crate::Result;
+
+/// The changes one micro-batch makes to a store.
+#[derive(Debug, Default, Clone)]
+pub struct StateChanges {
+    /// Keys written (inserted or updated), with their new values.
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys removed (evicted or merged away).
+    pub deletes: Vec<Vec<u8>>,
+    /// Net change in the number of keys (new keys − removed keys), kept as a counter.
+    pub rows_delta: i64,
+}
+
+/// What a commit did, for progress reports.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Keys in the store after the commit.
+    pub rows_total: u64,
+    /// Keys written.
+    pub rows_updated: u64,
+    /// Keys removed.
+    pub rows_removed: u64,
+    /// Time the synced write took, ms.
+    pub commit_ms: u64,
+    /// Estimated memory used by the store, bytes.
+    pub memory_used_bytes: u64,
+}
+
+/// The state of one stateful operator.
+///
+/// Called by that operator on its query's thread: reads ([`multi_get`](Self::multi_get),
+/// [`scan`](Self::scan)) any time during a batch, then one [`commit`](Self::commit) per batch,
+/// after the batch's output reached the sink and before its commit-log entry is written. What
+/// must hold: a commit is atomic and durable (all of a batch's changes and its id, or none);
+/// reads see the last commit (a batch's own changes are applied only by its commit).
+pub trait StateStore: Send {
+    /// The batch whose commit produced the current state; `None` for an empty new store.
+    fn committed_batch(&self) -> Option<u64>;
+
+    /// Values of `keys`, in order.
+    fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
+
+    /// Calls `f(key, value)` for keys in `[from, to)` in key order; stops when `f` returns false.
+    fn scan(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()>;
+
+    /// Applies `changes` as the state after batch `batch_id`, atomically and durably.
+    fn commit(&mut self, batch_id: u64, changes: StateChanges) -> Result<CommitStats>;
+
+    /// Number of keys.
+    fn rows_total(&self) -> u64;
+
+    /// Writes a consistent snapshot (e.g. to move or inspect a checkpoint) into `dir`.
+    fn snapshot(&self, dir: &Path) -> Result<()>;
+}
+
+/// Opens state stores; chosen when a query starts.
+pub trait StateStoreProvider: Send + Sync {
+    /// Opens (creating if missing) the store in `dir`.
+    fn open(&self, dir: &Path) -> Result<Box<dyn StateStore>>;
+}

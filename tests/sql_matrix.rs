@@ -1,0 +1,204 @@
+//! Stateful SQL beyond the golden query: aliases, reordered GROUP BY, HAVING, sliding windows,
+//! a CTE over the stream, a filter on the window column, and the DataFrame API's group_by/agg.
+//! Complete mode into a memory table; expected rows are worked out by hand in the comments.
+
+mod common;
+
+use arrow::util::pretty::pretty_format_batches;
+use common::*;
+use sluice::prelude::*;
+
+const EVENTS: &str = "\
+{\"event_time\":\"2025-01-01T00:00:10Z\",\"action\":\"a\",\"value\":1.0}
+{\"event_time\":\"2025-01-01T00:00:50Z\",\"action\":\"b\",\"value\":2.0}
+{\"event_time\":\"2025-01-01T00:01:10Z\",\"action\":\"a\",\"value\":4.0}
+{\"event_time\":\"2025-01-01T00:01:20Z\",\"action\":\"a\",\"value\":8.0}
+{\"event_time\":\"2025-01-01T00:02:30Z\",\"action\":\"b\",\"value\":16.0}
+";
+
+fn run(sql: &str, order_by: &str) -> Vec<String> {
+    let w = workdir();
+    let input = w.path().join("in");
+    // two files, so that state is merged across batches
+    let (first, second) = EVENTS.split_at(
+        EVENTS
+            .find("{\"event_time\":\"2025-01-01T00:01:20Z\"")
+            .expect("split"),
+    );
+    put_file(&input, "1.json", first, 0);
+    put_file(&input, "2.json", second, 1);
+    let s = Session::builder().build().expect("session");
+    s.read_stream()
+        .schema("event_time TIMESTAMP, action STRING, value DOUBLE")
+        .option("maxFilesPerTrigger", 1)
+        .json(input.to_str().expect("p"))
+        .expect("load")
+        .create_or_replace_temp_view("events")
+        .expect("view");
+    let q = s
+        .sql(sql)
+        .expect("sql")
+        .write_stream()
+        .format("memory")
+        .query_name("result")
+        .output_mode(OutputMode::Complete)
+        .trigger(Trigger::AvailableNow)
+        .checkpoint_location(w.path().join("chk"))
+        .start()
+        .expect("start");
+    q.await_termination().expect("done");
+    let rows = s
+        .sql(&format!("SELECT * FROM result ORDER BY {order_by}"))
+        .expect("sql")
+        .collect()
+        .expect("collect");
+    pretty_format_batches(&rows)
+        .expect("fmt")
+        .to_string()
+        .lines()
+        .skip(3)
+        .filter(|l| !l.starts_with('+'))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
+#[test]
+fn aliases_and_reordered_group_by() {
+    // 1-minute windows: 00:00 {a, b}, 00:01 {a, a}, 00:02 {b}
+    let got = run(
+        "SELECT action AS act, window.start AS ws, count(*) AS n FROM events \
+         GROUP BY action, window(event_time, '1 minute')",
+        "ws, act",
+    );
+    assert_eq!(
+        got,
+        vec![
+            "a,2025-01-01T00:00:00Z,1",
+            "b,2025-01-01T00:00:00Z,1",
+            "a,2025-01-01T00:01:00Z,2",
+            "b,2025-01-01T00:02:00Z,1"
+        ]
+    );
+}
+
+#[test]
+fn having() {
+    let got = run(
+        "SELECT window.start AS ws, action, count(*) AS n FROM events \
+         GROUP BY window(event_time, '1 minute'), action HAVING count(*) > 1",
+        "ws",
+    );
+    assert_eq!(got, vec!["2025-01-01T00:01:00Z,a,2"]);
+}
+
+#[test]
+fn sliding_windows_put_a_row_in_every_window_covering_it() {
+    // 2-minute windows every minute: [23:59,00:01) = 1+2, [00:00,00:02) = 1+2+4+8,
+    // [00:01,00:03) = 4+8+16, [00:02,00:04) = 16
+    let got = run(
+        "SELECT window.start AS ws, window.end AS we, sum(value) AS s FROM events \
+         GROUP BY window(event_time, '2 minutes', '1 minute')",
+        "ws",
+    );
+    assert_eq!(
+        got,
+        vec![
+            "2024-12-31T23:59:00Z,2025-01-01T00:01:00Z,3.0",
+            "2025-01-01T00:00:00Z,2025-01-01T00:02:00Z,15.0",
+            "2025-01-01T00:01:00Z,2025-01-01T00:03:00Z,28.0",
+            "2025-01-01T00:02:00Z,2025-01-01T00:04:00Z,16.0"
+        ]
+    );
+}
+
+#[test]
+fn cte_over_the_stream_with_the_window_struct() {
+    let got = run(
+        "WITH w AS (SELECT window, action, count(*) AS n FROM events \
+                    GROUP BY window(event_time, '1 minute'), action) \
+         SELECT window.start AS ws, n FROM w WHERE action = 'a'",
+        "ws",
+    );
+    assert_eq!(
+        got,
+        vec!["2025-01-01T00:00:00Z,1", "2025-01-01T00:01:00Z,2"]
+    );
+}
+
+#[test]
+fn filter_on_the_window_column_in_a_subquery() {
+    let got = run(
+        "SELECT ws, n FROM (SELECT window.start AS ws, count(*) AS n FROM events \
+                            GROUP BY window(event_time, '1 minute')) \
+         WHERE ws >= TIMESTAMP '2025-01-01T00:01:00Z'",
+        "ws",
+    );
+    assert_eq!(
+        got,
+        vec!["2025-01-01T00:01:00Z,2", "2025-01-01T00:02:00Z,1"]
+    );
+}
+
+#[test]
+fn dataframe_group_by_agg_and_non_windowed_aggregation() {
+    let w = workdir();
+    let input = w.path().join("in");
+    put_file(&input, "1.json", EVENTS, 0);
+    let s = Session::builder().build().expect("session");
+    let q = s
+        .read_stream()
+        .schema("event_time TIMESTAMP, action STRING, value DOUBLE")
+        .json(input.to_str().expect("p"))
+        .expect("load")
+        .group_by([col("action")])
+        .agg([
+            count(lit(1)).alias("n"),
+            max(col("value")).alias("biggest"),
+            avg(col("value")).alias("mean"),
+        ])
+        .expect("agg")
+        .write_stream()
+        .format("memory")
+        .query_name("per_action")
+        .output_mode(OutputMode::Update)
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .expect("start");
+    q.await_termination().expect("done");
+    let rows = s
+        .sql("SELECT action, n, biggest, mean FROM per_action ORDER BY action")
+        .expect("sql")
+        .collect()
+        .expect("c");
+    let text = pretty_format_batches(&rows).expect("fmt").to_string();
+    // a: 1, 4, 8 -> n 3, max 8, avg 13/3; b: 2, 16 -> n 2, max 16, avg 9
+    assert!(
+        text.contains("| a      | 3 | 8.0     | 4.333333333333333 |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| b      | 2 | 16.0    | 9.0               |"),
+        "{text}"
+    );
+    // append without a watermark is refused with the reason
+    let err = s
+        .read_stream()
+        .schema("event_time TIMESTAMP, action STRING, value DOUBLE")
+        .json(input.to_str().expect("p"))
+        .expect("load")
+        .group_by([window(col("event_time"), "1 minute")])
+        .count()
+        .expect("count")
+        .write_stream()
+        .format("console")
+        .start()
+        .expect_err("append without watermark")
+        .to_string();
+    assert!(err.contains("without a watermark"), "{err}");
+}
