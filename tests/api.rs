@@ -137,7 +137,8 @@ fn sql_over_a_view_with_dataframe_columns_and_foreach_batch() {
     let df = s
         .sql("SELECT uid, double_value FROM events WHERE double_value >= 20")
         .expect("sql");
-    let seen: Arc<Mutex<Vec<(u64, Vec<i64>)>>> = Arc::default();
+    type Seen = Vec<(u64, Vec<i64>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let seen2 = Arc::clone(&seen);
     let q = df
         .write_stream()

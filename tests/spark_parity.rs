@@ -62,13 +62,16 @@ fn generate(into: &Path) {
     }
 }
 
+/// (window_start, action)
+type Key = (String, String);
+/// (window_end, count, sum, avg, max)
+type Values = (String, i64, f64, f64, f64);
 /// (window_start, action) -> (window_end, count, sum, avg, max) from a CSV with a header.
-type Rows = BTreeMap<(String, String), (String, i64, f64, f64, f64)>;
+type Rows = BTreeMap<Key, Values>;
+/// A row of one update-mode batch.
+type BatchRow = (u64, Key, Values);
 
-fn parse_rows(
-    text: &str,
-    skip_cols: usize,
-) -> Vec<((String, String), (String, i64, f64, f64, f64))> {
+fn parse_rows(text: &str, skip_cols: usize) -> Vec<(Key, Values)> {
     text.lines()
         .filter(|l| !l.is_empty() && !l.starts_with("window_start") && !l.starts_with("batch_id"))
         .map(|l| {
@@ -296,7 +299,7 @@ fn update_mode_matches_spark_batch_by_batch() {
         .start()
         .expect("start");
     q.await_termination().expect("done");
-    let key = |l: &str| -> (u64, (String, String), (String, i64, f64, f64, f64)) {
+    let key = |l: &str| -> BatchRow {
         let id: u64 = l.split(',').next().expect("id").parse().expect("id");
         let (k, v) = parse_rows(l, 1).pop().expect("row");
         (id, k, v)
@@ -308,10 +311,7 @@ fn update_mode_matches_spark_batch_by_batch() {
         .skip(1)
         .map(key)
         .collect();
-    let order = |a: &(u64, (String, String), (String, i64, f64, f64, f64)),
-                 b: &(u64, (String, String), (String, i64, f64, f64, f64))| {
-        (a.0, &a.1).cmp(&(b.0, &b.1))
-    };
+    let order = |a: &BatchRow, b: &BatchRow| (a.0, &a.1).cmp(&(b.0, &b.1));
     got.sort_by(order);
     expected.sort_by(order);
     assert_eq!(got.len(), expected.len(), "update rows over all batches");

@@ -52,9 +52,16 @@ mod tests {
     use super::*;
     use StartDecision::*;
 
+    /// (last offsets entry, last commit entry, expected decision or error text)
+    type Case = (
+        Option<u64>,
+        Option<u64>,
+        Result<StartDecision, &'static str>,
+    );
+
     #[test]
     fn table() {
-        let cases: &[(Option<u64>, Option<u64>, Result<StartDecision, &str>)] = &[
+        let cases: &[Case] = &[
             (None, None, Ok(Fresh)),
             (Some(0), None, Ok(Rerun { batch: 0 })),
             (Some(0), Some(0), Ok(Resume { last_committed: 0 })),

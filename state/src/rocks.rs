@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
-use crate::store::{CommitStats, StateChanges, StateStore, StateStoreProvider};
+use crate::store::{CommitStats, ScanFn, StateChanges, StateStore, StateStoreProvider};
 use crate::{Result, StateError};
 
 const META_CF: &str = "sluice_meta";
@@ -108,12 +108,7 @@ impl StateStore for RocksStateStore {
             .collect()
     }
 
-    fn scan(
-        &self,
-        from: &[u8],
-        to: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
+    fn scan(&self, from: &[u8], to: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
         let mode = rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward);
         for item in self.db.iterator(mode) {
             let (k, v) = item.map_err(|e| rocks_err(&self.dir, e))?;

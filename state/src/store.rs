@@ -12,6 +12,9 @@ use std::path::Path;
 
 use crate::Result;
 
+/// The visitor of [`StateStore::scan`]: called with each key and value; `false` stops.
+pub type ScanFn<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
 /// The changes one micro-batch makes to a store.
 #[derive(Debug, Default, Clone)]
 pub struct StateChanges {
@@ -53,12 +56,7 @@ pub trait StateStore: Send {
     fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
 
     /// Calls `f(key, value)` for keys in `[from, to)` in key order; stops when `f` returns false.
-    fn scan(
-        &self,
-        from: &[u8],
-        to: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()>;
+    fn scan(&self, from: &[u8], to: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()>;
 
     /// Applies `changes` as the state after batch `batch_id`, atomically and durably.
     fn commit(&mut self, batch_id: u64, changes: StateChanges) -> Result<CommitStats>;
