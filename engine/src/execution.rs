@@ -143,7 +143,11 @@ impl Execution {
                 tracing::warn!("closing the late-data sink failed: {e}");
             }
         }
-        for l in &self.listeners {
+        // Close the state stores, sources and sinks before anyone learns that the query ended:
+        // a daemon exits right after, and RocksDB must not be torn down by process exit.
+        let listeners = std::mem::take(&mut self.listeners);
+        drop(self);
+        for l in &listeners {
             l.on_query_terminated(&shared.id, &shared.run_id, error.as_ref());
         }
         shared.terminate(error);
