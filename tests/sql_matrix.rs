@@ -202,3 +202,44 @@ fn dataframe_group_by_agg_and_non_windowed_aggregation() {
         .to_string();
     assert!(err.contains("without a watermark"), "{err}");
 }
+
+#[test]
+fn restarting_with_an_incompatible_aggregation_is_refused() {
+    let w = workdir();
+    let input = w.path().join("in");
+    put_file(&input, "1.json", EVENTS, 0);
+    let s = Session::builder().build().expect("session");
+    let start = |sql: &str| {
+        s.read_stream()
+            .schema("event_time TIMESTAMP, action STRING, value DOUBLE")
+            .json(input.to_str().expect("p"))
+            .expect("load")
+            .create_or_replace_temp_view("events")
+            .expect("view");
+        s.sql(sql)
+            .expect("sql")
+            .write_stream()
+            .format("console")
+            .output_mode(OutputMode::Update)
+            .trigger(Trigger::AvailableNow)
+            .checkpoint_location(w.path().join("chk"))
+            .start()
+    };
+    start("SELECT action, count(*) AS n FROM events GROUP BY action")
+        .expect("first run")
+        .await_termination()
+        .expect("done");
+    // same query: resumes
+    start("SELECT action, count(*) AS n FROM events GROUP BY action")
+        .expect("same query")
+        .await_termination()
+        .expect("done");
+    // other aggregate, other key: refused with a message
+    for sql in [
+        "SELECT action, sum(value) AS n FROM events GROUP BY action",
+        "SELECT value, count(*) AS n FROM events GROUP BY value",
+    ] {
+        let err = start(sql).expect_err(sql).to_string();
+        assert!(err.contains("different aggregation"), "{sql}: {err}");
+    }
+}

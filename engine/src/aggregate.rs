@@ -90,6 +90,7 @@ pub struct AggregateOp {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     aggs: Vec<AggSpec>,
     key_converter: RowConverter,
+    key_types: Vec<DataType>,
     state_converter: RowConverter,
     state_counts: Vec<usize>,
     output_schema: SchemaRef,
@@ -131,7 +132,8 @@ impl AggregateOp {
         mode: OutputMode,
         watermarked: bool,
     ) -> Result<Self> {
-        let key_converter = RowConverter::new(key_types.into_iter().map(SortField::new).collect())?;
+        let key_converter =
+            RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?;
         let mut state_fields = Vec::new();
         let mut state_counts = Vec::new();
         for a in &aggs {
@@ -144,6 +146,7 @@ impl AggregateOp {
             keys,
             aggs,
             key_converter,
+            key_types,
             state_converter: RowConverter::new(state_fields)?,
             state_counts,
             output_schema,
@@ -151,6 +154,31 @@ impl AggregateOp {
             watermarked,
             store: None,
         })
+    }
+
+    /// What the stored state means: group key types, window shape, aggregate functions and
+    /// their intermediate state types. A checkpoint written by another aggregation must not be
+    /// read by this one.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut aggs = Vec::new();
+        for a in &self.aggs {
+            let states: Vec<String> = a
+                .expr
+                .state_fields()?
+                .iter()
+                .map(|f| f.data_type().to_string())
+                .collect();
+            aggs.push(serde_json::json!({
+                "function": a.expr.fun().name(),
+                "distinct": a.expr.is_distinct(),
+                "state": states,
+            }));
+        }
+        let window = self.window.as_ref().map(|w| {
+            serde_json::json!({"size_us": w.spec.size_us, "slide_us": w.spec.slide_us, "offset_us": w.spec.offset_us})
+        });
+        let keys: Vec<String> = self.key_types.iter().map(|t| t.to_string()).collect();
+        Ok(serde_json::json!({"window": window, "keys": keys, "aggregates": aggs}).to_string())
     }
 
     /// Gives the operator its state store (when the query starts).
@@ -259,22 +287,20 @@ impl AggregateOp {
             Some(self.key_converter.convert_columns(&key_arrays)?)
         };
 
-        // 3. group indices of the on-time rows; distinct late groups are counted
-        let mut groups: HashMap<Vec<u8>, usize> = HashMap::new();
+        // 3. group indices of the on-time rows (no allocation per row: keys borrow the encoded
+        //    rows); distinct late groups are counted
+        let mut groups: HashMap<(i64, &[u8]), usize> = HashMap::new();
         let mut group_keys: Vec<Vec<u8>> = Vec::new();
         let mut group_idx = Vec::with_capacity(m);
-        let mut late_groups: std::collections::HashSet<Vec<u8>> = Default::default();
+        let mut late_groups: std::collections::HashSet<(i64, &[u8])> = Default::default();
         let mut keep = Vec::with_capacity(m);
+        let with_window = self.window.is_some();
         for i in 0..m {
             let key_part: &[u8] = match &key_rows {
                 Some(r) => r.row(i).data(),
                 None => &[],
             };
-            let mut k = Vec::with_capacity(8 + key_part.len());
-            if self.window.is_some() {
-                k.extend_from_slice(&encode_end(ends[i]));
-            }
-            k.extend_from_slice(key_part);
+            let k = (ends[i], key_part);
             if late[i] {
                 late_groups.insert(k);
                 keep.push(false);
@@ -282,8 +308,13 @@ impl AggregateOp {
             }
             keep.push(true);
             let next = group_keys.len();
-            let g = *groups.entry(k).or_insert_with_key(|k| {
-                group_keys.push(k.clone());
+            let g = *groups.entry(k).or_insert_with(|| {
+                let mut full = Vec::with_capacity(8 + key_part.len());
+                if with_window {
+                    full.extend_from_slice(&encode_end(ends[i]));
+                }
+                full.extend_from_slice(key_part);
+                group_keys.push(full);
                 next
             });
             group_idx.push(g);
@@ -368,7 +399,7 @@ impl AggregateOp {
             .collect();
         let mut emit_touched: Vec<usize> = Vec::new();
         let mut changes = StateChanges::default();
-        let state_rows = self.encode_states(&states)?;
+        let mut state_rows = self.encode_states(&states)?;
         let mut rows_delta = new_groups as i64;
         for g in 0..num_groups {
             let gone = evict(ends_of[g]);
@@ -393,7 +424,7 @@ impl AggregateOp {
             } else {
                 changes
                     .puts
-                    .push((group_keys[g].clone(), state_rows[g].clone()));
+                    .push((group_keys[g].clone(), std::mem::take(&mut state_rows[g])));
             }
         }
 
@@ -407,8 +438,10 @@ impl AggregateOp {
             _ => Some(Vec::new()),
         };
         if scan_to.as_ref().is_none_or(|t| !t.is_empty()) {
+            let touched: std::collections::HashSet<&[u8]> =
+                group_keys.iter().map(|k| k.as_slice()).collect();
             self.store()?.scan(&[], scan_to.as_deref(), &mut |k, v| {
-                if !groups.contains_key(k) {
+                if !touched.contains(k) {
                     extra_keys.push(k.to_vec());
                     extra_vals.push(v.to_vec());
                 }

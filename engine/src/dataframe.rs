@@ -123,6 +123,42 @@ impl DataFrame {
         }
     }
 
+    /// Drops rows whose `columns` repeat an earlier row's (all columns when empty). Without a
+    /// watermark the keys are remembered forever; with one on an event-time column among
+    /// `columns`, until the watermark passes it.
+    pub fn drop_duplicates(self, columns: &[&str]) -> Result<Self> {
+        self.dedup(columns, false)
+    }
+
+    /// Drops rows whose `columns` repeat an earlier row's within the watermark delay of the
+    /// first (needs `with_watermark`).
+    pub fn drop_duplicates_within_watermark(self, columns: &[&str]) -> Result<Self> {
+        self.dedup(columns, true)
+    }
+
+    fn dedup(self, columns: &[&str], within: bool) -> Result<Self> {
+        let (state, plan) = self.df.into_parts();
+        let schema = plan.schema().clone();
+        let cols = if columns.is_empty() {
+            schema.columns()
+        } else {
+            columns
+                .iter()
+                .map(|c| {
+                    schema
+                        .qualified_field_with_unqualified_name(c)
+                        .map(datafusion::common::Column::from)
+                        .map_err(|_| EngineError::user(format!("drop_duplicates: no column '{c}'")))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let plan = crate::dedup::DedupNode::plan(plan, cols, within);
+        Ok(Self {
+            df: datafusion::dataframe::DataFrame::new(state, plan),
+            session: self.session,
+        })
+    }
+
     /// Registers this DataFrame as a view for `session.sql`.
     pub fn create_or_replace_temp_view(&self, name: &str) -> Result<()> {
         self.session.register_view(name, self)

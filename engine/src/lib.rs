@@ -15,6 +15,7 @@
 //! | [`execution`]   | the micro-batch loop: offsets log → read → plan → sink → commit log → progress |
 //! | [`connector`]   | [`Source`], [`Sink`], their factories, [`ConnectorRegistry`], [`Notifier`] |
 //! | [`aggregate`]   | the streaming aggregation operator (windows, watermark, output modes, state) |
+//! | [`dedup`]       | `drop_duplicates` / `drop_duplicates_within_watermark` |
 //! | [`window`]      | `window` / `session_window`: the window functions and their shapes |
 //! | [`watermark`]   | `with_watermark`: the event-time watermark node of the logical plan |
 //! | [`sql`]         | Spark's `window.start` syntax rewritten in the parsed statement |
@@ -30,6 +31,7 @@ pub mod clock;
 pub mod connector;
 pub mod dataframe;
 pub mod ddl;
+pub mod dedup;
 pub mod error;
 pub mod execution;
 pub mod fault;

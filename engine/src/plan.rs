@@ -35,6 +35,7 @@ use sluice_state::store::{CommitStats, StateChanges, StateStore};
 use crate::aggregate::{AggSpec, AggregateOp, WindowGroup};
 use crate::clock::{BatchClock, BatchClockUdf};
 use crate::connector::{OutputMode, SourceSpec};
+use crate::dedup::{DedupNode, DedupOp};
 use crate::error::{EngineError, Result};
 use crate::watermark::WatermarkNode;
 use crate::window::{spec_of_args, WindowKind, WindowUdf};
@@ -199,9 +200,73 @@ pub struct StreamPlan {
     max_event_time: Arc<AtomicI64>,
 }
 
+/// The stateful operator of a plan.
+#[derive(Debug)]
+enum StatefulOp {
+    Aggregate(AggregateOp),
+    Dedup(DedupOp),
+}
+
+impl StatefulOp {
+    fn committed_batch(&self) -> Option<u64> {
+        match self {
+            StatefulOp::Aggregate(a) => a.committed_batch(),
+            StatefulOp::Dedup(d) => d.store().and_then(|s| s.committed_batch()),
+        }
+    }
+    fn uses_watermark(&self) -> bool {
+        match self {
+            StatefulOp::Aggregate(a) => a.uses_watermark(),
+            StatefulOp::Dedup(d) => d.uses_watermark(),
+        }
+    }
+    fn set_store(&mut self, store: Box<dyn StateStore>) {
+        match self {
+            StatefulOp::Aggregate(a) => a.set_store(store),
+            StatefulOp::Dedup(d) => d.set_store(store),
+        }
+    }
+    fn fingerprint(&self) -> Result<String> {
+        match self {
+            StatefulOp::Aggregate(a) => a.fingerprint(),
+            StatefulOp::Dedup(d) => Ok(d.fingerprint()),
+        }
+    }
+    fn process(
+        &mut self,
+        input: &[RecordBatch],
+        schema: &SchemaRef,
+        late: i64,
+        evict: i64,
+    ) -> Result<crate::aggregate::AggOutput> {
+        match self {
+            StatefulOp::Aggregate(a) => a.process(input, schema, late, evict),
+            StatefulOp::Dedup(d) => d.process(input, schema, late, evict),
+        }
+    }
+    fn commit(&mut self, batch_id: u64, changes: StateChanges) -> Result<CommitStats> {
+        match self {
+            StatefulOp::Aggregate(a) => a.commit(batch_id, changes),
+            StatefulOp::Dedup(d) => Ok(d.store_mut()?.commit(batch_id, changes)?),
+        }
+    }
+    fn rows_total(&self) -> u64 {
+        match self {
+            StatefulOp::Aggregate(a) => a.rows_total(),
+            StatefulOp::Dedup(d) => d.store().map_or(0, |s| s.rows_total()),
+        }
+    }
+    fn name(&self) -> &'static str {
+        match self {
+            StatefulOp::Aggregate(_) => "stateStoreSave",
+            StatefulOp::Dedup(_) => "dedupe",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct AggStage {
-    op: AggregateOp,
+    op: StatefulOp,
     input_schema: SchemaRef,
     post: Node,
 }
@@ -224,7 +289,7 @@ pub struct BatchOutput {
 struct Ctx<'a> {
     state: &'a SessionState,
     sources: Vec<Arc<StreamTable>>,
-    agg: Option<(AggregateOp, SchemaRef, Node)>,
+    agg: Option<(StatefulOp, SchemaRef, Node)>,
     watermark: Option<(String, i64)>,
     max_event_time: Arc<AtomicI64>,
     mode: OutputMode,
@@ -274,7 +339,10 @@ impl StreamPlan {
             ),
         };
         if let Some(a) = &agg {
-            if mode == OutputMode::Append && !a.op.uses_watermark() {
+            if mode == OutputMode::Append
+                && matches!(a.op, StatefulOp::Aggregate(_))
+                && !a.op.uses_watermark()
+            {
                 return Err(EngineError::user(
                     "Append output mode not supported when there are streaming aggregations without a watermark: \
                      group by a window of the watermarked column (with_watermark(...), or the source's `watermark` key), \
@@ -296,8 +364,16 @@ impl StreamPlan {
     /// The state store operators need, opened by the executor: `(operator index, name)`.
     pub fn state_operators(&self) -> Vec<(usize, &'static str)> {
         match &self.agg {
-            Some(_) => vec![(0, "stateStoreSave")],
+            Some(a) => vec![(0, a.op.name())],
             None => vec![],
+        }
+    }
+
+    /// What operator `index`'s state means (see [`AggregateOp::fingerprint`]).
+    pub fn state_fingerprint(&self, index: usize) -> Result<String> {
+        match (&self.agg, index) {
+            (Some(a), 0) => a.op.fingerprint(),
+            _ => Err(EngineError::bug(format!("no stateful operator {index}"))),
         }
     }
 
@@ -319,7 +395,9 @@ impl StreamPlan {
 
     /// Whether the aggregation evicts by watermark (a no-data batch can emit rows).
     pub fn evicts_by_watermark(&self) -> bool {
-        self.agg.as_ref().is_some_and(|a| a.op.uses_watermark())
+        self.agg
+            .as_ref()
+            .is_some_and(|a| matches!(a.op, StatefulOp::Aggregate(_)) && a.op.uses_watermark())
     }
 
     /// Runs one micro-batch's input (the batches of the single source) through the plan.
@@ -414,7 +492,11 @@ fn check_supported(plan: &LogicalPlan) -> Result<()> {
             | LogicalPlan::SubqueryAlias(_)
             | LogicalPlan::TableScan(_) => None,
             LogicalPlan::Aggregate(_) => None,
-            LogicalPlan::Extension(e) if e.node.as_any().is::<WatermarkNode>() => None,
+            LogicalPlan::Extension(e)
+                if e.node.as_any().is::<WatermarkNode>() || e.node.as_any().is::<DedupNode>() =>
+            {
+                None
+            }
             LogicalPlan::Distinct(_) => Some("DISTINCT is not supported on a stream yet"),
             LogicalPlan::Join(_) => Some("JOIN is not supported on a stream yet"),
             LogicalPlan::Sort(_) => {
@@ -541,6 +623,43 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
             })
         }
         LogicalPlan::SubqueryAlias(a) => translate(&a.input, ctx),
+        LogicalPlan::Extension(e) if e.node.as_any().is::<DedupNode>() => {
+            let d = e
+                .node
+                .as_any()
+                .downcast_ref::<DedupNode>()
+                .ok_or_else(|| EngineError::bug("dedup node"))?;
+            if ctx.agg.is_some() {
+                return Err(EngineError::user(
+                    "unsupported construct in streaming query: more than one stateful operator in one query",
+                ));
+            }
+            let pre = translate(&d.input, ctx)?;
+            let in_df = d.input.schema();
+            let in_schema: SchemaRef = Arc::new(in_df.as_arrow().clone());
+            let mut keys = Vec::new();
+            let mut key_types = Vec::new();
+            for c in &d.columns {
+                let e = Expr::Column(c.clone());
+                key_types.push(e.get_type(in_df.as_ref())?);
+                keys.push(state.create_physical_expr(e, in_df)?);
+            }
+            let time = match &ctx.watermark {
+                Some((col, delay)) => {
+                    let in_keys = d.columns.iter().any(|c| &c.name == col);
+                    if d.within_watermark || in_keys {
+                        let e = Expr::Column(datafusion::common::Column::from_name(col.clone()));
+                        Some((state.create_physical_expr(e, in_df)?, *delay))
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            };
+            let op = DedupOp::new(keys, key_types, time, d.within_watermark)?;
+            ctx.agg = Some((StatefulOp::Dedup(op), in_schema, pre));
+            Ok(Node::Input)
+        }
         LogicalPlan::Extension(e) => {
             let w = e
                 .node
@@ -639,7 +758,7 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                 ctx.mode,
                 watermarked,
             )?;
-            ctx.agg = Some((op, in_schema, pre));
+            ctx.agg = Some((StatefulOp::Aggregate(op), in_schema, pre));
             Ok(Node::Input)
         }
         other => Err(EngineError::user(format!(

@@ -271,11 +271,15 @@ pub fn session_window(time: Expr, gap: &str) -> Expr {
     )
 }
 
+/// The call, named `window` / `session_window` as Spark names the column.
 fn call(kind: WindowKind, args: Vec<Expr>) -> Expr {
+    let udf = WindowUdf::new(kind);
+    let name = udf.name().to_string();
     Expr::ScalarFunction(ScalarFunction {
-        func: Arc::new(ScalarUDF::new_from_impl(WindowUdf::new(kind))),
+        func: Arc::new(ScalarUDF::new_from_impl(udf)),
         args,
     })
+    .alias(name)
 }
 
 #[cfg(test)]

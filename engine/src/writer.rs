@@ -264,6 +264,7 @@ impl DataStreamWriter {
         let checkpoint = CheckpointDir::open(&checkpoint_dir)?;
         for (i, _name) in plan.state_operators() {
             let dir = checkpoint.root().join("state").join(i.to_string());
+            check_state_fingerprint(&checkpoint, i, &plan.state_fingerprint(i)?)?;
             plan.set_state_store(i, RocksStateStoreProvider.open(&dir)?)?;
         }
         let late_sink = match self.late_data.take() {
@@ -396,5 +397,36 @@ impl Sink for ForeachBatchSink {
     }
     fn exactly_once(&self) -> bool {
         false
+    }
+}
+
+/// Records what operator `index`'s state means the first time, and refuses to start when the
+/// query changed so that the stored state would be read wrongly (other keys or aggregates).
+fn check_state_fingerprint(
+    checkpoint: &CheckpointDir,
+    index: usize,
+    fingerprint: &str,
+) -> Result<()> {
+    let dir = checkpoint.root().join("state");
+    sluice_state::atomic::ensure_dir(&dir)?;
+    let path = dir.join(format!("{index}.schema"));
+    match std::fs::read_to_string(&path) {
+        Ok(found) => {
+            let found = found.strip_prefix("v1\n").unwrap_or(&found);
+            if found != fingerprint {
+                return Err(EngineError::user(format!(
+                    "the state in {} was written by a different aggregation (group keys, window or \
+                     aggregates changed): it holds {found}, this query needs {fingerprint}. \
+                     Restarting on it would give wrong results; use a new checkpoint location",
+                    dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            sluice_state::atomic::write_atomic(&path, format!("v1\n{fingerprint}").as_bytes())?;
+            Ok(())
+        }
+        Err(e) => Err(EngineError::io(&path, e)),
     }
 }

@@ -343,7 +343,12 @@ impl SourceFactory for FileSourceFactory {
         };
         Ok(Box::new(FileSource {
             description: format!("FileStreamSource[{path}]"),
-            format,
+            reader: FileReader {
+                format,
+                schema: Arc::clone(&schema),
+                parse,
+                csv,
+            },
             schema,
             loc,
             log,
@@ -372,8 +377,6 @@ impl SourceFactory for FileSourceFactory {
                 }
             },
             watcher: None,
-            parse,
-            csv,
             backlog: 0,
         }))
     }
@@ -416,10 +419,22 @@ fn log_offset(o: Option<&Offset>) -> Result<Option<u64>> {
     }
 }
 
+/// Parses files of one format into the stream's schema (shared by parser threads).
+struct FileReader {
+    format: FileFormat,
+    schema: SchemaRef,
+    parse: Option<ParseSettings>,
+    csv: Option<CsvOptions>,
+}
+
+/// Batches with at least this many bytes of input are parsed on all cores (smaller ones on the
+/// query's thread: no thread is started for a low-latency batch).
+const PARALLEL_PARSE_BYTES: u64 = 4 << 20;
+
 /// A running file source.
 pub struct FileSource {
     description: String,
-    format: FileFormat,
+    reader: FileReader,
     schema: SchemaRef,
     loc: Location,
     log: VersionedLog<Vec<FileEntry>>,
@@ -436,40 +451,10 @@ pub struct FileSource {
     available_now: Option<HashSet<String>>,
     watch_poll: Option<Duration>,
     watcher: Option<Box<dyn Watcher + Send>>,
-    parse: Option<ParseSettings>,
-    csv: Option<CsvOptions>,
     backlog: u64,
 }
 
-impl FileSource {
-    fn new_files(&self) -> Result<Vec<FileEntry>> {
-        let mut files: Vec<FileEntry> = self
-            .loc
-            .list()?
-            .into_iter()
-            .filter(|f| !self.seen.contains(&key(&f.path, self.file_name_only)))
-            .filter(|f| match &self.available_now {
-                Some(set) => set.contains(&f.path),
-                None => true,
-            })
-            .collect();
-        if let Some(age) = self.max_file_age {
-            let newest = files
-                .iter()
-                .map(|f| f.mtime_ms)
-                .max()
-                .unwrap_or(i64::MIN)
-                .max(self.max_mtime);
-            let cutoff = newest.saturating_sub(age.as_millis() as i64);
-            files.retain(|f| f.mtime_ms >= cutoff);
-        }
-        files.sort_by(|a, b| (a.mtime_ms, &a.path).cmp(&(b.mtime_ms, &b.path)));
-        if self.latest_first {
-            files.reverse();
-        }
-        Ok(files)
-    }
-
+impl FileReader {
     fn read_file(&self, f: &FileEntry) -> Result<Vec<RecordBatch>> {
         let path = Path::new(&f.path);
         let bytes = std::fs::read(path).map_err(|e| {
@@ -500,6 +485,36 @@ impl FileSource {
         self.parse
             .as_ref()
             .ok_or_else(|| EngineError::bug("parse settings missing"))
+    }
+}
+
+impl FileSource {
+    fn new_files(&self) -> Result<Vec<FileEntry>> {
+        let mut files: Vec<FileEntry> = self
+            .loc
+            .list()?
+            .into_iter()
+            .filter(|f| !self.seen.contains(&key(&f.path, self.file_name_only)))
+            .filter(|f| match &self.available_now {
+                Some(set) => set.contains(&f.path),
+                None => true,
+            })
+            .collect();
+        if let Some(age) = self.max_file_age {
+            let newest = files
+                .iter()
+                .map(|f| f.mtime_ms)
+                .max()
+                .unwrap_or(i64::MIN)
+                .max(self.max_mtime);
+            let cutoff = newest.saturating_sub(age.as_millis() as i64);
+            files.retain(|f| f.mtime_ms >= cutoff);
+        }
+        files.sort_by(|a, b| (a.mtime_ms, &a.path).cmp(&(b.mtime_ms, &b.path)));
+        if self.latest_first {
+            files.reverse();
+        }
+        Ok(files)
     }
 
     fn clean_entry(&self, id: u64) -> Result<()> {
@@ -583,19 +598,59 @@ impl Source for FileSource {
     fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Vec<RecordBatch>> {
         let from = log_offset(start)?.map_or(0, |s| s + 1);
         let to = log_offset(Some(end))?.unwrap_or(0);
-        let mut out = Vec::new();
+        let mut files = Vec::new();
         for id in from..=to {
-            let files = self.log.get(id)?.ok_or_else(|| {
+            let entry = self.log.get(id)?.ok_or_else(|| {
                 EngineError::user(format!(
                     "the file source log entry {id} is missing from {}: the checkpoint is damaged",
                     self.log.dir().display()
                 ))
             })?;
-            for f in &files {
+            for f in &entry {
                 // a re-run after a restart must know these files too
                 self.seen.insert(key(&f.path, self.file_name_only));
-                out.extend(self.read_file(f)?);
             }
+            files.extend(entry);
+        }
+        // parse the files on all cores, keeping their order
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(files.len().max(1));
+        if threads <= 1 || bytes < PARALLEL_PARSE_BYTES {
+            let mut out = Vec::new();
+            for f in &files {
+                out.extend(self.reader.read_file(f)?);
+            }
+            return Ok(out);
+        }
+        let this = &self.reader;
+        let chunk = files.len().div_ceil(threads);
+        let parts: Vec<Result<Vec<RecordBatch>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = files
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        for f in part {
+                            out.extend(this.read_file(f)?);
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(EngineError::bug("a file parser thread panicked")))
+                })
+                .collect()
+        });
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend(p?);
         }
         Ok(out)
     }

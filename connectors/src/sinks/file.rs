@@ -145,8 +145,11 @@ impl FileSink {
         for entry in rd {
             let entry = entry.map_err(|e| EngineError::io(&self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let ours = (name.starts_with("part-") && !listed.contains(&name))
-                || (name.starts_with(".part-") && name.ends_with(".tmp"));
+            let ours = (is_part_file(&name, self.ext()) && !listed.contains(&name))
+                || name
+                    .strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".tmp"))
+                    .is_some_and(|n| is_part_file(n, self.ext()));
             if ours {
                 tracing::info!(file = %entry.path().display(), "removing output of an uncommitted batch");
                 fs::remove_file(entry.path()).map_err(|e| EngineError::io(&entry.path(), e))?;
@@ -199,6 +202,22 @@ impl FileSink {
             .map_err(|e| EngineError::io(path, e.into_error()))?;
         file.sync_all().map_err(|e| EngineError::io(path, e))
     }
+}
+
+/// Whether `name` is one of this sink's part files: `part-<batch>-<n>.<ext>`.
+fn is_part_file(name: &str, ext: &str) -> bool {
+    let Some(rest) = name.strip_prefix("part-") else {
+        return false;
+    };
+    let Some(rest) = rest.strip_suffix(ext).and_then(|r| r.strip_suffix('.')) else {
+        return false;
+    };
+    let mut parts = rest.split('-');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(b), Some(n), None) if !b.is_empty() && !n.is_empty()
+            && b.bytes().all(|c| c.is_ascii_digit()) && n.bytes().all(|c| c.is_ascii_digit())
+    )
 }
 
 /// Timestamps as Spark's JSON text (`2025-01-01T00:00:00.027Z`).
@@ -266,5 +285,19 @@ impl Sink for FileSink {
             },
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_part_file;
+
+    #[test]
+    fn only_our_part_files_are_ours() {
+        assert!(is_part_file("part-00012-0.csv", "csv"));
+        assert!(!is_part_file("part-00012-0.json", "csv"));
+        assert!(!is_part_file("part-of-my-data.csv", "csv"));
+        assert!(!is_part_file("part-1.csv", "csv"));
+        assert!(!is_part_file("notes.csv", "csv"));
     }
 }

@@ -1,0 +1,267 @@
+//! Streaming deduplication: `drop_duplicates(cols)` and `drop_duplicates_within_watermark(cols)`.
+//!
+//! State key: the arrow-row encoding of the key columns; value: the event time (µs) after which
+//! the key may be forgotten. Without a watermark every key is kept forever (as in Spark). With a
+//! watermark on an event-time column: `drop_duplicates` (the event time among the key columns)
+//! forgets a key once the watermark passes its event time and drops rows at or below the
+//! previous watermark as late; `drop_duplicates_within_watermark` keeps the first row of a key
+//! and forgets the key once the watermark passes its first event time plus the delay.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
+use arrow::compute::{cast, concat_batches, take_record_batch};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use datafusion::common::{Column, DFSchemaRef};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
+use datafusion::physical_plan::PhysicalExpr;
+use sluice_state::store::{StateChanges, StateStore};
+
+use crate::aggregate::AggOutput;
+use crate::error::{EngineError, Result};
+
+/// The deduplication node of the logical plan.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Hash)]
+pub struct DedupNode {
+    /// Input.
+    pub input: LogicalPlan,
+    /// Key columns.
+    pub columns: Vec<Column>,
+    /// `drop_duplicates_within_watermark`.
+    pub within_watermark: bool,
+}
+
+impl DedupNode {
+    /// Wraps `input`.
+    pub fn plan(input: LogicalPlan, columns: Vec<Column>, within_watermark: bool) -> LogicalPlan {
+        LogicalPlan::Extension(Extension {
+            node: Arc::new(DedupNode {
+                input,
+                columns,
+                within_watermark,
+            }),
+        })
+    }
+}
+
+impl UserDefinedLogicalNodeCore for DedupNode {
+    fn name(&self) -> &str {
+        if self.within_watermark {
+            "DeduplicateWithinWatermark"
+        } else {
+            "Deduplicate"
+        }
+    }
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+    fn expressions(&self) -> Vec<Expr> {
+        self.columns.iter().cloned().map(Expr::Column).collect()
+    }
+    fn prevent_predicate_push_down_columns(&self) -> std::collections::HashSet<String> {
+        self.input
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {:?}", self.name(), self.columns)
+    }
+    fn with_exprs_and_inputs(
+        &self,
+        exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> DfResult<Self> {
+        let columns = exprs
+            .into_iter()
+            .filter_map(|e| match e {
+                Expr::Column(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        Ok(Self {
+            input: inputs.pop().unwrap_or_else(|| self.input.clone()),
+            columns,
+            within_watermark: self.within_watermark,
+        })
+    }
+}
+
+/// The deduplication operator.
+pub struct DedupOp {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    key_types: Vec<DataType>,
+    converter: RowConverter,
+    /// The watermarked event-time column and the delay, ms.
+    time: Option<(Arc<dyn PhysicalExpr>, i64)>,
+    within_watermark: bool,
+    store: Option<Box<dyn StateStore>>,
+}
+
+impl fmt::Debug for DedupOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DedupOp")
+            .field("keys", &self.key_types)
+            .field("within_watermark", &self.within_watermark)
+            .finish()
+    }
+}
+
+impl DedupOp {
+    /// Builds the operator.
+    pub fn new(
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        key_types: Vec<DataType>,
+        time: Option<(Arc<dyn PhysicalExpr>, i64)>,
+        within_watermark: bool,
+    ) -> Result<Self> {
+        if within_watermark && time.is_none() {
+            return Err(EngineError::user(
+                "drop_duplicates_within_watermark needs a watermark (with_watermark(...)) on the stream",
+            ));
+        }
+        Ok(Self {
+            converter: RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?,
+            keys,
+            key_types,
+            time,
+            within_watermark,
+            store: None,
+        })
+    }
+
+    /// What the stored state means.
+    pub fn fingerprint(&self) -> String {
+        let keys: Vec<String> = self.key_types.iter().map(|t| t.to_string()).collect();
+        serde_json::json!({"deduplicate": keys, "withinWatermark": self.within_watermark})
+            .to_string()
+    }
+
+    /// Gives the operator its store.
+    pub fn set_store(&mut self, store: Box<dyn StateStore>) {
+        self.store = Some(store);
+    }
+
+    /// The store.
+    pub fn store_mut(&mut self) -> Result<&mut Box<dyn StateStore>> {
+        self.store
+            .as_mut()
+            .ok_or_else(|| EngineError::bug("deduplication without state store"))
+    }
+
+    /// The store, read-only.
+    pub fn store(&self) -> Option<&dyn StateStore> {
+        self.store.as_deref()
+    }
+
+    /// Whether a watermark applies.
+    pub fn uses_watermark(&self) -> bool {
+        self.time.is_some()
+    }
+
+    /// Processes one batch: the first row of each new key is emitted.
+    pub fn process(
+        &mut self,
+        input: &[RecordBatch],
+        in_schema: &SchemaRef,
+        late_wm: i64,
+        evict_wm: i64,
+    ) -> Result<AggOutput> {
+        let batch = concat_batches(in_schema, input)?;
+        let n = batch.num_rows();
+        let key_arrays = self
+            .keys
+            .iter()
+            .map(|k| Ok(k.evaluate(&batch)?.into_array(n)?))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = self.converter.convert_columns(&key_arrays)?;
+        let times: Option<TimestampMicrosecondArray> = match &self.time {
+            Some((t, _)) => {
+                let a = t.evaluate(&batch)?.into_array(n)?;
+                let a = cast(&a, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+                Some(
+                    a.as_any()
+                        .downcast_ref::<TimestampMicrosecondArray>()
+                        .cloned()
+                        .ok_or_else(|| EngineError::bug("event time is not a timestamp"))?,
+                )
+            }
+            None => None,
+        };
+        let delay_us = self.time.as_ref().map_or(0, |(_, d)| d * 1000);
+        let mut out = AggOutput::default();
+        let mut seen: HashSet<&[u8]> = HashSet::new();
+        let mut candidates = Vec::new();
+        let mut late = Vec::new();
+        for i in 0..n {
+            if let Some(ts) = &times {
+                // a row at or below the previous watermark is late (Spark drops it)
+                if ts.is_valid(i) && ts.value(i) <= late_wm && !self.within_watermark {
+                    late.push(i as u32);
+                    continue;
+                }
+            }
+            if seen.insert(rows.row(i).data()) {
+                candidates.push(i);
+            }
+        }
+        out.dropped_by_watermark = late.len() as u64;
+        if !late.is_empty() {
+            out.late_rows
+                .push(take_record_batch(&batch, &UInt32Array::from(late))?);
+        }
+        let keys: Vec<Vec<u8>> = candidates
+            .iter()
+            .map(|i| rows.row(*i).data().to_vec())
+            .collect();
+        let store = self
+            .store
+            .as_deref()
+            .ok_or_else(|| EngineError::bug("deduplication without state store"))?;
+        let stored = store.multi_get(&keys)?;
+        let mut emit = Vec::new();
+        let mut changes = StateChanges::default();
+        for ((i, k), s) in candidates.iter().zip(keys).zip(stored) {
+            if s.is_some() {
+                continue;
+            }
+            emit.push(*i as u32);
+            let expiry = match &times {
+                Some(ts) if ts.is_valid(*i) => {
+                    ts.value(*i) + if self.within_watermark { delay_us } else { 0 }
+                }
+                _ => i64::MAX,
+            };
+            changes.puts.push((k, expiry.to_be_bytes().to_vec()));
+        }
+        // forget keys the watermark has passed
+        if self.time.is_some() && evict_wm > 0 {
+            store.scan(&[], None, &mut |k, v| {
+                let mut b = [0u8; 8];
+                if v.len() == 8 {
+                    b.copy_from_slice(v);
+                    if i64::from_be_bytes(b) < evict_wm {
+                        changes.deletes.push(k.to_vec());
+                    }
+                }
+                Ok(true)
+            })?;
+        }
+        changes.rows_delta = changes.puts.len() as i64 - changes.deletes.len() as i64;
+        if !emit.is_empty() {
+            out.rows
+                .push(take_record_batch(&batch, &UInt32Array::from(emit))?);
+        }
+        out.changes = changes;
+        Ok(out)
+    }
+}

@@ -1,0 +1,110 @@
+//! Streaming deduplication: keys remembered across batches and restarts (RocksDB state), and
+//! forgotten once the watermark passes them with `drop_duplicates_within_watermark`.
+
+mod common;
+
+use std::path::Path;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use common::*;
+use sluice::prelude::*;
+
+fn ev(id: i64, ts: &str, v: i64) -> String {
+    format!("{{\"id\":{id},\"ts\":\"2025-01-01T{ts}:00Z\",\"v\":{v}}}\n")
+}
+
+fn run(input: &Path, chk: &Path, within: bool) -> Vec<(i64, i64)> {
+    let s = Session::builder().build().expect("session");
+    let df = s
+        .read_stream()
+        .schema("id BIGINT, ts TIMESTAMP, v BIGINT")
+        .option("maxFilesPerTrigger", 1)
+        .json(input.to_str().expect("p"))
+        .expect("load")
+        .with_watermark("ts", "10 minutes")
+        .expect("wm");
+    let df = if within {
+        df.drop_duplicates_within_watermark(&["id"]).expect("dedup")
+    } else {
+        df.drop_duplicates(&["id"]).expect("dedup")
+    };
+    let q = df
+        .write_stream()
+        .format("memory")
+        .query_name("dedup")
+        .trigger(Trigger::AvailableNow)
+        .checkpoint_location(chk)
+        .start()
+        .expect("start");
+    q.await_termination().expect("done");
+    let rows = s
+        .sql("SELECT id, v FROM dedup")
+        .expect("sql")
+        .collect()
+        .expect("collect");
+    let mut out: Vec<(i64, i64)> = rows
+        .iter()
+        .flat_map(|b| {
+            let id = b.column(0).as_primitive::<Int64Type>().clone();
+            let v = b.column(1).as_primitive::<Int64Type>().clone();
+            (0..b.num_rows()).map(move |i| (id.value(i), v.value(i)))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn drop_duplicates_remembers_keys_across_batches_and_restarts() {
+    let w = workdir();
+    let input = w.path().join("in");
+    let chk = w.path().join("chk");
+    put_file(
+        &input,
+        "1.json",
+        &(ev(1, "00:00", 10) + &ev(2, "00:00", 20) + &ev(1, "00:01", 11)),
+        0,
+    );
+    put_file(
+        &input,
+        "2.json",
+        &(ev(2, "00:02", 21) + &ev(3, "00:02", 30)),
+        1,
+    );
+    assert_eq!(run(&input, &chk, false), vec![(1, 10), (2, 20), (3, 30)]);
+    // restart on the same checkpoint with more input: the keys seen before stay seen
+    put_file(
+        &input,
+        "3.json",
+        &(ev(3, "00:03", 31) + &ev(4, "00:03", 40) + &ev(1, "00:04", 12)),
+        2,
+    );
+    assert_eq!(run(&input, &chk, false), vec![(4, 40)]);
+}
+
+#[test]
+fn within_watermark_forgets_a_key_after_the_watermark_passes_it() {
+    let w = workdir();
+    let input = w.path().join("in");
+    put_file(
+        &input,
+        "1.json",
+        &(ev(1, "00:00", 10) + &ev(2, "00:00", 20)),
+        0,
+    );
+    // a duplicate within 10 minutes is dropped; event time 00:30 moves the watermark to 00:20
+    put_file(
+        &input,
+        "2.json",
+        &(ev(1, "00:05", 11) + &ev(3, "00:30", 30)),
+        1,
+    );
+    // key 1 (first seen 00:00, kept until 00:10) is forgotten at the end of this batch
+    put_file(&input, "3.json", &ev(1, "00:31", 12), 2);
+    put_file(&input, "4.json", &ev(1, "00:32", 13), 3);
+    assert_eq!(
+        run(&input, &w.path().join("chk"), true),
+        vec![(1, 10), (1, 13), (2, 20), (3, 30)]
+    );
+}
