@@ -137,6 +137,8 @@ impl AggregateOp {
         let mut state_fields = Vec::new();
         let mut state_counts = Vec::new();
         for a in &aggs {
+            // an aggregate that cannot run on these types fails at start(), not in a batch
+            a.expr.create_accumulator()?;
             let f = a.expr.state_fields()?;
             state_counts.push(f.len());
             state_fields.extend(f.into_iter().map(|f| SortField::new(f.data_type().clone())));
@@ -337,8 +339,25 @@ impl AggregateOp {
         let on_time = filter_record_batch(&expanded, &BooleanArray::from(keep))?;
         let num_groups = group_keys.len();
 
-        // 4. aggregate the batch in memory
         let mut accs = self.new_accumulators()?;
+        // 4. the stored states of the touched groups first (order-sensitive aggregates such as
+        //    first_value/last_value see earlier batches before this one)
+        let stored = self.store()?.multi_get(&group_keys)?;
+        let mut found_idx = Vec::new();
+        let mut found_vals = Vec::new();
+        for (g, v) in stored.iter().enumerate() {
+            if let Some(v) = v {
+                found_idx.push(g);
+                found_vals.push(v.as_slice());
+            }
+        }
+        if !found_idx.is_empty() {
+            let states = self.decode_states(&found_vals)?;
+            for (acc, cols) in accs.iter_mut().zip(states) {
+                acc.merge_batch(&cols, &found_idx, num_groups)?;
+            }
+        }
+        // 5. then this batch, aggregated in memory (vectorised)
         for (a, acc) in self.aggs.iter().zip(accs.iter_mut()) {
             let args = a
                 .expr
@@ -361,22 +380,6 @@ impl AggregateOp {
             acc.update_batch(&args, &group_idx, filter.as_ref(), num_groups)?;
         }
 
-        // 5. merge the stored states of the touched groups
-        let stored = self.store()?.multi_get(&group_keys)?;
-        let mut found_idx = Vec::new();
-        let mut found_vals = Vec::new();
-        for (g, v) in stored.iter().enumerate() {
-            if let Some(v) = v {
-                found_idx.push(g);
-                found_vals.push(v.as_slice());
-            }
-        }
-        if !found_idx.is_empty() {
-            let states = self.decode_states(&found_vals)?;
-            for (acc, cols) in accs.iter_mut().zip(states) {
-                acc.merge_batch(&cols, &found_idx, num_groups)?;
-            }
-        }
         let new_groups = num_groups - found_idx.len();
         let mut states: Vec<Vec<ArrayRef>> = accs
             .iter_mut()
