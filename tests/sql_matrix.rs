@@ -339,3 +339,92 @@ fn more_aggregates_merge_across_batches_and_a_restart() {
     );
     assert_eq!(got, vec!["a,3,1.0,1.0,8.0,3,4.0", "b,2,2.0,2.0,16.0,2,9.0"]);
 }
+
+#[test]
+fn session_windows_merge_within_and_across_batches_and_a_restart() {
+    let ev = |ts: &str, a: &str, v: f64| {
+        format!("{{\"event_time\":\"2025-01-01T{ts}Z\",\"action\":\"{a}\",\"value\":{v}}}\n")
+    };
+    // batch 0: a has two sessions [00:00:10, 00:01:10) and [00:01:20, 00:02:20); b one.
+    // batch 1: a@00:00:55 opens [00:00:55, 00:01:55), which overlaps both stored sessions of a:
+    // all three become [00:00:10, 00:02:20) with 3 events; b@00:02:30 is a new session.
+    let first = ev("00:00:10", "a", 1.0) + &ev("00:00:50", "b", 2.0) + &ev("00:01:20", "a", 8.0);
+    let second = ev("00:00:55", "a", 4.0) + &ev("00:02:30", "b", 16.0);
+    let sql = "SELECT session_window.start AS s, action, session_window.end AS e, count(*) AS n, \
+               sum(value) AS total FROM events GROUP BY action, session_window(event_time, '1 minute')";
+    let expected = vec![
+        "2025-01-01T00:00:10Z,a,2025-01-01T00:02:20Z,3,13.0",
+        "2025-01-01T00:00:50Z,b,2025-01-01T00:01:50Z,1,2.0",
+        "2025-01-01T00:02:30Z,b,2025-01-01T00:03:30Z,1,16.0",
+    ];
+    assert_eq!(
+        run_with_restart(
+            sql,
+            &[first.as_str(), second.as_str()],
+            1,
+            OutputMode::Complete
+        ),
+        expected
+    );
+}
+
+#[test]
+fn session_windows_in_append_mode_close_with_the_watermark() {
+    let w = workdir();
+    let input = w.path().join("in");
+    let ev = |ts: &str, a: &str, v: f64| {
+        format!("{{\"event_time\":\"2025-01-01T{ts}Z\",\"action\":\"{a}\",\"value\":{v}}}\n")
+    };
+    put_file(
+        &input,
+        "1.json",
+        &(ev("00:00:10", "a", 1.0) + &ev("00:00:50", "b", 2.0) + &ev("00:01:20", "a", 8.0)),
+        0,
+    );
+    put_file(
+        &input,
+        "2.json",
+        &(ev("00:00:55", "a", 4.0) + &ev("00:02:30", "b", 16.0)),
+        1,
+    );
+    let s = Session::builder().build().expect("session");
+    let q = s
+        .read_stream()
+        .schema("event_time TIMESTAMP, action STRING, value DOUBLE")
+        .option("maxFilesPerTrigger", 1)
+        .json(input.to_str().expect("p"))
+        .expect("load")
+        .with_watermark("event_time", "0 seconds")
+        .expect("wm")
+        .group_by([col("action"), session_window(col("event_time"), "1 minute")])
+        .agg([count(lit(1)).alias("n"), sum(col("value")).alias("total")])
+        .expect("agg")
+        .write_stream()
+        .format("memory")
+        .query_name("sessions")
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .expect("start");
+    q.await_termination().expect("done");
+    let rows = s
+        .sql("SELECT action, CAST(get_field(session_window, 'end') AS VARCHAR) AS e, n, total FROM sessions ORDER BY action")
+        .expect("sql")
+        .collect()
+        .expect("collect");
+    let text = pretty_format_batches(&rows).expect("fmt").to_string();
+    // final watermark 00:02:30: the sessions ending 00:02:20 and 00:01:50 are closed and emitted
+    // once; b's session [00:02:30, 00:03:30) is still open
+    assert!(
+        text.contains("| a      | 2025-01-01T00:02:20Z | 3 | 13.0  |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| b      | 2025-01-01T00:01:50Z | 1 | 2.0   |"),
+        "{text}"
+    );
+    assert_eq!(
+        rows.iter().map(|b| b.num_rows()).sum::<usize>(),
+        2,
+        "{text}"
+    );
+}

@@ -29,7 +29,10 @@ use sluice_state::store::{CommitStats, StateChanges, StateStore};
 
 use crate::connector::OutputMode;
 use crate::error::{EngineError, Result};
-use crate::window::{window_struct, WindowSpec};
+use crate::window::{window_struct, WindowKind, WindowSpec};
+
+#[path = "session_agg.rs"]
+mod session_agg;
 
 /// One aggregate function of the operator.
 #[derive(Debug)]
@@ -177,7 +180,7 @@ impl AggregateOp {
             }));
         }
         let window = self.window.as_ref().map(|w| {
-            serde_json::json!({"size_us": w.spec.size_us, "slide_us": w.spec.slide_us, "offset_us": w.spec.offset_us})
+            serde_json::json!({"kind": format!("{:?}", w.spec.kind), "size_us": w.spec.size_us, "slide_us": w.spec.slide_us, "offset_us": w.spec.offset_us})
         });
         let keys: Vec<String> = self.key_types.iter().map(|t| t.to_string()).collect();
         Ok(serde_json::json!({"window": window, "keys": keys, "aggregates": aggs}).to_string())
@@ -229,6 +232,13 @@ impl AggregateOp {
         late_wm: i64,
         evict_wm: i64,
     ) -> Result<AggOutput> {
+        if self
+            .window
+            .as_ref()
+            .is_some_and(|w| w.spec.kind == WindowKind::Session)
+        {
+            return self.process_sessions(input, in_schema, late_wm, evict_wm);
+        }
         let batch = concat_batches(in_schema, input)?;
         let n = batch.num_rows();
         let mut out = AggOutput::default();
@@ -531,30 +541,41 @@ impl AggregateOp {
 
     fn output_batch(&self, keys: &[&[u8]], values: Vec<ArrayRef>) -> Result<RecordBatch> {
         let offset = if self.window.is_some() { 8 } else { 0 };
+        let parts: Vec<&[u8]> = keys.iter().map(|k| &k[offset..]).collect();
+        let windows = self.window.as_ref().map(|w| {
+            let ends: Vec<i64> = keys.iter().map(|k| decode_end(k)).collect();
+            let starts: Vec<i64> = ends.iter().map(|e| e - w.spec.size_us).collect();
+            (starts, ends)
+        });
+        self.output_from_parts(&parts, windows, values)
+    }
+
+    /// Builds output rows from group-key row bytes, window bounds and aggregate values.
+    fn output_from_parts(
+        &self,
+        key_parts: &[&[u8]],
+        windows: Option<(Vec<i64>, Vec<i64>)>,
+        values: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
         let key_cols = if self.keys.is_empty() {
             Vec::new()
         } else {
             let parser = self.key_converter.parser();
             self.key_converter
-                .convert_rows(keys.iter().map(|k| parser.parse(&k[offset..])))?
+                .convert_rows(key_parts.iter().map(|k| parser.parse(k)))?
         };
         let mut cols: Vec<ArrayRef> = Vec::new();
         let mut key_iter = key_cols.into_iter();
+        let mut windows = windows;
         let n_groups = self.keys.len() + usize::from(self.window.is_some());
         for pos in 0..n_groups {
             match &self.window {
                 Some(w) if w.position == pos => {
-                    let ends: TimestampMicrosecondArray = keys
-                        .iter()
-                        .map(|k| Some(decode_end(k)))
-                        .collect::<TimestampMicrosecondArray>()
-                        .with_timezone("UTC");
-                    let starts: TimestampMicrosecondArray = ends
-                        .iter()
-                        .map(|e| e.map(|e| e - w.spec.size_us))
-                        .collect::<TimestampMicrosecondArray>()
-                        .with_timezone("UTC");
-                    cols.push(window_struct(starts, ends));
+                    let (starts, ends) = windows
+                        .take()
+                        .ok_or_else(|| EngineError::bug("window bounds missing"))?;
+                    let ts = |v: Vec<i64>| TimestampMicrosecondArray::from(v).with_timezone("UTC");
+                    cols.push(window_struct(ts(starts), ts(ends)));
                 }
                 _ => cols.push(
                     key_iter

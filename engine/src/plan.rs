@@ -38,7 +38,7 @@ use crate::connector::{OutputMode, SourceSpec};
 use crate::dedup::{DedupNode, DedupOp};
 use crate::error::{EngineError, Result};
 use crate::watermark::WatermarkNode;
-use crate::window::{spec_of_args, WindowKind, WindowUdf};
+use crate::window::{spec_of_args, WindowUdf};
 
 /// How many streaming plans this process has built (one per started query, never per batch).
 pub static PLANS_BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -707,11 +707,6 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                     if let Some(kind) = WindowUdf::kind_of(func) {
                         if window.is_some() {
                             return Err(EngineError::user("GROUP BY has two window() calls"));
-                        }
-                        if kind == WindowKind::Session {
-                            return Err(EngineError::user(
-                                "unsupported construct in streaming query: session_window() is not supported yet",
-                            ));
                         }
                         let spec = spec_of_args(kind, args)?;
                         let time = state.create_physical_expr(args[0].clone(), in_df)?;
