@@ -58,6 +58,9 @@ fn main() -> sluice::Result<()> {
         .iter()
         .flat_map(|p| p.state_operators.iter().map(|s| s.commit_time_ms))
         .sum();
+    let get_ms: u64 = progress.iter().map(|p| p.duration_ms.get_batch).sum();
+    let add_ms: u64 = progress.iter().map(|p| p.duration_ms.add_batch).sum();
+    println!("time in batches: {trigger_ms} ms (reading+parsing {get_ms} ms, plan+sink+state {add_ms} ms)");
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

@@ -253,19 +253,26 @@ impl AggregateOp {
                     .as_any()
                     .downcast_ref::<TimestampMicrosecondArray>()
                     .ok_or_else(|| EngineError::bug("window time is not a timestamp"))?;
-                let mut idx = Vec::with_capacity(n);
-                let mut ends = Vec::with_capacity(n);
-                let mut scratch = Vec::new();
-                for (i, t) in ts.iter().enumerate() {
-                    let Some(t) = t else { continue }; // no event time: no window (as Spark)
-                    scratch.clear();
-                    w.spec.windows_of(t, &mut scratch);
-                    for e in &scratch {
-                        idx.push(i as u32);
-                        ends.push(*e);
+                let tumbling = w.spec.slide_us == w.spec.size_us;
+                if tumbling && ts.null_count() == 0 {
+                    // one window per row: no expansion, no copy
+                    let ends = ts
+                        .values()
+                        .iter()
+                        .map(|t| w.spec.last_start(*t) + w.spec.size_us)
+                        .collect();
+                    (None, ends)
+                } else {
+                    let mut idx = Vec::with_capacity(n);
+                    let mut ends = Vec::with_capacity(n);
+                    for (i, t) in ts.iter().enumerate() {
+                        let Some(t) = t else { continue }; // no event time: no window (as Spark)
+                        let before = ends.len();
+                        w.spec.windows_of(t, &mut ends);
+                        idx.extend(std::iter::repeat_n(i as u32, ends.len() - before));
                     }
+                    (Some(UInt32Array::from(idx)), ends)
                 }
-                (Some(UInt32Array::from(idx)), ends)
             }
         };
         let expanded = match &take_idx {
@@ -301,10 +308,12 @@ impl AggregateOp {
 
         // 3. group indices of the on-time rows (no allocation per row: keys borrow the encoded
         //    rows); distinct late groups are counted
-        let mut groups: HashMap<(i64, &[u8]), usize> = HashMap::new();
+        let mut groups: HashMap<(i64, &[u8]), usize, ahash::RandomState> =
+            HashMap::with_capacity_and_hasher(1024, ahash::RandomState::new());
         let mut group_keys: Vec<Vec<u8>> = Vec::new();
         let mut group_idx = Vec::with_capacity(m);
-        let mut late_groups: std::collections::HashSet<(i64, &[u8])> = Default::default();
+        let mut late_groups: std::collections::HashSet<(i64, &[u8]), ahash::RandomState> =
+            Default::default();
         let mut keep = Vec::with_capacity(m);
         let with_window = self.window.is_some();
         for i in 0..m {
@@ -346,7 +355,11 @@ impl AggregateOp {
                 &BooleanArray::from(late_input),
             )?);
         }
-        let on_time = filter_record_batch(&expanded, &BooleanArray::from(keep))?;
+        let on_time = if out.dropped_by_watermark == 0 {
+            expanded
+        } else {
+            filter_record_batch(&expanded, &BooleanArray::from(keep))?
+        };
         let num_groups = group_keys.len();
 
         let mut accs = self.new_accumulators()?;

@@ -63,14 +63,15 @@ impl WindowSpec {
 
     /// Ends of every window containing `ts`, earliest first.
     pub fn windows_of(&self, ts: i64, out: &mut Vec<i64>) {
-        let mut start = self.last_start(ts);
-        let mut ends = Vec::new();
-        while start + self.size_us > ts {
-            ends.push(start + self.size_us);
-            start -= self.slide_us;
+        let last = self.last_start(ts);
+        // the earliest window still covering ts starts at most size - slide before `last`
+        let mut start = last - ((self.size_us - 1) / self.slide_us) * self.slide_us;
+        while start <= last {
+            if start + self.size_us > ts {
+                out.push(start + self.size_us);
+            }
+            start += self.slide_us;
         }
-        ends.reverse();
-        out.extend(ends);
     }
 }
 
