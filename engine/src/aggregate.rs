@@ -381,27 +381,7 @@ impl AggregateOp {
             }
         }
         // 5. then this batch, aggregated in memory (vectorised)
-        for (a, acc) in self.aggs.iter().zip(accs.iter_mut()) {
-            let args = a
-                .expr
-                .expressions()
-                .iter()
-                .map(|e| Ok(e.evaluate(&on_time)?.into_array(on_time.num_rows())?))
-                .collect::<Result<Vec<_>>>()?;
-            let filter = match &a.filter {
-                Some(f) => {
-                    let v = f.evaluate(&on_time)?.into_array(on_time.num_rows())?;
-                    Some(
-                        v.as_any()
-                            .downcast_ref::<BooleanArray>()
-                            .cloned()
-                            .ok_or_else(|| EngineError::bug("FILTER is not boolean"))?,
-                    )
-                }
-                None => None,
-            };
-            acc.update_batch(&args, &group_idx, filter.as_ref(), num_groups)?;
-        }
+        self.update_accumulators(&mut accs, &on_time, &group_idx, num_groups)?;
 
         let new_groups = num_groups - found_idx.len();
         let mut states: Vec<Vec<ArrayRef>> = accs
@@ -527,6 +507,39 @@ impl AggregateOp {
         states.clear();
         out.changes = changes;
         Ok(out)
+    }
+
+    /// Feeds `batch` (its rows in groups `group_idx`) into the accumulators.
+    fn update_accumulators(
+        &self,
+        accs: &mut [Box<dyn GroupsAccumulator>],
+        batch: &RecordBatch,
+        group_idx: &[usize],
+        num_groups: usize,
+    ) -> Result<()> {
+        let n = batch.num_rows();
+        for (a, acc) in self.aggs.iter().zip(accs.iter_mut()) {
+            let args = a
+                .expr
+                .expressions()
+                .iter()
+                .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
+                .collect::<Result<Vec<_>>>()?;
+            let filter = match &a.filter {
+                Some(f) => {
+                    let v = f.evaluate(batch)?.into_array(n)?;
+                    Some(
+                        v.as_any()
+                            .downcast_ref::<BooleanArray>()
+                            .cloned()
+                            .ok_or_else(|| EngineError::bug("FILTER is not boolean"))?,
+                    )
+                }
+                None => None,
+            };
+            acc.update_batch(&args, group_idx, filter.as_ref(), num_groups)?;
+        }
+        Ok(())
     }
 
     fn decode_states(&self, vals: &[&[u8]]) -> Result<Vec<Vec<ArrayRef>>> {

@@ -106,24 +106,7 @@ impl AggregateOp {
             group_idx[i] = sessions.len() - 1;
         }
         let mut accs = self.new_accumulators()?;
-        for (a, acc) in self.aggs.iter().zip(accs.iter_mut()) {
-            let args = a
-                .expr
-                .expressions()
-                .iter()
-                .map(|e| Ok(e.evaluate(&rows_batch)?.into_array(m)?))
-                .collect::<Result<Vec<_>>>()?;
-            let filter = match &a.filter {
-                Some(f) => f
-                    .evaluate(&rows_batch)?
-                    .into_array(m)?
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .cloned(),
-                None => None,
-            };
-            acc.update_batch(&args, &group_idx, filter.as_ref(), sessions.len())?;
-        }
+        self.update_accumulators(&mut accs, &rows_batch, &group_idx, sessions.len())?;
         let batch_states: Vec<Vec<ArrayRef>> = accs
             .iter_mut()
             .map(|a| a.state(EmitTo::All))
