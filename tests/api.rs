@@ -676,3 +676,54 @@ fn daemon_exit_codes() {
         .expect("help");
     assert!(String::from_utf8_lossy(&o.stdout).contains("[source.events]"));
 }
+
+#[test]
+fn polling_watch_mode_finds_new_files_too() {
+    let w = workdir();
+    let input = w.path().join("in");
+    fs::create_dir_all(&input).expect("mkdir");
+    let s = session();
+    let q = s
+        .read_stream()
+        .schema(SCHEMA)
+        .option("watchMode", "poll")
+        .option("pollInterval", "50 milliseconds")
+        .json(input.to_str().expect("path"))
+        .expect("load")
+        .write_stream()
+        .format("memory")
+        .query_name("polled")
+        .start()
+        .expect("start");
+    wait_until("the query to wait", Duration::from_secs(30), || {
+        q.status().message == "Waiting for data to arrive"
+    });
+    put_file(
+        &input,
+        "a.json",
+        &event("2025-01-01T00:00:00Z", "a", 7, 1.0),
+        0,
+    );
+    wait_until("the polled file's batch", Duration::from_secs(30), || {
+        q.last_progress().is_some_and(|p| p.num_input_rows == 1)
+    });
+    q.stop();
+    let rows = s
+        .sql("SELECT user_id FROM polled")
+        .expect("sql")
+        .collect()
+        .expect("collect");
+    assert_eq!(user_ids(&rows, "user_id"), vec![7]);
+    let err = s
+        .read_stream()
+        .schema(SCHEMA)
+        .option("watchMode", "sometimes")
+        .json(input.to_str().expect("path"))
+        .expect("load")
+        .write_stream()
+        .format("console")
+        .start()
+        .expect_err("bad watch mode")
+        .to_string();
+    assert!(err.contains("watchMode"), "{err}");
+}
