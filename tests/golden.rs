@@ -211,3 +211,15 @@ fn golden_sliding_append_killed_and_restarted() {
 fn golden_sliding_append_stopped_and_restarted() {
     stop_and_restart("sliding_append");
 }
+#[test]
+fn golden_sessions_append_uninterrupted() {
+    uninterrupted("sessions_append");
+}
+#[test]
+fn golden_sessions_append_killed_and_restarted() {
+    crash_and_restart("sessions_append");
+}
+#[test]
+fn golden_sessions_append_stopped_and_restarted() {
+    stop_and_restart("sessions_append");
+}
