@@ -18,8 +18,8 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
 };
-use arrow::compute::{cast, concat_batches, filter_record_batch, take};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::compute::{concat_batches, filter_record_batch, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
@@ -29,7 +29,7 @@ use sluice_state::store::{CommitStats, StateChanges, StateStore};
 
 use crate::connector::OutputMode;
 use crate::error::{EngineError, Result};
-use crate::window::{window_struct, WindowKind, WindowSpec};
+use crate::window::{event_micros, window_struct, WindowKind, WindowSpec};
 
 #[path = "session_agg.rs"]
 mod session_agg;
@@ -247,12 +247,7 @@ impl AggregateOp {
         let (take_idx, ends): (Option<UInt32Array>, Vec<i64>) = match &self.window {
             None => (None, vec![0; n]),
             Some(w) => {
-                let ts = w.time.evaluate(&batch)?.into_array(n)?;
-                let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-                let ts = ts
-                    .as_any()
-                    .downcast_ref::<TimestampMicrosecondArray>()
-                    .ok_or_else(|| EngineError::bug("window time is not a timestamp"))?;
+                let ts = event_micros(&w.time.evaluate(&batch)?.into_array(n)?)?;
                 let tumbling = w.spec.slide_us == w.spec.size_us;
                 if tumbling && ts.null_count() == 0 {
                     // one window per row: no expansion, no copy
@@ -294,17 +289,7 @@ impl AggregateOp {
         } else {
             vec![false; m]
         };
-        let key_arrays = self
-            .keys
-            .iter()
-            .map(|k| Ok(k.evaluate(&expanded)?.into_array(m)?))
-            .collect::<Result<Vec<_>>>()?;
-        // (no group key besides the window: every row's key part is empty)
-        let key_rows = if self.keys.is_empty() {
-            None
-        } else {
-            Some(self.key_converter.convert_columns(&key_arrays)?)
-        };
+        let key_rows = self.key_rows(&expanded)?;
 
         // 3. group indices of the on-time rows (no allocation per row: keys borrow the encoded
         //    rows); distinct late groups are counted
@@ -507,6 +492,21 @@ impl AggregateOp {
         states.clear();
         out.changes = changes;
         Ok(out)
+    }
+
+    /// The group keys (besides the window) of `batch`'s rows, row-encoded; `None` when the only
+    /// key is the window (every row's key part is then empty).
+    fn key_rows(&self, batch: &RecordBatch) -> Result<Option<arrow::row::Rows>> {
+        if self.keys.is_empty() {
+            return Ok(None);
+        }
+        let n = batch.num_rows();
+        let arrays = self
+            .keys
+            .iter()
+            .map(|k| Ok(k.evaluate(batch)?.into_array(n)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(self.key_converter.convert_columns(&arrays)?))
     }
 
     /// Feeds `batch` (its rows in groups `group_idx`) into the accumulators.

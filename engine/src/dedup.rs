@@ -12,8 +12,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
-use arrow::compute::{cast, concat_batches, take_record_batch};
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::{Column, DFSchemaRef};
 use datafusion::error::Result as DfResult;
@@ -23,6 +23,7 @@ use sluice_state::store::{StateChanges, StateStore};
 
 use crate::aggregate::AggOutput;
 use crate::error::{EngineError, Result};
+use crate::window::event_micros;
 
 /// The deduplication node of the logical plan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Hash)]
@@ -185,16 +186,7 @@ impl DedupOp {
             .collect::<Result<Vec<_>>>()?;
         let rows = self.converter.convert_columns(&key_arrays)?;
         let times: Option<TimestampMicrosecondArray> = match &self.time {
-            Some((t, _)) => {
-                let a = t.evaluate(&batch)?.into_array(n)?;
-                let a = cast(&a, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-                Some(
-                    a.as_any()
-                        .downcast_ref::<TimestampMicrosecondArray>()
-                        .cloned()
-                        .ok_or_else(|| EngineError::bug("event time is not a timestamp"))?,
-                )
-            }
+            Some((t, _)) => Some(event_micros(&t.evaluate(&batch)?.into_array(n)?)?),
             None => None,
         };
         let delay_us = self.time.as_ref().map_or(0, |(_, d)| d * 1000);

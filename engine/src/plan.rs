@@ -24,9 +24,6 @@ use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use arrow::array::TimestampMicrosecondArray;
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, TimeUnit};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
@@ -38,7 +35,7 @@ use crate::connector::{OutputMode, SourceSpec};
 use crate::dedup::{DedupNode, DedupOp};
 use crate::error::{EngineError, Result};
 use crate::watermark::WatermarkNode;
-use crate::window::{spec_of_args, WindowUdf};
+use crate::window::{event_micros, spec_of_args, WindowUdf};
 
 /// How many streaming plans this process has built (one per started query, never per batch).
 pub static PLANS_BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -128,15 +125,8 @@ impl Node {
             Node::Input => Ok(batch.clone()),
             Node::Watermark { input, column, max } => {
                 let b = input.execute(batch)?;
-                let ts = cast(
-                    b.column(*column),
-                    &DataType::Timestamp(TimeUnit::Microsecond, None),
-                )?;
-                let ts = ts
-                    .as_any()
-                    .downcast_ref::<TimestampMicrosecondArray>()
-                    .ok_or_else(|| EngineError::bug("watermark column is not a timestamp"))?;
-                if let Some(m) = arrow::compute::max(ts) {
+                let ts = event_micros(b.column(*column))?;
+                if let Some(m) = arrow::compute::max(&ts) {
                     max.fetch_max(m, Ordering::SeqCst);
                 }
                 Ok(b)

@@ -9,17 +9,16 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
-};
-use arrow::compute::{cast, concat_batches, filter_record_batch, take};
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, filter_record_batch, take};
+use arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::EmitTo;
 use sluice_state::store::StateChanges;
 
 use super::{decode_end, encode_end, AggOutput, AggregateOp};
 use crate::connector::OutputMode;
 use crate::error::{EngineError, Result};
+use crate::window::event_micros;
 
 /// One session before output: its key bytes (group key row), bounds, and where its states are.
 struct Merged {
@@ -53,13 +52,7 @@ impl AggregateOp {
         let batch = concat_batches(in_schema, input)?;
         let n = batch.num_rows();
         let mut out = AggOutput::default();
-        let ts = w.time.evaluate(&batch)?.into_array(n)?;
-        let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-        let ts = ts
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .cloned()
-            .ok_or_else(|| EngineError::bug("session time is not a timestamp"))?;
+        let ts = event_micros(&w.time.evaluate(&batch)?.into_array(n)?)?;
 
         // late rows: their own session [ts, ts + gap) ended at or before the previous watermark
         let watermarked = self.uses_watermark();
@@ -75,16 +68,7 @@ impl AggregateOp {
         let rows_batch = filter_record_batch(&batch, &BooleanArray::from(keep.clone()))?;
         let m = rows_batch.num_rows();
         let times: Vec<i64> = (0..n).filter(|i| keep[*i]).map(|i| ts.value(i)).collect();
-        let key_arrays = self
-            .keys
-            .iter()
-            .map(|k| Ok(k.evaluate(&rows_batch)?.into_array(m)?))
-            .collect::<Result<Vec<_>>>()?;
-        let key_rows = if self.keys.is_empty() {
-            None
-        } else {
-            Some(self.key_converter.convert_columns(&key_arrays)?)
-        };
+        let key_rows = self.key_rows(&rows_batch)?;
         let key_of = |i: usize| -> &[u8] {
             match &key_rows {
                 Some(r) => r.row(i).data(),

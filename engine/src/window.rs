@@ -21,6 +21,15 @@ use datafusion::logical_expr::{
 use crate::ddl::timestamp_type;
 use crate::options::parse_duration;
 
+/// An event-time column as microseconds since the epoch (any timestamp unit or date is cast).
+pub fn event_micros(array: &ArrayRef) -> crate::error::Result<TimestampMicrosecondArray> {
+    let ts = cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    ts.as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .cloned()
+        .ok_or_else(|| crate::error::EngineError::bug("event time did not cast to a timestamp"))
+}
+
 /// The struct type of a window column.
 pub fn window_type() -> DataType {
     DataType::Struct(window_fields())
