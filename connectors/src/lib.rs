@@ -9,11 +9,13 @@
 //! | [`sinks::console`]| Spark's console output |
 //! | [`sinks::memory`] | a named in-memory table, queryable with SQL |
 //! | [`sinks::file`]   | csv / json / parquet files, exactly-once through a manifest log |
+//! | [`jdbc`]          | PostgreSQL and MySQL/MariaDB tables, exactly-once (rows + batch marker in one transaction), upserts |
 //!
-//! [`builtin`] returns a registry with all of them; Kafka, JDBC and Delta come next.
+//! [`builtin`] returns a registry with all of them; Kafka and Delta come next.
 
 pub mod file;
 pub mod formats;
+pub mod jdbc;
 pub mod sinks;
 
 use std::sync::Arc;
@@ -27,5 +29,6 @@ pub fn builtin() -> ConnectorRegistry {
     r.add_sink(Arc::new(sinks::console::ConsoleSinkFactory));
     r.add_sink(Arc::new(sinks::memory::MemorySinkFactory));
     r.add_sink(Arc::new(sinks::file::FileSinkFactory));
+    r.add_sink(Arc::new(jdbc::JdbcSinkFactory));
     r
 }

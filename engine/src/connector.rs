@@ -231,6 +231,9 @@ pub struct SinkContext {
     pub query_name: Option<String>,
     /// Schema of the rows the sink receives.
     pub schema: SchemaRef,
+    /// The columns of `schema` that identify a result row (an aggregation's grouping keys,
+    /// window included), when the query has them: the default keys of upserting sinks.
+    pub key_columns: Option<Vec<String>>,
     /// The query's checkpoint directory.
     pub checkpoint_dir: PathBuf,
     /// The session's DataFusion context (e.g. for the memory sink's table).

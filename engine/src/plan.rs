@@ -182,12 +182,49 @@ pub struct StreamPlan {
     pub stateful: bool,
     /// The watermark delay, ms, if the plan has `with_watermark`.
     pub watermark_delay_ms: Option<i64>,
+    /// Output columns that are functions of the grouping keys only (an aggregation's keys, the
+    /// window among them): the default upsert keys of update-mode sinks. `None` without one.
+    pub key_columns: Option<Vec<String>>,
     /// The stateless operators (up to the aggregate's input, or the whole plan).
     pre: Node,
     /// The aggregation and the stateless operators above it.
     agg: Option<AggStage>,
     /// Largest event time (µs) seen by the watermark node in the current batch.
     max_event_time: Arc<AtomicI64>,
+}
+
+/// For each output column of `plan`, whether it depends on an aggregation's grouping keys only;
+/// `None` when the plan has no aggregation (or one under an operator this does not follow).
+fn key_flags(plan: &LogicalPlan) -> Option<Vec<bool>> {
+    match plan {
+        LogicalPlan::Aggregate(a) => {
+            let n = a.group_expr.len();
+            Some((0..a.schema.fields().len()).map(|i| i < n).collect())
+        }
+        LogicalPlan::Filter(f) => key_flags(&f.input),
+        LogicalPlan::SubqueryAlias(s) => key_flags(&s.input),
+        LogicalPlan::Projection(p) => {
+            let child = key_flags(&p.input)?;
+            let schema = p.input.schema();
+            Some(
+                p.expr
+                    .iter()
+                    .map(|e| {
+                        let cols = e.column_refs();
+                        !cols.is_empty()
+                            && cols.iter().all(|c| {
+                                schema
+                                    .index_of_column(c)
+                                    .ok()
+                                    .and_then(|i| child.get(i).copied())
+                                    .unwrap_or(false)
+                            })
+                    })
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
 }
 
 /// The stateful operator of a plan.
@@ -317,6 +354,15 @@ impl StreamPlan {
             ));
         }
         let output_schema = nullable_schema(optimized.schema().as_arrow());
+        let key_columns = key_flags(&optimized).map(|flags| {
+            output_schema
+                .fields()
+                .iter()
+                .zip(flags)
+                .filter(|(_, k)| *k)
+                .map(|(f, _)| f.name().clone())
+                .collect::<Vec<_>>()
+        });
         let (pre, agg) = match ctx.agg.take() {
             None => (root, None),
             Some((op, input_schema, pre)) => (
@@ -345,6 +391,7 @@ impl StreamPlan {
             output_schema,
             stateful: agg.is_some(),
             watermark_delay_ms: ctx.watermark.map(|(_, d)| d),
+            key_columns,
             pre,
             agg,
             max_event_time: ctx.max_event_time,

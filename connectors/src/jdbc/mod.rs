@@ -1,0 +1,795 @@
+//! The JDBC sink: exactly-once into PostgreSQL and MySQL/MariaDB through sqlx (async, pooled;
+//! no JVM, no ODBC). Spark's option names (`url`, `user`, `password`, `dbtable`, `batchsize`,
+//! `isolationLevel`, `createTableOptions`, `createTableColumnTypes`, `truncate`) plus `keys`.
+//!
+//! Exactly-once: every batch is ONE database transaction that writes the rows and upserts the
+//! marker row `(query_id, table_name) → batch_id` in a Sluice-owned table (`_sluice_batches`,
+//! option `markerTable`). The transaction first reads that row `FOR UPDATE`; a batch id at or
+//! below it was committed before (a re-run after a crash, or a zombie) and is skipped. So the
+//! table always equals an uninterrupted run.
+//!
+//! | mode     | PostgreSQL                                      | MySQL / MariaDB                         |
+//! |----------|-------------------------------------------------|-----------------------------------------|
+//! | append   | `COPY ... FROM STDIN (FORMAT csv)`              | multi-row `INSERT`, `batchsize` rows    |
+//! | update   | COPY into a temp table, `INSERT ... SELECT ... ON CONFLICT (keys) DO UPDATE` | `INSERT ... ON DUPLICATE KEY UPDATE` |
+//! | complete | `DELETE` (or `TRUNCATE` with `truncate=true`) then COPY, same transaction | `DELETE` then `INSERT`, same transaction |
+//!
+//! Tables are created before the batch transaction (MariaDB commits DDL implicitly), with types
+//! mapped from Arrow (see [`types`]), the window struct flattened to `window_start`/`window_end`,
+//! and a primary key on the keys in update/complete mode. An existing table must have every
+//! column with a compatible type, or the query fails naming the table, column and both types.
+//!
+//! Connection loss, server restarts, deadlocks and serialization failures are External errors:
+//! the executor retries the batch with backoff (`sinkMaxRetries`, `sinkRetryBackoff`). Constraint
+//! violations, permission errors and bad SQL are User errors carrying the database's message.
+//! The password is kept out of descriptions, logs, progress and errors.
+
+pub mod config;
+pub mod encode;
+pub mod types;
+
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use sluice_engine::fault::crash_point;
+use sluice_engine::{EngineError, OutputMode, Result, Sink, SinkContext, SinkFactory, SinkSpec};
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::{Connection, QueryBuilder};
+
+use config::{Dialect, JdbcConfig};
+use encode::{Encoder, Val};
+
+/// Creates JDBC sinks (`format("jdbc")`).
+#[derive(Debug, Default)]
+pub struct JdbcSinkFactory;
+
+impl SinkFactory for JdbcSinkFactory {
+    fn formats(&self) -> Vec<&'static str> {
+        vec!["jdbc"]
+    }
+    fn supported_modes(&self, _format: &str) -> Vec<OutputMode> {
+        vec![OutputMode::Append, OutputMode::Update, OutputMode::Complete]
+    }
+    fn validate(&self, spec: &SinkSpec) -> Result<()> {
+        JdbcConfig::from_options(&spec.options, spec.output_mode).map(|_| ())
+    }
+    fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
+        let cfg = JdbcConfig::from_options(&spec.options, spec.output_mode)?;
+        Ok(Box::new(JdbcSink::new(cfg, ctx)?))
+    }
+}
+
+enum Db {
+    Pg(PgPool),
+    My(MySqlPool),
+}
+
+/// Writes each batch in one transaction with its marker row.
+pub struct JdbcSink {
+    cfg: JdbcConfig,
+    rt: tokio::runtime::Runtime,
+    db: Db,
+    query_id: String,
+    schema: SchemaRef,
+    keys: Vec<String>,
+    prepared: bool,
+}
+
+/// The key columns after flattening: each struct key (the window) becomes its fields.
+fn flat_keys(ctx: &SinkContext) -> Vec<String> {
+    let Some(keys) = &ctx.key_columns else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for k in keys {
+        if let Ok(f) = ctx.schema.field_with_name(k) {
+            let one = arrow::datatypes::Schema::new(vec![f.clone()]);
+            out.extend(
+                types::flatten_schema(&one)
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone()),
+            );
+        }
+    }
+    out
+}
+
+impl JdbcSink {
+    /// Opens the pool lazily (the first batch connects, and retries while the database is down).
+    pub fn new(cfg: JdbcConfig, ctx: &SinkContext) -> Result<Self> {
+        let schema = types::flatten_schema(&ctx.schema);
+        let keys = match &cfg.keys {
+            Some(k) => k.clone(),
+            None if cfg.mode == OutputMode::Append => Vec::new(),
+            None => flat_keys(ctx),
+        };
+        for k in &keys {
+            if schema.field_with_name(k).is_err() {
+                return Err(EngineError::user(format!(
+                    "jdbc sink: key column '{k}' is not in the output; columns are {}",
+                    column_list(&schema)
+                )));
+            }
+        }
+        if cfg.mode == OutputMode::Update && keys.is_empty() {
+            return Err(EngineError::user(
+                "jdbc sink in update mode needs upsert keys: set option 'keys' (comma-separated \
+                 columns) or write an aggregation, whose grouping columns are the keys",
+            ));
+        }
+        for f in schema.fields() {
+            types::sql_type(
+                cfg.target.dialect,
+                f.data_type(),
+                keys.contains(f.name()),
+                cfg.string_key_length,
+            )
+            .map_err(|e| EngineError::user(format!("jdbc sink, column '{}': {e}", f.name())))?;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                EngineError::external(format!("cannot start the jdbc sink's runtime: {e}"))
+            })?;
+        let db = {
+            let _guard = rt.enter();
+            open_pool(&cfg)?
+        };
+        Ok(Self {
+            cfg,
+            rt,
+            db,
+            query_id: ctx.query_id.clone(),
+            schema,
+            keys,
+            prepared: false,
+        })
+    }
+
+    fn table_sql(&self) -> String {
+        self.cfg.table.sql(self.cfg.target.dialect)
+    }
+
+    fn q(&self, ident: &str) -> String {
+        self.cfg.target.dialect.quote(ident)
+    }
+
+    fn column_sql(&self) -> String {
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| self.q(f.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn value_columns(&self) -> Vec<String> {
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| !self.keys.contains(n))
+            .collect()
+    }
+
+    fn create_table_sql(&self) -> Result<String> {
+        let d = self.cfg.target.dialect;
+        let mut cols = Vec::new();
+        for f in self.schema.fields() {
+            let ty = match self.cfg.column_types.get(f.name()) {
+                Some(t) => t.clone(),
+                None => types::sql_type(
+                    d,
+                    f.data_type(),
+                    self.keys.contains(f.name()),
+                    self.cfg.string_key_length,
+                )?,
+            };
+            let not_null = if self.keys.contains(f.name()) && self.cfg.mode != OutputMode::Append {
+                " NOT NULL"
+            } else {
+                ""
+            };
+            cols.push(format!("{} {ty}{not_null}", self.q(f.name())));
+        }
+        if !self.keys.is_empty() && self.cfg.mode != OutputMode::Append {
+            cols.push(format!(
+                "PRIMARY KEY ({})",
+                self.keys
+                    .iter()
+                    .map(|k| self.q(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(format!(
+            "CREATE TABLE IF NOT EXISTS {} ({}) {}",
+            self.table_sql(),
+            cols.join(", "),
+            self.cfg.create_table_options
+        ))
+    }
+
+    fn marker_sql(&self) -> String {
+        let ts = match self.cfg.target.dialect {
+            Dialect::Postgres => "TIMESTAMPTZ NOT NULL DEFAULT now()",
+            Dialect::MySql => "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
+        };
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (query_id VARCHAR(64) NOT NULL, table_name VARCHAR(255) NOT NULL, \
+             batch_id BIGINT NOT NULL, committed_at {ts}, PRIMARY KEY (query_id, table_name))",
+            self.cfg.marker_table.sql(self.cfg.target.dialect)
+        )
+    }
+
+    fn err(&self, what: &str, e: sqlx::Error) -> EngineError {
+        classify(
+            self.cfg.target.dialect,
+            &format!("{what} ({})", self.description()),
+            e,
+        )
+    }
+
+    /// Creates the marker table and the output table if missing; checks an existing one fits.
+    fn prepare(&mut self) -> Result<()> {
+        if self.prepared {
+            return Ok(());
+        }
+        let marker = self.marker_sql();
+        let create = self.create_table_sql()?;
+        let schema_name = self.cfg.table.schema.clone();
+        let table_name = self.cfg.table.name.clone();
+        let (columns, uniques) = match &self.db {
+            Db::Pg(pool) => self.rt.block_on(async {
+                sqlx::query(safe(marker.clone()))
+                    .execute(pool)
+                    .await
+                    .map_err(|e| self.err("creating the marker table", e))?;
+                let cols: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                     WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2 \
+                     ORDER BY ordinal_position",
+                )
+                .bind(&schema_name)
+                .bind(&table_name)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| self.err("reading the table's columns", e))?;
+                Ok::<_, EngineError>((cols, None))
+            })?,
+            Db::My(pool) => self.rt.block_on(async {
+                sqlx::query(safe(marker.clone()))
+                    .execute(pool)
+                    .await
+                    .map_err(|e| self.err("creating the marker table", e))?;
+                let cols: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR) FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                )
+                .bind(&schema_name)
+                .bind(&table_name)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| self.err("reading the table's columns", e))?;
+                let uniques: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT CAST(tc.CONSTRAINT_NAME AS CHAR), CAST(k.COLUMN_NAME AS CHAR) \
+                     FROM information_schema.TABLE_CONSTRAINTS tc JOIN information_schema.KEY_COLUMN_USAGE k \
+                     ON tc.CONSTRAINT_NAME = k.CONSTRAINT_NAME AND tc.TABLE_SCHEMA = k.TABLE_SCHEMA \
+                     AND tc.TABLE_NAME = k.TABLE_NAME \
+                     WHERE tc.CONSTRAINT_TYPE IN ('PRIMARY KEY', 'UNIQUE') \
+                     AND tc.TABLE_SCHEMA = COALESCE(?, DATABASE()) AND tc.TABLE_NAME = ?",
+                )
+                .bind(&schema_name)
+                .bind(&table_name)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| self.err("reading the table's keys", e))?;
+                Ok::<_, EngineError>((cols, Some(uniques)))
+            })?,
+        };
+        if columns.is_empty() {
+            tracing::info!(
+                "jdbc sink: creating table {}: {create}",
+                self.cfg.table.display()
+            );
+            match &self.db {
+                Db::Pg(pool) => self
+                    .rt
+                    .block_on(sqlx::query(safe(create.clone())).execute(pool))
+                    .map(|_| ()),
+                Db::My(pool) => self
+                    .rt
+                    .block_on(sqlx::query(safe(create.clone())).execute(pool))
+                    .map(|_| ()),
+            }
+            .map_err(|e| self.err("creating the table", e))?;
+        } else {
+            self.check_fit(&columns)?;
+            if let (Some(uniques), OutputMode::Update) = (uniques, self.cfg.mode) {
+                self.check_unique(&uniques)?;
+            }
+        }
+        self.prepared = true;
+        Ok(())
+    }
+
+    fn check_fit(&self, columns: &[(String, String)]) -> Result<()> {
+        let table = self.cfg.table.display();
+        for f in self.schema.fields() {
+            let Some((_, ty)) = columns
+                .iter()
+                .find(|(c, _)| c.eq_ignore_ascii_case(f.name()))
+            else {
+                return Err(EngineError::user(format!(
+                    "table {table} has no column '{}' (the stream's column {} of type {}); its columns are {}. \
+                     Add the column, or write to a new table",
+                    f.name(),
+                    f.name(),
+                    f.data_type(),
+                    columns.iter().map(|(c, t)| format!("{c} {t}")).collect::<Vec<_>>().join(", ")
+                )));
+            };
+            if !types::fits(f.data_type(), ty) {
+                return Err(EngineError::user(format!(
+                    "table {table}: column '{}' has type {ty}, which cannot hold the stream's {} values \
+                     (a new table would use {})",
+                    f.name(),
+                    f.data_type(),
+                    types::sql_type(self.cfg.target.dialect, f.data_type(), false, self.cfg.string_key_length)
+                        .unwrap_or_else(|_| "?".into())
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_unique(&self, uniques: &[(String, String)]) -> Result<()> {
+        let mut by_name: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for (name, col) in uniques {
+            by_name
+                .entry(name)
+                .or_default()
+                .push(col.to_ascii_lowercase());
+        }
+        let mut want: Vec<String> = self.keys.iter().map(|k| k.to_ascii_lowercase()).collect();
+        want.sort();
+        let ok = by_name.values_mut().any(|cols| {
+            cols.sort();
+            *cols == want
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(EngineError::user(format!(
+                "table {} has no PRIMARY KEY or UNIQUE key on exactly ({}), which update mode upserts on; \
+                 add one, or set option 'keys' to the columns of an existing key",
+                self.cfg.table.display(),
+                self.keys.join(", ")
+            )))
+        }
+    }
+
+    /// Writes one batch in one transaction; `Ok(false)` when the marker says it is already in.
+    fn write(&self, batch_id: u64, batches: &[RecordBatch]) -> Result<bool> {
+        let flat = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| types::flatten_batch(b, &self.schema))
+            .collect::<Result<Vec<_>>>()?;
+        match &self.db {
+            Db::Pg(pool) => self.rt.block_on(self.write_pg(pool, batch_id, &flat)),
+            Db::My(pool) => self.rt.block_on(self.write_mysql(pool, batch_id, &flat)),
+        }
+    }
+
+    async fn write_pg(
+        &self,
+        pool: &PgPool,
+        batch_id: u64,
+        batches: &[RecordBatch],
+    ) -> Result<bool> {
+        let e = |what: &str| {
+            let what = what.to_string();
+            move |err: sqlx::Error| self.err(&what, err)
+        };
+        let mut tx = pool.begin().await.map_err(e("starting a transaction"))?;
+        if let Some(iso) = self.cfg.isolation {
+            sqlx::query(safe(format!("SET TRANSACTION ISOLATION LEVEL {iso}")))
+                .execute(&mut *tx)
+                .await
+                .map_err(e("setting the isolation level"))?;
+        }
+        let marker = self.cfg.marker_table.sql(Dialect::Postgres);
+        let done: Option<i64> = sqlx::query_scalar(safe(format!(
+            "SELECT batch_id FROM {marker} WHERE query_id = $1 AND table_name = $2 FOR UPDATE"
+        )))
+        .bind(&self.query_id)
+        .bind(self.cfg.table.display())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(e("reading the batch marker"))?;
+        if done.is_some_and(|d| d >= batch_id as i64) {
+            tx.rollback().await.map_err(e("rolling back"))?;
+            return Ok(false);
+        }
+        let table = self.table_sql();
+        let cols = self.column_sql();
+        if self.cfg.mode == OutputMode::Complete {
+            let stmt = if self.cfg.truncate {
+                format!("TRUNCATE TABLE {table}")
+            } else {
+                format!("DELETE FROM {table}")
+            };
+            sqlx::query(safe(stmt))
+                .execute(&mut *tx)
+                .await
+                .map_err(e("emptying the table for complete mode"))?;
+        }
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if rows > 0 {
+            let into = if self.cfg.mode == OutputMode::Update {
+                sqlx::query(safe(format!(
+                    "CREATE TEMP TABLE _sluice_stage ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA"
+                )))
+                .execute(&mut *tx)
+                .await
+                .map_err(e("creating the staging table"))?;
+                "_sluice_stage".to_string()
+            } else {
+                table.clone()
+            };
+            let mut copy = tx
+                .copy_in_raw(&format!(
+                    "COPY {into} ({cols}) FROM STDIN WITH (FORMAT csv)"
+                ))
+                .await
+                .map_err(e("starting COPY"))?;
+            let opts = Encoder::options(Dialect::Postgres);
+            let mut buf = Vec::with_capacity(1 << 20);
+            let mut failed = None;
+            'outer: for b in batches {
+                let enc = match Encoder::new(b, &opts) {
+                    Ok(enc) => enc,
+                    Err(err) => {
+                        failed = Some(err);
+                        break;
+                    }
+                };
+                for r in 0..enc.rows() {
+                    enc.write_csv_row(r, &mut buf);
+                    if buf.len() >= 1 << 20 {
+                        if let Err(err) = copy.send(std::mem::take(&mut buf)).await {
+                            failed = Some(self.err("sending COPY data", err));
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+            if let Some(err) = failed {
+                let _ = copy.abort("sluice: batch failed").await;
+                return Err(err);
+            }
+            if !buf.is_empty() {
+                copy.send(buf).await.map_err(e("sending COPY data"))?;
+            }
+            copy.finish().await.map_err(e("writing rows with COPY"))?;
+            if self.cfg.mode == OutputMode::Update {
+                let keys = self
+                    .keys
+                    .iter()
+                    .map(|k| self.q(k))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sets = self
+                    .value_columns()
+                    .iter()
+                    .map(|c| format!("{0} = EXCLUDED.{0}", self.q(c)))
+                    .collect::<Vec<_>>();
+                let action = if sets.is_empty() {
+                    "DO NOTHING".to_string()
+                } else {
+                    format!("DO UPDATE SET {}", sets.join(", "))
+                };
+                sqlx::query(safe(format!(
+                    "INSERT INTO {table} ({cols}) SELECT {cols} FROM _sluice_stage ON CONFLICT ({keys}) {action}"
+                )))
+                .execute(&mut *tx)
+                .await
+                .map_err(e("upserting rows"))?;
+            }
+        }
+        crash_point("mid-sink", batch_id);
+        sqlx::query(safe(format!(
+            "INSERT INTO {marker} (query_id, table_name, batch_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (query_id, table_name) DO UPDATE SET batch_id = EXCLUDED.batch_id, committed_at = now()"
+        )))
+        .bind(&self.query_id)
+        .bind(self.cfg.table.display())
+        .bind(batch_id as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(e("writing the batch marker"))?;
+        tx.commit().await.map_err(e("committing the batch"))?;
+        Ok(true)
+    }
+
+    async fn write_mysql(
+        &self,
+        pool: &MySqlPool,
+        batch_id: u64,
+        batches: &[RecordBatch],
+    ) -> Result<bool> {
+        let e = |what: &str| {
+            let what = what.to_string();
+            move |err: sqlx::Error| self.err(&what, err)
+        };
+        let mut conn = pool.acquire().await.map_err(e("connecting"))?;
+        if let Some(iso) = self.cfg.isolation {
+            // Applies to the next transaction on this connection.
+            sqlx::query(safe(format!("SET TRANSACTION ISOLATION LEVEL {iso}")))
+                .execute(&mut *conn)
+                .await
+                .map_err(e("setting the isolation level"))?;
+        }
+        let mut tx = conn.begin().await.map_err(e("starting a transaction"))?;
+        let marker = self.cfg.marker_table.sql(Dialect::MySql);
+        let done: Option<i64> = sqlx::query_scalar(safe(format!(
+            "SELECT batch_id FROM {marker} WHERE query_id = ? AND table_name = ? FOR UPDATE"
+        )))
+        .bind(&self.query_id)
+        .bind(self.cfg.table.display())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(e("reading the batch marker"))?;
+        if done.is_some_and(|d| d >= batch_id as i64) {
+            tx.rollback().await.map_err(e("rolling back"))?;
+            return Ok(false);
+        }
+        let table = self.table_sql();
+        let cols = self.column_sql();
+        if self.cfg.mode == OutputMode::Complete {
+            sqlx::query(safe(format!("DELETE FROM {table}")))
+                .execute(&mut *tx)
+                .await
+                .map_err(e("emptying the table for complete mode"))?;
+        }
+        let ncols = self.schema.fields().len().max(1);
+        let per_stmt = self.cfg.batch_size.min(60_000 / ncols).max(1);
+        let suffix = if self.cfg.mode == OutputMode::Update {
+            let mut sets: Vec<String> = self
+                .value_columns()
+                .iter()
+                .map(|c| format!("{0} = VALUES({0})", self.q(c)))
+                .collect();
+            if sets.is_empty() {
+                let k = self.q(&self.keys[0]);
+                sets.push(format!("{k} = {k}"));
+            }
+            format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+        } else {
+            String::new()
+        };
+        let opts = Encoder::options(Dialect::MySql);
+        for b in batches {
+            let enc = Encoder::new(b, &opts)?;
+            let mut start = 0;
+            while start < enc.rows() {
+                let end = (start + per_stmt).min(enc.rows());
+                let mut qb: QueryBuilder<sqlx::MySql> =
+                    QueryBuilder::new(format!("INSERT INTO {table} ({cols}) "));
+                qb.push_values(start..end, |mut row, r| {
+                    for c in 0..ncols {
+                        match enc.value(c, r) {
+                            Val::Null => row.push_bind(None::<String>),
+                            Val::Bool(v) => row.push_bind(v),
+                            Val::Int(v) => row.push_bind(v),
+                            Val::Float(v) => row.push_bind(v),
+                            Val::Bytes(v) => row.push_bind(v),
+                            Val::Text(v) => row.push_bind(v),
+                        };
+                    }
+                });
+                qb.push(&suffix);
+                qb.build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(e("inserting rows"))?;
+                start = end;
+            }
+        }
+        crash_point("mid-sink", batch_id);
+        sqlx::query(safe(format!(
+            "INSERT INTO {marker} (query_id, table_name, batch_id) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE batch_id = VALUES(batch_id), committed_at = CURRENT_TIMESTAMP(6)"
+        )))
+        .bind(&self.query_id)
+        .bind(self.cfg.table.display())
+        .bind(batch_id as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(e("writing the batch marker"))?;
+        tx.commit().await.map_err(e("committing the batch"))?;
+        Ok(true)
+    }
+}
+
+impl Sink for JdbcSink {
+    fn description(&self) -> String {
+        format!(
+            "JdbcSink[{} table {}]",
+            self.cfg.target.display(),
+            self.cfg.table.display()
+        )
+    }
+
+    fn add_batch(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
+        self.prepare()?;
+        if !self.write(batch_id, batches)? {
+            tracing::info!(
+                batch_id,
+                "{}: batch already committed (marker found), skipped",
+                self.description()
+            );
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        match &self.db {
+            Db::Pg(p) => self.rt.block_on(p.close()),
+            Db::My(p) => self.rt.block_on(p.close()),
+        }
+        Ok(())
+    }
+}
+
+/// Marks SQL built here as audited: identifiers are quoted with [`Dialect::quote`], values are
+/// always bound, never spliced.
+fn safe(sql: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(sql)
+}
+
+fn column_list(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn open_pool(cfg: &JdbcConfig) -> Result<Db> {
+    let t = &cfg.target;
+    let acquire = Duration::from_secs(10);
+    match t.dialect {
+        Dialect::Postgres => {
+            let mut o = PgConnectOptions::new()
+                .host(&t.host)
+                .port(t.port)
+                .database(&t.database)
+                .options([("TimeZone", "UTC")]);
+            if let Some(u) = &t.user {
+                o = o.username(u);
+            }
+            if let Some(p) = &t.password {
+                o = o.password(p);
+            }
+            for (k, v) in &t.params {
+                match k.to_ascii_lowercase().as_str() {
+                    "sslmode" => {
+                        o = o.ssl_mode(v.parse::<PgSslMode>().map_err(|_| {
+                            EngineError::user(format!("jdbc url: unknown sslmode '{v}'"))
+                        })?)
+                    }
+                    "applicationname" | "application_name" => o = o.application_name(v),
+                    "currentschema" => o = o.options([("search_path", v.as_str())]),
+                    _ => tracing::warn!("jdbc url: parameter '{k}' is not used by Sluice"),
+                }
+            }
+            Ok(Db::Pg(
+                PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(acquire)
+                    .connect_lazy_with(o),
+            ))
+        }
+        Dialect::MySql => {
+            let mut o = MySqlConnectOptions::new()
+                .host(&t.host)
+                .port(t.port)
+                .database(&t.database)
+                .timezone(Some("+00:00".to_string()));
+            if let Some(u) = &t.user {
+                o = o.username(u);
+            }
+            if let Some(p) = &t.password {
+                o = o.password(p);
+            }
+            for (k, _) in &t.params {
+                tracing::warn!("jdbc url: parameter '{k}' is not used by Sluice");
+            }
+            Ok(Db::My(
+                MySqlPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(acquire)
+                    .connect_lazy_with(o),
+            ))
+        }
+    }
+}
+
+/// Whether a database error is worth retrying (the connection or the server, a deadlock, a
+/// serialization failure) or needs the user (constraint, permission, SQL). Pure; unit-tested.
+pub fn is_transient(d: Dialect, e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::Protocol(_) => true,
+        E::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            match d {
+                Dialect::Postgres => {
+                    ["08", "57P", "53", "40", "58"]
+                        .iter()
+                        .any(|p| code.starts_with(p))
+                        || code == "55P03"
+                }
+                Dialect::MySql => {
+                    let n = db
+                        .try_downcast_ref::<MySqlDatabaseError>()
+                        .map(|m| m.number());
+                    matches!(
+                        n,
+                        Some(
+                            1040 | 1053
+                                | 1205
+                                | 1213
+                                | 1317
+                                | 1927
+                                | 2002
+                                | 2003
+                                | 2006
+                                | 2013
+                                | 4031
+                        )
+                    ) || code.starts_with("08")
+                        || code == "40001"
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
+fn classify(d: Dialect, what: &str, e: sqlx::Error) -> EngineError {
+    let msg = format!("{} failed {what}: {e}", d.name());
+    if is_transient(d, &e) {
+        EngineError::external(msg)
+    } else {
+        EngineError::user(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_are_transient_sql_errors_are_not() {
+        let io = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "x",
+        ));
+        assert!(is_transient(Dialect::Postgres, &io));
+        assert!(is_transient(Dialect::MySql, &sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(Dialect::Postgres, &sqlx::Error::RowNotFound));
+    }
+}
