@@ -57,6 +57,13 @@ enum Command {
     Run {
         /// The pipeline file.
         pipeline: PathBuf,
+        /// Run only this query (repeat for several); all by default.
+        #[arg(long = "query", value_name = "NAME")]
+        queries: Vec<String>,
+        /// Process everything available now and exit (every query's trigger becomes
+        /// available-now): a backfill, or one step of a pipeline in a script.
+        #[arg(long)]
+        available_now: bool,
     },
 }
 
@@ -101,11 +108,15 @@ fn main() -> ExitCode {
     };
     init_logs(cli.log_format);
     match cli.command {
-        Command::Run { pipeline } => run(pipeline),
+        Command::Run {
+            pipeline,
+            queries,
+            available_now,
+        } => run(pipeline, &queries, available_now),
     }
 }
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, only: &[String], available_now: bool) -> ExitCode {
     let (pipeline, base) = match Pipeline::load(&path) {
         Ok(p) => p,
         Err(e) => {
@@ -122,7 +133,8 @@ fn run(path: PathBuf) -> ExitCode {
     };
     let (tx, rx) = mpsc::channel();
     session.add_listener(Arc::new(Forward(tx.clone())));
-    let prepared = match pipeline.prepare(&session, &base) {
+    let trigger = available_now.then_some(sluice::Trigger::AvailableNow);
+    let prepared = match pipeline.prepare_with(&session, &base, only, trigger) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");

@@ -139,6 +139,26 @@ impl Pipeline {
 
     /// Registers the sources and checks and opens every query, without starting any.
     pub fn prepare(&self, session: &Session, base: &Path) -> Result<Vec<(String, PreparedQuery)>> {
+        self.prepare_with(session, base, &[], None)
+    }
+
+    /// Like [`Pipeline::prepare`], for the queries named in `only` (all when empty), with every
+    /// trigger replaced by `trigger` when given (`sluice run --available-now`: a backfill).
+    pub fn prepare_with(
+        &self,
+        session: &Session,
+        base: &Path,
+        only: &[String],
+        trigger: Option<Trigger>,
+    ) -> Result<Vec<(String, PreparedQuery)>> {
+        for n in only {
+            if !self.query.contains_key(n) {
+                return Err(EngineError::user(format!(
+                    "no [query.{n}] in the pipeline file; it defines {}",
+                    self.query.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
         let resolve = |p: &str| -> String {
             let pb = Path::new(p);
             if pb.is_absolute() {
@@ -170,6 +190,9 @@ impl Pipeline {
         }
         let mut prepared = Vec::new();
         for (name, q) in &self.query {
+            if !only.is_empty() && !only.contains(name) {
+                continue;
+            }
             let ctx = format!("query '{name}'");
             let df = session.sql(&q.sql).map_err(|e| in_context(&ctx, e))?;
             let mut w = df.write_stream().format(&q.sink.format).query_name(name);
@@ -186,7 +209,9 @@ impl Pipeline {
                 .parse()
                 .map_err(|e| in_context(&ctx, e))?;
             w = w.output_mode(mode);
-            if let Some(t) = &q.trigger {
+            if let Some(t) = trigger {
+                w = w.trigger(t);
+            } else if let Some(t) = &q.trigger {
                 let t: Trigger = t.parse().map_err(|e| in_context(&ctx, e))?;
                 w = w.trigger(t);
             }

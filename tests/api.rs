@@ -400,7 +400,10 @@ fn user_errors_name_the_thing() {
     let df = s.read_stream().schema(SCHEMA).json(path).expect("load");
     df.create_or_replace_temp_view("events").expect("view");
     for (sql, construct) in [
-        ("SELECT DISTINCT action FROM events", "DISTINCT"),
+        (
+            "SELECT DISTINCT ON (action) action FROM events",
+            "DISTINCT ON",
+        ),
         ("SELECT * FROM events ORDER BY value", "ORDER BY"),
         ("SELECT * FROM events LIMIT 3", "LIMIT"),
         (

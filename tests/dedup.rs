@@ -108,3 +108,61 @@ fn within_watermark_forgets_a_key_after_the_watermark_passes_it() {
         vec![(1, 10), (1, 13), (2, 20), (3, 30)]
     );
 }
+
+#[test]
+fn select_distinct_on_a_stream_drops_duplicate_rows_across_batches_in_append_mode() {
+    let w = workdir();
+    let input = w.path().join("in");
+    put_file(
+        &input,
+        "1.json",
+        &(ev(1, "00:00", 10) + &ev(1, "00:00", 10) + &ev(2, "00:00", 20)),
+        0,
+    );
+    put_file(
+        &input,
+        "2.json",
+        &(ev(1, "00:00", 10) + &ev(1, "00:00", 11) + &ev(3, "00:01", 30)),
+        1,
+    );
+    let s = Session::builder().build().expect("session");
+    s.read_stream()
+        .schema("id BIGINT, ts TIMESTAMP, v BIGINT")
+        .option("maxFilesPerTrigger", 1)
+        .json(input.to_str().expect("p"))
+        .expect("load")
+        .create_or_replace_temp_view("events")
+        .expect("view");
+    // Spark: distinct on a stream is dropDuplicates() on all columns, fine in append mode
+    let q = s
+        .sql("SELECT DISTINCT id, v FROM events WHERE v > 0")
+        .expect("sql")
+        .write_stream()
+        .format("memory")
+        .query_name("distinct_rows")
+        .trigger(Trigger::AvailableNow)
+        .checkpoint_location(w.path().join("chk"))
+        .start()
+        .expect("start");
+    q.await_termination().expect("done");
+    let rows = s
+        .sql("SELECT id, v FROM distinct_rows ORDER BY id, v")
+        .expect("sql")
+        .collect()
+        .expect("collect");
+    let got: Vec<(i64, i64)> = rows
+        .iter()
+        .flat_map(|b| {
+            let id = b.column(0).as_primitive::<Int64Type>().clone();
+            let v = b.column(1).as_primitive::<Int64Type>().clone();
+            (0..b.num_rows()).map(move |i| (id.value(i), v.value(i)))
+        })
+        .collect();
+    assert_eq!(got, vec![(1, 10), (1, 11), (2, 20), (3, 30)]);
+    let p = q.last_progress().expect("progress");
+    assert_eq!(
+        p.state_operators.len(),
+        1,
+        "one dedup operator keeps the rows"
+    );
+}

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::db::{Maria, Pg, PrivatePg};
 use common::*;
@@ -95,6 +95,18 @@ fn expected_counts(ts: fn(i64) -> String) -> Vec<String> {
 }
 
 fn pipeline(dir: &Path, sql: &str, mode: &str, url: &str, table: &str) -> std::path::PathBuf {
+    pipeline_with(dir, sql, mode, url, table, "")
+}
+
+/// Like [`pipeline`], with more sink options (`, key = "value"` pairs).
+fn pipeline_with(
+    dir: &Path,
+    sql: &str,
+    mode: &str,
+    url: &str,
+    table: &str,
+    more: &str,
+) -> std::path::PathBuf {
     let p = dir.join("pipeline.toml");
     fs::write(
         &p,
@@ -110,7 +122,7 @@ sql = "{sql}"
 output_mode = "{mode}"
 trigger = "available-now"
 checkpoint = "chk"
-sink = {{ format = "jdbc", options = {{ url = "{url}", dbtable = "{table}" }} }}
+sink = {{ format = "jdbc", options = {{ url = "{url}", dbtable = "{table}"{more} }} }}
 progress_log = "progress.jsonl"
 "#
         ),
@@ -119,65 +131,17 @@ progress_log = "progress.jsonl"
     p
 }
 
-/// A seed for the random crash points: SLUICE_TEST_SEED, or the clock (printed, to replay).
-fn seed() -> u64 {
-    let s = std::env::var("SLUICE_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("crash points from SLUICE_TEST_SEED={s}");
-    s
-}
+/// Every crash point of a JDBC batch (mid-sink: rows written, transaction not committed).
+const POINTS: [&str; 5] = [
+    "after-offsets",
+    "mid-sink",
+    "after-sink",
+    "after-state",
+    "after-commit",
+];
 
-/// `n` crash points at distinct, increasing batches of 0..FILES, each at a random point.
-fn random_crash_points(n: usize) -> Vec<String> {
-    const POINTS: [&str; 5] = [
-        "after-offsets",
-        "mid-sink",
-        "after-sink",
-        "after-state",
-        "after-commit",
-    ];
-    let mut x = seed() | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let mut batches: Vec<u64> = (0..FILES).collect();
-    while batches.len() > n {
-        let i = (next() % batches.len() as u64) as usize;
-        batches.remove(i);
-    }
-    batches
-        .into_iter()
-        .map(|b| format!("{}@{b}", POINTS[(next() % POINTS.len() as u64) as usize]))
-        .collect()
-}
-
-/// Runs the pipeline killed at each point in turn, then to the end.
-fn run_killed(p: &Path, points: &[String]) {
-    for at in points {
-        let o = run_pipeline(p, &[("SLUICE_CRASH_AT", at)]);
-        assert!(
-            killed(&o),
-            "expected SIGKILL at {at}, got {:?}: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-    let o = run_pipeline(p, &[]);
-    assert!(
-        o.status.success(),
-        "after kills at {points:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+fn crash_points(n: usize) -> Vec<String> {
+    random_crash_points(n, FILES, &POINTS)
 }
 
 fn run_ok(p: &Path) {
@@ -238,8 +202,8 @@ fn postgres_seed_pipeline_update_mode_killed_at_random_points_equals_uninterrupt
     stage_events(w.path());
     let db = pg.new_db("seed_killed");
     let p = pipeline(w.path(), SEED_SQL, "update", &pg.jdbc_url(&db), "counts");
-    let points = random_crash_points(6);
-    run_killed(&p, &points);
+    let points = crash_points(6);
+    run_killed(&p, &[], &points);
     assert_eq!(
         sorted(pg.query(&db, select)),
         uninterrupted,
@@ -284,8 +248,8 @@ fn mariadb_seed_pipeline_update_mode_killed_at_random_points_equals_uninterrupte
     stage_events(w.path());
     let db = m.new_db("seed_killed");
     let p = pipeline(w.path(), SEED_SQL, "update", &m.jdbc_url(&db), "counts");
-    let points = random_crash_points(6);
-    run_killed(&p, &points);
+    let points = crash_points(6);
+    run_killed(&p, &[], &points);
     assert_eq!(
         sorted(m.query(&db, select)),
         uninterrupted,
@@ -334,8 +298,8 @@ fn append_pipeline_killed_at_random_points_writes_every_row_once_postgres_and_ma
         let w = workdir();
         stage_events(w.path());
         let p = pipeline(w.path(), APPEND_SQL, "append", &url_of(&db), "clicks");
-        let points = random_crash_points(5);
-        run_killed(&p, &points);
+        let points = crash_points(5);
+        run_killed(&p, &[], &points);
         // both print DOUBLE 125.0 as 125, as Rust does
         assert_eq!(
             sorted(query(&db)),
@@ -365,8 +329,8 @@ fn complete_mode_replaces_the_table_in_the_batch_transaction_and_survives_kills(
     stage_events(w.path());
     let db = pg.new_db("complete");
     let p = pipeline(w.path(), sql, "complete", &pg.jdbc_url(&db), "totals");
-    let points = random_crash_points(5);
-    run_killed(&p, &points);
+    let points = crash_points(5);
+    run_killed(&p, &[], &points);
     assert_eq!(
         sorted(pg.query(&db, "SELECT action, n, top_user FROM totals")),
         want,
@@ -631,4 +595,92 @@ progress_log = "progress.jsonl"
         expected_append(pg_ts),
         "nothing lost, nothing doubled"
     );
+}
+
+#[test]
+fn spark_options_column_types_table_options_isolation_truncate_and_explicit_keys() {
+    // complete mode: TRUNCATE in the batch transaction, SERIALIZABLE, a typed column, table options
+    let pg = Pg::shared();
+    let db = pg.new_db("options");
+    let w = workdir();
+    stage_events(w.path());
+    let p = pipeline_with(
+        w.path(),
+        "SELECT action, count(*) AS n FROM events GROUP BY action",
+        "complete",
+        &pg.jdbc_url(&db),
+        "public.totals",
+        r#", createTableColumnTypes = "action VARCHAR(16)", createTableOptions = "WITH (fillfactor = 70)", isolationLevel = "SERIALIZABLE", truncate = "true", batchsize = "2""#,
+    );
+    run_ok(&p);
+    assert_eq!(
+        pg.query(
+            &db,
+            "SELECT data_type || coalesce('(' || character_maximum_length || ')', '') FROM information_schema.columns \
+             WHERE table_name = 'totals' AND column_name = 'action'"
+        ),
+        ["character varying(16)"]
+    );
+    assert_eq!(
+        pg.query(
+            &db,
+            "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'totals'"
+        ),
+        ["fillfactor=70"]
+    );
+    let mut want: BTreeMap<&str, u64> = BTreeMap::new();
+    for f in 0..FILES {
+        for (_, a, _, _) in events_of_file(f) {
+            *want.entry(a).or_default() += 1;
+        }
+    }
+    let want: Vec<String> = want.into_iter().map(|(a, n)| format!("{a}|{n}")).collect();
+    assert_eq!(sorted(pg.query(&db, "SELECT action, n FROM totals")), want);
+
+    // a stateless stream upserted on explicit keys, several statements per batch (batchsize 3):
+    // each user keeps the values of its last event
+    let m = Maria::shared();
+    let db = m.new_db("keys");
+    let w = workdir();
+    stage_events(w.path());
+    let p = pipeline_with(
+        w.path(),
+        "SELECT user_id, action, value FROM events",
+        "update",
+        &m.jdbc_url(&db),
+        "last_event",
+        r#", keys = "user_id", batchsize = "3""#,
+    );
+    run_ok(&p);
+    let mut last: BTreeMap<i64, (&str, f64)> = BTreeMap::new();
+    for f in 0..FILES {
+        for (_, a, u, v) in events_of_file(f) {
+            last.insert(u, (a, v));
+        }
+    }
+    let want: Vec<String> = last
+        .into_iter()
+        .map(|(u, (a, v))| format!("{u}|{a}|{v}"))
+        .collect();
+    assert_eq!(
+        sorted(m.query(&db, "SELECT user_id, action, value FROM last_event")),
+        sorted(want)
+    );
+    // an unknown option is refused by name
+    let p = pipeline_with(
+        w.path(),
+        APPEND_SQL,
+        "append",
+        &m.jdbc_url(&db),
+        "x",
+        r#", batchsise = "3""#,
+    );
+    let o = run_pipeline(&p, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("batchsise"));
 }

@@ -193,6 +193,26 @@ pub struct StreamPlan {
     max_event_time: Arc<AtomicI64>,
 }
 
+/// `SELECT DISTINCT` over a stream is Spark's `dropDuplicates()` on every column (state evicted
+/// by the watermark when the event-time column is among them), not an aggregation: rewritten to
+/// the dedup operator before the optimiser would turn it into a GROUP BY.
+fn distinct_to_dedup(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::logical_expr::Distinct;
+    Ok(plan
+        .transform_up(|p| match p {
+            LogicalPlan::Distinct(Distinct::All(input)) => {
+                let cols = input.schema().columns();
+                Ok(Transformed::yes(DedupNode::plan(
+                    Arc::unwrap_or_clone(input),
+                    cols,
+                    false,
+                )))
+            }
+            other => Ok(Transformed::no(other)),
+        })?
+        .data)
+}
+
 /// For each output column of `plan`, whether it depends on an aggregation's grouping keys only;
 /// `None` when the plan has no aggregation (or one under an operator this does not follow).
 fn key_flags(plan: &LogicalPlan) -> Option<Vec<bool>> {
@@ -335,6 +355,7 @@ impl StreamPlan {
             state
                 .analyzer()
                 .execute_and_check(plan.clone(), state.config_options(), |_, _| {})?;
+        let analyzed = distinct_to_dedup(analyzed)?;
         check_supported(&analyzed)?;
         let bound = bind_clock(analyzed, clock)?;
         let optimized = state.optimize(&bound)?;
@@ -534,7 +555,7 @@ fn check_supported(plan: &LogicalPlan) -> Result<()> {
             {
                 None
             }
-            LogicalPlan::Distinct(_) => Some("DISTINCT is not supported on a stream yet"),
+            LogicalPlan::Distinct(_) => Some("DISTINCT ON is not supported on a stream yet"),
             LogicalPlan::Join(_) => Some("JOIN is not supported on a stream yet"),
             LogicalPlan::Sort(_) => {
                 Some("ORDER BY is not supported on a stream (sorting needs the whole input)")

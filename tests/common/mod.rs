@@ -141,3 +141,71 @@ pub fn workdir() -> tempfile::TempDir {
         .tempdir()
         .expect("tempdir")
 }
+
+/// Runs `sluice run <pipeline> ARGS...` to its end, with extra environment.
+pub fn run_pipeline_args(pipeline: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(sluice_bin());
+    c.arg("run")
+        .arg(pipeline)
+        .args(args)
+        .env("SLUICE_LOG", "warn");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run sluice")
+}
+
+/// A seed for random crash points: SLUICE_TEST_SEED, or the clock (printed, to replay a run).
+pub fn test_seed() -> u64 {
+    let s = std::env::var("SLUICE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("crash points from SLUICE_TEST_SEED={s}");
+    s
+}
+
+/// `n` crash points `point@batch` at distinct, increasing batches of `0..batches`, each at a
+/// point drawn from `points`.
+pub fn random_crash_points(n: usize, batches: u64, points: &[&str]) -> Vec<String> {
+    let mut x = test_seed() | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut ids: Vec<u64> = (0..batches).collect();
+    while ids.len() > n {
+        let i = (next() % ids.len() as u64) as usize;
+        ids.remove(i);
+    }
+    ids.into_iter()
+        .map(|b| format!("{}@{b}", points[(next() % points.len() as u64) as usize]))
+        .collect()
+}
+
+/// Runs the pipeline killed at each crash point in turn (each run must die by SIGKILL), then
+/// once more to its end.
+pub fn run_killed(p: &Path, args: &[&str], points: &[String]) {
+    for at in points {
+        let o = run_pipeline_args(p, args, &[("SLUICE_CRASH_AT", at)]);
+        assert!(
+            killed(&o),
+            "expected SIGKILL at {at}, got {:?}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let o = run_pipeline_args(p, args, &[]);
+    assert!(
+        o.status.success(),
+        "after kills at {points:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

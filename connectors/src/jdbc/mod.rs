@@ -375,11 +375,14 @@ impl JdbcSink {
 
     /// Writes one batch in one transaction; `Ok(false)` when the marker says it is already in.
     fn write(&self, batch_id: u64, batches: &[RecordBatch]) -> Result<bool> {
-        let flat = batches
+        let mut flat = batches
             .iter()
             .filter(|b| b.num_rows() > 0)
             .map(|b| types::flatten_batch(b, &self.schema))
             .collect::<Result<Vec<_>>>()?;
+        if self.cfg.mode == OutputMode::Update && !flat.is_empty() {
+            flat = vec![crate::util::last_per_key(&self.schema, &flat, &self.keys)?];
+        }
         match &self.db {
             Db::Pg(pool) => self.rt.block_on(self.write_pg(pool, batch_id, &flat)),
             Db::My(pool) => self.rt.block_on(self.write_mysql(pool, batch_id, &flat)),
