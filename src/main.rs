@@ -65,6 +65,16 @@ enum Command {
         #[arg(long)]
         available_now: bool,
     },
+    /// A Kafka cluster inside this process (librdkafka's mock cluster), for tests and trying
+    /// things out: prints its bootstrap servers, then serves `create_topic NAME PARTITIONS`
+    /// lines on stdin (answering `ok` or `err ...`) until stdin closes. Supports transactions;
+    /// keeps at most 5 MiB per partition.
+    #[command(hide = true)]
+    MockKafka {
+        /// Number of brokers.
+        #[arg(default_value_t = 1)]
+        brokers: i32,
+    },
 }
 
 enum Event {
@@ -113,6 +123,7 @@ fn main() -> ExitCode {
             queries,
             available_now,
         } => run(pipeline, &queries, available_now),
+        Command::MockKafka { brokers } => mock_kafka(brokers),
     }
 }
 
@@ -219,4 +230,41 @@ fn spawn_signal_thread(tx: mpsc::Sender<Event>) {
             let _ = tx.send(Event::Signal(sig));
         });
     });
+}
+
+fn mock_kafka(brokers: i32) -> ExitCode {
+    use std::io::{BufRead, Write};
+    let mock = match sluice::connectors::rdkafka::mocking::MockCluster::new(brokers) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: cannot start the mock cluster: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout();
+    if writeln!(out, "{}", mock.bootstrap_servers())
+        .and_then(|_| out.flush())
+        .is_err()
+    {
+        return ExitCode::from(1);
+    }
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let res = match f.as_slice() {
+            ["create_topic", t, n] => match n.parse() {
+                Ok(n) => mock.create_topic(t, n, 1).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            _ => Err(format!("unknown command: {line}")),
+        };
+        let answer = match res {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("err {e}"),
+        };
+        if writeln!(out, "{answer}").and_then(|_| out.flush()).is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
 }

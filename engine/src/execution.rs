@@ -45,6 +45,34 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Calls a source, retrying External failures (a broker or disk away) with backoff until they
+/// pass or the query is stopped: a source outage makes the query wait, visibly, not fail.
+fn retry_source<T>(
+    shared: &QueryShared,
+    policy: &RetryPolicy,
+    mut f: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut backoff = policy.initial_backoff;
+    let mut attempt = 0u64;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.kind() == ErrorKind::External && !shared.stop_requested() => {
+                attempt += 1;
+                tracing::warn!(attempt, "source failed, retrying in {backoff:?}: {e}");
+                shared.set_status(
+                    &format!("Waiting for a source (attempt {attempt}) after: {e}"),
+                    false,
+                    true,
+                );
+                shared.notifier.wait(Some(backoff));
+                backoff = (backoff * 2).min(policy.max_backoff);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// When no source can watch for new data, how often to look.
 const POLL_FALLBACK: Duration = Duration::from_secs(1);
 
@@ -198,7 +226,10 @@ impl Execution {
             let mut ends = Vec::with_capacity(self.sources.len());
             let mut any = false;
             for (i, s) in self.sources.iter_mut().enumerate() {
-                match s.latest_offset(self.committed[i].as_ref(), limit)? {
+                let start = self.committed[i].as_ref();
+                let latest =
+                    retry_source(&self.shared, &self.retry, || s.latest_offset(start, limit))?;
+                match latest {
                     Some(end) if Some(&end) != self.committed[i].as_ref() => {
                         any = true;
                         ends.push(end);
@@ -351,7 +382,8 @@ impl Execution {
             let rows = if end.is_null() || Some(end) == self.committed[i].as_ref() {
                 Vec::new()
             } else {
-                s.get_batch(self.committed[i].as_ref(), end)?
+                let start = self.committed[i].as_ref();
+                retry_source(&self.shared, &self.retry, || s.get_batch(start, end))?
             };
             source_rows.push(rows.iter().map(|b| b.num_rows() as u64).sum::<u64>());
             inputs.push(rows);

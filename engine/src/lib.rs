@@ -16,6 +16,7 @@
 //! | [`connector`]   | [`Source`], [`Sink`], their factories, [`ConnectorRegistry`], [`Notifier`] |
 //! | [`aggregate`]   | the streaming aggregation operator (windows, watermark, output modes, state) |
 //! | [`dedup`]       | `drop_duplicates` / `drop_duplicates_within_watermark` |
+//! | [`json_fn`]     | `from_json` / `to_json` (Spark's), for the DataFrame API and SQL |
 //! | [`window`]      | `window` / `session_window`: the window functions and their shapes |
 //! | [`watermark`]   | `with_watermark`: the event-time watermark node of the logical plan |
 //! | [`sql`]         | Spark's `window.start` syntax rewritten in the parsed statement |
@@ -35,6 +36,7 @@ pub mod dedup;
 pub mod error;
 pub mod execution;
 pub mod fault;
+pub mod json_fn;
 pub mod options;
 pub mod plan;
 pub mod progress;
@@ -63,6 +65,7 @@ pub use writer::{DataStreamWriter, PreparedQuery, Trigger};
 
 /// Expressions (DataFusion's) for the DataFrame API: `col`, `lit`, and the usual functions.
 pub mod functions {
+    pub use crate::json_fn::{from_json, to_json};
     pub use crate::window::{session_window, sliding_window, window};
     pub use datafusion::functions::expr_fn::*;
     pub use datafusion::functions_aggregate::expr_fn::{

@@ -60,6 +60,8 @@ impl SessionBuilder {
         ctx.register_udf(ScalarUDF::new_from_impl(WindowUdf::new(
             WindowKind::Session,
         )));
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::json_fn::FromJson::new()));
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::json_fn::ToJson::new()));
         Ok(Session {
             inner: Arc::new(SessionInner {
                 app_name: self.app_name.unwrap_or_else(|| "sluice".into()),

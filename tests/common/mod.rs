@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod kafka;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -195,6 +196,12 @@ pub fn random_crash_points(n: usize, batches: u64, points: &[&str]) -> Vec<Strin
 pub fn run_killed(p: &Path, args: &[&str], points: &[String]) {
     for at in points {
         let o = run_pipeline_args(p, args, &[("SLUICE_CRASH_AT", at)]);
+        if std::env::var("SLUICE_TEST_LOG").is_ok() {
+            eprintln!(
+                "--- run killed at {at}:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
         assert!(
             killed(&o),
             "expected SIGKILL at {at}, got {:?}: {}",
@@ -203,6 +210,9 @@ pub fn run_killed(p: &Path, args: &[&str], points: &[String]) {
         );
     }
     let o = run_pipeline_args(p, args, &[]);
+    if std::env::var("SLUICE_TEST_LOG").is_ok() {
+        eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+    }
     assert!(
         o.status.success(),
         "after kills at {points:?}: {}",

@@ -103,13 +103,25 @@ pub fn decode_lines(
     settings: &ParseSettings,
     decode: &LineDecoder<'_>,
 ) -> Result<Vec<RecordBatch>> {
+    decode_records(&path.display().to_string(), "line", lines, settings, decode)
+}
+
+/// Like [`decode_lines`] for records that are not lines of a file: `what` names where they come
+/// from (`kafka topic t partition 0`) and `unit` what their numbers are (`offset`).
+pub fn decode_records(
+    what: &str,
+    unit: &str,
+    lines: &[(usize, &[u8])],
+    settings: &ParseSettings,
+    decode: &LineDecoder<'_>,
+) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
-    bisect(path, lines, settings, decode, &mut out)?;
+    bisect((what, unit), lines, settings, decode, &mut out)?;
     Ok(out)
 }
 
 fn bisect(
-    path: &Path,
+    path: (&str, &str),
     lines: &[(usize, &[u8])],
     settings: &ParseSettings,
     decode: &LineDecoder<'_>,
@@ -128,12 +140,13 @@ fn bisect(
             let (line_no, text) = lines[0];
             match settings.mode {
                 Mode::FailFast => Err(EngineError::user(format!(
-                    "malformed record in {} line {line_no}: {reason}; record: {}",
-                    path.display(),
+                    "malformed record in {} {} {line_no}: {reason}; record: {}",
+                    path.0,
+                    path.1,
                     preview(text)
                 ))),
                 Mode::DropMalformed => {
-                    tracing::debug!(file = %path.display(), line_no, "dropping malformed record: {reason}");
+                    tracing::debug!(file = %path.0, line_no, "dropping malformed record: {reason}");
                     Ok(())
                 }
                 Mode::Permissive => {
