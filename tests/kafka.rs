@@ -538,3 +538,185 @@ fn starting_offsets_forms_headers_from_json_and_malformed_values() {
         .to_string();
     assert!(text.contains("| b   | oops"), "{text}");
 }
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt")
+        .block_on(f)
+}
+
+#[test]
+fn fail_on_data_loss_both_ways_mock_cluster() {
+    // tansu 0.6.0 drops the connection on DeleteRecords; the mock cluster keeps at most 5 MiB
+    // per partition, so large records age the oldest ones out, as retention would
+    use sluice::connectors::rdkafka::consumer::{BaseConsumer, Consumer};
+    use sluice::connectors::rdkafka::ClientConfig;
+    let mut mock = MockKafka::start();
+    mock.create_topic("d", 1);
+    let big = "x".repeat(900_000);
+    for i in 0..8i64 {
+        produce(
+            &mock.bootstrap,
+            "d",
+            &[(
+                0,
+                format!("k{i}"),
+                format!("{{\"pad\": \"{big}\"}}"),
+                (BASE + i) * 1000,
+            )],
+        );
+    }
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &mock.bootstrap)
+        .create()
+        .expect("consumer");
+    let (low, high) = c
+        .fetch_watermarks("d", 0, Duration::from_secs(10))
+        .expect("watermarks");
+    assert!(low > 0 && high == 8, "old records aged out: {low}..{high}");
+    let w = workdir();
+    let s = Session::builder().build().expect("session");
+    let from_zero = |fail: &str| {
+        s.read_stream()
+            .format("kafka")
+            .option("kafka.bootstrap.servers", &mock.bootstrap)
+            .option("subscribe", "d")
+            .option("startingOffsets", r#"{"d": {"0": 0}}"#)
+            .option("failOnDataLoss", fail)
+            .load_default()
+            .expect("load")
+    };
+    let err = from_zero("true")
+        .write_stream()
+        .format("memory")
+        .query_name("strict")
+        .checkpoint_location(w.path().join("c1"))
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .expect("start")
+        .await_termination()
+        .expect_err("data loss");
+    assert!(
+        err.to_string()
+            .contains(&format!("partition d-0: offsets 0..{low}")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("failOnDataLoss=false"), "{err}");
+    let want: Vec<String> = (low..8).map(|i| format!("k{i}")).collect();
+    assert_eq!(
+        memory_query(&s, from_zero("false"), "lenient", &w.path().join("c2")),
+        want
+    );
+}
+
+#[test]
+fn new_partitions_and_topics_are_picked_up_pattern_assign_and_headers() {
+    use sluice::connectors::rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use sluice::connectors::rdkafka::client::DefaultClientContext;
+    use sluice::connectors::rdkafka::ClientConfig;
+
+    let broker = Tansu::start();
+    let bs = broker.bootstrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .create()
+        .expect("admin");
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let w = workdir();
+    let s = Session::builder().build().expect("session");
+    // a topic gaining partitions while the query runs: the new partition is read from its start
+    broker.create_topic("grow", 1);
+    produce(&bs, "grow", &[(0, "g0".into(), "{}".into(), BASE * 1000)]);
+    let out = w.path().join("grow-out");
+    let p = write(
+        w.path(),
+        "grow.toml",
+        &format!(
+            r#"[source.grow]
+format = "kafka"
+options = {{ "kafka.bootstrap.servers" = "{bs}", subscribePattern = "gr.*", startingOffsets = "earliest", includeHeaders = "true" }}
+
+[query.q]
+sql = "SELECT CAST(key AS STRING) AS k, topic, \"partition\", cardinality(headers) AS h FROM grow"
+checkpoint = "chk-grow"
+sink = {{ format = "csv", path = "{}" }}
+"#,
+            out.display()
+        ),
+    );
+    let child = spawn_pipeline(&p, &[]);
+    let lines = || {
+        std::fs::metadata(out.join("_sluice_metadata"))
+            .map(|_| sorted(committed_lines(&out, false)))
+            .unwrap_or_default()
+    };
+    wait_until("the first record", Duration::from_secs(60), || {
+        lines().len() == 1
+    });
+    // tansu 0.6.0 and the mock cluster both refuse CreatePartitions (UnsupportedFeature); a new
+    // topic matching the pattern takes the same path (a partition not in the offsets starts at
+    // its earliest offset)
+    let grown = block_on(admin.create_partitions([&NewPartitions::new("grow", 2)], &opts));
+    assert!(
+        grown.is_err(),
+        "tansu learned CreatePartitions: test it here ({grown:?})"
+    );
+    // a record with headers, and a new topic matching the pattern
+    {
+        use sluice::connectors::rdkafka::message::{Header, OwnedHeaders};
+        use sluice::connectors::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bs)
+            .create()
+            .expect("producer");
+        let h = OwnedHeaders::new()
+            .insert(Header {
+                key: "a",
+                value: Some("1"),
+            })
+            .insert(Header {
+                key: "b",
+                value: None::<&str>,
+            });
+        p.send(
+            BaseRecord::to("grow")
+                .partition(0)
+                .key("g1")
+                .payload("{}")
+                .headers(h),
+        )
+        .map_err(|(e, _)| e)
+        .expect("send");
+        p.flush(Duration::from_secs(10)).expect("flush");
+    }
+    broker.create_topic("grown", 1);
+    produce(&bs, "grown", &[(0, "n0".into(), "{}".into(), BASE * 1000)]);
+    wait_until(
+        "the new partition's and topic's records",
+        Duration::from_secs(60),
+        || lines().len() == 3,
+    );
+    signal(&child, "TERM");
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lines(), ["g0,grow,0,0", "g1,grow,0,2", "n0,grown,0,0"]);
+
+    // assign: only the listed partitions
+    assert_eq!(
+        memory_query(
+            &s,
+            s.read_stream()
+                .format("kafka")
+                .option("kafka.bootstrap.servers", &bs)
+                .option("assign", r#"{"grown": [0]}"#)
+                .option("startingOffsets", "earliest")
+                .load_default()
+                .expect("load"),
+            "assigned",
+            &w.path().join("c3")
+        ),
+        ["n0"]
+    );
+}

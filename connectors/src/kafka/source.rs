@@ -284,6 +284,12 @@ impl SourceFactory for KafkaSourceFactory {
         cfg.set("enable.auto.commit", "false");
         cfg.set("enable.auto.offset.store", "false");
         cfg.set("enable.partition.eof", "true");
+        if cfg.get("fetch.error.backoff.ms").is_none() {
+            cfg.set("fetch.error.backoff.ms", "10");
+        }
+        if cfg.get("fetch.wait.max.ms").is_none() {
+            cfg.set("fetch.wait.max.ms", "50");
+        }
         cfg.set(
             "auto.offset.reset",
             if s.fail_on_data_loss {
@@ -999,7 +1005,8 @@ impl Source for KafkaSource {
         );
         cfg.set("enable.partition.eof", "false");
         cfg.set("auto.offset.reset", "latest");
-        cfg.set("fetch.wait.max.ms", "20");
+        cfg.set("fetch.wait.max.ms", "10");
+        cfg.set("fetch.error.backoff.ms", "10");
         let watcher: BaseConsumer = cfg
             .create()
             .map_err(|e| kafka_err("creating the watcher", e))?;
