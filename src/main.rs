@@ -65,6 +65,17 @@ enum Command {
         #[arg(long)]
         available_now: bool,
     },
+    /// Parses a pipeline file, registers its sources and plans every query without running
+    /// anything; prints the plans. Exit status 2 with a message naming the problem.
+    Validate {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Reads a query's checkpoint without changing it.
+    Checkpoint {
+        #[command(subcommand)]
+        action: CheckpointCmd,
+    },
     /// A Kafka cluster inside this process (librdkafka's mock cluster), for tests and trying
     /// things out: prints its bootstrap servers, then serves `create_topic NAME PARTITIONS`
     /// lines on stdin (answering `ok` or `err ...`) until stdin closes. Supports transactions;
@@ -74,6 +85,27 @@ enum Command {
         /// Number of brokers.
         #[arg(default_value_t = 1)]
         brokers: i32,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCmd {
+    /// Query id, last batch and whether it is committed, offsets per source, watermark, state
+    /// size per operator.
+    Inspect {
+        /// The checkpoint directory.
+        dir: PathBuf,
+    },
+    /// The rows of a stateful operator's RocksDB state (keys and values in hex).
+    State {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The operator (0 for the one stateful operator a query has).
+        #[arg(long, default_value_t = 0)]
+        operator: usize,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
 }
 
@@ -124,6 +156,15 @@ fn main() -> ExitCode {
             available_now,
         } => run(pipeline, &queries, available_now),
         Command::MockKafka { brokers } => mock_kafka(brokers),
+        Command::Validate { pipeline } => report(sluice::cli::validate(&pipeline)),
+        Command::Checkpoint { action } => match action {
+            CheckpointCmd::Inspect { dir } => report(sluice::cli::inspect(&dir)),
+            CheckpointCmd::State {
+                dir,
+                operator,
+                limit,
+            } => report(sluice::cli::state_rows(&dir, operator, limit)),
+        },
     }
 }
 
@@ -267,4 +308,17 @@ fn mock_kafka(brokers: i32) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn report(r: sluice::Result<String>) -> ExitCode {
+    match r {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
