@@ -5,7 +5,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use sluice_state::{CheckpointDir, CommitEntry, OffsetsEntry, RocksStateStore, StateStore, VersionedLog};
+use sluice_state::{
+    CheckpointDir, CommitEntry, OffsetsEntry, RocksStateStore, StateStore, VersionedLog,
+};
 
 use crate::pipeline::Pipeline;
 use crate::{EngineError, Result, Session};
@@ -120,7 +122,9 @@ pub fn inspect(dir: &Path) -> Result<String> {
                 if committed {
                     "committed".to_string()
                 } else {
-                    format!("NOT committed: the next start re-runs batch {id} with the same offsets")
+                    format!(
+                        "NOT committed: the next start re-runs batch {id} with the same offsets"
+                    )
                 }
             );
             let _ = writeln!(out, "batch time   {}", ms_text(e.batch_timestamp_ms));
@@ -131,7 +135,11 @@ pub fn inspect(dir: &Path) -> Result<String> {
             let _ = writeln!(
                 out,
                 "watermark    {}",
-                if watermark > 0 { ms_text(watermark) } else { "none".into() }
+                if watermark > 0 {
+                    ms_text(watermark)
+                } else {
+                    "none".into()
+                }
             );
             let _ = writeln!(out, "sources");
             for (i, s) in e.sources.iter().enumerate() {
@@ -156,7 +164,10 @@ pub fn inspect(dir: &Path) -> Result<String> {
                 );
             }
             Err(e) => {
-                let _ = writeln!(out, "  operator {i}: {size} bytes on disk; cannot open: {e}");
+                let _ = writeln!(
+                    out,
+                    "  operator {i}: {size} bytes on disk; cannot open: {e}"
+                );
             }
         }
     }
@@ -175,7 +186,11 @@ pub fn state_rows(dir: &Path, operator: usize, limit: usize) -> Result<String> {
         return Err(EngineError::user(format!(
             "{} has no state operator {operator} (operators: {})",
             dir.display(),
-            if have.is_empty() { "none".into() } else { have.join(", ") }
+            if have.is_empty() {
+                "none".into()
+            } else {
+                have.join(", ")
+            }
         )));
     }
     let store = RocksStateStore::open(&p)?;
@@ -189,7 +204,9 @@ pub fn state_rows(dir: &Path, operator: usize, limit: usize) -> Result<String> {
     let mut out = format!(
         "operator {operator}: {} rows at batch {}\n{:<4} | {:<98} | {:>5} | value\n",
         store.rows_total(),
-        store.committed_batch().map_or("none".into(), |b| b.to_string()),
+        store
+            .committed_batch()
+            .map_or("none".into(), |b| b.to_string()),
         "#",
         "key (hex)",
         "bytes"

@@ -27,6 +27,7 @@
 //! The `sluice` binary (src/main.rs) is the daemon: `sluice run <pipeline.toml>`.
 
 pub mod cli;
+pub mod http;
 pub mod pipeline;
 
 pub use arrow;

@@ -64,6 +64,23 @@ enum Command {
         /// available-now): a backfill, or one step of a pipeline in a script.
         #[arg(long)]
         available_now: bool,
+        /// Serve the status API, query stop and Prometheus metrics on this address
+        /// (e.g. 127.0.0.1:9100): GET /healthz, /api/queries, /api/queries/NAME/progress?limit=N,
+        /// POST /api/queries/NAME/stop, GET /metrics.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
+        /// Require `Authorization: Bearer TOKEN` on every HTTP request (needed for a
+        /// non-loopback --http address unless --insecure).
+        #[arg(long, value_name = "TOKEN")]
+        auth_token: Option<String>,
+        /// Allow a non-loopback --http address without a token.
+        #[arg(long)]
+        insecure: bool,
+        /// Any query failure stops the daemon (exit 1). Without it, a query failing on an
+        /// external error (broker, database, disk) is restarted with backoff (1 s doubling to
+        /// 5 min) and a query failing on a user error stops alone, while the others go on.
+        #[arg(long)]
+        fail_fast: bool,
     },
     /// Parses a pipeline file, registers its sources and plans every query without running
     /// anything; prints the plans. Exit status 2 with a message naming the problem.
@@ -112,6 +129,7 @@ enum CheckpointCmd {
 enum Event {
     Signal(&'static str),
     Terminated(String, Option<QueryError>),
+    Restart(String),
 }
 
 struct Forward(mpsc::Sender<Event>);
@@ -154,7 +172,25 @@ fn main() -> ExitCode {
             pipeline,
             queries,
             available_now,
-        } => run(pipeline, &queries, available_now),
+            http,
+            auth_token,
+            insecure,
+            fail_fast,
+        } => {
+            if let Some(addr) = &http {
+                if let Err(e) = sluice::http::check_bind(addr, auth_token.as_deref(), insecure) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            run(
+                pipeline,
+                &queries,
+                available_now,
+                http.map(|a| (a, auth_token)),
+                fail_fast,
+            )
+        }
         Command::MockKafka { brokers } => mock_kafka(brokers),
         Command::Validate { pipeline } => report(sluice::cli::validate(&pipeline)),
         Command::Checkpoint { action } => match action {
@@ -168,7 +204,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: PathBuf, only: &[String], available_now: bool) -> ExitCode {
+/// How long to wait before restarting a query that failed on an external error, after
+/// `attempt` failures in a row: 1 s doubling to 5 minutes. Pure; unit-tested.
+fn restart_backoff(attempt: u32) -> std::time::Duration {
+    let secs = 1u64 << attempt.saturating_sub(1).min(9);
+    std::time::Duration::from_secs(secs.min(300))
+}
+
+struct Running {
+    name: String,
+    query: sluice::StreamingQuery,
+    failures: u32,
+}
+
+fn run(
+    path: PathBuf,
+    only: &[String],
+    available_now: bool,
+    http: Option<(std::net::SocketAddr, Option<String>)>,
+    fail_fast: bool,
+) -> ExitCode {
     let (pipeline, base) = match Pipeline::load(&path) {
         Ok(p) => p,
         Err(e) => {
@@ -185,6 +240,8 @@ fn run(path: PathBuf, only: &[String], available_now: bool) -> ExitCode {
     };
     let (tx, rx) = mpsc::channel();
     session.add_listener(Arc::new(Forward(tx.clone())));
+    let metrics = Arc::new(sluice::http::Metrics::default());
+    session.add_listener(metrics.clone());
     let trigger = available_now.then_some(sluice::Trigger::AvailableNow);
     let prepared = match pipeline.prepare_with(&session, &base, only, trigger) {
         Ok(p) => p,
@@ -193,29 +250,55 @@ fn run(path: PathBuf, only: &[String], available_now: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    spawn_signal_thread(tx);
-    let mut queries = Vec::new();
+    spawn_signal_thread(tx.clone());
+    let mut queries: Vec<Running> = Vec::new();
     for (name, p) in prepared {
         match p.launch() {
-            Ok(q) => queries.push(q),
+            Ok(q) => queries.push(Running {
+                name,
+                query: q,
+                failures: 0,
+            }),
             Err(e) => {
                 eprintln!("error: query '{name}': {e}");
-                for q in &queries {
-                    q.stop();
+                for r in &queries {
+                    r.query.stop();
                 }
                 return ExitCode::from(1);
             }
         }
     }
+    let server = match http {
+        Some((addr, token)) => {
+            let server = sluice::http::Server::new(metrics, token);
+            for r in &queries {
+                server.add(r.query.clone());
+            }
+            match sluice::http::spawn(addr, Arc::clone(&server)) {
+                Ok(bound) => eprintln!("sluice: status API and metrics on http://{bound}"),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    for r in &queries {
+                        r.query.stop();
+                    }
+                    return ExitCode::from(2);
+                }
+            }
+            Some(server)
+        }
+        None => None,
+    };
     let mut running = queries.len();
+    let mut failed_for_good = false;
     while running > 0 {
         match rx.recv() {
             Ok(Event::Signal(sig)) => {
                 tracing::info!("{sig}: finishing the batches in flight, then stopping");
-                for q in &queries {
-                    q.stop();
+                for r in &queries {
+                    r.query.stop();
                 }
-                let failed = queries.iter().any(|q| q.exception().is_some());
+                let failed =
+                    failed_for_good || queries.iter().any(|r| r.query.exception().is_some());
                 return if failed {
                     ExitCode::from(1)
                 } else {
@@ -223,24 +306,89 @@ fn run(path: PathBuf, only: &[String], available_now: bool) -> ExitCode {
                 };
             }
             Ok(Event::Terminated(id, error)) => {
+                let Some(idx) = queries.iter().position(|r| r.query.id() == id) else {
+                    continue;
+                };
                 running -= 1;
-                if let Some(e) = error {
-                    let name = queries
-                        .iter()
-                        .find(|q| q.id() == id)
-                        .and_then(|q| q.name().map(str::to_string))
-                        .unwrap_or(id);
-                    eprintln!("error: query '{name}' failed: {e}");
-                    for q in &queries {
-                        q.stop();
+                let Some(e) = error else {
+                    queries[idx].failures = 0;
+                    continue;
+                };
+                let name = queries[idx].name.clone();
+                if fail_fast {
+                    eprintln!("error: query '{name}' failed: {e} (--fail-fast: stopping all)");
+                    for r in &queries {
+                        r.query.stop();
                     }
                     return ExitCode::from(1);
+                }
+                if e.kind != sluice::ErrorKind::External {
+                    eprintln!(
+                        "error: query '{name}' failed for good ({:?} error): {e}; the other queries go on",
+                        e.kind
+                    );
+                    failed_for_good = true;
+                    continue;
+                }
+                queries[idx].failures += 1;
+                let attempt = queries[idx].failures;
+                let wait = restart_backoff(attempt);
+                eprintln!(
+                    "warning: query '{name}' failed on an external error: {e}; restarting in {wait:?} (attempt {attempt})"
+                );
+                running += 1; // it will run again
+                let tx2 = tx.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(wait);
+                    let _ = tx2.send(Event::Restart(name));
+                });
+            }
+            Ok(Event::Restart(name)) => {
+                let Some(idx) = queries.iter().position(|r| r.name == name) else {
+                    continue;
+                };
+                let relaunched = pipeline
+                    .prepare_with(&session, &base, std::slice::from_ref(&name), trigger)
+                    .and_then(|mut p| match p.pop() {
+                        Some((_, q)) => q.launch(),
+                        None => Err(sluice::EngineError::bug("no query prepared")),
+                    });
+                match relaunched {
+                    Ok(q) => {
+                        tracing::info!("query '{name}' restarted");
+                        if let Some(s) = &server {
+                            s.add(q.clone());
+                        }
+                        queries[idx].query = q;
+                    }
+                    Err(e) if e.kind() == sluice::ErrorKind::External => {
+                        queries[idx].failures += 1;
+                        let attempt = queries[idx].failures;
+                        let wait = restart_backoff(attempt);
+                        eprintln!(
+                            "warning: query '{name}' cannot restart yet: {e}; next attempt in {wait:?} (attempt {attempt})"
+                        );
+                        let tx2 = tx.clone();
+                        std::thread::spawn(move || {
+                            std::thread::sleep(wait);
+                            let _ = tx2.send(Event::Restart(name));
+                        });
+                    }
+                    Err(e) => {
+                        eprintln!("error: query '{name}' cannot restart: {e}");
+                        failed_for_good = true;
+                        running -= 1;
+                    }
                 }
             }
             Err(_) => break,
         }
     }
-    ExitCode::SUCCESS
+    if failed_for_good {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn spawn_signal_thread(tx: mpsc::Sender<Event>) {
@@ -320,5 +468,21 @@ fn report(r: sluice::Result<String>) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restart_backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn restart_backoff_doubles_up_to_five_minutes() {
+        assert_eq!(restart_backoff(1), Duration::from_secs(1));
+        assert_eq!(restart_backoff(2), Duration::from_secs(2));
+        assert_eq!(restart_backoff(5), Duration::from_secs(16));
+        assert_eq!(restart_backoff(9), Duration::from_secs(256));
+        assert_eq!(restart_backoff(10), Duration::from_secs(300));
+        assert_eq!(restart_backoff(40), Duration::from_secs(300));
     }
 }

@@ -59,8 +59,14 @@ fn validate_prints_the_plan_and_names_what_is_wrong() {
             "maxFilesPerTriger",
         ),
         (good.replace("sum(value)", "sum(valu)"), "valu"),
-        (good.replace("path = \"in\"", "path = \"missing\""), "missing"),
-        (good.replace("output_mode = \"append\"", "output_mode = \"sideways\""), "sideways"),
+        (
+            good.replace("path = \"in\"", "path = \"missing\""),
+            "missing",
+        ),
+        (
+            good.replace("output_mode = \"append\"", "output_mode = \"sideways\""),
+            "sideways",
+        ),
     ] {
         let bp = w.path().join("broken.toml");
         fs::write(&bp, broken).expect("write");
@@ -88,35 +94,83 @@ fn checkpoint_inspect_and_state_on_good_and_broken_checkpoints() {
     let o = sluice(&["checkpoint", "inspect", chk_s]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
-    assert!(id.contains(out.lines().nth(1).expect("id line").split_whitespace().nth(2).expect("id")));
-    assert!(out.contains(&format!("last batch   {last} (committed)")), "{out}");
+    assert!(id.contains(
+        out.lines()
+            .nth(1)
+            .expect("id line")
+            .split_whitespace()
+            .nth(2)
+            .expect("id")
+    ));
+    assert!(
+        out.contains(&format!("last batch   {last} (committed)")),
+        "{out}"
+    );
     assert!(out.contains("logOffset"), "offsets per source: {out}");
-    assert!(out.contains("watermark    2025-01-01T00:06:30.000Z"), "{out}");
+    assert!(
+        out.contains("watermark    2025-01-01T00:06:30.000Z"),
+        "{out}"
+    );
     assert!(out.contains("operator 0: "), "state per operator: {out}");
 
-    let o = sluice(&["checkpoint", "state", chk_s, "--operator", "0", "--limit", "2"]);
+    let o = sluice(&[
+        "checkpoint",
+        "state",
+        chk_s,
+        "--operator",
+        "0",
+        "--limit",
+        "2",
+    ]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(out.starts_with("operator 0: "), "{out}");
-    assert_eq!(out.lines().filter(|l| l.starts_with("0 ") || l.starts_with("1 ")).count(), 2, "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("0 ") || l.starts_with("1 "))
+            .count(),
+        2,
+        "{out}"
+    );
     let o = sluice(&["checkpoint", "state", chk_s, "--operator", "7"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).1.contains("no state operator 7 (operators: 0)"), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains("no state operator 7 (operators: 0)"),
+        "{}",
+        text(&o).1
+    );
 
     // the last batch not committed: inspect says the next start re-runs it
     fs::remove_file(chk.join("commits").join(last.to_string())).expect("rm commit");
     let (out, _) = text(&sluice(&["checkpoint", "inspect", chk_s]));
-    assert!(out.contains(&format!("last batch   {last} (NOT committed: the next start re-runs batch {last}")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "last batch   {last} (NOT committed: the next start re-runs batch {last}"
+        )),
+        "{out}"
+    );
 
     // a corrupt offsets entry: the error names the file
     let bad = chk.join("offsets").join(last.to_string());
     fs::write(&bad, "v1\n{not json").expect("corrupt");
     let o = sluice(&["checkpoint", "inspect", chk_s]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).1.contains(bad.to_str().expect("p")), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains(bad.to_str().expect("p")),
+        "{}",
+        text(&o).1
+    );
 
     // not a checkpoint
-    let o = sluice(&["checkpoint", "inspect", w.path().join("in").to_str().expect("p")]);
+    let o = sluice(&[
+        "checkpoint",
+        "inspect",
+        w.path().join("in").to_str().expect("p"),
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).1.contains("is not a Sluice checkpoint"), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains("is not a Sluice checkpoint"),
+        "{}",
+        text(&o).1
+    );
 }

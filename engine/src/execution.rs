@@ -514,6 +514,10 @@ impl Execution {
                     num_input_rows: source_rows[i],
                     input_rows_per_second: per_sec(source_rows[i], since_last_ms),
                     processed_rows_per_second: per_sec(source_rows[i], total_ms),
+                    metrics: s
+                        .backlog()
+                        .map(|b| [("backlog".to_string(), b.to_string())].into())
+                        .unwrap_or_default(),
                 })
                 .collect(),
             sink: SinkProgress {
@@ -550,6 +554,9 @@ impl Execution {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::External && attempt < self.retry.max_retries => {
                     attempt += 1;
+                    self.shared
+                        .sink_retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(
                         batch,
                         attempt,

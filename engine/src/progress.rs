@@ -38,6 +38,9 @@ pub struct SourceProgress {
     pub input_rows_per_second: f64,
     /// Rows per second processed in this batch.
     pub processed_rows_per_second: f64,
+    /// Source metrics (Spark's `metrics` map): `backlog` = offsets or files still waiting.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub metrics: BTreeMap<String, String>,
 }
 
 /// Progress of the sink in one batch.

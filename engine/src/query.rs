@@ -49,6 +49,8 @@ pub(crate) struct QueryShared {
     pub(crate) name: Option<String>,
     pub(crate) stop: AtomicBool,
     pub(crate) notifier: Notifier,
+    /// Sink retries after external failures, since the query started.
+    pub(crate) sink_retries: std::sync::atomic::AtomicU64,
     state: Mutex<QueryState>,
     done: Condvar,
 }
@@ -61,6 +63,7 @@ impl QueryShared {
             name,
             stop: AtomicBool::new(false),
             notifier: Notifier::new(),
+            sink_retries: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(QueryState {
                 active: true,
                 status: QueryStatus {
@@ -163,6 +166,17 @@ impl StreamingQuery {
     /// The error the query stopped with, if any.
     pub fn exception(&self) -> Option<QueryError> {
         self.shared.lock().error.clone()
+    }
+
+    /// How many times the sink was retried after an external failure since the query started.
+    pub fn sink_retries(&self) -> u64 {
+        self.shared.sink_retries.load(Ordering::Relaxed)
+    }
+
+    /// Asks the query to stop without waiting for it to end.
+    pub fn request_stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.notifier.notify();
     }
 
     /// Asks the query to stop: the batch in flight finishes and is committed, then the query ends.

@@ -303,6 +303,7 @@ pub const KNOWN: &[&str] = &[
     "stringKeyLength",
     "markerTable",
     "driver",
+    "connectTimeout",
 ];
 
 /// The sink's settings after validation.
@@ -330,6 +331,8 @@ pub struct JdbcConfig {
     pub marker_table: TableName,
     /// The output mode.
     pub mode: OutputMode,
+    /// How long to wait for a connection before the batch fails (and is retried).
+    pub connect_timeout: std::time::Duration,
 }
 
 impl JdbcConfig {
@@ -365,6 +368,9 @@ impl JdbcConfig {
             string_key_length: o.get_u64("stringKeyLength")?.unwrap_or(255),
             marker_table: TableName::parse(o.get("markerTable").unwrap_or("_sluice_batches"))?,
             mode,
+            connect_timeout: o
+                .get_duration("connectTimeout")?
+                .unwrap_or(std::time::Duration::from_secs(10)),
         })
     }
 }

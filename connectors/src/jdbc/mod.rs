@@ -28,8 +28,6 @@ pub mod config;
 pub mod encode;
 pub mod types;
 
-use std::time::Duration;
-
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use sluice_engine::fault::crash_point;
@@ -667,7 +665,7 @@ fn column_list(schema: &SchemaRef) -> String {
 
 fn open_pool(cfg: &JdbcConfig) -> Result<Db> {
     let t = &cfg.target;
-    let acquire = Duration::from_secs(10);
+    let acquire = cfg.connect_timeout;
     match t.dialect {
         Dialect::Postgres => {
             let mut o = PgConnectOptions::new()
