@@ -4,6 +4,7 @@
 //!
 //! | route | what |
 //! |---|---|
+//! | `GET /` | the live dashboard (`/?query=NAME` for one query) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /api/queries` | id, name, status, active, last progress, exception of every query |
 //! | `GET /api/queries/{name}/progress?limit=N` | the last N progress reports (default 100) |
@@ -397,6 +398,32 @@ async fn metrics(State(s): State<Arc<Server>>, h: HeaderMap) -> Response {
         .into_response()
 }
 
+/// The dashboard: plain HTML and uPlot (MIT, vendored in src/dashboard), no build step. It reads
+/// the status API (with the bearer token from `#token=` when the daemon wants one).
+async fn dashboard() -> Response {
+    (
+        [("content-type", "text/html; charset=utf-8")],
+        include_str!("dashboard/index.html"),
+    )
+        .into_response()
+}
+
+async fn uplot_js() -> Response {
+    (
+        [("content-type", "application/javascript")],
+        include_str!("dashboard/uPlot.iife.min.js"),
+    )
+        .into_response()
+}
+
+async fn uplot_css() -> Response {
+    (
+        [("content-type", "text/css")],
+        include_str!("dashboard/uPlot.min.css"),
+    )
+        .into_response()
+}
+
 /// Serves `server` on `addr` from a thread of its own; returns the bound address.
 pub fn spawn(addr: SocketAddr, server: Arc<Server>) -> Result<SocketAddr> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -411,6 +438,9 @@ pub fn spawn(addr: SocketAddr, server: Arc<Server>) -> Result<SocketAddr> {
         .local_addr()
         .map_err(|e| EngineError::external(e.to_string()))?;
     let app = Router::new()
+        .route("/", get(dashboard))
+        .route("/static/uPlot.iife.min.js", get(uplot_js))
+        .route("/static/uPlot.min.css", get(uplot_css))
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/queries", get(queries))
         .route("/api/queries/{name}/progress", get(progress))
