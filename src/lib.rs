@@ -26,6 +26,7 @@
 //!
 //! The `sluice` binary (src/main.rs) is the daemon: `sluice run <pipeline.toml>`.
 
+pub mod backfill;
 pub mod cli;
 pub mod http;
 pub mod pipeline;

@@ -242,6 +242,9 @@ fn run(
     session.add_listener(Arc::new(Forward(tx.clone())));
     let metrics = Arc::new(sluice::http::Metrics::default());
     session.add_listener(metrics.clone());
+    if available_now {
+        session.add_listener(Arc::new(sluice::backfill::Backfill::default()));
+    }
     let trigger = available_now.then_some(sluice::Trigger::AvailableNow);
     let prepared = match pipeline.prepare_with(&session, &base, only, trigger) {
         Ok(p) => p,

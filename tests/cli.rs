@@ -174,3 +174,38 @@ fn checkpoint_inspect_and_state_on_good_and_broken_checkpoints() {
         text(&o).1
     );
 }
+
+#[test]
+fn backfill_progress_as_lines_or_as_a_bar_on_a_terminal() {
+    let (_w, p) = stage();
+    let o = run_pipeline_args(&p, &["--available-now"], &[]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("backfill sliding:"))
+        .collect();
+    assert!(lines.len() >= 2, "one line per batch: {err}");
+    assert!(lines.last().expect("last").contains("100%"), "{err}");
+    assert!(lines.last().expect("last").ends_with("done"), "{err}");
+    assert!(lines[0].contains("rows/s"), "{err}");
+
+    // on a terminal (script(1) gives it a pty): one bar redrawn in place
+    let (_w, p) = stage();
+    let cmd = format!(
+        "SLUICE_LOG=warn {} run {} --available-now",
+        sluice_bin().display(),
+        p.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script (util-linux)");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("\r"), "redrawn with carriage returns: {out:?}");
+    assert!(
+        out.contains("[##############################] 100%"),
+        "{out:?}"
+    );
+}

@@ -97,7 +97,11 @@ sink = { format = "console" }
     assert!(dom.contains("uplot"), "uPlot drew the charts: {dom}");
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let o = chromium(
-        &["--window-size=1300,900", &format!("--screenshot={}", shot.display()), &url],
+        &[
+            "--window-size=1300,900",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ],
         &w.path().join("chromium2"),
     );
     assert!(shot.exists(), "{}", String::from_utf8_lossy(&o.stderr));
