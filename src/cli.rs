@@ -19,6 +19,7 @@ pub fn validate(path: &Path) -> Result<String> {
     let (pipeline, base) = Pipeline::load(path)?;
     let session = Session::builder().app_name("sluice-validate").build()?;
     let prepared = pipeline.prepare(&session, &base)?;
+    reachable(&pipeline, &session, &base)?;
     let mut out = String::new();
     let _ = writeln!(out, "{}: OK", path.display());
     for (name, s) in &pipeline.source {
@@ -47,6 +48,60 @@ pub fn validate(path: &Path) -> Result<String> {
         );
     }
     Ok(out)
+}
+
+fn opts(map: &std::collections::BTreeMap<String, toml::Value>) -> sluice_engine::Options {
+    let mut o = sluice_engine::Options::new();
+    for (k, v) in map {
+        let text = match v {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        o.set(k, text);
+    }
+    o
+}
+
+/// Asks each source and sink whether its external system answers (a broker's metadata, a
+/// database connection); file paths were checked when the sources were registered.
+fn reachable(pipeline: &Pipeline, session: &Session, base: &Path) -> Result<()> {
+    let registry = session.registry();
+    for (name, s) in &pipeline.source {
+        let spec = sluice_engine::SourceSpec {
+            format: s.format.clone(),
+            path: s
+                .path
+                .as_ref()
+                .map(|p| base.join(p).to_string_lossy().into_owned()),
+            schema: None,
+            options: opts(&s.options),
+        };
+        registry
+            .source(&s.format)?
+            .check_reachable(&spec)
+            .map_err(|e| EngineError::user(format!("source '{name}': {e}")))?;
+    }
+    for (name, q) in &pipeline.query {
+        let mut o = opts(&q.sink.options);
+        if let Some(p) = &q.sink.path {
+            o.set("path", base.join(p).to_string_lossy());
+        }
+        let spec = sluice_engine::SinkSpec {
+            format: q.sink.format.clone(),
+            options: o,
+            output_mode: q
+                .output_mode
+                .as_deref()
+                .unwrap_or("append")
+                .parse()
+                .unwrap_or(sluice_engine::OutputMode::Append),
+        };
+        registry
+            .sink(&q.sink.format)?
+            .check_reachable(&spec)
+            .map_err(|e| EngineError::user(format!("query '{name}': sink not reachable: {e}")))?;
+    }
+    Ok(())
 }
 
 fn not_a_checkpoint(dir: &Path) -> EngineError {

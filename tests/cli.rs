@@ -209,3 +209,55 @@ fn backfill_progress_as_lines_or_as_a_bar_on_a_terminal() {
         "{out:?}"
     );
 }
+
+#[test]
+fn validate_checks_that_brokers_and_databases_answer() {
+    let w = workdir();
+    std::fs::create_dir_all(w.path().join("in")).expect("in");
+    let closed = common::db::free_port();
+    let write = |body: String| {
+        let p = w.path().join("p.toml");
+        fs::write(&p, body).expect("write");
+        p
+    };
+    let p = write(format!(
+        r#"[source.events]
+format = "json"
+path = "in"
+schema = "a BIGINT"
+
+[query.q]
+sql = "SELECT a FROM events"
+checkpoint = "chk"
+sink = {{ format = "jdbc", options = {{ url = "jdbc:postgresql://127.0.0.1:{closed}/db?user=u&password=hunter2", dbtable = "t", connectTimeout = "1 second" }} }}
+"#
+    ));
+    let o = sluice(&["validate", p.to_str().expect("p")]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("sink not reachable"), "{err}");
+    assert!(
+        err.contains(&format!("postgresql://u@127.0.0.1:{closed}/db")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "no password in errors: {err}");
+
+    let p = write(format!(
+        r#"[source.events]
+format = "kafka"
+options = {{ "kafka.bootstrap.servers" = "127.0.0.1:{closed}", subscribe = "t" }}
+
+[query.q]
+sql = "SELECT key FROM events"
+checkpoint = "chk2"
+sink = {{ format = "console" }}
+"#
+    ));
+    let o = sluice(&["validate", p.to_str().expect("p")]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("reaching the brokers 127.0.0.1:{closed}")),
+        "{err}"
+    );
+}

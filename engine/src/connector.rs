@@ -166,6 +166,11 @@ pub trait SourceFactory: Send + Sync {
     /// checkpoint is known). Errors are user errors naming the option, file or format.
     fn resolve_schema(&self, spec: &SourceSpec) -> Result<SchemaRef>;
 
+    /// Checks that the external system is reachable, for `sluice validate`; never reads data.
+    fn check_reachable(&self, _spec: &SourceSpec) -> Result<()> {
+        Ok(())
+    }
+
     /// Creates the source when the query starts.
     fn create(
         &self,
@@ -282,6 +287,12 @@ pub trait SinkFactory: Send + Sync {
 
     /// Checks the options (user errors name the option).
     fn validate(&self, spec: &SinkSpec) -> Result<()>;
+
+    /// Checks that the external system is reachable (connects, asks for metadata), for
+    /// `sluice validate`; never writes. External errors say what could not be reached.
+    fn check_reachable(&self, _spec: &SinkSpec) -> Result<()> {
+        Ok(())
+    }
 
     /// Creates the sink when the query starts.
     fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>>;

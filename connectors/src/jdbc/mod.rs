@@ -53,6 +53,25 @@ impl SinkFactory for JdbcSinkFactory {
     fn validate(&self, spec: &SinkSpec) -> Result<()> {
         JdbcConfig::from_options(&spec.options, spec.output_mode).map(|_| ())
     }
+    fn check_reachable(&self, spec: &SinkSpec) -> Result<()> {
+        let cfg = JdbcConfig::from_options(&spec.options, spec.output_mode)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| EngineError::external(e.to_string()))?;
+        let _guard = rt.enter();
+        let what = format!("connecting to {}", cfg.target.display());
+        match open_pool(&cfg)? {
+            Db::Pg(p) => rt
+                .block_on(sqlx::query("SELECT 1").execute(&p))
+                .map(|_| ())
+                .map_err(|e| classify(Dialect::Postgres, &what, e)),
+            Db::My(p) => rt
+                .block_on(sqlx::query("SELECT 1").execute(&p))
+                .map(|_| ())
+                .map_err(|e| classify(Dialect::MySql, &what, e)),
+        }
+    }
     fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
         let cfg = JdbcConfig::from_options(&spec.options, spec.output_mode)?;
         Ok(Box::new(JdbcSink::new(cfg, ctx)?))

@@ -47,6 +47,9 @@ impl SinkFactory for KafkaSinkFactory {
         guarantee(spec.options.get("deliveryGuarantee"))?;
         Ok(())
     }
+    fn check_reachable(&self, spec: &SinkSpec) -> Result<()> {
+        super::source::check_broker(&spec.options)
+    }
     fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
         self.validate(spec)?;
         let schema = &ctx.schema;

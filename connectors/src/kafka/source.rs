@@ -134,6 +134,21 @@ pub fn client_config(o: &Options) -> Result<ClientConfig> {
     Ok(cfg)
 }
 
+/// Asks the brokers of `kafka.bootstrap.servers` for their metadata (for `sluice validate`).
+pub fn check_broker(o: &Options) -> Result<()> {
+    let cfg = client_config(o)?;
+    let c: BaseConsumer = cfg
+        .create()
+        .map_err(|e| kafka_err("creating a client", e))?;
+    let servers = o
+        .get("kafka.bootstrap.servers")
+        .unwrap_or_default()
+        .to_string();
+    c.fetch_metadata(None, Duration::from_secs(5))
+        .map(|_| ())
+        .map_err(|e| kafka_err(&format!("reaching the brokers {servers}"), e))
+}
+
 /// Maps an rdkafka error: the broker or network (retry) or the user.
 pub fn kafka_err(what: &str, e: KafkaError) -> EngineError {
     let code = e.rdkafka_error_code();
@@ -241,6 +256,10 @@ fn settings(o: &Options) -> Result<Settings> {
 impl SourceFactory for KafkaSourceFactory {
     fn formats(&self) -> Vec<&'static str> {
         vec!["kafka"]
+    }
+
+    fn check_reachable(&self, spec: &SourceSpec) -> Result<()> {
+        check_broker(&spec.options)
     }
 
     fn resolve_schema(&self, spec: &SourceSpec) -> Result<SchemaRef> {
