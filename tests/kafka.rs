@@ -720,3 +720,77 @@ sink = {{ format = "csv", path = "{}" }}
         ["n0"]
     );
 }
+
+#[test]
+fn sink_takes_the_topic_column_headers_and_defaults_the_value_to_the_row_as_json() {
+    let broker = Tansu::start();
+    let bs = broker.bootstrap();
+    broker.create_topic("src", 1);
+    broker.create_topic("routed", 1);
+    produce(
+        &bs,
+        "src",
+        &[
+            (0, "a".into(), "{\"n\": 1}".into(), BASE * 1000),
+            (0, "b".into(), "{\"n\": 2}".into(), BASE * 1000),
+        ],
+    );
+    let w = workdir();
+    let p = write(
+        w.path(),
+        "p.toml",
+        &format!(
+            r#"[source.src]
+format = "kafka"
+schema = "n BIGINT"
+options = {{ "kafka.bootstrap.servers" = "{bs}", subscribe = "src", startingOffsets = "earliest" }}
+
+[query.route]
+sql = "SELECT 'routed' AS topic, key, n * 10 AS n10, make_array(named_struct('key', 'origin', 'value', CAST('src' AS BYTEA))) AS headers FROM src"
+trigger = "available-now"
+checkpoint = "chk"
+sink = {{ format = "kafka", options = {{ "kafka.bootstrap.servers" = "{bs}", deliveryGuarantee = "at-least-once" }} }}
+"#
+        ),
+    );
+    let o = run_pipeline(&p, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = read_all(&bs, "routed", 1, "read_uncommitted");
+    let mut got: Vec<(Option<String>, Option<String>)> =
+        out.into_iter().map(|(_, _, k, v)| (k, v)).collect();
+    got.sort();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].0.as_deref(), Some("a"));
+    let v: serde_json::Value =
+        serde_json::from_str(got[0].1.as_deref().expect("value")).expect("json");
+    assert_eq!(v["n10"], 10, "the row as JSON: {v}");
+    assert_eq!(v["topic"], "routed");
+    // the header arrived: read it with includeHeaders
+    let s = Session::builder().build().expect("session");
+    let q = s
+        .read_stream()
+        .format("kafka")
+        .option("kafka.bootstrap.servers", &bs)
+        .option("subscribe", "routed")
+        .option("startingOffsets", "earliest")
+        .option("includeHeaders", "true")
+        .load_default()
+        .expect("load")
+        .write_stream()
+        .format("memory")
+        .query_name("h")
+        .checkpoint_location(w.path().join("c"))
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .expect("start");
+    q.await_termination().expect("read back");
+    let b = s
+        .sql("SELECT get_field(headers[1], 'key') AS k, CAST(get_field(headers[1], 'value') AS STRING) AS v FROM h")
+        .expect("sql")
+        .collect()
+        .expect("collect");
+    let text = sluice::arrow::util::pretty::pretty_format_batches(&b)
+        .expect("fmt")
+        .to_string();
+    assert_eq!(text.matches("| origin | src |").count(), 2, "{text}");
+}
