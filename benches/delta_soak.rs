@@ -3,7 +3,7 @@
 //! `optimizeEvery = 100` and log checkpoints every 100 commits. Reports the table's active data
 //! files, the Parquet files on disk, the log files, and batches per second.
 //!
-//! `cargo bench --bench delta_soak -- [--batches N] [--rows N] [--every N]`
+//! `cargo bench --bench delta_soak -- [--batches N] [--baseline-batches N] [--rows N] [--every N]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -104,20 +104,23 @@ fn main() -> sluice::Result<()> {
     let batches = arg("--batches", 10_000);
     let rows = arg("--rows", 10);
     let every = arg("--every", 100);
-    println!("delta soak: {batches} batches of {rows} rows");
-    let base = soak(batches, rows, None)?;
+    // the baseline grows one file per batch by construction; a shorter run shows it
+    let base_batches = arg("--baseline-batches", batches);
+    println!("delta soak: {batches} batches of {rows} rows (baseline: {base_batches} batches)");
+    let base = soak(base_batches, rows, None)?;
     println!(
-        "no compaction:            active data files {:>6}, parquet on disk {:>6}, commits {:>6}, {:>7.1} batches/s",
+        "no compaction, {base_batches:>5} batches: active data files {:>6}, parquet on disk {:>6}, commits {:>6}, {:>7.1} batches/s",
         base.active_files, base.parquet_on_disk, base.log_files, base.batches_per_s
     );
     let opt = soak(batches, rows, Some(every))?;
     println!(
-        "optimizeEvery = {every:<4}:     active data files {:>6}, parquet on disk {:>6}, commits {:>6}, {:>7.1} batches/s",
+        "optimizeEvery = {every:<4}, {batches:>5} batches: active data files {:>6}, parquet on disk {:>6}, commits {:>6}, {:>7.1} batches/s",
         opt.active_files, opt.parquet_on_disk, opt.log_files, opt.batches_per_s
     );
     println!(
-        "active files with compaction / without: {:.4}; throughput ratio {:.2}",
-        opt.active_files as f64 / base.active_files.max(1) as f64,
+        "active files per batch with compaction / without: {:.5}; throughput ratio {:.2}",
+        (opt.active_files as f64 / batches as f64)
+            / (base.active_files.max(1) as f64 / base_batches as f64),
         opt.batches_per_s / base.batches_per_s.max(f64::EPSILON)
     );
     Ok(())

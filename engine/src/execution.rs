@@ -403,8 +403,8 @@ impl Execution {
         drop(inputs);
         let output_rows: u64 = output.rows.iter().map(|b| b.num_rows() as u64).sum();
         if !state_has_batch {
-            if let Some(late) = &mut self.late_sink {
-                late.add_batch(batch, &output.late_rows)?;
+            if self.late_sink.is_some() {
+                self.write_to_late_sink(batch, &output.late_rows)?;
             }
             self.write_to_sink(batch, &output.rows)?;
         }
@@ -543,6 +543,31 @@ impl Execution {
         }
         self.shared.push_progress(progress);
         Ok(())
+    }
+
+    /// Hands the late rows to the late-data sink, retried like the main sink.
+    fn write_to_late_sink(&mut self, batch: u64, rows: &[RecordBatch]) -> Result<()> {
+        let mut backoff = self.retry.initial_backoff;
+        let mut attempt = 0;
+        loop {
+            let Some(late) = self.late_sink.as_mut() else {
+                return Ok(());
+            };
+            match late.add_batch(batch, rows) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::External && attempt < self.retry.max_retries => {
+                    attempt += 1;
+                    tracing::warn!(
+                        batch,
+                        attempt,
+                        "late-data sink failed, retrying in {backoff:?}: {e}"
+                    );
+                    self.shared.notifier.wait(Some(backoff));
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Hands the batch to the sink, retrying external failures with backoff; never skips it.

@@ -285,7 +285,9 @@ impl DataStreamWriter {
                 Some(f.create(
                     &spec,
                     &SinkContext {
-                        query_id: checkpoint.query_id().to_string(),
+                        // its own id: exactly-once sinks key their markers / transactional ids
+                        // on it, and must not mistake the main sink's batches for its own
+                        query_id: format!("{}-late", checkpoint.query_id()),
                         query_name: self.query_name.as_ref().map(|n| format!("{n}_late")),
                         schema,
                         key_columns: None,

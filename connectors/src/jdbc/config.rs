@@ -158,10 +158,8 @@ pub fn redact_url(url: &str) -> String {
     let mut out = url.to_string();
     if let Some(start) = out.find("://") {
         let auth_start = start + 3;
-        let auth_end = out[auth_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| auth_start + i);
-        if let Some(at) = out[auth_start..auth_end].rfind('@') {
+        // the last '@' ends the credentials, even when the password holds '/' or '?'
+        if let Some(at) = out[auth_start..].rfind('@') {
             let auth = &out[auth_start..auth_start + at];
             if let Some(colon) = auth.find(':') {
                 out.replace_range(auth_start + colon + 1..auth_start + at, "***");
@@ -421,6 +419,7 @@ mod tests {
             "postgres://u:***@h:1/d?password=***&x=1"
         );
         assert_eq!(redact_url("mysql://h/d"), "mysql://h/d");
+        assert_eq!(redact_url("postgres://u:pa/ss@h/d"), "postgres://u:***@h/d");
         let e = parse_target("jdbc:postgresql://u:secret@h:1", None, None).expect_err("error");
         assert!(!e.to_string().contains("secret"), "{e}");
     }

@@ -308,6 +308,40 @@ impl JdbcSink {
                 Ok::<_, EngineError>((cols, Some(uniques)))
             })?,
         };
+        // a marker row exists before the first batch, so that its `SELECT ... FOR UPDATE`
+        // serialises a zombie and a restarted instance even for batch 0
+        let marker_table = self.cfg.marker_table.sql(self.cfg.target.dialect);
+        let seed = match self.cfg.target.dialect {
+            Dialect::Postgres => format!(
+                "INSERT INTO {marker_table} (query_id, table_name, batch_id) VALUES ($1, $2, -1) \
+                 ON CONFLICT (query_id, table_name) DO NOTHING"
+            ),
+            Dialect::MySql => format!(
+                "INSERT IGNORE INTO {marker_table} (query_id, table_name, batch_id) VALUES (?, ?, -1)"
+            ),
+        };
+        let table_display = self.cfg.table.display();
+        match &self.db {
+            Db::Pg(pool) => self
+                .rt
+                .block_on(
+                    sqlx::query(safe(seed))
+                        .bind(&self.query_id)
+                        .bind(&table_display)
+                        .execute(pool),
+                )
+                .map(|_| ()),
+            Db::My(pool) => self
+                .rt
+                .block_on(
+                    sqlx::query(safe(seed))
+                        .bind(&self.query_id)
+                        .bind(&table_display)
+                        .execute(pool),
+                )
+                .map(|_| ()),
+        }
+        .map_err(|e| self.err("writing the first batch marker", e))?;
         if columns.is_empty() {
             tracing::info!(
                 "jdbc sink: creating table {}: {create}",
@@ -761,6 +795,7 @@ pub fn is_transient(d: Dialect, e: &sqlx::Error) -> bool {
                         .iter()
                         .any(|p| code.starts_with(p))
                         || code == "55P03"
+                        || code == "57014"
                 }
                 Dialect::MySql => {
                     let n = db

@@ -242,7 +242,14 @@ impl KafkaSink {
         let c: BaseConsumer = cfg
             .create()
             .map_err(|e| kafka_err("creating the marker reader", e))?;
-        let (low, high) = match c.fetch_watermarks(&self.commit_topic, 0, self.timeout) {
+        // the high watermark itself, not the last stable offset (which read_committed gives)
+        let mut wcfg = cfg.clone();
+        wcfg.set("isolation.level", "read_uncommitted");
+        wcfg.set("group.id", format!("sluice-{}-markers-hw", self.query_id));
+        let wc: BaseConsumer = wcfg
+            .create()
+            .map_err(|e| kafka_err("creating the marker reader", e))?;
+        let (low, high) = match wc.fetch_watermarks(&self.commit_topic, 0, self.timeout) {
             Ok(w) => w,
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
                 return Ok(None)
@@ -279,9 +286,10 @@ impl KafkaSink {
                         break;
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(kafka_err("reading the commit topic", e)),
-                None => {
+                // read_committed stops at the last stable offset: an open transaction (another
+                // query's, or a zombie's) holds it back. Only the position reaching `high` says
+                // every committed marker was seen; until then keep polling (or time out: retry).
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {
                     if let Ok(pos) = c.position() {
                         if pos
                             .elements()
@@ -292,6 +300,7 @@ impl KafkaSink {
                         }
                     }
                 }
+                Some(Err(e)) => return Err(kafka_err("reading the commit topic", e)),
             }
         }
         Ok(last)
@@ -397,9 +406,14 @@ impl KafkaSink {
                 return Ok(false);
             }
             let timeout = self.timeout;
-            self.producer()?
-                .begin_transaction()
-                .map_err(|e| kafka_err("beginning a transaction", e))?;
+            if let Err(e) = self.producer()?.begin_transaction() {
+                // a fenced or broken producer: start over with a new one on the retry
+                self.producer = None;
+                self.last_committed = None;
+                return Err(EngineError::external(format!(
+                    "kafka: beginning a transaction: {e}"
+                )));
+            }
             let sent = self.send_all(batches);
             let marker = sent.and_then(|_| {
                 let key = self.query_id.clone();

@@ -603,19 +603,22 @@ impl KafkaSource {
         self.consumer
             .assign(&tpl)
             .map_err(|e| kafka_err("assigning partitions", e))?;
-        let deadline = Instant::now() + self.s.timeout * 6;
+        // an idle timeout: a large range takes as long as it takes, a silent broker does not
+        let idle = self.s.timeout * 3;
+        let mut deadline = Instant::now() + idle;
         let result = loop {
             if left.is_empty() {
                 break Ok(());
             }
             if Instant::now() > deadline {
                 break Err(EngineError::external(format!(
-                    "kafka: timed out reading {:?}",
+                    "kafka: no record for {idle:?} while reading {:?}",
                     left.keys().collect::<Vec<_>>()
                 )));
             }
             match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
+                    deadline = Instant::now() + idle;
                     let k = (m.topic().to_string(), m.partition());
                     let Some(&e) = left.get(&k) else { continue };
                     if m.offset() < e {
@@ -728,7 +731,7 @@ impl KafkaSource {
             Arc::new(Int64Array::from_iter_values(recs.iter().map(|r| r.offset)));
         let ts: ArrayRef = Arc::new(
             recs.iter()
-                .map(|r| r.ts_ms.map(|t| t * 1000))
+                .map(|r| r.ts_ms.and_then(|t| t.checked_mul(1000)))
                 .collect::<TimestampMicrosecondArray>()
                 .with_timezone("UTC"),
         );
@@ -882,7 +885,7 @@ impl KafkaSource {
         )));
         cols.push(Arc::new(
             recs.iter()
-                .map(|r| r.ts_ms.map(|t| t * 1000))
+                .map(|r| r.ts_ms.and_then(|t| t.checked_mul(1000)))
                 .collect::<TimestampMicrosecondArray>()
                 .with_timezone("UTC"),
         ));
