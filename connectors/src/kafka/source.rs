@@ -969,7 +969,17 @@ impl Source for KafkaSource {
                 until = rate_limit(&from_all, &until, max);
             }
         }
-        let mut end = from.clone();
+        // partitions that vanished (topic deleted): dropped from the offsets, with a warning
+        let mut end = Offsets::new();
+        for (t, m) in &from {
+            for (p, o) in m {
+                if until.get(t).is_some_and(|x| x.contains_key(p)) {
+                    end.entry(t.clone()).or_default().insert(*p, *o);
+                } else {
+                    tracing::warn!("kafka: partition {t}-{p} no longer exists (topic deleted?); dropped at offset {o}");
+                }
+            }
+        }
         for (t, m) in until {
             for (p, u) in m {
                 end.entry(t.clone()).or_default().insert(p, u);
@@ -991,6 +1001,9 @@ impl Source for KafkaSource {
         for (t, m) in &until {
             for (p, e) in m {
                 let mut s = from.get(t).and_then(|x| x.get(p)).copied().unwrap_or(0);
+                if s >= *e {
+                    continue; // nothing to read (a partition that did not move, or vanished)
+                }
                 let (low, _) = self.watermarks(t, *p)?;
                 if s < low {
                     if from.get(t).and_then(|x| x.get(p)).is_some() {
