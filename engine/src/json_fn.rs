@@ -125,8 +125,15 @@ fn mode_of(m: Option<&str>) -> DfResult<bool> {
     }
 }
 
-fn decode_all(schema: &SchemaRef, text: &[u8]) -> Result<RecordBatch, String> {
+/// Decodes JSON text (objects separated by whitespace) into `schema` rows, in batches of at most
+/// `batch_rows`: the one arrow-json decoding loop of Sluice (files, Kafka values, `from_json`).
+pub fn decode_json(
+    schema: &SchemaRef,
+    text: &[u8],
+    batch_rows: usize,
+) -> Result<Vec<RecordBatch>, String> {
     let mut decoder = ReaderBuilder::new(Arc::clone(schema))
+        .with_batch_size(batch_rows)
         .build_decoder()
         .map_err(|e| e.to_string())?;
     let mut batches = Vec::new();
@@ -144,6 +151,11 @@ fn decode_all(schema: &SchemaRef, text: &[u8]) -> Result<RecordBatch, String> {
     if let Some(b) = decoder.flush().map_err(|e| e.to_string())? {
         batches.push(b);
     }
+    Ok(batches)
+}
+
+fn decode_all(schema: &SchemaRef, text: &[u8]) -> Result<RecordBatch, String> {
+    let batches = decode_json(schema, text, 8192)?;
     concat_batches(schema, &batches).map_err(|e| e.to_string())
 }
 

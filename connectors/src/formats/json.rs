@@ -4,7 +4,6 @@ use std::path::Path;
 
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
-use arrow::json::ReaderBuilder;
 use arrow::record_batch::RecordBatch;
 use sluice_engine::Result;
 
@@ -14,39 +13,14 @@ const BATCH_ROWS: usize = 8192;
 
 /// Decodes JSON text (one object per line) into `schema` rows.
 fn decode(schema: &SchemaRef, bytes: &[u8]) -> std::result::Result<Vec<RecordBatch>, String> {
-    let mut decoder = ReaderBuilder::new(schema.clone())
-        .with_batch_size(BATCH_ROWS)
-        .build_decoder()
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let n = decoder.decode(rest).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        rest = &rest[n..];
-        if let Some(b) = decoder.flush().map_err(|e| e.to_string())? {
-            out.push(b);
-        }
-    }
-    if let Some(b) = decoder.flush().map_err(|e| e.to_string())? {
-        out.push(b);
-    }
-    Ok(out)
+    sluice_engine::json_fn::decode_json(schema, bytes, BATCH_ROWS)
 }
 
-/// Reads one JSON-lines file.
-pub fn read(path: &Path, bytes: &[u8], settings: &ParseSettings) -> Result<Vec<RecordBatch>> {
-    if let Ok(batches) = decode(&settings.data_schema, bytes) {
-        return batches
-            .into_iter()
-            .map(|b| with_corrupt_column(b, settings, None))
-            .collect();
-    }
-    let lines = split_lines(bytes, false);
-    let schema = settings.data_schema.clone();
-    let decode_set = move |lines: &[&[u8]]| {
+/// A [`super::LineDecoder`] for JSON: the lines decoded together, one row per line or an error.
+pub fn line_decoder(
+    schema: SchemaRef,
+) -> impl Fn(&[&[u8]]) -> std::result::Result<RecordBatch, String> {
+    move |lines: &[&[u8]]| {
         let joined = lines.join(&b'\n');
         let batches = decode(&schema, &joined)?;
         let b = concat_batches(&schema, &batches).map_err(|e| e.to_string())?;
@@ -58,7 +32,19 @@ pub fn read(path: &Path, bytes: &[u8], settings: &ParseSettings) -> Result<Vec<R
             ));
         }
         Ok(b)
-    };
+    }
+}
+
+/// Reads one JSON-lines file.
+pub fn read(path: &Path, bytes: &[u8], settings: &ParseSettings) -> Result<Vec<RecordBatch>> {
+    if let Ok(batches) = decode(&settings.data_schema, bytes) {
+        return batches
+            .into_iter()
+            .map(|b| with_corrupt_column(b, settings, None))
+            .collect();
+    }
+    let lines = split_lines(bytes, false);
+    let decode_set = line_decoder(settings.data_schema.clone());
     decode_lines(path, &lines, settings, &decode_set)
 }
 

@@ -124,17 +124,28 @@ impl<'a> Encoder<'a> {
     /// unquoted field, every other value is quoted (so an empty string stays an empty string).
     pub fn write_csv_row(&self, row: usize, out: &mut Vec<u8>) {
         use std::io::Write;
-        for col in 0..self.cols.len() {
-            if col > 0 {
+        for (c, col) in self.cols.iter().enumerate() {
+            if c > 0 {
                 out.push(b',');
             }
-            match self.value(col, row) {
-                Val::Null => {}
-                Val::Bool(b) => out.extend_from_slice(if b { b"t" } else { b"f" }),
-                Val::Int(i) => {
-                    let _ = write!(out, "{i}");
+            let arr = match col {
+                Col::Bool(a) | Col::Int(a) | Col::Float(a) | Col::Bytes(a) | Col::Text(a) => a,
+            };
+            if arr.is_null(row) {
+                continue;
+            }
+            // written straight into the buffer: no allocation per cell on the COPY path
+            match col {
+                Col::Bool(a) => out.extend_from_slice(if a.as_boolean().value(row) {
+                    b"t"
+                } else {
+                    b"f"
+                }),
+                Col::Int(a) => {
+                    let _ = write!(out, "{}", a.as_primitive::<Int64Type>().value(row));
                 }
-                Val::Float(f) => {
+                Col::Float(a) => {
+                    let f = a.as_primitive::<Float64Type>().value(row);
                     if f.is_nan() {
                         out.extend_from_slice(b"NaN");
                     } else if f.is_infinite() {
@@ -143,19 +154,27 @@ impl<'a> Encoder<'a> {
                         let _ = write!(out, "{f}");
                     }
                 }
-                Val::Bytes(b) => {
+                Col::Bytes(a) => {
                     out.extend_from_slice(b"\\x");
-                    for byte in b {
+                    for byte in a.as_binary::<i64>().value(row) {
                         let _ = write!(out, "{byte:02x}");
                     }
                 }
-                Val::Text(s) => {
+                Col::Text(_) => {
+                    let start = out.len();
                     out.push(b'"');
-                    for ch in s.bytes() {
-                        if ch == b'"' {
-                            out.push(b'"');
+                    if let Some(f) = &self.formatters[c] {
+                        let _ = write!(out, "{}", f.value(row));
+                    }
+                    // double the quotes inside the value
+                    if out[start + 1..].contains(&b'"') {
+                        let value: Vec<u8> = out.split_off(start + 1);
+                        for ch in value {
+                            if ch == b'"' {
+                                out.push(b'"');
+                            }
+                            out.push(ch);
                         }
-                        out.push(ch);
                     }
                     out.push(b'"');
                 }

@@ -800,37 +800,7 @@ impl KafkaSource {
                 .zip(&cleaned)
                 .map(|(r, v)| (r.offset.max(0) as usize, v.as_slice()))
                 .collect();
-            let s2 = Arc::clone(&schema);
-            let decode = move |lines: &[&[u8]]| {
-                let joined = lines.join(&b'\n');
-                let mut decoder = arrow::json::ReaderBuilder::new(Arc::clone(&s2))
-                    .build_decoder()
-                    .map_err(|e| e.to_string())?;
-                let mut batches = Vec::new();
-                let mut rest: &[u8] = &joined;
-                while !rest.is_empty() {
-                    let n = decoder.decode(rest).map_err(|e| e.to_string())?;
-                    if n == 0 {
-                        break;
-                    }
-                    rest = &rest[n..];
-                    if let Some(b) = decoder.flush().map_err(|e| e.to_string())? {
-                        batches.push(b);
-                    }
-                }
-                if let Some(b) = decoder.flush().map_err(|e| e.to_string())? {
-                    batches.push(b);
-                }
-                let b = arrow::compute::concat_batches(&s2, &batches).map_err(|e| e.to_string())?;
-                if b.num_rows() != lines.len() {
-                    return Err(format!(
-                        "expected {} records, decoded {}",
-                        lines.len(),
-                        b.num_rows()
-                    ));
-                }
-                Ok(b)
-            };
+            let decode = crate::formats::json::line_decoder(Arc::clone(&schema));
             let what = format!(
                 "kafka topic {} partition {}",
                 recs[i].topic, recs[i].partition
