@@ -1,12 +1,20 @@
-//! Throughput of the golden windowed query over JSON event files, as Spark's
-//! ../shared/bench/spark/spark_window_agg.py runs it: json source with explicit schema,
-//! maxFilesPerTrigger 10, 10-minute watermark, 1-minute window count/sum/avg/max by action,
-//! append mode into a Parquet file sink, trigger available-now.
+//! Throughput of the golden windowed query over JSON event files, Sluice against Spark in the
+//! same run: json source with explicit schema, maxFilesPerTrigger 10, 10-minute watermark,
+//! 1-minute window count/sum/avg/max by action, append mode into a Parquet file sink, trigger
+//! available-now — as ../shared/bench/spark/spark_window_agg.py runs it on Spark (local[2],
+//! HDFS state, 2 shuffle partitions).
 //!
-//! `cargo bench --bench window_throughput -- [--input DIR] [--max-files N]`
-//! (default input `$BENCH_DATA/ev_10m`, made by
-//! `python3 ../shared/bench/spark/gen_events.py --out $BENCH_DATA/ev_10m --events 10000000 --files 200 --span-min 200 --seed 2 --force`).
+//! `cargo bench --bench window_throughput -- [--input DIR] [--max-files N] [--runs N] [--no-spark]`
+//!
+//! The input (default `$BENCH_DATA/ev_10m`, `BENCH_DATA` defaulting to /tmp/sluice-bench) is
+//! generated when missing with
+//! `python3 ../shared/bench/spark/gen_events.py --out DIR --events 10000000 --files 200 --span-min 200 --seed 2`.
+//! Spark runs with `$SPARK_PYTHON` (default `~/venvs/spark/bin/python`; set it up as
+//! ../shared/bench/README.md says). Sluice and Spark alternate (Sluice, Spark, Sluice, ...) so
+//! that both see the same machine; the ratio uses the median of each.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use sluice::prelude::*;
@@ -19,18 +27,61 @@ fn arg(name: &str) -> Option<String> {
         .cloned()
 }
 
-fn main() -> sluice::Result<()> {
-    let data = std::env::var("BENCH_DATA").unwrap_or_else(|_| "/tmp/sluice-bench".into());
-    let input = arg("--input").unwrap_or_else(|| format!("{data}/ev_10m"));
-    let max_files = arg("--max-files").unwrap_or_else(|| "10".into());
-    let dir = tempfile::tempdir().map_err(|e| sluice::EngineError::external(e.to_string()))?;
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+fn err(msg: impl std::fmt::Display) -> sluice::EngineError {
+    sluice::EngineError::external(msg.to_string())
+}
+
+fn shared_bench() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/spark")
+}
+
+/// Generates the 10M-event input when it is not there yet.
+fn ensure_input(dir: &Path) -> sluice::Result<()> {
+    if dir.join("_manifest.json").is_file() {
+        return Ok(());
+    }
+    eprintln!("generating {} (10M events, 200 files)...", dir.display());
+    let st = Command::new("python3")
+        .arg(shared_bench().join("gen_events.py"))
+        .args(["--out", &dir.to_string_lossy()])
+        .args([
+            "--events",
+            "10000000",
+            "--files",
+            "200",
+            "--span-min",
+            "200",
+        ])
+        .args(["--seed", "2", "--force"])
+        .status()
+        .map_err(|e| err(format!("python3 gen_events.py: {e}")))?;
+    if !st.success() {
+        return Err(err(format!("gen_events.py failed: {st}")));
+    }
+    Ok(())
+}
+
+struct SluiceRun {
+    events: u64,
+    rows_out: u64,
+    wall_s: f64,
+    state_commit_pct: f64,
+    parse_pct: f64,
+}
+
+fn run_sluice(input: &str, max_files: &str) -> sluice::Result<SluiceRun> {
+    let dir = tempfile::tempdir().map_err(err)?;
     let session = Session::builder().app_name("throughput").build()?;
     let t0 = Instant::now();
     session
         .read_stream()
         .schema("event_time TIMESTAMP, action STRING, user_id BIGINT, value DOUBLE, country STRING")
-        .option("maxFilesPerTrigger", &max_files)
-        .json(&input)?
+        .option("maxFilesPerTrigger", max_files)
+        .json(input)?
         .with_watermark("event_time", "10 minutes")?
         .create_or_replace_temp_view("events")?;
     let query = session
@@ -46,10 +97,8 @@ fn main() -> sluice::Result<()> {
         .trigger(Trigger::AvailableNow)
         .start()?;
     query.await_termination()?;
-    let wall = t0.elapsed().as_secs_f64();
+    let wall_s = t0.elapsed().as_secs_f64();
     let progress = query.recent_progress();
-    let events: u64 = progress.iter().map(|p| p.num_input_rows).sum();
-    let out: u64 = progress.iter().map(|p| p.sink.num_output_rows).sum();
     let trigger_ms: u64 = progress
         .iter()
         .map(|p| p.duration_ms.trigger_execution)
@@ -59,18 +108,145 @@ fn main() -> sluice::Result<()> {
         .flat_map(|p| p.state_operators.iter().map(|s| s.commit_time_ms))
         .sum();
     let get_ms: u64 = progress.iter().map(|p| p.duration_ms.get_batch).sum();
-    let add_ms: u64 = progress.iter().map(|p| p.duration_ms.add_batch).sum();
-    println!("time in batches: {trigger_ms} ms (reading+parsing {get_ms} ms, plan+sink+state {add_ms} ms)");
+    Ok(SluiceRun {
+        events: progress.iter().map(|p| p.num_input_rows).sum(),
+        rows_out: progress.iter().map(|p| p.sink.num_output_rows).sum(),
+        wall_s,
+        state_commit_pct: 100.0 * state_ms as f64 / trigger_ms.max(1) as f64,
+        parse_pct: 100.0 * get_ms as f64 / trigger_ms.max(1) as f64,
+    })
+}
+
+struct SparkRun {
+    events: u64,
+    events_per_s: f64,
+    rows_out: u64,
+}
+
+fn spark_python() -> PathBuf {
+    std::env::var("SPARK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join("venvs/spark/bin/python")
+        })
+}
+
+fn run_spark(input: &str, max_files: &str) -> sluice::Result<SparkRun> {
+    let work = tempfile::tempdir().map_err(err)?;
+    let out = Command::new(spark_python())
+        .arg(shared_bench().join("spark_window_agg.py"))
+        .args(["--input", input, "--max-files-per-trigger", max_files])
+        .args(["--state-store", "hdfs", "--shuffle-partitions", "2"])
+        .args([
+            "--sink",
+            "parquet",
+            "--mode",
+            "append",
+            "--count-output",
+            "--quiet",
+        ])
+        .args(["--name", "sluice-bench"])
+        .arg("--output")
+        .arg(work.path().join("out"))
+        .arg("--checkpoint")
+        .arg(work.path().join("chk"))
+        .output()
+        .map_err(|e| err(format!("running Spark: {e}")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("SUMMARY "))
+        .ok_or_else(|| {
+            err(format!(
+                "Spark printed no SUMMARY ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ))
+        })?;
+    let v: serde_json::Value = serde_json::from_str(summary).map_err(err)?;
+    Ok(SparkRun {
+        events: v["events"].as_u64().unwrap_or(0),
+        events_per_s: v["events_per_s"].as_f64().unwrap_or(0.0),
+        rows_out: v["output_rows"].as_u64().unwrap_or(0),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> sluice::Result<()> {
+    let data = std::env::var("BENCH_DATA").unwrap_or_else(|_| "/tmp/sluice-bench".into());
+    let input = arg("--input").unwrap_or_else(|| format!("{data}/ev_10m"));
+    let max_files = arg("--max-files").unwrap_or_else(|| "10".into());
+    let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
+    ensure_input(Path::new(&input))?;
+    let with_spark = !flag("--no-spark");
+    if with_spark && !spark_python().exists() {
+        return Err(err(format!(
+            "{} not found: set up Spark as ../shared/bench/README.md says \
+             (python3 -m venv ~/venvs/spark && ~/venvs/spark/bin/pip install pyspark==4.3.0), \
+             set SPARK_PYTHON, or pass --no-spark",
+            spark_python().display()
+        )));
+    }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let mut sluice_eps = Vec::new();
+    let mut spark_eps = Vec::new();
+    let mut sluice_rows = 0;
+    let mut spark_rows = 0;
+    for i in 0..runs.max(1) {
+        let r = run_sluice(&input, &max_files)?;
+        let eps = r.events as f64 / r.wall_s;
+        println!(
+            "sluice run {i}: {} events, {} rows out, {:.2} s = {eps:.0} events/s \
+             ({:.0} per core); reading+parsing {:.0}% of batch time, state commit {:.1}%",
+            r.events,
+            r.rows_out,
+            r.wall_s,
+            eps / cores as f64,
+            r.parse_pct,
+            r.state_commit_pct
+        );
+        sluice_eps.push(eps);
+        sluice_rows = r.rows_out;
+        // Sluice, Spark, Sluice, ...: Spark between Sluice runs (and once with a single run)
+        if with_spark && (i + 1 < runs || runs <= 1) {
+            let s = run_spark(&input, &max_files)?;
+            println!(
+                "spark  run {i}: {} events, {} rows out = {:.0} events/s",
+                s.events, s.rows_out, s.events_per_s
+            );
+            spark_eps.push(s.events_per_s);
+            spark_rows = s.rows_out;
+        }
+    }
+    let sl = median(sluice_eps);
     println!(
-        "sluice window throughput: {events} events, {out} rows out, {} batches, {wall:.2} s wall = {:.0} events/s \
-         ({:.0} events/s per core over {cores} cores); state commit {:.1}% of batch time",
-        progress.len(),
-        events as f64 / wall,
-        events as f64 / wall / cores as f64,
-        100.0 * state_ms as f64 / trigger_ms.max(1) as f64
+        "sluice median: {sl:.0} events/s, {:.0} per core over {cores} cores \
+         (Structured Streaming paper: ≈1.6M events/s per vCPU)",
+        sl / cores as f64
     );
+    if !spark_eps.is_empty() {
+        let sp = median(spark_eps);
+        println!("spark  median: {sp:.0} events/s (local[{cores}])");
+        println!(
+            "RATIO sluice/spark = {:.1}x (target >= 10x); output rows sluice {sluice_rows}, spark {spark_rows}{}",
+            sl / sp,
+            if sluice_rows == spark_rows {
+                " (equal)"
+            } else {
+                " (DIFFERENT)"
+            }
+        );
+    }
     Ok(())
 }

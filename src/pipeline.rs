@@ -17,6 +17,7 @@
 //! sink = { format = "csv", path = "out/clicks", options = { header = true } }
 //! progress_log = "progress/clicks.jsonl"   # optional
 //! late_data_sink = { format = "json", path = "late" }   # optional: rows dropped as late
+//! watermark_policy = "min"             # optional: with several watermarked sources, min | max
 //! ```
 
 use std::collections::BTreeMap;
@@ -83,6 +84,8 @@ pub struct QueryDef {
     pub progress_log: Option<String>,
     /// Where input rows dropped as late go (a watermarked window aggregation), if set.
     pub late_data_sink: Option<SinkDef>,
+    /// With several watermarked sources (a UNION): `min` (default) or `max`.
+    pub watermark_policy: Option<String>,
 }
 
 /// `sink = { format = "...", path = "...", options = {...} }`.
@@ -227,6 +230,9 @@ impl Pipeline {
             }
             if let Some(c) = &q.checkpoint {
                 w = w.checkpoint_location(resolve(c));
+            }
+            if let Some(p) = &q.watermark_policy {
+                w = w.option("multipleWatermarkPolicy", p);
             }
             if let Some(p) = &q.progress_log {
                 let p = resolve(p);

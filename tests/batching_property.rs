@@ -1,7 +1,8 @@
 //! With no late data, how input is split into batches does not change the result: the windowed
-//! aggregation run with maxFilesPerTrigger 1, 3 and all gives the same final rows in append mode
-//! and the same last-emitted rows in update mode (Spark's rule 7 says this holds only without
-//! late data).
+//! aggregation run with maxFilesPerTrigger 1, 3 and all, and over the same events from a Kafka
+//! topic (a real broker) with maxOffsetsPerTrigger 500, 4000 and unlimited, gives the same final
+//! rows in append mode and the same last-emitted rows in update mode (Spark's rule 7 says this
+//! holds only without late data).
 
 mod common;
 
@@ -43,13 +44,48 @@ fn generate(dir: &Path, seed: u32) {
     assert!(st.success());
 }
 
+const SCHEMA: &str =
+    "event_time TIMESTAMP, action STRING, user_id BIGINT, value DOUBLE, country STRING";
+
+/// Where the events come from, and how many per batch.
+enum Input<'a> {
+    Files {
+        dir: &'a Path,
+        max_files: usize,
+    },
+    Kafka {
+        bootstrap: &'a str,
+        max_offsets: Option<u64>,
+    },
+}
+
 /// Runs the query; returns (window_start, action) -> "count,sum,avg,max" of the last row emitted.
-fn run(input: &Path, mode: OutputMode, max_files: usize) -> BTreeMap<String, String> {
+fn run(input: Input<'_>, mode: OutputMode) -> BTreeMap<String, String> {
     let s = Session::builder().build().expect("session");
-    s.read_stream()
-        .schema("event_time TIMESTAMP, action STRING, user_id BIGINT, value DOUBLE, country STRING")
-        .option("maxFilesPerTrigger", max_files)
-        .json(input.to_str().expect("p"))
+    let stream = match input {
+        Input::Files { dir, max_files } => s
+            .read_stream()
+            .schema(SCHEMA)
+            .option("maxFilesPerTrigger", max_files)
+            .json(dir.to_str().expect("p")),
+        Input::Kafka {
+            bootstrap,
+            max_offsets,
+        } => {
+            let mut r = s
+                .read_stream()
+                .format("kafka")
+                .schema(SCHEMA)
+                .option("kafka.bootstrap.servers", bootstrap)
+                .option("subscribe", "events")
+                .option("startingOffsets", "earliest");
+            if let Some(n) = max_offsets {
+                r = r.option("maxOffsetsPerTrigger", n);
+            }
+            r.load_default()
+        }
+    };
+    stream
         .expect("load")
         .with_watermark("event_time", "10 minutes")
         .expect("wm")
@@ -103,18 +139,75 @@ fn run(input: &Path, mode: OutputMode, max_files: usize) -> BTreeMap<String, Str
     r
 }
 
+fn files(dir: &Path, max_files: usize) -> Input<'_> {
+    Input::Files { dir, max_files }
+}
+
 #[test]
 fn batch_sizes_do_not_change_results_without_late_data() {
     let w = workdir();
     generate(w.path(), 11);
     for mode in [OutputMode::Append, OutputMode::Update] {
-        let one = run(w.path(), mode, 1);
+        let one = run(files(w.path(), 1), mode);
         assert!(one.len() > 100, "{mode}: {} groups", one.len());
-        assert_eq!(run(w.path(), mode, 3), one, "{mode}: 3 files per batch");
         assert_eq!(
-            run(w.path(), mode, 1000),
+            run(files(w.path(), 3), mode),
+            one,
+            "{mode}: 3 files per batch"
+        );
+        assert_eq!(
+            run(files(w.path(), 1000), mode),
             one,
             "{mode}: all files in one batch"
         );
+    }
+}
+
+#[test]
+fn kafka_batch_sizes_do_not_change_results_without_late_data() {
+    let w = workdir();
+    generate(w.path(), 12);
+    // the same events, in file order, spread over two partitions of a real broker
+    let broker = common::kafka::Tansu::start();
+    broker.create_topic("events", 2);
+    let mut names: Vec<_> = std::fs::read_dir(w.path())
+        .expect("ls")
+        .map(|e| e.expect("e").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    names.sort();
+    let mut records = Vec::new();
+    for f in &names {
+        for line in std::fs::read_to_string(f).expect("read").lines() {
+            let i = records.len();
+            records.push((
+                (i % 2) as i32,
+                i.to_string(),
+                line.to_string(),
+                1_700_000_000_000,
+            ));
+        }
+    }
+    assert_eq!(records.len(), 30000);
+    common::kafka::produce(&broker.bootstrap(), "events", &records);
+    let bootstrap = broker.bootstrap();
+    let kafka = |max_offsets| Input::Kafka {
+        bootstrap: &bootstrap,
+        max_offsets,
+    };
+    for mode in [OutputMode::Append, OutputMode::Update] {
+        let from_files = run(files(w.path(), 1), mode);
+        assert!(
+            from_files.len() > 100,
+            "{mode}: {} groups",
+            from_files.len()
+        );
+        for max in [Some(500), Some(4000), None] {
+            assert_eq!(
+                run(kafka(max), mode),
+                from_files,
+                "{mode}: kafka, maxOffsetsPerTrigger {max:?}"
+            );
+        }
     }
 }

@@ -317,3 +317,76 @@ fn update_mode_matches_spark_batch_by_batch() {
     assert_eq!(got.len(), expected.len(), "update rows over all batches");
     assert_eq!(got, expected);
 }
+
+/// Update mode through an exactly-once upserting sink (Delta MERGE on window and action),
+/// killed at several batches and points and restarted: the table ends with, for every window
+/// and action, the last row Spark emitted for it.
+#[test]
+fn update_mode_killed_and_restarted_ends_with_sparks_last_rows() {
+    let gen = workdir();
+    generate(gen.path());
+    let mut expected: BTreeMap<Key, (u64, Values)> = BTreeMap::new();
+    for l in fs::read_to_string(golden().join("main/update_all_batches.csv"))
+        .expect("golden")
+        .lines()
+        .skip(1)
+    {
+        let id: u64 = l.split(',').next().expect("id").parse().expect("id");
+        let (k, v) = parse_rows(l, 1).pop().expect("row");
+        let e = expected.entry(k).or_insert((id, v.clone()));
+        if id >= e.0 {
+            *e = (id, v);
+        }
+    }
+    let expected: Rows = expected.into_iter().map(|(k, (_, v))| (k, v)).collect();
+    let points = ["after-offsets", "after-sink", "after-state", "after-commit"];
+    let crashes = random_crash_points(4, 20, &points);
+    let w = workdir();
+    stage_inputs(gen.path(), &w.path().join("in"));
+    let p = pipeline(w.path());
+    let text = fs::read_to_string(&p).expect("pipeline");
+    let text = text
+        .replace("output_mode = \"append\"", "output_mode = \"update\"")
+        .replace(
+            "sink = { format = \"csv\", path = \"out\", options = { header = true } }",
+            "sink = { format = \"delta\", path = \"out\" }",
+        )
+        .replace(
+            "late_data_sink = { format = \"json\", path = \"late\" }\n",
+            "",
+        );
+    assert!(text.contains("format = \"delta\""), "{text}");
+    fs::write(&p, text).expect("pipeline");
+    run_killed(&p, &[], &crashes);
+    let table = sluice::connectors::delta::read_table(w.path().join("out").to_str().expect("p"))
+        .expect("table");
+    let ts = |v: i64| {
+        chrono::DateTime::from_timestamp_micros(v)
+            .expect("ts")
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    };
+    let mut got = Rows::new();
+    for b in &table {
+        let col = |n: &str| b.column_by_name(n).expect(n).clone();
+        let (ws, we, action) = (col("window_start"), col("window_end"), col("action"));
+        let (count, sum, avg, max) = (col("count"), col("sum"), col("avg"), col("max"));
+        for i in 0..b.num_rows() {
+            got.insert(
+                (
+                    ts(ws.as_primitive::<TimestampMicrosecondType>().value(i)),
+                    action.as_string::<i32>().value(i).to_string(),
+                ),
+                (
+                    ts(we.as_primitive::<TimestampMicrosecondType>().value(i)),
+                    count.as_primitive::<Int64Type>().value(i),
+                    sum.as_primitive::<Float64Type>().value(i),
+                    avg.as_primitive::<Float64Type>().value(i),
+                    max.as_primitive::<Float64Type>().value(i),
+                ),
+            );
+        }
+    }
+    assert_eq!(got.len(), expected.len(), "killed at {crashes:?}: keys");
+    assert_eq!(got, expected, "killed at {crashes:?}");
+}

@@ -238,6 +238,8 @@ fn restarting_with_an_incompatible_aggregation_is_refused() {
     for sql in [
         "SELECT action, sum(value) AS n FROM events GROUP BY action",
         "SELECT value, count(*) AS n FROM events GROUP BY value",
+        // same key type, another key expression
+        "SELECT upper(action) AS action, count(*) AS n FROM events GROUP BY upper(action)",
     ] {
         let err = start(sql).expect_err(sql).to_string();
         assert!(err.contains("different aggregation"), "{sql}: {err}");
@@ -338,6 +340,38 @@ fn more_aggregates_merge_across_batches_and_a_restart() {
         OutputMode::Update,
     );
     assert_eq!(got, vec!["a,3,1.0,1.0,8.0,3,4.0", "b,2,2.0,2.0,16.0,2,9.0"]);
+}
+
+#[test]
+fn spark_aggregate_names_and_a_lone_count_distinct() {
+    // per action over all five events: a = {1, 4, 8}, b = {2, 16}
+    let files: Vec<String> = EVENTS.lines().map(|l| format!("{l}\n")).collect();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    // count(DISTINCT x) alone (DataFusion's optimiser would turn it into two aggregations)
+    let got = run_with_restart(
+        "SELECT action, count(DISTINCT value) AS d FROM events GROUP BY action",
+        &files,
+        2,
+        OutputMode::Update,
+    );
+    assert_eq!(got, vec!["a,3", "b,2"]);
+    let got = run_with_restart(
+        "SELECT action, count(DISTINCT value) AS d, sum(value) AS s FROM events GROUP BY action",
+        &files,
+        3,
+        OutputMode::Update,
+    );
+    assert_eq!(got, vec!["a,3,13.0", "b,2,18.0"]);
+    // Spark's names: first, last, approx_count_distinct, approx_percentile
+    let got = run_with_restart(
+        "SELECT action, first(value) AS f, last(value) AS l, \
+                approx_count_distinct(CAST(value AS BIGINT)) AS ad, approx_percentile(value, 0.5) AS med \
+         FROM events GROUP BY action",
+        &files,
+        2,
+        OutputMode::Update,
+    );
+    assert_eq!(got, vec!["a,1.0,8.0,3,4.0", "b,2.0,16.0,2,9.0"]);
 }
 
 #[test]

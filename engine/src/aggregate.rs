@@ -173,8 +173,10 @@ impl AggregateOp {
                 .iter()
                 .map(|f| f.data_type().to_string())
                 .collect();
+            let args: Vec<String> = a.expr.expressions().iter().map(|e| e.to_string()).collect();
             aggs.push(serde_json::json!({
                 "function": a.expr.fun().name(),
+                "args": args,
                 "distinct": a.expr.is_distinct(),
                 "state": states,
             }));
@@ -182,8 +184,19 @@ impl AggregateOp {
         let window = self.window.as_ref().map(|w| {
             serde_json::json!({"kind": format!("{:?}", w.spec.kind), "size_us": w.spec.size_us, "slide_us": w.spec.slide_us, "offset_us": w.spec.offset_us})
         });
-        let keys: Vec<String> = self.key_types.iter().map(|t| t.to_string()).collect();
-        Ok(serde_json::json!({"window": window, "keys": keys, "aggregates": aggs}).to_string())
+        // key columns by name and position in the input as well as type: grouping by another
+        // column of the same type must not read these groups
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .zip(&self.key_types)
+            .map(|(k, t)| format!("{k}: {t}"))
+            .collect();
+        let time = self.window.as_ref().map(|w| w.time.to_string());
+        Ok(
+            serde_json::json!({"window": window, "time": time, "keys": keys, "aggregates": aggs})
+                .to_string(),
+        )
     }
 
     /// Gives the operator its state store (when the query starts).
@@ -197,14 +210,32 @@ impl AggregateOp {
             .ok_or_else(|| EngineError::bug("aggregate without state store"))
     }
 
+    /// The state store, to restore it.
+    pub fn store_mut(&mut self) -> Result<&mut Box<dyn StateStore>> {
+        self.store
+            .as_mut()
+            .ok_or_else(|| EngineError::bug("aggregate without state store"))
+    }
+
+    /// The state store, read-only.
+    pub fn store_ref(&self) -> Option<&dyn StateStore> {
+        self.store.as_deref()
+    }
+
     /// The batch the state store last committed.
     pub fn committed_batch(&self) -> Option<u64> {
         self.store.as_ref().and_then(|s| s.committed_batch())
     }
 
-    /// Whether the operator evicts by watermark (append/update with a watermarked window).
+    /// Whether the operator's window is on the watermarked column.
     pub fn uses_watermark(&self) -> bool {
         self.watermarked && self.window.is_some()
+    }
+
+    /// Whether late rows are dropped and windows closed by the watermark: append and update
+    /// modes (complete mode keeps every group and every row, as Spark does).
+    pub fn drops_late(&self) -> bool {
+        self.uses_watermark() && self.mode != OutputMode::Complete
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
@@ -284,7 +315,7 @@ impl AggregateOp {
         let m = expanded.num_rows();
 
         // 2. late rows: window end <= previous watermark
-        let late: Vec<bool> = if self.uses_watermark() {
+        let late: Vec<bool> = if self.drops_late() {
             ends.iter().map(|e| *e <= late_wm).collect()
         } else {
             vec![false; m]

@@ -114,6 +114,18 @@ impl DataFrame {
         })
     }
 
+    /// The rows of both DataFrames (Spark's `union`: UNION ALL, columns matched by position).
+    /// Each streaming input keeps its own watermark; the query's watermark is the minimum of
+    /// them (or the maximum, with `multipleWatermarkPolicy = max`).
+    pub fn union(self, other: DataFrame) -> Result<Self> {
+        self.map(|df| df.union(other.df))
+    }
+
+    /// The rows of both DataFrames, columns matched by name (Spark's `unionByName`).
+    pub fn union_by_name(self, other: DataFrame) -> Result<Self> {
+        self.map(|df| df.union_by_name(other.df))
+    }
+
     /// Groups the rows (`group_by([window(col("ts"), "1 minute"), col("action")])`), then
     /// [`GroupedData::agg`] or [`GroupedData::count`].
     pub fn group_by(self, exprs: impl IntoIterator<Item = Expr>) -> GroupedData {

@@ -102,8 +102,12 @@ pub struct DedupOp {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     key_types: Vec<DataType>,
     converter: RowConverter,
-    /// The watermarked event-time column and the delay, ms.
+    /// The watermarked event-time column and the delay, ms: rows at or below the previous
+    /// watermark are late and dropped (whatever the keys, as in Spark).
     time: Option<(Arc<dyn PhysicalExpr>, i64)>,
+    /// Whether keys are forgotten once the watermark passes them: the event time is among the
+    /// keys, or within the watermark. Otherwise they are kept forever.
+    evicts: bool,
     within_watermark: bool,
     store: Option<Box<dyn StateStore>>,
 }
@@ -118,11 +122,12 @@ impl fmt::Debug for DedupOp {
 }
 
 impl DedupOp {
-    /// Builds the operator.
+    /// Builds the operator. `time_in_keys`: the watermarked column is one of the keys.
     pub fn new(
         keys: Vec<Arc<dyn PhysicalExpr>>,
         key_types: Vec<DataType>,
         time: Option<(Arc<dyn PhysicalExpr>, i64)>,
+        time_in_keys: bool,
         within_watermark: bool,
     ) -> Result<Self> {
         if within_watermark && time.is_none() {
@@ -134,6 +139,7 @@ impl DedupOp {
             converter: RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?,
             keys,
             key_types,
+            evicts: time.is_some() && (time_in_keys || within_watermark),
             time,
             within_watermark,
             store: None,
@@ -142,7 +148,12 @@ impl DedupOp {
 
     /// What the stored state means.
     pub fn fingerprint(&self) -> String {
-        let keys: Vec<String> = self.key_types.iter().map(|t| t.to_string()).collect();
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .zip(&self.key_types)
+            .map(|(k, t)| format!("{k}: {t}"))
+            .collect();
         serde_json::json!({"deduplicate": keys, "withinWatermark": self.within_watermark})
             .to_string()
     }
@@ -162,6 +173,11 @@ impl DedupOp {
     /// The store, read-only.
     pub fn store(&self) -> Option<&dyn StateStore> {
         self.store.as_deref()
+    }
+
+    /// `drop_duplicates_within_watermark`.
+    pub fn within_watermark(&self) -> bool {
+        self.within_watermark
     }
 
     /// Whether a watermark applies.
@@ -197,7 +213,7 @@ impl DedupOp {
         for i in 0..n {
             if let Some(ts) = &times {
                 // a row at or below the previous watermark is late (Spark drops it)
-                if ts.is_valid(i) && ts.value(i) <= late_wm && !self.within_watermark {
+                if ts.is_valid(i) && ts.value(i) <= late_wm {
                     late.push(i as u32);
                     continue;
                 }
@@ -228,20 +244,20 @@ impl DedupOp {
             }
             emit.push(*i as u32);
             let expiry = match &times {
-                Some(ts) if ts.is_valid(*i) => {
+                Some(ts) if self.evicts && ts.is_valid(*i) => {
                     ts.value(*i) + if self.within_watermark { delay_us } else { 0 }
                 }
                 _ => i64::MAX,
             };
             changes.puts.push((k, expiry.to_be_bytes().to_vec()));
         }
-        // forget keys the watermark has passed
-        if self.time.is_some() && evict_wm > 0 {
+        // forget keys the watermark has reached (Spark: expiry <= watermark)
+        if self.evicts && evict_wm > 0 {
             store.scan(&[], None, &mut |k, v| {
                 let mut b = [0u8; 8];
                 if v.len() == 8 {
                     b.copy_from_slice(v);
-                    if i64::from_be_bytes(b) < evict_wm {
+                    if i64::from_be_bytes(b) <= evict_wm {
                         changes.deletes.push(k.to_vec());
                     }
                 }

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
-use sluice_state::{CheckpointDir, CommitEntry, OffsetsEntry, StartDecision};
+use sluice_state::{
+    first_log_entry_to_keep, plan_state_recovery, CheckpointDir, CommitEntry, OffsetsEntry,
+    StartDecision, StateRecovery,
+};
 
 use crate::aggregate::StateOperatorProgress;
 use crate::clock::BatchClock;
@@ -22,6 +25,7 @@ use crate::fault::crash_point;
 use crate::plan::StreamPlan;
 use crate::progress::{DurationMs, QueryProgress, SinkProgress, SourceProgress};
 use crate::query::{QueryError, QueryShared, StreamingQueryListener};
+use crate::watermark::{advance_watermark, WatermarkPolicy, POLICY_CONF};
 use crate::writer::Trigger;
 
 /// How a failing sink is retried.
@@ -93,6 +97,12 @@ pub(crate) struct Execution {
     watermark_ms: i64,
     /// Watermark the last batch ran with: the late-row threshold of the next batch, ms.
     last_batch_watermark_ms: i64,
+    /// Each watermark operator's own watermark, ms (empty before the first batch).
+    operator_watermarks_ms: Vec<i64>,
+    /// How the query's watermark is chosen among several watermarked inputs.
+    watermark_policy: WatermarkPolicy,
+    /// Offsets and commit entries of at least this many batches are kept.
+    min_batches_to_retain: u64,
     /// Where late input rows go, if the user asked.
     late_sink: Option<Box<dyn Sink>>,
     next_batch: u64,
@@ -113,6 +123,8 @@ impl Execution {
         progress_log: Option<File>,
         retry: RetryPolicy,
         late_sink: Option<Box<dyn Sink>>,
+        watermark_policy: WatermarkPolicy,
+        min_batches_to_retain: u64,
     ) -> Self {
         let n = sources.len();
         Self {
@@ -129,6 +141,9 @@ impl Execution {
             committed: vec![None; n],
             watermark_ms: 0,
             last_batch_watermark_ms: 0,
+            operator_watermarks_ms: Vec::new(),
+            watermark_policy,
+            min_batches_to_retain,
             late_sink,
             next_batch: 0,
             last_trigger: None,
@@ -266,7 +281,7 @@ impl Execution {
                 watermark_ms: self.watermark_ms,
                 late_watermark_ms: self.last_batch_watermark_ms,
                 sources: ends,
-                conf: Default::default(),
+                conf: self.recorded_conf(),
             };
             self.shared.set_status("Processing new data", true, true);
             let t = Instant::now();
@@ -289,21 +304,29 @@ impl Execution {
     fn recover(&mut self) -> Result<()> {
         let decision = self.checkpoint.start_decision()?;
         tracing::info!(id = %self.shared.id, ?decision, "starting query");
-        let state_batch = self.plan.state_batch();
-        let state_ok = match (decision, self.plan.stateful) {
-            (_, false) => true,
-            (StartDecision::Fresh, true) => state_batch.is_none(),
-            (StartDecision::Resume { last_committed }, true) => state_batch == Some(last_committed),
-            (StartDecision::Rerun { batch }, true) => {
-                state_batch == Some(batch) || state_batch == batch.checked_sub(1)
+        if let Some(snapshots) = self.plan.state_snapshots()? {
+            let state_batch = self.plan.state_batch();
+            let oldest = self.checkpoint.offsets().ids()?.first().copied();
+            match plan_state_recovery(decision, state_batch, &snapshots, oldest) {
+                Ok(StateRecovery::Ready) => {}
+                Ok(StateRecovery::Rebuild { snapshot, replay }) => {
+                    tracing::warn!(
+                        ?state_batch,
+                        ?decision,
+                        "the state does not hold the batch the logs need: restoring snapshot {snapshot:?} and replaying batches {replay:?}"
+                    );
+                    self.plan.restore_state(snapshot)?;
+                    if let Some((from, to)) = replay {
+                        self.replay_state(from, to)?;
+                    }
+                }
+                Err(reason) => {
+                    return Err(EngineError::user(format!(
+                        "cannot recover the state in {}/state: {reason}; restore the state directory or use a new checkpoint location",
+                        self.checkpoint.root().display()
+                    )))
+                }
             }
-        };
-        if !state_ok {
-            return Err(EngineError::user(format!(
-                "the state in {}/state holds batch {state_batch:?}, which does not fit the logs ({decision:?}): \
-                 the state directory was replaced or deleted; restore it or use a new checkpoint location",
-                self.checkpoint.root().display()
-            )));
         }
         match decision {
             StartDecision::Fresh => {
@@ -312,12 +335,14 @@ impl Execution {
             StartDecision::Resume { last_committed } => {
                 let e = self.checkpoint.offsets_of(last_committed)?;
                 self.committed = self.offsets_of_entry(&e)?;
+                self.adopt_recorded_conf(&e)?;
                 self.last_batch_watermark_ms = e.watermark_ms;
-                self.watermark_ms = self
-                    .checkpoint
-                    .commits()
-                    .get(last_committed)?
+                let commit = self.checkpoint.commits().get(last_committed)?;
+                self.watermark_ms = commit
+                    .as_ref()
                     .map_or(e.watermark_ms, |c| c.next_watermark_ms);
+                self.operator_watermarks_ms =
+                    commit.map(|c| c.operator_watermarks_ms).unwrap_or_default();
                 self.next_batch = last_committed + 1;
                 // the process may have died before the sources cleaned up after that commit
                 for (s, end) in self.sources.iter_mut().zip(&self.committed) {
@@ -334,9 +359,16 @@ impl Execution {
                 if batch > 0 {
                     let prev = self.checkpoint.offsets_of(batch - 1)?;
                     self.committed = self.offsets_of_entry(&prev)?;
+                    self.operator_watermarks_ms = self
+                        .checkpoint
+                        .commits()
+                        .get(batch - 1)?
+                        .map(|c| c.operator_watermarks_ms)
+                        .unwrap_or_default();
                 }
                 let entry = self.checkpoint.offsets_of(batch)?;
                 self.offsets_of_entry(&entry)?;
+                self.adopt_recorded_conf(&entry)?;
                 self.next_batch = batch;
                 tracing::info!(
                     batch,
@@ -346,6 +378,60 @@ impl Execution {
             }
         }
         Ok(())
+    }
+
+    /// Rebuilds the state of batches `from..=to` from their offsets entries: the same rows
+    /// through the plan, the state committed, nothing written to the sinks (they have these
+    /// batches already).
+    fn replay_state(&mut self, from: u64, to: u64) -> Result<()> {
+        for batch in from..=to {
+            self.shared.set_status(
+                &format!("Rebuilding the state: batch {batch} of {from}..={to}"),
+                true,
+                true,
+            );
+            let starts = match batch.checked_sub(1) {
+                None => vec![None; self.sources.len()],
+                Some(prev) => {
+                    let e = self.checkpoint.offsets_of(prev)?;
+                    self.offsets_of_entry(&e)?
+                }
+            };
+            let entry = self.checkpoint.offsets_of(batch)?;
+            self.offsets_of_entry(&entry)?;
+            self.clock.set(entry.batch_timestamp_ms);
+            let (inputs, _) = self.read_inputs(&starts, &entry)?;
+            let output =
+                self.plan
+                    .execute(&inputs, entry.late_watermark_ms, entry.watermark_ms, false)?;
+            if let Some(changes) = output.changes {
+                self.plan.commit_state(batch, changes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads each source's rows between `starts` and the ends in `entry` (retrying external
+    /// failures); returns them with the row count per source.
+    fn read_inputs(
+        &mut self,
+        starts: &[Option<Offset>],
+        entry: &OffsetsEntry,
+    ) -> Result<(Vec<Vec<RecordBatch>>, Vec<u64>)> {
+        let mut inputs: Vec<Vec<RecordBatch>> = Vec::with_capacity(self.sources.len());
+        let mut source_rows = Vec::with_capacity(self.sources.len());
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            let end = &entry.sources[i];
+            let start = starts.get(i).and_then(|s| s.as_ref());
+            let rows = if end.is_null() || Some(end) == start {
+                Vec::new()
+            } else {
+                retry_source(&self.shared, &self.retry, || s.get_batch(start, end))?
+            };
+            source_rows.push(rows.iter().map(|b| b.num_rows() as u64).sum::<u64>());
+            inputs.push(rows);
+        }
+        Ok((inputs, source_rows))
     }
 
     fn offsets_of_entry(&self, e: &OffsetsEntry) -> Result<Vec<Option<Offset>>> {
@@ -375,19 +461,8 @@ impl Execution {
         let batch = entry.batch_id;
         self.clock.set(entry.batch_timestamp_ms);
         let t = Instant::now();
-        let mut inputs: Vec<Vec<RecordBatch>> = Vec::with_capacity(self.sources.len());
-        let mut source_rows = Vec::with_capacity(self.sources.len());
-        for (i, s) in self.sources.iter_mut().enumerate() {
-            let end = &entry.sources[i];
-            let rows = if end.is_null() || Some(end) == self.committed[i].as_ref() {
-                Vec::new()
-            } else {
-                let start = self.committed[i].as_ref();
-                retry_source(&self.shared, &self.retry, || s.get_batch(start, end))?
-            };
-            source_rows.push(rows.iter().map(|b| b.num_rows() as u64).sum::<u64>());
-            inputs.push(rows);
-        }
+        let starts = self.committed.clone();
+        let (inputs, source_rows) = self.read_inputs(&starts, entry)?;
         let get_batch_ms = t.elapsed().as_millis() as u64;
 
         let t = Instant::now();
@@ -412,8 +487,14 @@ impl Execution {
         let mut state_progress = Vec::new();
         if let Some(changes) = output.changes {
             if let Some(stats) = self.plan.commit_state(batch, changes)? {
+                let operator_name = self
+                    .plan
+                    .state_operators()
+                    .first()
+                    .map_or("stateStoreSave", |(_, n)| n)
+                    .to_string();
                 state_progress.push(StateOperatorProgress {
-                    operator_name: "stateStoreSave".into(),
+                    operator_name,
                     num_rows_total: stats.rows_total,
                     num_rows_updated: stats.rows_updated,
                     num_rows_removed: stats.rows_removed,
@@ -425,10 +506,20 @@ impl Execution {
         }
         crash_point("after-state", batch);
         let add_batch_ms = t.elapsed().as_millis() as u64;
-        let next_watermark_ms = match (self.plan.watermark_delay_ms, output.max_event_time_ms) {
-            (Some(delay), Some(max)) => entry.watermark_ms.max(max - delay),
-            _ => entry.watermark_ms,
-        };
+        let delays: Vec<i64> = self.plan.watermarks.iter().map(|w| w.delay_ms).collect();
+        let batch_max: Vec<Option<i64>> = output
+            .event_stats
+            .iter()
+            .map(|s| s.map(|s| s.max.div_euclid(1000)))
+            .collect();
+        let mut operator_watermarks = self.operator_watermarks_ms.clone();
+        let next_watermark_ms = advance_watermark(
+            self.watermark_policy,
+            &delays,
+            &mut operator_watermarks,
+            &batch_max,
+            entry.watermark_ms,
+        );
 
         let t = Instant::now();
         self.checkpoint.commits().add(
@@ -436,10 +527,12 @@ impl Execution {
             &CommitEntry {
                 batch_id: batch,
                 next_watermark_ms,
+                operator_watermarks_ms: operator_watermarks.clone(),
             },
         )?;
         self.last_batch_watermark_ms = entry.watermark_ms;
         self.watermark_ms = next_watermark_ms;
+        self.operator_watermarks_ms = operator_watermarks;
         let commit_ms = t.elapsed().as_millis() as u64;
         crash_point("after-commit", batch);
         let starts = std::mem::replace(
@@ -458,6 +551,7 @@ impl Execution {
             }
         }
         self.next_batch = batch + 1;
+        self.purge_logs(batch)?;
 
         let total_ms = trigger_start.elapsed().as_millis() as u64;
         let input_rows: u64 = source_rows.iter().sum();
@@ -491,17 +585,11 @@ impl Execution {
                 commit_offsets: commit_ms,
                 trigger_execution: total_ms,
             },
-            event_time: match self.plan.watermark_delay_ms {
-                Some(_) => [(
-                    "watermark".to_string(),
-                    chrono::DateTime::from_timestamp_millis(entry.watermark_ms)
-                        .unwrap_or_default()
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                )]
-                .into_iter()
-                .collect(),
-                None => Default::default(),
-            },
+            event_time: event_time_progress(
+                !self.plan.watermarks.is_empty(),
+                entry.watermark_ms,
+                &output.event_stats,
+            ),
             state_operators: state_progress,
             sources: self
                 .sources
@@ -542,6 +630,47 @@ impl Execution {
             l.on_query_progress(&progress);
         }
         self.shared.push_progress(progress);
+        Ok(())
+    }
+
+    /// Deletes offsets and commit entries older than the retained batches (and than the snapshot
+    /// the oldest of them can be rebuilt from).
+    fn purge_logs(&self, batch: u64) -> Result<()> {
+        let snapshots = self.plan.state_snapshots()?;
+        let keep = first_log_entry_to_keep(batch, self.min_batches_to_retain, snapshots.as_deref());
+        if keep > 0 {
+            self.checkpoint.offsets().purge_before(keep)?;
+            self.checkpoint.commits().purge_before(keep)?;
+        }
+        Ok(())
+    }
+
+    /// Settings recorded in each offsets entry that must not change across restarts.
+    fn recorded_conf(&self) -> std::collections::BTreeMap<String, String> {
+        let mut conf = std::collections::BTreeMap::new();
+        if self.plan.watermarks.len() > 1 {
+            conf.insert(
+                POLICY_CONF.to_string(),
+                self.watermark_policy.name().to_string(),
+            );
+        }
+        conf
+    }
+
+    /// A restarted query keeps the settings its checkpoint was written with (as Spark does):
+    /// changing the watermark policy midway would change which rows are late.
+    fn adopt_recorded_conf(&mut self, e: &OffsetsEntry) -> Result<()> {
+        if let Some(p) = e.conf.get(POLICY_CONF) {
+            let recorded = WatermarkPolicy::parse(p)?;
+            if recorded != self.watermark_policy {
+                tracing::warn!(
+                    "the checkpoint was written with {POLICY_CONF}={}; keeping it (this query asked for {})",
+                    recorded.name(),
+                    self.watermark_policy.name()
+                );
+                self.watermark_policy = recorded;
+            }
+        }
         Ok(())
     }
 
@@ -600,4 +729,28 @@ impl Execution {
             }
         }
     }
+}
+
+/// Spark's `eventTime` progress map: `min`, `max`, `avg` of the event times the watermark
+/// operators saw in the batch (when it had rows) and the `watermark` it ran with, as ISO-8601.
+fn event_time_progress(
+    watermarked: bool,
+    watermark_ms: i64,
+    stats: &[Option<crate::plan::EventTimeStats>],
+) -> std::collections::BTreeMap<String, String> {
+    let iso = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(all) = stats.iter().flatten().copied().reduce(|a, b| a.merge(b)) {
+        out.insert("min".to_string(), iso(all.min.div_euclid(1000)));
+        out.insert("max".to_string(), iso(all.max.div_euclid(1000)));
+        out.insert("avg".to_string(), iso(all.avg().div_euclid(1000)));
+    }
+    if watermarked {
+        out.insert("watermark".to_string(), iso(watermark_ms));
+    }
+    out
 }

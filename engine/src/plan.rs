@@ -22,7 +22,7 @@ use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Expr, LogicalPlan, ReturnFieldArgs, ScalarUDF};
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::ExprSchemable;
@@ -94,6 +94,74 @@ pub fn is_streaming(plan: &LogicalPlan) -> bool {
     found
 }
 
+/// Event times seen by one watermark operator in one batch (µs since the epoch): Spark's
+/// `EventTimeStats`, behind the watermark and the progress report's `eventTime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimeStats {
+    /// Smallest event time.
+    pub min: i64,
+    /// Largest event time.
+    pub max: i64,
+    /// Sum of the event times (for the average).
+    pub sum: i128,
+    /// Rows with an event time.
+    pub count: u64,
+}
+
+impl EventTimeStats {
+    fn of(ts: &arrow::array::TimestampMicrosecondArray) -> Option<Self> {
+        let count = (ts.len() - ts.null_count()) as u64;
+        if count == 0 {
+            return None;
+        }
+        let mut s = Self {
+            min: i64::MAX,
+            max: i64::MIN,
+            sum: 0,
+            count,
+        };
+        for t in ts.iter().flatten() {
+            s.min = s.min.min(t);
+            s.max = s.max.max(t);
+            s.sum += i128::from(t);
+        }
+        Some(s)
+    }
+
+    /// Both sets of rows together.
+    pub fn merge(self, o: Self) -> Self {
+        Self {
+            min: self.min.min(o.min),
+            max: self.max.max(o.max),
+            sum: self.sum + o.sum,
+            count: self.count + o.count,
+        }
+    }
+
+    /// The average event time, µs.
+    pub fn avg(&self) -> i64 {
+        (self.sum / i128::from(self.count.max(1))) as i64
+    }
+}
+
+/// A `with_watermark` of the plan: its column and delay. A plan has one per watermarked input
+/// (e.g. both sides of a UNION of two streams).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkSpec {
+    /// The event-time column.
+    pub column: String,
+    /// The delay, ms.
+    pub delay_ms: i64,
+}
+
+/// What a stage of nodes reads: the sources' batches (the stateless stage) or the rows the
+/// stateful operator emitted (the stage above it).
+#[derive(Clone, Copy)]
+enum StageInput<'a> {
+    Sources(&'a [Vec<RecordBatch>]),
+    Rows(&'a [RecordBatch]),
+}
+
 /// One operator of the streaming plan.
 #[derive(Debug)]
 enum Node {
@@ -102,9 +170,12 @@ enum Node {
     Watermark {
         input: Box<Node>,
         column: usize,
-        max: Arc<AtomicI64>,
+        /// Index of this watermark in [`StreamPlan::watermarks`].
+        index: usize,
     },
     Scan {
+        /// Index of the source in [`StreamPlan::sources`].
+        source: usize,
         projection: Option<Vec<usize>>,
         schema: SchemaRef,
     },
@@ -117,55 +188,120 @@ enum Node {
         exprs: Vec<Arc<dyn PhysicalExpr>>,
         schema: SchemaRef,
     },
+    /// `UNION ALL` of streams (each branch already cast to the union's types).
+    Union {
+        inputs: Vec<Node>,
+        schema: SchemaRef,
+    },
 }
 
 impl Node {
-    fn execute(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+    /// Runs the node over the stage's input; `stats[i]` collects the event times seen by
+    /// watermark `i`.
+    fn run(
+        &self,
+        input: StageInput<'_>,
+        stats: &mut [Option<EventTimeStats>],
+    ) -> Result<Vec<RecordBatch>> {
         match self {
-            Node::Input => Ok(batch.clone()),
-            Node::Watermark { input, column, max } => {
-                let b = input.execute(batch)?;
-                let ts = event_micros(b.column(*column))?;
-                if let Some(m) = arrow::compute::max(&ts) {
-                    max.fetch_max(m, Ordering::SeqCst);
+            Node::Input => match input {
+                StageInput::Rows(rows) => Ok(rows.to_vec()),
+                StageInput::Sources(_) => Err(EngineError::bug("stage input node over sources")),
+            },
+            Node::Watermark {
+                input: child,
+                column,
+                index,
+            } => {
+                let out = child.run(input, stats)?;
+                for b in &out {
+                    let ts = event_micros(b.column(*column))?;
+                    if let Some(s) = EventTimeStats::of(&ts) {
+                        let slot = stats
+                            .get_mut(*index)
+                            .ok_or_else(|| EngineError::bug("watermark index"))?;
+                        *slot = Some(slot.map_or(s, |o| o.merge(s)));
+                    }
                 }
-                Ok(b)
+                Ok(out)
             }
-            Node::Scan { projection, schema } => {
-                let b = match projection {
-                    Some(p) => batch.project(p)?,
-                    None => batch.clone(),
-                };
-                // the source's schema may differ in metadata/nullability only
-                Ok(RecordBatch::try_new(
-                    Arc::clone(schema),
-                    b.columns().to_vec(),
-                )?)
-            }
-            Node::Filter { input, predicate } => {
-                let b = input.execute(batch)?;
-                let mask = predicate.evaluate(&b)?.into_array(b.num_rows())?;
-                let mask = mask.as_boolean_opt().ok_or_else(|| {
-                    EngineError::bug(format!("filter predicate returned {}", mask.data_type()))
-                })?;
-                Ok(filter_record_batch(&b, mask)?)
-            }
-            Node::Project {
-                input,
-                exprs,
+            Node::Scan {
+                source,
+                projection,
                 schema,
             } => {
-                let b = input.execute(batch)?;
-                let n = b.num_rows();
-                let cols = exprs
+                let StageInput::Sources(sources) = input else {
+                    return Err(EngineError::bug("scan above the stateful operator"));
+                };
+                let batches = sources
+                    .get(*source)
+                    .ok_or_else(|| EngineError::bug("scan of a missing source"))?;
+                batches
                     .iter()
-                    .map(|e| Ok(e.evaluate(&b)?.into_array(n)?))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(RecordBatch::try_new_with_options(
-                    Arc::clone(schema),
-                    cols,
-                    &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
-                )?)
+                    .filter(|b| b.num_rows() > 0)
+                    .map(|batch| {
+                        let b = match projection {
+                            Some(p) => batch.project(p)?,
+                            None => batch.clone(),
+                        };
+                        // the source's schema may differ in metadata/nullability only
+                        Ok(RecordBatch::try_new(
+                            Arc::clone(schema),
+                            b.columns().to_vec(),
+                        )?)
+                    })
+                    .collect()
+            }
+            Node::Filter {
+                input: child,
+                predicate,
+            } => {
+                let mut out = Vec::new();
+                for b in child.run(input, stats)? {
+                    let mask = predicate.evaluate(&b)?.into_array(b.num_rows())?;
+                    let mask = mask.as_boolean_opt().ok_or_else(|| {
+                        EngineError::bug(format!("filter predicate returned {}", mask.data_type()))
+                    })?;
+                    let f = filter_record_batch(&b, mask)?;
+                    if f.num_rows() > 0 {
+                        out.push(f);
+                    }
+                }
+                Ok(out)
+            }
+            Node::Project {
+                input: child,
+                exprs,
+                schema,
+            } => child
+                .run(input, stats)?
+                .into_iter()
+                .map(|b| {
+                    let n = b.num_rows();
+                    let cols = exprs
+                        .iter()
+                        .map(|e| Ok(e.evaluate(&b)?.into_array(n)?))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(RecordBatch::try_new_with_options(
+                        Arc::clone(schema),
+                        cols,
+                        &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+                    )?)
+                })
+                .collect(),
+            Node::Union { inputs, schema } => {
+                let mut out = Vec::new();
+                for child in inputs {
+                    for b in child.run(input, stats)? {
+                        out.push(RecordBatch::try_new_with_options(
+                            Arc::clone(schema),
+                            b.columns().to_vec(),
+                            &arrow::array::RecordBatchOptions::new()
+                                .with_row_count(Some(b.num_rows())),
+                        )?);
+                    }
+                }
+                Ok(out)
             }
         }
     }
@@ -180,8 +316,8 @@ pub struct StreamPlan {
     pub output_schema: SchemaRef,
     /// Whether the plan keeps state across batches.
     pub stateful: bool,
-    /// The watermark delay, ms, if the plan has `with_watermark`.
-    pub watermark_delay_ms: Option<i64>,
+    /// The plan's `with_watermark`s, in plan order (one per watermarked input).
+    pub watermarks: Vec<WatermarkSpec>,
     /// Output columns that are functions of the grouping keys only (an aggregation's keys, the
     /// window among them): the default upsert keys of update-mode sinks. `None` without one.
     pub key_columns: Option<Vec<String>>,
@@ -189,8 +325,6 @@ pub struct StreamPlan {
     pre: Node,
     /// The aggregation and the stateless operators above it.
     agg: Option<AggStage>,
-    /// Largest event time (µs) seen by the watermark node in the current batch.
-    max_event_time: Arc<AtomicI64>,
 }
 
 /// `SELECT DISTINCT` over a stream is Spark's `dropDuplicates()` on every column (state evicted
@@ -267,10 +401,29 @@ impl StatefulOp {
             StatefulOp::Dedup(d) => d.uses_watermark(),
         }
     }
+    /// Whether the watermark closes windows / drops late rows (not in complete mode).
+    fn drops_late(&self) -> bool {
+        match self {
+            StatefulOp::Aggregate(a) => a.drops_late(),
+            StatefulOp::Dedup(d) => d.uses_watermark(),
+        }
+    }
     fn set_store(&mut self, store: Box<dyn StateStore>) {
         match self {
             StatefulOp::Aggregate(a) => a.set_store(store),
             StatefulOp::Dedup(d) => d.set_store(store),
+        }
+    }
+    fn store_ref(&self) -> Option<&dyn StateStore> {
+        match self {
+            StatefulOp::Aggregate(a) => a.store_ref(),
+            StatefulOp::Dedup(d) => d.store(),
+        }
+    }
+    fn store_mut(&mut self) -> Result<&mut Box<dyn StateStore>> {
+        match self {
+            StatefulOp::Aggregate(a) => a.store_mut(),
+            StatefulOp::Dedup(d) => d.store_mut(),
         }
     }
     fn fingerprint(&self) -> Result<String> {
@@ -306,6 +459,7 @@ impl StatefulOp {
     fn name(&self) -> &'static str {
         match self {
             StatefulOp::Aggregate(_) => "stateStoreSave",
+            StatefulOp::Dedup(d) if d.within_watermark() => "dedupeWithinWatermark",
             StatefulOp::Dedup(_) => "dedupe",
         }
     }
@@ -329,17 +483,34 @@ pub struct BatchOutput {
     pub dropped_by_watermark: u64,
     /// State changes to commit after the sink has the batch.
     pub changes: Option<StateChanges>,
-    /// Largest event time in the batch, ms.
-    pub max_event_time_ms: Option<i64>,
+    /// Event times each watermark (index as in [`StreamPlan::watermarks`]) saw in the batch.
+    pub event_stats: Vec<Option<EventTimeStats>>,
 }
 
 struct Ctx<'a> {
     state: &'a SessionState,
     sources: Vec<Arc<StreamTable>>,
     agg: Option<(StatefulOp, SchemaRef, Node)>,
-    watermark: Option<(String, i64)>,
-    max_event_time: Arc<AtomicI64>,
+    watermarks: Vec<WatermarkSpec>,
+    /// Names under which a watermarked column is known (its own, its aliases, the UNION's
+    /// output name for it), with the watermark's delay: Spark's watermark column metadata.
+    watermarked: Vec<(String, i64)>,
     mode: OutputMode,
+}
+
+impl Ctx<'_> {
+    fn watermark_of(&self, name: &str) -> Option<i64> {
+        self.watermarked
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| *d)
+    }
+
+    fn mark_watermarked(&mut self, name: &str, delay: i64) {
+        if self.watermark_of(name).is_none() {
+            self.watermarked.push((name.to_string(), delay));
+        }
+    }
 }
 
 impl StreamPlan {
@@ -358,14 +529,14 @@ impl StreamPlan {
         let analyzed = distinct_to_dedup(analyzed)?;
         check_supported(&analyzed)?;
         let bound = bind_clock(analyzed, clock)?;
-        let optimized = state.optimize(&bound)?;
+        let optimized = streaming_optimizer().optimize(bound, state, |_, _| {})?;
         check_supported(&optimized)?;
         let mut ctx = Ctx {
             state,
             sources: Vec::new(),
             agg: None,
-            watermark: None,
-            max_event_time: Arc::new(AtomicI64::new(i64::MIN)),
+            watermarks: Vec::new(),
+            watermarked: Vec::new(),
             mode,
         };
         let root = translate(&optimized, &mut ctx)?;
@@ -411,11 +582,10 @@ impl StreamPlan {
             sources: ctx.sources,
             output_schema,
             stateful: agg.is_some(),
-            watermark_delay_ms: ctx.watermark.map(|(_, d)| d),
+            watermarks: ctx.watermarks,
             key_columns,
             pre,
             agg,
-            max_event_time: ctx.max_event_time,
         })
     }
 
@@ -451,11 +621,25 @@ impl StreamPlan {
         self.agg.as_ref().and_then(|a| a.op.committed_batch())
     }
 
+    /// The batches of the state's snapshots (`None` for a stateless plan).
+    pub fn state_snapshots(&self) -> Result<Option<Vec<u64>>> {
+        match self.agg.as_ref().and_then(|a| a.op.store_ref()) {
+            Some(store) => Ok(Some(store.snapshots()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the state by the snapshot of batch `snapshot` (`None`: empty).
+    pub fn restore_state(&mut self, snapshot: Option<u64>) -> Result<()> {
+        match &mut self.agg {
+            Some(a) => Ok(a.op.store_mut()?.restore(snapshot)?),
+            None => Err(EngineError::bug("restoring the state of a stateless plan")),
+        }
+    }
+
     /// Whether the aggregation evicts by watermark (a no-data batch can emit rows).
     pub fn evicts_by_watermark(&self) -> bool {
-        self.agg
-            .as_ref()
-            .is_some_and(|a| matches!(a.op, StatefulOp::Aggregate(_)) && a.op.uses_watermark())
+        self.agg.as_ref().is_some_and(|a| a.op.drops_late())
     }
 
     /// Runs one micro-batch's input (the batches of the single source) through the plan.
@@ -468,19 +652,9 @@ impl StreamPlan {
         evict_wm_ms: i64,
         skip_state: bool,
     ) -> Result<BatchOutput> {
-        self.max_event_time.store(i64::MIN, Ordering::SeqCst);
-        let mut pre_out = Vec::new();
-        for batch in inputs.iter().flatten() {
-            let b = self.pre.execute(batch)?;
-            if b.num_rows() > 0 {
-                pre_out.push(b);
-            }
-        }
-        let max = self.max_event_time.load(Ordering::SeqCst);
-        let mut out = BatchOutput {
-            max_event_time_ms: (max != i64::MIN).then(|| max.div_euclid(1000)),
-            ..Default::default()
-        };
+        let mut stats = vec![None; self.watermarks.len()];
+        let pre_out = self.pre.run(StageInput::Sources(inputs), &mut stats)?;
+        let mut out = BatchOutput::default();
         match &mut self.agg {
             None => out.rows = pre_out,
             Some(_) if skip_state => {}
@@ -491,17 +665,13 @@ impl StreamPlan {
                     late_wm_ms * 1000,
                     evict_wm_ms * 1000,
                 )?;
-                for b in &r.rows {
-                    let b = a.post.execute(b)?;
-                    if b.num_rows() > 0 {
-                        out.rows.push(b);
-                    }
-                }
+                out.rows = a.post.run(StageInput::Rows(&r.rows), &mut stats)?;
                 out.late_rows = r.late_rows;
                 out.dropped_by_watermark = r.dropped_by_watermark;
                 out.changes = Some(r.changes);
             }
         }
+        out.event_stats = stats;
         Ok(out)
     }
 
@@ -521,7 +691,7 @@ impl StreamPlan {
     pub fn late_rows_schema(&self) -> Option<SchemaRef> {
         self.agg
             .as_ref()
-            .filter(|a| a.op.uses_watermark())
+            .filter(|a| a.op.drops_late())
             .map(|a| Arc::clone(&a.input_schema))
     }
 
@@ -538,6 +708,18 @@ fn nullable_schema(s: &Schema) -> SchemaRef {
             .map(|f| Field::new(f.name(), f.data_type().clone(), true))
             .collect::<Vec<_>>(),
     ))
+}
+
+/// DataFusion's optimiser without the rules that split one aggregation into two
+/// (`count(DISTINCT x)` → GROUP BY x then count): a stream runs one stateful aggregation, whose
+/// accumulators handle DISTINCT themselves.
+fn streaming_optimizer() -> datafusion::optimizer::Optimizer {
+    let rules = datafusion::optimizer::Optimizer::new()
+        .rules
+        .into_iter()
+        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .collect();
+    datafusion::optimizer::Optimizer::with_rules(rules)
 }
 
 /// Refuses constructs a stateless streaming query cannot run, naming them.
@@ -564,7 +746,7 @@ fn check_supported(plan: &LogicalPlan) -> Result<()> {
             LogicalPlan::Window(_) => {
                 Some("window functions (OVER ...) are not supported on a stream")
             }
-            LogicalPlan::Union(_) => Some("UNION is not supported on a stream yet"),
+            LogicalPlan::Union(_) => None,
             LogicalPlan::Unnest(_) => Some("UNNEST is not supported on a stream yet"),
             LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => None,
             LogicalPlan::RecursiveQuery(_) => Some("recursive queries are not supported"),
@@ -646,15 +828,15 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                     "filters or limit pushed into a stream scan",
                 ));
             }
-            if !ctx.sources.iter().any(|s| Arc::ptr_eq(s, &stream)) {
-                if !ctx.sources.is_empty() {
-                    return Err(EngineError::user(
-                        "unsupported construct in streaming query: reading two streams in one query (join/union) is not supported yet",
-                    ));
+            let source = match ctx.sources.iter().position(|s| Arc::ptr_eq(s, &stream)) {
+                Some(i) => i,
+                None => {
+                    ctx.sources.push(stream);
+                    ctx.sources.len() - 1
                 }
-                ctx.sources.push(stream);
-            }
+            };
             Ok(Node::Scan {
+                source,
                 projection: scan.projection.clone(),
                 schema: Arc::new(scan.projected_schema.as_arrow().clone()),
             })
@@ -669,6 +851,19 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
         }
         LogicalPlan::Projection(p) => {
             let input = translate(&p.input, ctx)?;
+            // an alias of a watermarked column is watermarked too (Spark keeps the column's
+            // watermark metadata through projections)
+            for (e, f) in p.expr.iter().zip(p.schema.fields()) {
+                let inner = match e {
+                    Expr::Alias(a) => a.expr.as_ref(),
+                    other => other,
+                };
+                if let Expr::Column(c) = inner {
+                    if let Some(d) = ctx.watermark_of(&c.name) {
+                        ctx.mark_watermarked(f.name(), d);
+                    }
+                }
+            }
             let exprs = p
                 .expr
                 .iter()
@@ -681,6 +876,20 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
             })
         }
         LogicalPlan::SubqueryAlias(a) => translate(&a.input, ctx),
+        LogicalPlan::Union(u) => {
+            let schema = nullable_schema(u.schema.as_arrow());
+            let mut inputs = Vec::with_capacity(u.inputs.len());
+            for child in &u.inputs {
+                inputs.push(translate(child, ctx)?);
+                // the union's column is watermarked where a branch's column is
+                for (cf, uf) in child.schema().fields().iter().zip(schema.fields()) {
+                    if let Some(d) = ctx.watermark_of(cf.name()) {
+                        ctx.mark_watermarked(uf.name(), d);
+                    }
+                }
+            }
+            Ok(Node::Union { inputs, schema })
+        }
         LogicalPlan::Extension(e) if e.node.as_any().is::<DedupNode>() => {
             let d = e
                 .node
@@ -702,19 +911,29 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                 key_types.push(e.get_type(in_df.as_ref())?);
                 keys.push(state.create_physical_expr(e, in_df)?);
             }
-            let time = match &ctx.watermark {
+            // the watermarked column of the input (preferring one among the keys): late rows
+            // are judged on it; keys are forgotten by it when it is a key or within watermark
+            let present: Vec<&(String, i64)> = ctx
+                .watermarked
+                .iter()
+                .filter(|(col, _)| in_df.index_of_column_by_name(None, col).is_some())
+                .collect();
+            let in_keys = |col: &str| d.columns.iter().any(|c| c.name == col);
+            let watermarked = present
+                .iter()
+                .find(|(col, _)| in_keys(col))
+                .or_else(|| present.first());
+            let (time, time_in_keys) = match watermarked {
                 Some((col, delay)) => {
-                    let in_keys = d.columns.iter().any(|c| &c.name == col);
-                    if d.within_watermark || in_keys {
-                        let e = Expr::Column(datafusion::common::Column::from_name(col.clone()));
-                        Some((state.create_physical_expr(e, in_df)?, *delay))
-                    } else {
-                        None
-                    }
+                    let e = Expr::Column(datafusion::common::Column::from_name(col.clone()));
+                    (
+                        Some((state.create_physical_expr(e, in_df)?, *delay)),
+                        in_keys(col),
+                    )
                 }
-                None => None,
+                None => (None, false),
             };
-            let op = DedupOp::new(keys, key_types, time, d.within_watermark)?;
+            let op = DedupOp::new(keys, key_types, time, time_in_keys, d.within_watermark)?;
             ctx.agg = Some((StatefulOp::Dedup(op), in_schema, pre));
             Ok(Node::Input)
         }
@@ -729,18 +948,17 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                         e.node.name()
                     ))
                 })?;
-            if ctx.watermark.is_some() {
-                return Err(EngineError::user(
-                    "more than one watermark in a query is not supported yet",
-                ));
-            }
             let input = translate(&w.input, ctx)?;
             let column = w.input.schema().index_of_column(&w.column)?;
-            ctx.watermark = Some((w.column.name.clone(), w.delay_ms));
+            ctx.watermarks.push(WatermarkSpec {
+                column: w.column.name.clone(),
+                delay_ms: w.delay_ms,
+            });
+            ctx.mark_watermarked(&w.column.name, w.delay_ms);
             Ok(Node::Watermark {
                 input: Box::new(input),
                 column,
-                max: Arc::clone(&ctx.max_event_time),
+                index: ctx.watermarks.len() - 1,
             })
         }
         LogicalPlan::Aggregate(a) => {
@@ -768,8 +986,8 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                         }
                         let spec = spec_of_args(kind, args)?;
                         let time = state.create_physical_expr(args[0].clone(), in_df)?;
-                        if let (Expr::Column(c), Some((wm_col, _))) = (&args[0], &ctx.watermark) {
-                            watermarked = &c.name == wm_col;
+                        if let Expr::Column(c) = &args[0] {
+                            watermarked = ctx.watermark_of(&c.name).is_some();
                         }
                         window = Some(WindowGroup {
                             position: pos,

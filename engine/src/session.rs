@@ -52,20 +52,48 @@ impl SessionBuilder {
         let mut config = SessionConfig::new()
             .with_information_schema(false)
             .set_str("datafusion.execution.time_zone", "UTC");
+        let mut spark_conf = std::collections::BTreeMap::new();
         for (k, v) in &self.config {
-            config = config.set_str(k, v);
+            if k.starts_with("spark.") {
+                if !SPARK_CONF_KEYS.contains(&k.as_str()) {
+                    return Err(EngineError::user(format!(
+                        "unknown setting '{k}': Sluice honours {}",
+                        SPARK_CONF_KEYS.join(", ")
+                    )));
+                }
+                spark_conf.insert(k.clone(), v.clone());
+            } else {
+                config = config.set_str(k, v);
+            }
         }
         let ctx = SessionContext::new_with_config(config);
         ctx.register_udf(ScalarUDF::new_from_impl(WindowUdf::new(WindowKind::Time)));
         ctx.register_udf(ScalarUDF::new_from_impl(WindowUdf::new(
             WindowKind::Session,
         )));
+        // Spark's names for DataFusion's aggregates
+        {
+            use datafusion::functions_aggregate::{
+                approx_distinct::approx_distinct_udaf,
+                approx_percentile_cont::approx_percentile_cont_udaf,
+                first_last::{first_value_udaf, last_value_udaf},
+            };
+            for (udaf, alias) in [
+                (first_value_udaf(), "first"),
+                (last_value_udaf(), "last"),
+                (approx_distinct_udaf(), "approx_count_distinct"),
+                (approx_percentile_cont_udaf(), "approx_percentile"),
+            ] {
+                ctx.register_udaf(Arc::unwrap_or_clone(udaf).with_aliases([alias]));
+            }
+        }
         ctx.register_udf(ScalarUDF::new_from_impl(crate::json_fn::FromJson::new()));
         ctx.register_udf(ScalarUDF::new_from_impl(crate::json_fn::ToJson::new()));
         Ok(Session {
             inner: Arc::new(SessionInner {
                 app_name: self.app_name.unwrap_or_else(|| "sluice".into()),
                 ctx,
+                spark_conf,
                 registry: self.registry,
                 queries: Mutex::new(Vec::new()),
                 listeners: Mutex::new(Vec::new()),
@@ -75,9 +103,24 @@ impl SessionBuilder {
     }
 }
 
+/// Batches whose state and log entries are kept recoverable (default 100).
+pub const MIN_BATCHES_TO_RETAIN_CONF: &str = "spark.sql.streaming.minBatchesToRetain";
+/// A state snapshot every this many batches (default 10; 0 never).
+pub const MIN_DELTAS_FOR_SNAPSHOT_CONF: &str =
+    "spark.sql.streaming.stateStore.minDeltasForSnapshot";
+
+/// The Spark settings a session takes through [`SessionBuilder::config`] (a writer option
+/// without the `spark.sql.streaming.` prefix overrides them per query).
+pub const SPARK_CONF_KEYS: &[&str] = &[
+    crate::watermark::POLICY_CONF,
+    MIN_BATCHES_TO_RETAIN_CONF,
+    MIN_DELTAS_FOR_SNAPSHOT_CONF,
+];
+
 struct SessionInner {
     app_name: String,
     ctx: SessionContext,
+    spark_conf: std::collections::BTreeMap<String, String>,
     registry: ConnectorRegistry,
     queries: Mutex<Vec<StreamingQuery>>,
     listeners: Mutex<Vec<Arc<dyn StreamingQueryListener>>>,
@@ -109,6 +152,11 @@ impl Session {
     /// batch.
     pub fn plans_built() -> u64 {
         crate::plan::PLANS_BUILT.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A Spark setting given to the builder (see [`SPARK_CONF_KEYS`]).
+    pub fn conf(&self, key: &str) -> Option<String> {
+        self.inner.spark_conf.get(key).cloned()
     }
 
     /// The application name.

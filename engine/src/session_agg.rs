@@ -55,7 +55,7 @@ impl AggregateOp {
         let ts = event_micros(&w.time.evaluate(&batch)?.into_array(n)?)?;
 
         // late rows: their own session [ts, ts + gap) ended at or before the previous watermark
-        let watermarked = self.uses_watermark();
+        let watermarked = self.drops_late();
         let keep: Vec<bool> = (0..n)
             .map(|i| ts.is_valid(i) && !(watermarked && ts.value(i) + gap <= late_wm))
             .collect();

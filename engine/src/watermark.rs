@@ -80,3 +80,186 @@ impl UserDefinedLogicalNodeCore for WatermarkNode {
         })
     }
 }
+
+/// How the query's watermark is chosen when several inputs have one (Spark's
+/// `spark.sql.streaming.multipleWatermarkPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatermarkPolicy {
+    /// The slowest input holds the watermark back (Spark's default): no input's rows are
+    /// dropped as late because another input ran ahead.
+    #[default]
+    Min,
+    /// The fastest input moves the watermark: lower latency, the slower inputs' rows may be late.
+    Max,
+}
+
+/// The conf key (Spark's) under which the policy is recorded in the offsets log.
+pub const POLICY_CONF: &str = "spark.sql.streaming.multipleWatermarkPolicy";
+
+impl WatermarkPolicy {
+    /// `min` or `max` (any case).
+    pub fn parse(s: &str) -> crate::Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "min" => Ok(Self::Min),
+            "max" => Ok(Self::Max),
+            other => Err(crate::EngineError::user(format!(
+                "multipleWatermarkPolicy must be 'min' or 'max', got '{other}'"
+            ))),
+        }
+    }
+
+    /// The name recorded in the offsets log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Min => "min",
+            Self::Max => "max",
+        }
+    }
+}
+
+/// Advances the watermarks after a batch, as Spark's `WatermarkTracker.updateWatermark`.
+///
+/// `operators[i]` is watermark operator i's own watermark (ms), empty before the first batch;
+/// `delays[i]` its delay; `batch_max[i]` the largest event time (ms) it saw in this batch, if
+/// any. An operator's watermark moves to `max − delay` when that is larger; one that has never
+/// seen a row counts as 0 (so under `min` it holds the query's watermark at 0 until it sees
+/// data). Returns the query's watermark for the next batch: the policy's choice over the
+/// operators, never below `current`.
+pub fn advance_watermark(
+    policy: WatermarkPolicy,
+    delays: &[i64],
+    operators: &mut Vec<i64>,
+    batch_max: &[Option<i64>],
+    current: i64,
+) -> i64 {
+    if delays.is_empty() {
+        return current;
+    }
+    if operators.len() != delays.len() {
+        // first batch (or a checkpoint written before per-operator watermarks were kept)
+        *operators = vec![i64::MIN; delays.len()];
+    }
+    for (i, delay) in delays.iter().enumerate() {
+        match batch_max.get(i).copied().flatten() {
+            Some(max) => {
+                let new = max.saturating_sub(*delay);
+                if operators[i] == i64::MIN || new > operators[i] {
+                    operators[i] = new;
+                }
+            }
+            None => {
+                if operators[i] == i64::MIN {
+                    operators[i] = 0;
+                }
+            }
+        }
+    }
+    let chosen = match policy {
+        WatermarkPolicy::Min => operators.iter().copied().min(),
+        WatermarkPolicy::Max => operators.iter().copied().max(),
+    }
+    .unwrap_or(current);
+    chosen.max(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (policy, delays, operator watermarks before, batch maxima, current) → (next, after)
+    type Case = (
+        WatermarkPolicy,
+        &'static [i64],
+        Vec<i64>,
+        &'static [Option<i64>],
+        i64,
+        i64,
+        Vec<i64>,
+    );
+
+    #[test]
+    fn table() {
+        use WatermarkPolicy::*;
+        let cases: Vec<Case> = vec![
+            // one input: max − delay, never backwards
+            (Min, &[10], vec![], &[Some(100)], 0, 90, vec![90]),
+            (Min, &[10], vec![90], &[Some(50)], 90, 90, vec![90]),
+            (Min, &[10], vec![90], &[None], 90, 90, vec![90]),
+            // before any data: the watermark stays where it is
+            (Min, &[10], vec![], &[None], 0, 0, vec![0]),
+            (Min, &[10], vec![], &[Some(5)], 0, 0, vec![-5]),
+            // two inputs, one silent: min holds at 0, max follows the active one
+            (
+                Min,
+                &[10, 20],
+                vec![],
+                &[Some(100), None],
+                0,
+                0,
+                vec![90, 0],
+            ),
+            (
+                Max,
+                &[10, 20],
+                vec![],
+                &[Some(100), None],
+                0,
+                90,
+                vec![90, 0],
+            ),
+            // both seen: min is the slower one, max the faster one
+            (
+                Min,
+                &[10, 20],
+                vec![90, 0],
+                &[None, Some(70)],
+                0,
+                50,
+                vec![90, 50],
+            ),
+            (
+                Max,
+                &[10, 20],
+                vec![90, 0],
+                &[None, Some(70)],
+                90,
+                90,
+                vec![90, 50],
+            ),
+            (
+                Max,
+                &[10, 20],
+                vec![90, 50],
+                &[None, Some(150)],
+                90,
+                130,
+                vec![90, 130],
+            ),
+            // the query's watermark never decreases, even if the policy's choice does
+            (
+                Min,
+                &[10, 20],
+                vec![90, 50],
+                &[None, None],
+                80,
+                80,
+                vec![90, 50],
+            ),
+        ];
+        for (policy, delays, mut ops, maxes, current, next, after) in cases {
+            let got = advance_watermark(policy, delays, &mut ops, maxes, current);
+            assert_eq!(got, next, "{policy:?} {delays:?} {maxes:?} {current}");
+            assert_eq!(ops, after, "{policy:?} {delays:?} {maxes:?} {current}");
+        }
+    }
+
+    #[test]
+    fn policy_names() {
+        assert_eq!(
+            WatermarkPolicy::parse(" MAX ").expect("max"),
+            WatermarkPolicy::Max
+        );
+        assert_eq!(WatermarkPolicy::parse("min").expect("min").name(), "min");
+        assert!(WatermarkPolicy::parse("avg").is_err());
+    }
+}

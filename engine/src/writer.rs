@@ -13,8 +13,10 @@ use crate::execution::{Execution, RetryPolicy};
 use crate::options::{parse_duration, Options};
 use crate::plan::StreamPlan;
 use crate::query::{QueryShared, StreamingQuery};
+use crate::session::{MIN_BATCHES_TO_RETAIN_CONF, MIN_DELTAS_FOR_SNAPSHOT_CONF};
+use crate::watermark::{WatermarkPolicy, POLICY_CONF};
 use crate::DataFrame;
-use sluice_state::{CheckpointDir, RocksStateStoreProvider, StateStoreProvider};
+use sluice_state::{CheckpointDir, RocksStateStoreProvider, StateStoreProvider, StoreOptions};
 
 /// When batches run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,9 @@ const ENGINE_OPTIONS: &[&str] = &[
     "queryName",
     "sinkMaxRetries",
     "sinkRetryBackoff",
+    "multipleWatermarkPolicy",
+    "minBatchesToRetain",
+    "minDeltasForSnapshot",
 ];
 
 /// Describes where and how a stream is written; `start()` runs it.
@@ -210,6 +215,39 @@ impl DataStreamWriter {
         if let Some(d) = self.options.get_duration("sinkRetryBackoff")? {
             retry.initial_backoff = d;
         }
+        // Spark's retention settings: writer option, else the session's spark.sql.streaming.*
+        let setting = |opt: &str, conf: &str| -> Result<Option<u64>> {
+            match self.options.get_u64(opt)? {
+                Some(v) => Ok(Some(v)),
+                None => session
+                    .conf(conf)
+                    .map(|v| {
+                        v.trim().parse::<u64>().map_err(|_| {
+                            EngineError::user(format!("{conf} must be a number, got '{v}'"))
+                        })
+                    })
+                    .transpose(),
+            }
+        };
+        let mut store_options = StoreOptions::default();
+        if let Some(n) = setting("minBatchesToRetain", MIN_BATCHES_TO_RETAIN_CONF)? {
+            if n == 0 {
+                return Err(EngineError::user("minBatchesToRetain must be at least 1"));
+            }
+            store_options.min_batches_to_retain = n;
+        }
+        if let Some(n) = setting("minDeltasForSnapshot", MIN_DELTAS_FOR_SNAPSHOT_CONF)? {
+            store_options.snapshot_interval = n;
+        }
+        let watermark_policy = match self
+            .options
+            .get("multipleWatermarkPolicy")
+            .map(str::to_string)
+            .or_else(|| session.conf(POLICY_CONF))
+        {
+            Some(p) => WatermarkPolicy::parse(&p)?,
+            None => WatermarkPolicy::default(),
+        };
         for k in ENGINE_OPTIONS {
             self.options.remove(k);
         }
@@ -262,10 +300,13 @@ impl DataStreamWriter {
             }
         };
         let checkpoint = CheckpointDir::open(&checkpoint_dir)?;
+        let provider = RocksStateStoreProvider {
+            options: store_options,
+        };
         for (i, _name) in plan.state_operators() {
             let dir = checkpoint.root().join("state").join(i.to_string());
             check_state_fingerprint(&checkpoint, i, &plan.state_fingerprint(i)?)?;
-            plan.set_state_store(i, RocksStateStoreProvider.open(&dir)?)?;
+            plan.set_state_store(i, provider.open(&dir)?)?;
         }
         let late_sink = match self.late_data.take() {
             None => None,
@@ -348,6 +389,8 @@ impl DataStreamWriter {
             progress_log,
             retry,
             late_sink,
+            watermark_policy,
+            store_options.min_batches_to_retain,
         );
         Ok(PreparedQuery {
             exec,

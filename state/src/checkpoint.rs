@@ -55,6 +55,10 @@ pub struct CommitEntry {
     pub batch_id: u64,
     /// Watermark for the next batch, ms since the epoch.
     pub next_watermark_ms: i64,
+    /// Each watermark operator's own watermark after this batch, ms (queries with several
+    /// watermarked inputs choose among them by policy); empty before the first batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operator_watermarks_ms: Vec<i64>,
 }
 
 /// An opened checkpoint directory.
@@ -211,6 +215,7 @@ mod tests {
                 &CommitEntry {
                     batch_id: 0,
                     next_watermark_ms: 0,
+                    operator_watermarks_ms: vec![],
                 },
             )
             .expect("add");

@@ -25,8 +25,10 @@ pub mod store;
 pub use checkpoint::{CheckpointDir, CommitEntry, OffsetsEntry, QueryMetadata};
 pub use error::{ErrorKind, StateError};
 pub use log::VersionedLog;
-pub use recovery::{resolve_start, StartDecision};
-pub use rocks::{RocksStateStore, RocksStateStoreProvider};
+pub use recovery::{
+    first_log_entry_to_keep, plan_state_recovery, resolve_start, StartDecision, StateRecovery,
+};
+pub use rocks::{RocksStateStore, RocksStateStoreProvider, StoreOptions};
 pub use store::{CommitStats, StateChanges, StateStore, StateStoreProvider};
 
 /// Result type of this crate.

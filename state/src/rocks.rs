@@ -1,7 +1,14 @@
 //! The RocksDB state store: one DB per operator; each batch's changes and its batch id in one
-//! synced `WriteBatch` (no memtable flush per batch: the WAL makes it durable).
+//! synced `WriteBatch` (no memtable flush per batch: the WAL makes it durable, as the changelog
+//! of Spark's changelog checkpointing). Every `snapshot_interval` batches a snapshot (a RocksDB
+//! checkpoint: hard links to the immutable SST files plus the flushed memtable) is taken into
+//! `<dir>.snapshots/<batch>/` on a background thread, while the next batch is read and
+//! aggregated; snapshots older than `min_batches_to_retain` batches are deleted (the newest of
+//! them kept, so every retained batch can be rebuilt from a snapshot and the offsets log).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -14,22 +21,48 @@ const DATA_CF: &str = "default";
 const BATCH_KEY: &[u8] = b"batch";
 const ROWS_KEY: &[u8] = b"rows";
 
+/// Snapshot and retention settings of a store (Spark's `minDeltasForSnapshot` and
+/// `minBatchesToRetain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// A snapshot every this many batches (0: never).
+    pub snapshot_interval: u64,
+    /// Batches whose state must stay recoverable (from a snapshot plus replay).
+    pub min_batches_to_retain: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            snapshot_interval: 10,
+            min_batches_to_retain: 100,
+        }
+    }
+}
+
 /// Opens RocksDB state stores.
 #[derive(Debug, Default, Clone)]
-pub struct RocksStateStoreProvider;
+pub struct RocksStateStoreProvider {
+    /// Settings of the stores it opens.
+    pub options: StoreOptions,
+}
 
 impl StateStoreProvider for RocksStateStoreProvider {
     fn open(&self, dir: &Path) -> Result<Box<dyn StateStore>> {
-        Ok(Box::new(RocksStateStore::open(dir)?))
+        Ok(Box::new(RocksStateStore::open_with(dir, self.options)?))
     }
 }
 
 /// A RocksDB-backed [`StateStore`].
 pub struct RocksStateStore {
-    db: DB,
+    db: Option<Arc<DB>>,
     dir: PathBuf,
+    snapshots_dir: PathBuf,
+    options: StoreOptions,
     batch: Option<u64>,
     rows: u64,
+    /// The snapshot being written in the background, if any.
+    pending: Option<JoinHandle<Result<()>>>,
 }
 
 fn rocks_err(dir: &Path, e: rocksdb::Error) -> StateError {
@@ -52,46 +85,183 @@ fn u64_of(dir: &Path, v: Option<Vec<u8>>) -> Result<Option<u64>> {
     }
 }
 
+fn open_db(dir: &Path) -> Result<DB> {
+    std::fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    opts.set_write_buffer_size(64 << 20);
+    opts.set_max_write_buffer_number(4);
+    opts.set_max_open_files(256);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let cfs = vec![
+        ColumnFamilyDescriptor::new(DATA_CF, Options::default()),
+        ColumnFamilyDescriptor::new(META_CF, Options::default()),
+    ];
+    DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| rocks_err(dir, e))
+}
+
+fn meta_of(db: &DB, dir: &Path) -> Result<(Option<u64>, u64)> {
+    let meta = db.cf_handle(META_CF).ok_or_else(|| StateError::Corrupt {
+        path: dir.to_path_buf(),
+        reason: "state store has no metadata column family".into(),
+    })?;
+    let batch = u64_of(
+        dir,
+        db.get_cf(&meta, BATCH_KEY).map_err(|e| rocks_err(dir, e))?,
+    )?;
+    let rows = u64_of(
+        dir,
+        db.get_cf(&meta, ROWS_KEY).map_err(|e| rocks_err(dir, e))?,
+    )?
+    .unwrap_or(0);
+    Ok((batch, rows))
+}
+
+/// The batches of the snapshots in `dir`, ascending (temporary ones of an interrupted snapshot
+/// are ignored).
+fn list_snapshots(dir: &Path) -> Result<Vec<u64>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StateError::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| StateError::io(dir, e))?;
+        if let Ok(b) = e.file_name().to_string_lossy().parse::<u64>() {
+            out.push(b);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Snapshots to delete after a snapshot at `latest`: those at or before the start of the
+/// retained window `[latest + 1 − min_batches_to_retain, latest]`, except the newest of them (the
+/// base from which the oldest retained batches are rebuilt).
+pub fn snapshots_to_delete(snapshots: &[u64], latest: u64, min_batches_to_retain: u64) -> Vec<u64> {
+    let keep_from = (latest + 1).saturating_sub(min_batches_to_retain.max(1));
+    let older: Vec<u64> = snapshots
+        .iter()
+        .copied()
+        .filter(|s| *s <= keep_from)
+        .collect();
+    match older.split_last() {
+        Some((_base, rest)) => rest.to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// Takes a snapshot of `db` (which holds batch `batch`) into `dir/<batch>`, then deletes the
+/// snapshots no longer needed.
+fn take_snapshot(db: &DB, dir: &Path, batch: u64, retain: u64) -> Result<()> {
+    crate::atomic::ensure_dir(dir)?;
+    let target = dir.join(batch.to_string());
+    let tmp = dir.join(format!(".tmp-{batch}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| StateError::io(&tmp, e))?;
+    }
+    rocksdb::checkpoint::Checkpoint::new(db)
+        .and_then(|c| c.create_checkpoint(&tmp))
+        .map_err(|e| rocks_err(&tmp, e))?;
+    if target.exists() {
+        // left by a run whose later batches were discarded (state restored to an older batch)
+        std::fs::remove_dir_all(&target).map_err(|e| StateError::io(&target, e))?;
+    }
+    std::fs::rename(&tmp, &target).map_err(|e| StateError::io(&target, e))?;
+    crate::atomic::sync_dir(dir)?;
+    for old in snapshots_to_delete(&list_snapshots(dir)?, batch, retain) {
+        let p = dir.join(old.to_string());
+        std::fs::remove_dir_all(&p).map_err(|e| StateError::io(&p, e))?;
+    }
+    Ok(())
+}
+
+/// Copies a snapshot into `live` (an empty directory): SST files are hard-linked (RocksDB never
+/// changes them), the rest copied.
+fn copy_snapshot(from: &Path, live: &Path) -> Result<()> {
+    std::fs::create_dir_all(live).map_err(|e| StateError::io(live, e))?;
+    let rd = std::fs::read_dir(from).map_err(|e| StateError::io(from, e))?;
+    for e in rd {
+        let e = e.map_err(|e| StateError::io(from, e))?;
+        let src = e.path();
+        let dst = live.join(e.file_name());
+        let is_sst = src.extension().is_some_and(|x| x == "sst");
+        if !(is_sst && std::fs::hard_link(&src, &dst).is_ok()) {
+            std::fs::copy(&src, &dst).map_err(|e| StateError::io(&src, e))?;
+        }
+    }
+    Ok(())
+}
+
 impl RocksStateStore {
-    /// Opens (creating if missing) the DB in `dir`.
+    /// Opens (creating if missing) the DB in `dir` with the default snapshot settings.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_max_background_jobs(2);
-        opts.set_write_buffer_size(32 << 20);
-        opts.set_max_open_files(256);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = vec![
-            ColumnFamilyDescriptor::new(DATA_CF, Options::default()),
-            ColumnFamilyDescriptor::new(META_CF, Options::default()),
-        ];
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| rocks_err(dir, e))?;
-        let meta = db.cf_handle(META_CF).ok_or_else(|| StateError::Corrupt {
-            path: dir.to_path_buf(),
-            reason: "state store has no metadata column family".into(),
-        })?;
-        let batch = u64_of(
-            dir,
-            db.get_cf(&meta, BATCH_KEY).map_err(|e| rocks_err(dir, e))?,
-        )?;
-        let rows = u64_of(
-            dir,
-            db.get_cf(&meta, ROWS_KEY).map_err(|e| rocks_err(dir, e))?,
-        )?
-        .unwrap_or(0);
+        Self::open_with(dir, StoreOptions::default())
+    }
+
+    /// Opens (creating if missing) the DB in `dir`.
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self> {
+        let db = open_db(dir)?;
+        let (batch, rows) = meta_of(&db, dir)?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "state".into());
         Ok(Self {
-            db,
+            db: Some(Arc::new(db)),
+            snapshots_dir: dir.with_file_name(format!("{name}.snapshots")),
             dir: dir.to_path_buf(),
+            options,
             batch,
             rows,
+            pending: None,
         })
     }
 
+    fn db(&self) -> Result<&DB> {
+        self.db.as_deref().ok_or_else(|| StateError::Inconsistent {
+            dir: self.dir.clone(),
+            reason: "the state store was closed after a failed restore".into(),
+        })
+    }
+
+    /// Waits for the background snapshot, if one is being written.
+    fn finish_snapshot(&mut self) -> Result<()> {
+        match self.pending.take() {
+            None => Ok(()),
+            Some(h) => h.join().unwrap_or_else(|_| {
+                Err(StateError::Inconsistent {
+                    dir: self.snapshots_dir.clone(),
+                    reason: "the snapshot thread panicked".into(),
+                })
+            }),
+        }
+    }
+
     fn memory_used(&self) -> u64 {
-        let prop = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        let Ok(db) = self.db() else { return 0 };
+        let prop = |name: &str| db.property_int_value(name).ok().flatten().unwrap_or(0);
         prop("rocksdb.cur-size-all-mem-tables") + prop("rocksdb.estimate-table-readers-mem")
+    }
+
+    /// Where the snapshots are.
+    pub fn snapshots_dir(&self) -> &Path {
+        &self.snapshots_dir
+    }
+}
+
+impl Drop for RocksStateStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish_snapshot() {
+            // the snapshot is an optimisation: the live DB is intact
+            eprintln!(
+                "state snapshot in {} failed: {e}",
+                self.snapshots_dir.display()
+            );
+        }
     }
 }
 
@@ -101,8 +271,8 @@ impl StateStore for RocksStateStore {
     }
 
     fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.db
-            .multi_get(keys)
+        let db = self.db()?;
+        db.multi_get(keys)
             .into_iter()
             .map(|r| r.map_err(|e| rocks_err(&self.dir, e)))
             .collect()
@@ -110,7 +280,7 @@ impl StateStore for RocksStateStore {
 
     fn scan(&self, from: &[u8], to: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
         let mode = rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward);
-        for item in self.db.iterator(mode) {
+        for item in self.db()?.iterator(mode) {
             let (k, v) = item.map_err(|e| rocks_err(&self.dir, e))?;
             if to.is_some_and(|t| k.as_ref() >= t) {
                 break;
@@ -124,13 +294,16 @@ impl StateStore for RocksStateStore {
 
     fn commit(&mut self, batch_id: u64, changes: StateChanges) -> Result<CommitStats> {
         let t = Instant::now();
-        let meta = self
-            .db
-            .cf_handle(META_CF)
-            .ok_or_else(|| StateError::Corrupt {
-                path: self.dir.clone(),
-                reason: "state store has no metadata column family".into(),
-            })?;
+        // the previous batch's snapshot must be complete before this batch changes the DB
+        self.finish_snapshot()?;
+        let db = Arc::clone(self.db.as_ref().ok_or_else(|| StateError::Inconsistent {
+            dir: self.dir.clone(),
+            reason: "the state store was closed after a failed restore".into(),
+        })?);
+        let meta = db.cf_handle(META_CF).ok_or_else(|| StateError::Corrupt {
+            path: self.dir.clone(),
+            reason: "state store has no metadata column family".into(),
+        })?;
         let rows = (self.rows as i64 + changes.rows_delta).max(0) as u64;
         let mut wb = WriteBatch::default();
         for (k, v) in &changes.puts {
@@ -143,16 +316,25 @@ impl StateStore for RocksStateStore {
         wb.put_cf(&meta, ROWS_KEY, rows.to_be_bytes());
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db
-            .write_opt(wb, &wo)
-            .map_err(|e| rocks_err(&self.dir, e))?;
+        db.write_opt(wb, &wo).map_err(|e| rocks_err(&self.dir, e))?;
         self.batch = Some(batch_id);
         self.rows = rows;
+        let commit_ms = t.elapsed().as_millis() as u64;
+        let every = self.options.snapshot_interval;
+        if every > 0 && batch_id.is_multiple_of(every) {
+            let dir = self.snapshots_dir.clone();
+            let retain = self.options.min_batches_to_retain;
+            let handle = std::thread::Builder::new()
+                .name("sluice-state-snapshot".into())
+                .spawn(move || take_snapshot(&db, &dir, batch_id, retain))
+                .map_err(|e| StateError::io(&self.snapshots_dir, e))?;
+            self.pending = Some(handle);
+        }
         Ok(CommitStats {
             rows_total: rows,
             rows_updated: changes.puts.len() as u64,
             rows_removed: changes.deletes.len() as u64,
-            commit_ms: t.elapsed().as_millis() as u64,
+            commit_ms,
             memory_used_bytes: self.memory_used(),
         })
     }
@@ -162,15 +344,104 @@ impl StateStore for RocksStateStore {
     }
 
     fn snapshot(&self, dir: &Path) -> Result<()> {
-        rocksdb::checkpoint::Checkpoint::new(&self.db)
+        rocksdb::checkpoint::Checkpoint::new(self.db()?)
             .and_then(|c| c.create_checkpoint(dir))
             .map_err(|e| rocks_err(dir, e))
+    }
+
+    fn snapshots(&self) -> Result<Vec<u64>> {
+        list_snapshots(&self.snapshots_dir)
+    }
+
+    fn restore(&mut self, snapshot: Option<u64>) -> Result<()> {
+        self.finish_snapshot()?;
+        // close the live DB before replacing its files
+        self.db = None;
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).map_err(|e| StateError::io(&self.dir, e))?;
+        }
+        if let Some(b) = snapshot {
+            let from = self.snapshots_dir.join(b.to_string());
+            copy_snapshot(&from, &self.dir)?;
+        }
+        // later snapshots belong to batches that will be run again
+        for later in list_snapshots(&self.snapshots_dir)? {
+            if snapshot.is_none_or(|b| later > b) {
+                let p = self.snapshots_dir.join(later.to_string());
+                std::fs::remove_dir_all(&p).map_err(|e| StateError::io(&p, e))?;
+            }
+        }
+        let db = open_db(&self.dir)?;
+        let (batch, rows) = meta_of(&db, &self.dir)?;
+        if batch != snapshot {
+            return Err(StateError::Corrupt {
+                path: self.snapshots_dir.join(snapshot.unwrap_or(0).to_string()),
+                reason: format!("the snapshot holds batch {batch:?}, not {snapshot:?}"),
+            });
+        }
+        self.db = Some(Arc::new(db));
+        self.batch = batch;
+        self.rows = rows;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put(s: &mut RocksStateStore, batch: u64, key: &str) {
+        s.commit(
+            batch,
+            StateChanges {
+                puts: vec![(key.as_bytes().to_vec(), batch.to_be_bytes().to_vec())],
+                deletes: vec![],
+                rows_delta: 1,
+            },
+        )
+        .expect("commit");
+    }
+
+    #[test]
+    fn snapshots_every_interval_retention_and_restore() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let live = dir.path().join("0");
+        let opts = StoreOptions {
+            snapshot_interval: 3,
+            min_batches_to_retain: 4,
+        };
+        let mut s = RocksStateStore::open_with(&live, opts).expect("open");
+        for b in 0..=10 {
+            put(&mut s, b, &format!("k{b:02}"));
+        }
+        s.finish_snapshot().expect("snapshot");
+        // taken at 0, 3, 6, 9; after 9 the window is [6, 9]: 6 is its base, 0 and 3 go
+        assert_eq!(s.snapshots().expect("list"), vec![6, 9]);
+        assert_eq!(snapshots_to_delete(&[0, 3, 6, 9], 9, 4), vec![0, 3]);
+        assert_eq!(snapshots_to_delete(&[0, 3, 9], 9, 4), vec![0]);
+        assert_eq!(snapshots_to_delete(&[9], 9, 4), Vec::<u64>::new());
+        assert_eq!(s.rows_total(), 11);
+        // back to batch 6: keys of batches 7.. are gone, later snapshots too
+        s.restore(Some(6)).expect("restore");
+        assert_eq!(s.committed_batch(), Some(6));
+        assert_eq!(s.rows_total(), 7);
+        let got = s
+            .multi_get(&[b"k06".to_vec(), b"k07".to_vec()])
+            .expect("get");
+        assert_eq!(got, vec![Some(6u64.to_be_bytes().to_vec()), None]);
+        assert_eq!(s.snapshots().expect("list"), vec![6]);
+        // the restored store goes on committing, and survives a reopen
+        put(&mut s, 7, "x07");
+        drop(s);
+        let s = RocksStateStore::open_with(&live, opts).expect("reopen");
+        assert_eq!(s.committed_batch(), Some(7));
+        assert_eq!(s.rows_total(), 8);
+        // the empty state
+        let mut s = s;
+        s.restore(None).expect("restore empty");
+        assert_eq!(s.committed_batch(), None);
+        assert!(s.snapshots().expect("list").is_empty());
+    }
 
     #[test]
     fn commits_are_versioned_and_survive_reopen() {

@@ -66,6 +66,17 @@ pub trait StateStore: Send {
 
     /// Writes a consistent snapshot (e.g. to move or inspect a checkpoint) into `dir`.
     fn snapshot(&self, dir: &Path) -> Result<()>;
+
+    /// The batches of the periodic snapshots the store keeps (taken after every
+    /// `snapshot_interval`-th commit, the oldest deleted past `min_batches_to_retain`),
+    /// ascending.
+    fn snapshots(&self) -> Result<Vec<u64>>;
+
+    /// Replaces the state by snapshot `snapshot` (`None`: the empty state). Called by recovery
+    /// when the store does not hold the batch the logs need (a state directory restored from
+    /// elsewhere, or log entries removed to reprocess); the batches after the snapshot are then
+    /// replayed from the offsets log.
+    fn restore(&mut self, snapshot: Option<u64>) -> Result<()>;
 }
 
 /// Opens state stores; chosen when a query starts.
