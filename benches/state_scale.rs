@@ -89,12 +89,18 @@ fn main() -> sluice::Result<()> {
         .last()
         .and_then(|p| p.state_operators.first().map(|s| s.num_rows_total))
         .unwrap_or(0);
+    let rss = peak_rss_mib();
+    let commit_pct = 100.0 * commit_ms as f64 / trigger_ms.max(1) as f64;
     println!(
-        "sluice state scale: {total} live groups in state after {} batches ({wall:.1} s); peak RSS {:.0} MiB; \
-         state commit {:.1}% of batch time",
+        "sluice state scale: {total} live groups in state after {} batches ({wall:.1} s, {:.0} ms per batch)",
         progress.len(),
-        peak_rss_mib(),
-        100.0 * commit_ms as f64 / trigger_ms.max(1) as f64
+        trigger_ms as f64 / progress.len().max(1) as f64
+    );
+    println!(
+        "peak RSS {rss:.0} MiB (target < 1024 MiB: {}); state commit {commit_pct:.1}% of batch time \
+         (target <= 10%: {})",
+        if rss < 1024.0 { "met" } else { "NOT met" },
+        if commit_pct <= 10.0 { "met" } else { "NOT met" }
     );
     Ok(())
 }

@@ -166,3 +166,28 @@ fn select_distinct_on_a_stream_drops_duplicate_rows_across_batches_in_append_mod
         "one dedup operator keeps the rows"
     );
 }
+
+#[test]
+fn late_rows_are_dropped_even_when_the_event_time_is_not_a_key() {
+    // watermark delay 10 minutes; the previous batch's watermark decides lateness (Spark):
+    // batch 2 runs after 00:30 was seen (watermark 00:20) but judges lateness by batch 1's
+    // watermark (the day before), so 3@00:05 passes; batch 3 judges by 00:20, so 4@00:06 is late
+    for within in [false, true] {
+        let w = workdir();
+        let input = w.path().join("in");
+        put_file(&input, "1.json", &ev(1, "00:00", 10), 0);
+        put_file(&input, "2.json", &ev(2, "00:30", 20), 1);
+        put_file(&input, "3.json", &ev(3, "00:05", 30), 2);
+        put_file(
+            &input,
+            "4.json",
+            &(ev(4, "00:06", 40) + &ev(5, "00:40", 50)),
+            3,
+        );
+        assert_eq!(
+            run(&input, &w.path().join("chk"), within),
+            vec![(1, 10), (2, 20), (3, 30), (5, 50)],
+            "within watermark: {within}"
+        );
+    }
+}

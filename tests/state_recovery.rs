@@ -119,14 +119,18 @@ fn a_lost_state_directory_is_rebuilt_from_a_snapshot_and_the_offsets_log() {
     let expected = Emitted::default();
     run(reference.path(), &expected, &CONF);
 
+    // snapshots every 3 batches: after batches 0..=4 the newest is of batch 3, so batch 4 is
+    // replayed on top of it
+    let every3 = [("minDeltasForSnapshot", "3")];
     let w = workdir();
     stage(w.path(), 0, 5);
     let emitted = Emitted::default();
-    run(w.path(), &emitted, &CONF);
-    // the live state is lost; its snapshots (batches 2 and 4) remain
+    run(w.path(), &emitted, &every3);
+    assert_eq!(ids(&w.path().join("chk/state/0.snapshots")), vec![0, 3]);
+    // the live state is lost; its snapshots remain
     fs::remove_dir_all(w.path().join("chk/state/0")).expect("rm state");
     stage(w.path(), 5, 8);
-    run(w.path(), &emitted, &CONF);
+    run(w.path(), &emitted, &every3);
     assert_eq!(
         *emitted.lock().expect("lock"),
         *expected.lock().expect("lock"),

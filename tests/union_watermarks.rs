@@ -21,19 +21,19 @@ fn ts(ms: &str) -> String {
 }
 
 fn stage(dir: &Path, policy: &str) -> std::path::PathBuf {
-    for (i, (a, b)) in A.iter().zip(B.iter()).enumerate() {
-        put_file(
-            &dir.join("a"),
-            &format!("a{i}.json"),
-            &format!("{{\"event_time\":\"{}\",\"src\":\"a\"}}\n", ts(a)),
-            i as u64,
-        );
-        put_file(
-            &dir.join("b"),
-            &format!("b{i}.json"),
-            &format!("{{\"event_time\":\"{}\",\"src\":\"b\"}}\n", ts(b)),
-            i as u64,
-        );
+    stage_files(dir, &A, &B, policy)
+}
+
+fn stage_files(dir: &Path, a: &[&str], b: &[&str], policy: &str) -> std::path::PathBuf {
+    for (src, times) in [("a", a), ("b", b)] {
+        for (i, t) in times.iter().enumerate() {
+            put_file(
+                &dir.join(src),
+                &format!("{src}{i}.json"),
+                &format!("{{\"event_time\":\"{}\",\"src\":\"{src}\"}}\n", ts(t)),
+                i as u64,
+            );
+        }
     }
     write_pipeline(dir, policy)
 }
@@ -178,10 +178,11 @@ fn min_policy_holds_the_watermark_at_the_slower_input() {
             ts("07:30")
         ]
     );
-    // event-time statistics of batch 1: 05:30 and 10:00
-    assert_eq!(prog[1]["eventTime"]["min"], ts("05:30"));
+    // event-time statistics of batch 1, as Spark reports them: those of the first watermark
+    // operator with rows (a's: 10:00)
+    assert_eq!(prog[1]["eventTime"]["min"], ts("10:00"));
     assert_eq!(prog[1]["eventTime"]["max"], ts("10:00"));
-    assert_eq!(prog[1]["eventTime"]["avg"], ts("07:45"));
+    assert_eq!(prog[1]["eventTime"]["avg"], ts("10:00"));
     assert!(prog[5]["eventTime"].get("min").is_none(), "no-data batch");
     // the policy is recorded with the offsets (a restart keeps it)
     let offsets = fs::read_to_string(w.path().join("chk/offsets/0")).expect("offsets/0");
@@ -313,4 +314,70 @@ fn stateless_union_of_two_streams_in_the_dataframe_api() {
     // both sources are in the offsets log
     let offsets = fs::read_to_string(w.path().join("chk/offsets/0")).expect("offsets/0");
     assert_eq!(offsets.matches("logOffset").count(), 2, "{offsets}");
+}
+
+/// b runs ahead, then goes quiet: under `min` the query's watermark follows a (b's own watermark
+/// stays where it was). Each input's watermark is kept in the commit log, so a restart in the
+/// middle continues the same way (Spark forgets them on restart and would hold the watermark
+/// at 0 until b sent data again).
+#[test]
+fn a_silent_input_keeps_its_watermark_across_a_restart() {
+    let a = ["00:10", "01:00", "03:00", "05:00", "07:00"];
+    let b = ["00:30", "09:00"];
+    // watermark after batch 1: min(00:00, 08:00) = 00:00; then a alone: 02:00, 04:00, 06:00.
+    // Closed at 06:00: [00:00,00:01) with a0 and b0, [00:01,00:02), [00:03,00:04), [00:05,00:06)
+    let expected = sorted(vec![
+        row("00:00", "01:00", 2),
+        row("01:00", "02:00", 1),
+        row("03:00", "04:00", 1),
+        row("05:00", "06:00", 1),
+    ]);
+    let w = workdir();
+    let p = stage_files(w.path(), &a, &b, "min");
+    run_ok(&p);
+    assert_eq!(
+        sorted(committed_lines(&w.path().join("out"), false)),
+        expected
+    );
+    for at in ["after-commit@1", "after-offsets@2", "after-commit@3"] {
+        let w = workdir();
+        let p = stage_files(w.path(), &a, &b, "min");
+        let o = run_pipeline(&p, &[("SLUICE_CRASH_AT", at)]);
+        assert!(killed(&o), "{at}: {}", String::from_utf8_lossy(&o.stderr));
+        run_ok(&p);
+        assert_eq!(
+            sorted(committed_lines(&w.path().join("out"), false)),
+            expected,
+            "killed at {at}"
+        );
+    }
+}
+
+#[test]
+fn a_stream_read_above_the_aggregation_is_refused() {
+    let w = workdir();
+    stage(w.path(), "min");
+    let session = sluice::Session::builder().build().expect("session");
+    for name in ["a", "b"] {
+        session
+            .read_stream()
+            .schema("event_time TIMESTAMP, src STRING")
+            .json(w.path().join(name).to_str().expect("path"))
+            .expect("stream")
+            .create_or_replace_temp_view(name)
+            .expect("view");
+    }
+    let err = session
+        .sql(
+            "SELECT src, count(*) AS n FROM a GROUP BY src \
+             UNION ALL SELECT src, CAST(1 AS BIGINT) AS n FROM b",
+        )
+        .expect("sql")
+        .write_stream()
+        .format("console")
+        .output_mode(sluice::OutputMode::Update)
+        .start()
+        .expect_err("a stream above an aggregation")
+        .to_string();
+    assert!(err.contains("above the aggregation"), "{err}");
 }

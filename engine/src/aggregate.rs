@@ -102,6 +102,10 @@ pub struct AggregateOp {
     /// watermarked column).
     watermarked: bool,
     store: Option<Box<dyn StateStore>>,
+    /// The key expressions by column name (the window's time column first, if any).
+    key_names: Vec<String>,
+    /// The aggregate expressions by column name.
+    agg_names: Vec<String>,
 }
 
 impl std::fmt::Debug for AggregateOp {
@@ -158,6 +162,8 @@ impl AggregateOp {
             mode,
             watermarked,
             store: None,
+            key_names: Vec::new(),
+            agg_names: Vec::new(),
         })
     }
 
@@ -165,38 +171,53 @@ impl AggregateOp {
     /// their intermediate state types. A checkpoint written by another aggregation must not be
     /// read by this one.
     pub fn fingerprint(&self) -> Result<String> {
+        Ok(self.fingerprint_of(true)?.to_string())
+    }
+
+    /// The fingerprint checkpoints written before key and argument expressions were part of
+    /// it recorded (types only): accepted once, then rewritten in the current form.
+    pub fn legacy_fingerprint(&self) -> Result<String> {
+        Ok(self.fingerprint_of(false)?.to_string())
+    }
+
+    fn fingerprint_of(&self, with_exprs: bool) -> Result<serde_json::Value> {
         let mut aggs = Vec::new();
-        for a in &self.aggs {
+        for (i, a) in self.aggs.iter().enumerate() {
             let states: Vec<String> = a
                 .expr
                 .state_fields()?
                 .iter()
                 .map(|f| f.data_type().to_string())
                 .collect();
-            let args: Vec<String> = a.expr.expressions().iter().map(|e| e.to_string()).collect();
-            aggs.push(serde_json::json!({
+            let mut agg = serde_json::json!({
                 "function": a.expr.fun().name(),
-                "args": args,
                 "distinct": a.expr.is_distinct(),
                 "state": states,
-            }));
+            });
+            if with_exprs {
+                agg["expr"] = self.agg_names.get(i).cloned().unwrap_or_default().into();
+            }
+            aggs.push(agg);
         }
         let window = self.window.as_ref().map(|w| {
             serde_json::json!({"kind": format!("{:?}", w.spec.kind), "size_us": w.spec.size_us, "slide_us": w.spec.slide_us, "offset_us": w.spec.offset_us})
         });
-        // key columns by name and position in the input as well as type: grouping by another
-        // column of the same type must not read these groups
-        let keys: Vec<String> = self
-            .keys
-            .iter()
-            .zip(&self.key_types)
-            .map(|(k, t)| format!("{k}: {t}"))
-            .collect();
-        let time = self.window.as_ref().map(|w| w.time.to_string());
-        Ok(
-            serde_json::json!({"window": window, "time": time, "keys": keys, "aggregates": aggs})
-                .to_string(),
-        )
+        let keys: Vec<String> = self.key_types.iter().map(|t| t.to_string()).collect();
+        let mut fp = serde_json::json!({"window": window, "keys": keys, "aggregates": aggs});
+        if with_exprs {
+            // the key expressions by column name: grouping by another column of the same type
+            // must not read these groups (positions may move when the source gains columns)
+            fp["v"] = 2.into();
+            fp["keyExprs"] = self.key_names.clone().into();
+        }
+        Ok(fp)
+    }
+
+    /// Names the key expressions (besides the window, with the window's time column first when
+    /// there is one) and the aggregate expressions for [`fingerprint`](Self::fingerprint).
+    pub fn set_names(&mut self, keys: Vec<String>, aggs: Vec<String>) {
+        self.key_names = keys;
+        self.agg_names = aggs;
     }
 
     /// Gives the operator its state store (when the query starts).
@@ -341,6 +362,7 @@ impl AggregateOp {
             if late[i] {
                 late_groups.insert(k);
                 keep.push(false);
+                group_idx.push(0); // filtered out below
                 continue;
             }
             keep.push(true);
@@ -371,11 +393,8 @@ impl AggregateOp {
                 &BooleanArray::from(late_input),
             )?);
         }
-        let on_time = if out.dropped_by_watermark == 0 {
-            expanded
-        } else {
-            filter_record_batch(&expanded, &BooleanArray::from(keep))?
-        };
+        // late rows stay in the batch, masked out of the accumulators (no copy of the batch)
+        let on_time_mask = (out.dropped_by_watermark > 0).then(|| BooleanArray::from(keep));
         let num_groups = group_keys.len();
 
         let mut accs = self.new_accumulators()?;
@@ -397,7 +416,15 @@ impl AggregateOp {
             }
         }
         // 5. then this batch, aggregated in memory (vectorised)
-        self.update_accumulators(&mut accs, &on_time, &group_idx, num_groups)?;
+        if num_groups > 0 {
+            self.update_accumulators(
+                &mut accs,
+                &expanded,
+                &group_idx,
+                on_time_mask.as_ref(),
+                num_groups,
+            )?;
+        }
 
         let new_groups = num_groups - found_idx.len();
         let mut states: Vec<Vec<ArrayRef>> = accs
@@ -541,11 +568,13 @@ impl AggregateOp {
     }
 
     /// Feeds `batch` (its rows in groups `group_idx`) into the accumulators.
+    /// `mask`: rows to leave out (false), besides each aggregate's own FILTER.
     fn update_accumulators(
         &self,
         accs: &mut [Box<dyn GroupsAccumulator>],
         batch: &RecordBatch,
         group_idx: &[usize],
+        mask: Option<&BooleanArray>,
         num_groups: usize,
     ) -> Result<()> {
         let n = batch.num_rows();
@@ -567,6 +596,11 @@ impl AggregateOp {
                     )
                 }
                 None => None,
+            };
+            let filter = match (filter, mask) {
+                (None, m) => m.cloned(),
+                (Some(f), None) => Some(f),
+                (Some(f), Some(m)) => Some(arrow::compute::and(&f, m)?),
             };
             acc.update_batch(&args, group_idx, filter.as_ref(), num_groups)?;
         }

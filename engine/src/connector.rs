@@ -134,6 +134,15 @@ pub trait Source: Send {
     /// The rows after `start` up to and including `end`.
     fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Vec<RecordBatch>>;
 
+    /// Reads only `columns` (indices into [`schema`](Self::schema), ascending, not empty).
+    /// Called by the executor once, before the first batch, with the columns the query uses. A
+    /// source that can skip decoding the others returns `true`, and from then on every batch
+    /// it returns has exactly those columns, in that order; one that cannot returns `false`
+    /// and keeps returning every column.
+    fn project(&mut self, _columns: &[usize]) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Everything up to `end` is committed.
     fn commit(&mut self, _end: &Offset) -> Result<()> {
         Ok(())

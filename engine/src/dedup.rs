@@ -66,6 +66,18 @@ impl UserDefinedLogicalNodeCore for DedupNode {
     fn expressions(&self) -> Vec<Expr> {
         self.columns.iter().cloned().map(Expr::Column).collect()
     }
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        // rows pass through unchanged: the columns read above and the key columns
+        let schema = self.input.schema();
+        let mut cols = output_columns.to_vec();
+        for c in &self.columns {
+            cols.push(schema.index_of_column(c).ok()?);
+        }
+        cols.sort_unstable();
+        cols.dedup();
+        Some(vec![cols])
+    }
+
     fn prevent_predicate_push_down_columns(&self) -> std::collections::HashSet<String> {
         self.input
             .schema()
@@ -110,6 +122,8 @@ pub struct DedupOp {
     evicts: bool,
     within_watermark: bool,
     store: Option<Box<dyn StateStore>>,
+    /// The key columns' names.
+    key_names: Vec<String>,
 }
 
 impl fmt::Debug for DedupOp {
@@ -125,6 +139,7 @@ impl DedupOp {
     /// Builds the operator. `time_in_keys`: the watermarked column is one of the keys.
     pub fn new(
         keys: Vec<Arc<dyn PhysicalExpr>>,
+        key_names: Vec<String>,
         key_types: Vec<DataType>,
         time: Option<(Arc<dyn PhysicalExpr>, i64)>,
         time_in_keys: bool,
@@ -143,17 +158,25 @@ impl DedupOp {
             time,
             within_watermark,
             store: None,
+            key_names,
         })
     }
 
     /// What the stored state means.
     pub fn fingerprint(&self) -> String {
-        let keys: Vec<String> = self
-            .keys
-            .iter()
-            .zip(&self.key_types)
-            .map(|(k, t)| format!("{k}: {t}"))
-            .collect();
+        let keys: Vec<String> = self.key_types.iter().map(|t| t.to_string()).collect();
+        serde_json::json!({
+            "v": 2,
+            "deduplicate": keys,
+            "keyColumns": self.key_names,
+            "withinWatermark": self.within_watermark,
+        })
+        .to_string()
+    }
+
+    /// The fingerprint of checkpoints written before key names were part of it.
+    pub fn legacy_fingerprint(&self) -> String {
+        let keys: Vec<String> = self.key_types.iter().map(|t| t.to_string()).collect();
         serde_json::json!({"deduplicate": keys, "withinWatermark": self.within_watermark})
             .to_string()
     }

@@ -731,8 +731,9 @@ impl Execution {
     }
 }
 
-/// Spark's `eventTime` progress map: `min`, `max`, `avg` of the event times the watermark
-/// operators saw in the batch (when it had rows) and the `watermark` it ran with, as ISO-8601.
+/// Spark's `eventTime` progress map: `min`, `max`, `avg` of the event times the first watermark
+/// operator with rows saw in the batch (Spark's `headOption`) and the `watermark` the batch ran
+/// with, as ISO-8601.
 fn event_time_progress(
     watermarked: bool,
     watermark_ms: i64,
@@ -744,7 +745,7 @@ fn event_time_progress(
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     };
     let mut out = std::collections::BTreeMap::new();
-    if let Some(all) = stats.iter().flatten().copied().reduce(|a, b| a.merge(b)) {
+    if let Some(all) = stats.iter().flatten().next() {
         out.insert("min".to_string(), iso(all.min.div_euclid(1000)));
         out.insert("max".to_string(), iso(all.max.div_euclid(1000)));
         out.insert("avg".to_string(), iso(all.avg().div_euclid(1000)));

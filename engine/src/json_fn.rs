@@ -132,6 +132,64 @@ pub fn decode_json(
     text: &[u8],
     batch_rows: usize,
 ) -> Result<Vec<RecordBatch>, String> {
+    // UTC timestamps are decoded as timestamps without a zone (arrow-json then parses them
+    // with chrono's `Utc`, not with a time-zone database lookup per value: same instants, as
+    // an offset in the text is honoured either way), and tagged UTC again without a copy
+    let utc_cols: Vec<usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            matches!(f.data_type(), arrow::datatypes::DataType::Timestamp(_, Some(tz))
+                if matches!(tz.as_ref(), "UTC" | "+00:00" | "Z" | "Etc/UTC"))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if !utc_cols.is_empty() {
+        let plain = Arc::new(arrow::datatypes::Schema::new_with_metadata(
+            schema
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    arrow::datatypes::DataType::Timestamp(unit, Some(_)) => f
+                        .as_ref()
+                        .clone()
+                        .with_data_type(arrow::datatypes::DataType::Timestamp(*unit, None)),
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+            schema.metadata().clone(),
+        ));
+        return decode_json_as(&plain, text, batch_rows)?
+            .into_iter()
+            .map(|b| {
+                let mut cols = b.columns().to_vec();
+                for i in &utc_cols {
+                    let data = cols[*i]
+                        .to_data()
+                        .into_builder()
+                        .data_type(schema.field(*i).data_type().clone())
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    cols[*i] = arrow::array::make_array(data);
+                }
+                RecordBatch::try_new_with_options(
+                    Arc::clone(schema),
+                    cols,
+                    &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                )
+                .map_err(|e| e.to_string())
+            })
+            .collect();
+    }
+    decode_json_as(schema, text, batch_rows)
+}
+
+fn decode_json_as(
+    schema: &SchemaRef,
+    text: &[u8],
+    batch_rows: usize,
+) -> Result<Vec<RecordBatch>, String> {
     let mut decoder = ReaderBuilder::new(Arc::clone(schema))
         .with_batch_size(batch_rows)
         .build_decoder()

@@ -196,6 +196,32 @@ enum Node {
 }
 
 impl Node {
+    /// Whether the node reads a source (below it or itself).
+    fn reads_source(&self) -> bool {
+        match self {
+            Node::Scan { .. } => true,
+            Node::Input => false,
+            Node::Watermark { input, .. }
+            | Node::Filter { input, .. }
+            | Node::Project { input, .. } => input.reads_source(),
+            Node::Union { inputs, .. } => inputs.iter().any(Node::reads_source),
+        }
+    }
+
+    /// Calls `f(source, projection)` for every scan.
+    fn scans_mut(&mut self, f: &mut dyn FnMut(usize, &mut Option<Vec<usize>>)) {
+        match self {
+            Node::Scan {
+                source, projection, ..
+            } => f(*source, projection),
+            Node::Input => {}
+            Node::Watermark { input, .. }
+            | Node::Filter { input, .. }
+            | Node::Project { input, .. } => input.scans_mut(f),
+            Node::Union { inputs, .. } => inputs.iter_mut().for_each(|i| i.scans_mut(f)),
+        }
+    }
+
     /// Runs the node over the stage's input; `stats[i]` collects the event times seen by
     /// watermark `i`.
     fn run(
@@ -432,6 +458,12 @@ impl StatefulOp {
             StatefulOp::Dedup(d) => Ok(d.fingerprint()),
         }
     }
+    fn legacy_fingerprint(&self) -> Result<String> {
+        match self {
+            StatefulOp::Aggregate(a) => a.legacy_fingerprint(),
+            StatefulOp::Dedup(d) => Ok(d.legacy_fingerprint()),
+        }
+    }
     fn process(
         &mut self,
         input: &[RecordBatch],
@@ -555,6 +587,13 @@ impl StreamPlan {
                 .map(|(f, _)| f.name().clone())
                 .collect::<Vec<_>>()
         });
+        if ctx.agg.is_some() && root.reads_source() {
+            return Err(EngineError::user(
+                "unsupported construct in streaming query: a stream read above the aggregation \
+                 (e.g. UNION of an aggregated stream with another stream); union the streams \
+                 first, then aggregate",
+            ));
+        }
         let (pre, agg) = match ctx.agg.take() {
             None => (root, None),
             Some((op, input_schema, pre)) => (
@@ -589,6 +628,54 @@ impl StreamPlan {
         })
     }
 
+    /// The columns of source `source` the plan reads, ascending (`None`: all of them, or it
+    /// reads none).
+    pub fn source_columns(&mut self, source: usize) -> Option<Vec<usize>> {
+        let mut cols = std::collections::BTreeSet::new();
+        let mut all = false;
+        self.pre.scans_mut(&mut |s, projection| {
+            if s == source {
+                match projection {
+                    Some(p) => cols.extend(p.iter().copied()),
+                    None => all = true,
+                }
+            }
+        });
+        (!all && !cols.is_empty()).then(|| cols.into_iter().collect())
+    }
+
+    /// Source `source` accepted to return only `columns` (see [`Source::project`]): its scans
+    /// now pick their columns from those.
+    ///
+    /// [`Source::project`]: crate::connector::Source::project
+    pub fn source_projected(&mut self, source: usize, columns: &[usize]) -> Result<()> {
+        let mut missing = false;
+        self.pre.scans_mut(&mut |s, projection| {
+            if s != source {
+                return;
+            }
+            if let Some(p) = projection {
+                *p = p
+                    .iter()
+                    .map(|c| {
+                        columns.binary_search(c).unwrap_or_else(|_| {
+                            missing = true;
+                            0
+                        })
+                    })
+                    .collect();
+            } else {
+                missing = true;
+            }
+        });
+        if missing {
+            return Err(EngineError::bug(
+                "a scan reads a column the source no longer returns",
+            ));
+        }
+        Ok(())
+    }
+
     /// The state store operators need, opened by the executor: `(operator index, name)`.
     pub fn state_operators(&self) -> Vec<(usize, &'static str)> {
         match &self.agg {
@@ -601,6 +688,14 @@ impl StreamPlan {
     pub fn state_fingerprint(&self, index: usize) -> Result<String> {
         match (&self.agg, index) {
             (Some(a), 0) => a.op.fingerprint(),
+            _ => Err(EngineError::bug(format!("no stateful operator {index}"))),
+        }
+    }
+
+    /// The form of [`state_fingerprint`](Self::state_fingerprint) older checkpoints recorded.
+    pub fn legacy_state_fingerprint(&self, index: usize) -> Result<String> {
+        match (&self.agg, index) {
+            (Some(a), 0) => a.op.legacy_fingerprint(),
             _ => Err(EngineError::bug(format!("no stateful operator {index}"))),
         }
     }
@@ -708,6 +803,21 @@ fn nullable_schema(s: &Schema) -> SchemaRef {
             .map(|f| Field::new(f.name(), f.data_type().clone(), true))
             .collect::<Vec<_>>(),
     ))
+}
+
+/// An expression as text with its columns unqualified and its alias dropped (`sum(value)`):
+/// what it computes, whatever the view or table it was read through is called.
+fn unqualified(e: &Expr) -> String {
+    e.clone()
+        .unalias()
+        .transform(|e| match e {
+            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(
+                datafusion::common::Column::new_unqualified(c.name),
+            ))),
+            other => Ok(Transformed::no(other)),
+        })
+        .map(|t| t.data.to_string())
+        .unwrap_or_else(|_| e.to_string())
 }
 
 /// DataFusion's optimiser without the rules that split one aggregation into two
@@ -933,7 +1043,15 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                 }
                 None => (None, false),
             };
-            let op = DedupOp::new(keys, key_types, time, time_in_keys, d.within_watermark)?;
+            let key_names = d.columns.iter().map(|c| c.name.clone()).collect();
+            let op = DedupOp::new(
+                keys,
+                key_names,
+                key_types,
+                time,
+                time_in_keys,
+                d.within_watermark,
+            )?;
             ctx.agg = Some((StatefulOp::Dedup(op), in_schema, pre));
             Ok(Node::Input)
         }
@@ -974,6 +1092,7 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
             let mut keys = Vec::new();
             let mut key_types = Vec::new();
             let mut watermarked = false;
+            let mut key_names = Vec::new();
             for (pos, g) in a.group_expr.iter().enumerate() {
                 let inner = match g {
                     Expr::Alias(al) => al.expr.as_ref(),
@@ -986,6 +1105,7 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                         }
                         let spec = spec_of_args(kind, args)?;
                         let time = state.create_physical_expr(args[0].clone(), in_df)?;
+                        key_names.insert(0, format!("window time: {}", unqualified(&args[0])));
                         if let Expr::Column(c) = &args[0] {
                             watermarked = ctx.watermark_of(&c.name).is_some();
                         }
@@ -999,6 +1119,7 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                 }
                 keys.push(state.create_physical_expr(g.clone(), in_df)?);
                 key_types.push(g.get_type(in_df.as_ref())?);
+                key_names.push(unqualified(inner));
             }
             let mut aggs = Vec::new();
             for e in &a.aggr_expr {
@@ -1020,7 +1141,8 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                     filter: lowered.filter,
                 });
             }
-            let op = AggregateOp::new(
+            let agg_names = a.aggr_expr.iter().map(unqualified).collect();
+            let mut op = AggregateOp::new(
                 window,
                 keys,
                 key_types,
@@ -1029,6 +1151,7 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                 ctx.mode,
                 watermarked,
             )?;
+            op.set_names(key_names, agg_names);
             ctx.agg = Some((StatefulOp::Aggregate(op), in_schema, pre));
             Ok(Node::Input)
         }

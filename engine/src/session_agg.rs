@@ -90,7 +90,7 @@ impl AggregateOp {
             group_idx[i] = sessions.len() - 1;
         }
         let mut accs = self.new_accumulators()?;
-        self.update_accumulators(&mut accs, &rows_batch, &group_idx, sessions.len())?;
+        self.update_accumulators(&mut accs, &rows_batch, &group_idx, None, sessions.len())?;
         let batch_states: Vec<Vec<ArrayRef>> = accs
             .iter_mut()
             .map(|a| a.state(EmitTo::All))

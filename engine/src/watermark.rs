@@ -48,6 +48,18 @@ impl UserDefinedLogicalNodeCore for WatermarkNode {
     fn expressions(&self) -> Vec<Expr> {
         vec![Expr::Column(self.column.clone())]
     }
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        // the columns read above, and the event time (the node passes rows through unchanged,
+        // so output column i is input column i): lets the optimiser prune the stream's columns
+        let mut cols = output_columns.to_vec();
+        if let Ok(i) = self.input.schema().index_of_column(&self.column) {
+            cols.push(i);
+        }
+        cols.sort_unstable();
+        cols.dedup();
+        Some(vec![cols])
+    }
+
     fn prevent_predicate_push_down_columns(&self) -> HashSet<String> {
         // a filter below the watermark would change the maximum event time it sees
         self.input

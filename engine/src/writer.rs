@@ -305,7 +305,12 @@ impl DataStreamWriter {
         };
         for (i, _name) in plan.state_operators() {
             let dir = checkpoint.root().join("state").join(i.to_string());
-            check_state_fingerprint(&checkpoint, i, &plan.state_fingerprint(i)?)?;
+            check_state_fingerprint(
+                &checkpoint,
+                i,
+                &plan.state_fingerprint(i)?,
+                &plan.legacy_state_fingerprint(i)?,
+            )?;
             plan.set_state_store(i, provider.open(&dir)?)?;
         }
         let late_sink = match self.late_data.take() {
@@ -349,6 +354,14 @@ impl DataStreamWriter {
                 checkpoint_dir: checkpoint.source_dir(i)?,
             };
             sources.push(f.create(&t.spec, Arc::clone(&t.schema), &ctx)?);
+        }
+        // sources that can skip decoding the columns the query never reads do so
+        for (i, s) in sources.iter_mut().enumerate() {
+            if let Some(cols) = plan.source_columns(i) {
+                if cols.len() < s.schema().fields().len() && s.project(&cols)? {
+                    plan.source_projected(i, &cols)?;
+                }
+            }
         }
         let sink: Box<dyn Sink> = match (factory, self.foreach.take()) {
             (_, Some(f)) => Box::new(ForeachBatchSink { f }),
@@ -453,6 +466,7 @@ fn check_state_fingerprint(
     checkpoint: &CheckpointDir,
     index: usize,
     fingerprint: &str,
+    legacy: &str,
 ) -> Result<()> {
     let dir = checkpoint.root().join("state");
     sluice_state::atomic::ensure_dir(&dir)?;
@@ -460,6 +474,11 @@ fn check_state_fingerprint(
     match std::fs::read_to_string(&path) {
         Ok(found) => {
             let found = found.strip_prefix("v1\n").unwrap_or(&found);
+            if found == legacy && found != fingerprint {
+                // written before key expressions were recorded: same types, take it as ours
+                sluice_state::atomic::write_atomic(&path, format!("v1\n{fingerprint}").as_bytes())?;
+                return Ok(());
+            }
             if found != fingerprint {
                 return Err(EngineError::user(format!(
                     "the state in {} was written by a different aggregation (group keys, window or \

@@ -173,27 +173,65 @@ fn take_snapshot(db: &DB, dir: &Path, batch: u64, retain: u64) -> Result<()> {
     std::fs::rename(&tmp, &target).map_err(|e| StateError::io(&target, e))?;
     crate::atomic::sync_dir(dir)?;
     for old in snapshots_to_delete(&list_snapshots(dir)?, batch, retain) {
-        let p = dir.join(old.to_string());
-        std::fs::remove_dir_all(&p).map_err(|e| StateError::io(&p, e))?;
+        remove_snapshot(dir, old)?;
     }
     Ok(())
 }
 
-/// Copies a snapshot into `live` (an empty directory): SST files are hard-linked (RocksDB never
-/// changes them), the rest copied.
-fn copy_snapshot(from: &Path, live: &Path) -> Result<()> {
-    std::fs::create_dir_all(live).map_err(|e| StateError::io(live, e))?;
+/// Deletes snapshot `batch` of `dir`: first renamed to a hidden name (so a deletion cut short by
+/// a crash never leaves a partial snapshot under a batch number), then removed.
+fn remove_snapshot(dir: &Path, batch: u64) -> Result<()> {
+    let p = dir.join(batch.to_string());
+    let gone = dir.join(format!(".del-{batch}"));
+    std::fs::rename(&p, &gone).map_err(|e| StateError::io(&p, e))?;
+    std::fs::remove_dir_all(&gone).map_err(|e| StateError::io(&gone, e))
+}
+
+/// Removes what an interrupted snapshot, deletion or restore left behind.
+fn clean_leftovers(dir: &Path, snapshots_dir: &Path) -> Result<()> {
+    if let Ok(rd) = std::fs::read_dir(snapshots_dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                let p = e.path();
+                std::fs::remove_dir_all(&p).map_err(|e| StateError::io(&p, e))?;
+            }
+        }
+    }
+    for p in [side_dir(dir, "restore"), side_dir(dir, "old")] {
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| StateError::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// `<dir>.<what>`, beside the live DB.
+fn side_dir(dir: &Path, what: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".into());
+    dir.with_file_name(format!("{name}.{what}"))
+}
+
+/// Copies a snapshot into `to` (a new directory): SST files are hard-linked (RocksDB never
+/// changes them), the rest copied and synced.
+fn copy_snapshot(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| StateError::io(to, e))?;
     let rd = std::fs::read_dir(from).map_err(|e| StateError::io(from, e))?;
     for e in rd {
         let e = e.map_err(|e| StateError::io(from, e))?;
         let src = e.path();
-        let dst = live.join(e.file_name());
+        let dst = to.join(e.file_name());
         let is_sst = src.extension().is_some_and(|x| x == "sst");
         if !(is_sst && std::fs::hard_link(&src, &dst).is_ok()) {
             std::fs::copy(&src, &dst).map_err(|e| StateError::io(&src, e))?;
+            std::fs::File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StateError::io(&dst, e))?;
         }
     }
-    Ok(())
+    crate::atomic::sync_dir(to)
 }
 
 impl RocksStateStore {
@@ -204,15 +242,13 @@ impl RocksStateStore {
 
     /// Opens (creating if missing) the DB in `dir`.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self> {
+        let snapshots_dir = side_dir(dir, "snapshots");
+        clean_leftovers(dir, &snapshots_dir)?;
         let db = open_db(dir)?;
         let (batch, rows) = meta_of(&db, dir)?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "state".into());
         Ok(Self {
             db: Some(Arc::new(db)),
-            snapshots_dir: dir.with_file_name(format!("{name}.snapshots")),
+            snapshots_dir,
             dir: dir.to_path_buf(),
             options,
             batch,
@@ -257,7 +293,7 @@ impl Drop for RocksStateStore {
     fn drop(&mut self) {
         if let Err(e) = self.finish_snapshot() {
             // the snapshot is an optimisation: the live DB is intact
-            eprintln!(
+            tracing::warn!(
                 "state snapshot in {} failed: {e}",
                 self.snapshots_dir.display()
             );
@@ -294,8 +330,14 @@ impl StateStore for RocksStateStore {
 
     fn commit(&mut self, batch_id: u64, changes: StateChanges) -> Result<CommitStats> {
         let t = Instant::now();
-        // the previous batch's snapshot must be complete before this batch changes the DB
-        self.finish_snapshot()?;
+        // the previous batch's snapshot must be complete before this batch changes the DB; a
+        // failed one is only a missed optimisation (retention counts completed snapshots only)
+        if let Err(e) = self.finish_snapshot() {
+            tracing::warn!(
+                "state snapshot in {} failed: {e}",
+                self.snapshots_dir.display()
+            );
+        }
         let db = Arc::clone(self.db.as_ref().ok_or_else(|| StateError::Inconsistent {
             dir: self.dir.clone(),
             reason: "the state store was closed after a failed restore".into(),
@@ -354,31 +396,52 @@ impl StateStore for RocksStateStore {
     }
 
     fn restore(&mut self, snapshot: Option<u64>) -> Result<()> {
-        self.finish_snapshot()?;
-        // close the live DB before replacing its files
-        self.db = None;
-        if self.dir.exists() {
-            std::fs::remove_dir_all(&self.dir).map_err(|e| StateError::io(&self.dir, e))?;
-        }
-        if let Some(b) = snapshot {
-            let from = self.snapshots_dir.join(b.to_string());
-            copy_snapshot(&from, &self.dir)?;
+        if let Err(e) = self.finish_snapshot() {
+            tracing::warn!(
+                "state snapshot in {} failed: {e}",
+                self.snapshots_dir.display()
+            );
         }
         // later snapshots belong to batches that will be run again
         for later in list_snapshots(&self.snapshots_dir)? {
             if snapshot.is_none_or(|b| later > b) {
-                let p = self.snapshots_dir.join(later.to_string());
-                std::fs::remove_dir_all(&p).map_err(|e| StateError::io(&p, e))?;
+                remove_snapshot(&self.snapshots_dir, later)?;
             }
+        }
+        // build the restored DB beside the live one and check it before swapping: a crash at
+        // any point leaves either the old live DB or none (recovery then rebuilds it again)
+        let fresh = side_dir(&self.dir, "restore");
+        if fresh.exists() {
+            std::fs::remove_dir_all(&fresh).map_err(|e| StateError::io(&fresh, e))?;
+        }
+        if let Some(b) = snapshot {
+            copy_snapshot(&self.snapshots_dir.join(b.to_string()), &fresh)?;
+        }
+        {
+            let db = open_db(&fresh)?;
+            let (batch, _) = meta_of(&db, &fresh)?;
+            if batch != snapshot {
+                return Err(StateError::Corrupt {
+                    path: self.snapshots_dir.join(snapshot.unwrap_or(0).to_string()),
+                    reason: format!("the snapshot holds batch {batch:?}, not {snapshot:?}"),
+                });
+            }
+            db.flush_wal(true).map_err(|e| rocks_err(&fresh, e))?;
+        }
+        self.db = None; // close the live DB
+        let old = side_dir(&self.dir, "old");
+        if self.dir.exists() {
+            std::fs::rename(&self.dir, &old).map_err(|e| StateError::io(&self.dir, e))?;
+        }
+        std::fs::rename(&fresh, &self.dir).map_err(|e| StateError::io(&self.dir, e))?;
+        if let Some(parent) = self.dir.parent() {
+            crate::atomic::sync_dir(parent)?;
+        }
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| StateError::io(&old, e))?;
         }
         let db = open_db(&self.dir)?;
         let (batch, rows) = meta_of(&db, &self.dir)?;
-        if batch != snapshot {
-            return Err(StateError::Corrupt {
-                path: self.snapshots_dir.join(snapshot.unwrap_or(0).to_string()),
-                reason: format!("the snapshot holds batch {batch:?}, not {snapshot:?}"),
-            });
-        }
         self.db = Some(Arc::new(db));
         self.batch = batch;
         self.rows = rows;

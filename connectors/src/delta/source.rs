@@ -131,7 +131,7 @@ impl SourceFactory for DeltaSourceFactory {
         &self,
         spec: &SourceSpec,
         schema: SchemaRef,
-        _ctx: &SourceContext,
+        ctx: &SourceContext,
     ) -> Result<Box<dyn Source>> {
         let path = path_of(spec)?;
         let rt = runtime()?;
@@ -163,6 +163,8 @@ impl SourceFactory for DeltaSourceFactory {
             commits: BTreeMap::new(),
             latest_seen: None,
             watcher: None,
+            initial: None,
+            initial_path: ctx.checkpoint_dir.join("initial-offset.json"),
         }))
     }
 }
@@ -189,6 +191,10 @@ pub struct DeltaSource {
     commits: BTreeMap<u64, Commit>,
     latest_seen: Option<u64>,
     watcher: Option<Box<dyn Watcher + Send>>,
+    /// Where `startingVersion = latest` resolved to, once known (kept in the checkpoint so that
+    /// a re-run or replay of batch 0 reads the same files).
+    initial: Option<DeltaOffset>,
+    initial_path: PathBuf,
 }
 
 fn parse_offset(o: &Offset) -> Result<DeltaOffset> {
@@ -287,16 +293,44 @@ impl DeltaSource {
         if let Some(s) = start {
             return parse_offset(s).map(Some);
         }
-        Ok(match self.starting {
-            Starting::Version(v) => Some(DeltaOffset {
+        match self.starting {
+            Starting::Version(v) => Ok(Some(DeltaOffset {
                 version: v,
                 index: 0,
-            }),
-            Starting::Latest => self.latest_version()?.map(|v| DeltaOffset {
-                version: v + 1,
-                index: 0,
-            }),
-        })
+            })),
+            Starting::Latest => self.resolved_latest_start(),
+        }
+    }
+
+    /// `startingVersion = latest`: the version after the latest one when the query first
+    /// looked, recorded in `sources/<i>/initial-offset.json` the first time.
+    fn resolved_latest_start(&mut self) -> Result<Option<DeltaOffset>> {
+        if let Some(o) = self.initial {
+            return Ok(Some(o));
+        }
+        if self.initial_path.exists() {
+            let text = std::fs::read_to_string(&self.initial_path)
+                .map_err(|e| EngineError::io(&self.initial_path, e))?;
+            let o: DeltaOffset = serde_json::from_str(&text).map_err(|e| {
+                EngineError::user(format!(
+                    "delta source: {} is damaged: {e}",
+                    self.initial_path.display()
+                ))
+            })?;
+            self.initial = Some(o);
+            return Ok(Some(o));
+        }
+        let Some(v) = self.latest_version()? else {
+            return Ok(None);
+        };
+        let o = DeltaOffset {
+            version: v + 1,
+            index: 0,
+        };
+        let text = serde_json::to_string(&o).map_err(|e| EngineError::bug(e.to_string()))?;
+        sluice_state::atomic::write_atomic(&self.initial_path, text.as_bytes())?;
+        self.initial = Some(o);
+        Ok(Some(o))
     }
 
     /// Files from `from` up to `to` (exclusive), grouped by version.

@@ -8,6 +8,8 @@
 //! directory is watched with inotify (or polled, `watchMode = poll`), so an idle query sleeps
 //! and a new file starts a batch within milliseconds.
 
+mod pool;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -343,12 +345,15 @@ impl SourceFactory for FileSourceFactory {
         };
         Ok(Box::new(FileSource {
             description: format!("FileStreamSource[{path}]"),
-            reader: FileReader {
+            reader: Arc::new(FileReader {
                 format,
                 schema: Arc::clone(&schema),
                 parse,
                 csv,
-            },
+                options: o.clone(),
+            }),
+            pool: None,
+            next_files: Vec::new(),
             schema,
             loc,
             log,
@@ -420,21 +425,39 @@ fn log_offset(o: Option<&Offset>) -> Result<Option<u64>> {
 }
 
 /// Parses files of one format into the stream's schema (shared by parser threads).
+#[derive(Clone)]
 struct FileReader {
     format: FileFormat,
     schema: SchemaRef,
     parse: Option<ParseSettings>,
     csv: Option<CsvOptions>,
+    /// The source's options (the parse settings are rebuilt from them for a projection).
+    options: Options,
 }
 
 /// Batches with at least this many bytes of input are parsed on all cores (smaller ones on the
 /// query's thread: no thread is started for a low-latency batch).
 const PARALLEL_PARSE_BYTES: u64 = 4 << 20;
 
+thread_local! {
+    /// The bytes of the file being parsed (reused by each parser thread).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A read buffer larger than this is not kept for the next file.
+const MAX_KEPT_READ_BUFFER: usize = 256 << 20;
+
+/// How many batches' files are parsed ahead when a backlog is waiting.
+const LOOK_AHEAD_BATCHES: usize = 2;
+
 /// A running file source.
 pub struct FileSource {
     description: String,
-    reader: FileReader,
+    reader: Arc<FileReader>,
+    /// Parser threads, started by the first batch big enough to be worth them.
+    pool: Option<pool::ParsePool>,
+    /// The files `latest_offset` expects the next batches after the one it planned to hold.
+    next_files: Vec<FileEntry>,
     schema: SchemaRef,
     loc: Location,
     log: VersionedLog<Vec<FileEntry>>,
@@ -457,7 +480,7 @@ pub struct FileSource {
 impl FileReader {
     fn read_file(&self, f: &FileEntry) -> Result<Vec<RecordBatch>> {
         let path = Path::new(&f.path);
-        let bytes = std::fs::read(path).map_err(|e| {
+        let read_err = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 EngineError::user(format!(
                     "input file {} was deleted after it was taken into a batch; the batch cannot be read again",
@@ -466,19 +489,35 @@ impl FileReader {
             } else {
                 EngineError::io(path, e)
             }
-        })?;
-        match self.format {
-            FileFormat::Json => formats::json::read(path, &bytes, self.settings()?),
-            FileFormat::Csv => {
-                let csv = self
-                    .csv
-                    .as_ref()
-                    .ok_or_else(|| EngineError::bug("csv options missing"))?;
-                formats::csv::read(path, &bytes, self.settings()?, csv)
-            }
-            FileFormat::Parquet => formats::parquet::read(path, bytes, &self.schema),
-            FileFormat::Text => formats::text::read(&bytes, &self.schema),
+        };
+        if self.format == FileFormat::Parquet {
+            let bytes = std::fs::read(path).map_err(read_err)?;
+            return formats::parquet::read(path, bytes, &self.schema);
         }
+        // text formats are decoded from a buffer each parser thread reuses (no fresh pages to
+        // fault in for every file)
+        READ_BUF.with(|cell| {
+            let mut bytes = cell.borrow_mut();
+            bytes.clear();
+            std::fs::File::open(path)
+                .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut bytes))
+                .map_err(read_err)?;
+            let out = match self.format {
+                FileFormat::Json => formats::json::read(path, &bytes, self.settings()?),
+                FileFormat::Csv => {
+                    let csv = self
+                        .csv
+                        .as_ref()
+                        .ok_or_else(|| EngineError::bug("csv options missing"))?;
+                    formats::csv::read(path, &bytes, self.settings()?, csv)
+                }
+                FileFormat::Parquet | FileFormat::Text => formats::text::read(&bytes, &self.schema),
+            };
+            if bytes.capacity() > MAX_KEPT_READ_BUFFER {
+                *bytes = Vec::new();
+            }
+            out
+        })
     }
 
     fn settings(&self) -> Result<&ParseSettings> {
@@ -586,6 +625,26 @@ impl Source for FileSource {
         if take.is_empty() {
             return Ok(None);
         }
+        // what the two batches after this one will most likely hold (the same limits): parsed
+        // ahead while this one runs
+        self.next_files.clear();
+        if limit == ReadLimit::Configured {
+            let mut rest = files.iter().skip(take.len()).peekable();
+            for _ in 0..LOOK_AHEAD_BATCHES {
+                let (mut n, mut bytes) = (0usize, 0u64);
+                while let Some(f) = rest.peek() {
+                    if self.max_files.is_some_and(|m| n >= m)
+                        || self.max_bytes.is_some_and(|m| n > 0 && bytes + f.size > m)
+                    {
+                        break;
+                    }
+                    n += 1;
+                    bytes += f.size;
+                    self.next_files.push((*f).clone());
+                    rest.next();
+                }
+            }
+        }
         self.log.add(next, &take)?;
         for f in &take {
             self.max_mtime = self.max_mtime.max(f.mtime_ms);
@@ -612,47 +671,48 @@ impl Source for FileSource {
             }
             files.extend(entry);
         }
-        // parse the files on all cores, keeping their order
+        // parse the files on all cores (those parsed ahead while the previous batch ran are
+        // ready), keeping their order; a small batch is parsed on the query's thread
         let bytes: u64 = files.iter().map(|f| f.size).sum();
+        let next_bytes: u64 = self.next_files.iter().map(|f| f.size).sum();
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1)
-            .min(files.len().max(1));
-        if threads <= 1 || bytes < PARALLEL_PARSE_BYTES {
-            let mut out = Vec::new();
-            for f in &files {
-                out.extend(self.reader.read_file(f)?);
+            .unwrap_or(1);
+        let worth_threads =
+            threads > 1 && (bytes >= PARALLEL_PARSE_BYTES || next_bytes >= PARALLEL_PARSE_BYTES);
+        if self.pool.is_none() && worth_threads {
+            self.pool = Some(pool::ParsePool::new(Arc::clone(&self.reader), threads));
+        }
+        let parsed = match &self.pool {
+            Some(p) => p.get(&files)?,
+            None => files
+                .iter()
+                .map(|f| self.reader.read_file(f))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        if let Some(p) = &self.pool {
+            if next_bytes >= PARALLEL_PARSE_BYTES {
+                p.look_ahead(&self.next_files);
+            } else {
+                p.look_ahead(&[]);
             }
-            return Ok(out);
         }
-        let this = &self.reader;
-        let chunk = files.len().div_ceil(threads);
-        let parts: Vec<Result<Vec<RecordBatch>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = files
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        let mut out = Vec::new();
-                        for f in part {
-                            out.extend(this.read_file(f)?);
-                        }
-                        Ok(out)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(EngineError::bug("a file parser thread panicked")))
-                })
-                .collect()
-        });
-        let mut out = Vec::new();
-        for p in parts {
-            out.extend(p?);
+        Ok(parsed.into_iter().flatten().collect())
+    }
+
+    fn project(&mut self, columns: &[usize]) -> Result<bool> {
+        // JSON decodes only the projected fields (the others are skipped on the tape) and
+        // Parquet aligns its columns by name; CSV is positional and text has one column
+        if !matches!(self.reader.format, FileFormat::Json | FileFormat::Parquet) {
+            return Ok(false);
         }
-        Ok(out)
+        let schema = Arc::new(self.schema.project(columns)?);
+        let reader = Arc::make_mut(&mut self.reader);
+        if reader.format == FileFormat::Json {
+            reader.parse = Some(ParseSettings::new(Arc::clone(&schema), &reader.options)?);
+        }
+        reader.schema = schema;
+        Ok(true)
     }
 
     fn commit(&mut self, end: &Offset) -> Result<()> {
