@@ -32,6 +32,18 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Keeps every progress report.
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<sluice::QueryProgress>>);
+
+impl sluice::StreamingQueryListener for Collect {
+    fn on_query_progress(&self, p: &sluice::QueryProgress) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(p.clone());
+        }
+    }
+}
+
 fn main() -> sluice::Result<()> {
     let groups = arg("--groups", 10_000_000);
     let files = arg("--files", 100);
@@ -60,6 +72,9 @@ fn main() -> sluice::Result<()> {
         write(files + f, from, from + per_file)?;
     }
     let session = Session::builder().app_name("state-scale").build()?;
+    // every batch's progress (the query keeps only the last 100)
+    let all = std::sync::Arc::new(Collect::default());
+    session.add_listener(all.clone());
     let t0 = Instant::now();
     let query = session
         .read_stream()
@@ -69,6 +84,7 @@ fn main() -> sluice::Result<()> {
         .group_by([col("id")])
         .agg([count(lit(1)).alias("n"), sum(col("v")).alias("total")])?
         .write_stream()
+        .option("minDeltasForSnapshot", arg("--snapshot-interval", 10))
         .output_mode(OutputMode::Update)
         .trigger(Trigger::AvailableNow)
         .checkpoint_location(dir.path().join("chk"))
@@ -76,7 +92,7 @@ fn main() -> sluice::Result<()> {
         .start()?;
     query.await_termination()?;
     let wall = t0.elapsed().as_secs_f64();
-    let progress = query.recent_progress();
+    let progress = all.0.lock().map(|p| p.clone()).unwrap_or_default();
     let trigger_ms: u64 = progress
         .iter()
         .map(|p| p.duration_ms.trigger_execution)
@@ -89,6 +105,18 @@ fn main() -> sluice::Result<()> {
         .last()
         .and_then(|p| p.state_operators.first().map(|s| s.num_rows_total))
         .unwrap_or(0);
+    let mut commits: Vec<u64> = progress
+        .iter()
+        .flat_map(|p| p.state_operators.iter().map(|s| s.commit_time_ms))
+        .collect();
+    commits.sort_unstable();
+    if let (Some(max), false) = (commits.last(), commits.is_empty()) {
+        println!(
+            "state commit per batch: p50 {} ms, p90 {} ms, max {max} ms",
+            commits[commits.len() / 2],
+            commits[commits.len() * 9 / 10]
+        );
+    }
     let rss = peak_rss_mib();
     let commit_pct = 100.0 * commit_ms as f64 / trigger_ms.max(1) as f64;
     println!(

@@ -25,7 +25,7 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_plan::PhysicalExpr;
-use sluice_state::store::{CommitStats, StateChanges, StateStore};
+use sluice_state::store::{StateChanges, StateStore};
 
 use crate::connector::OutputMode;
 use crate::error::{EngineError, Result};
@@ -685,15 +685,6 @@ impl AggregateOp {
             .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), true))
             .collect();
         Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
-    }
-
-    /// Commits the state changes of `batch_id` (after the sink has the batch).
-    pub fn commit(&mut self, batch_id: u64, changes: StateChanges) -> Result<CommitStats> {
-        let store = self
-            .store
-            .as_mut()
-            .ok_or_else(|| EngineError::bug("aggregate without state store"))?;
-        Ok(store.commit(batch_id, changes)?)
     }
 
     /// Keys in state.

@@ -404,8 +404,8 @@ impl Execution {
             let output =
                 self.plan
                     .execute(&inputs, entry.late_watermark_ms, entry.watermark_ms, false)?;
-            if let Some(changes) = output.changes {
-                self.plan.commit_state(batch, changes)?;
+            if output.staged {
+                self.plan.commit_state(batch)?;
             }
         }
         Ok(())
@@ -485,8 +485,8 @@ impl Execution {
         }
         crash_point("after-sink", batch);
         let mut state_progress = Vec::new();
-        if let Some(changes) = output.changes {
-            if let Some(stats) = self.plan.commit_state(batch, changes)? {
+        if output.staged {
+            if let Some(stats) = self.plan.commit_state(batch)? {
                 let operator_name = self
                     .plan
                     .state_operators()

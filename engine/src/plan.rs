@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
-use sluice_state::store::{CommitStats, StateChanges, StateStore};
+use sluice_state::store::{CommitStats, StateStore};
 
 use crate::aggregate::{AggSpec, AggregateOp, WindowGroup};
 use crate::clock::{BatchClock, BatchClockUdf};
@@ -476,11 +476,8 @@ impl StatefulOp {
             StatefulOp::Dedup(d) => d.process(input, schema, late, evict),
         }
     }
-    fn commit(&mut self, batch_id: u64, changes: StateChanges) -> Result<CommitStats> {
-        match self {
-            StatefulOp::Aggregate(a) => a.commit(batch_id, changes),
-            StatefulOp::Dedup(d) => Ok(d.store_mut()?.commit(batch_id, changes)?),
-        }
+    fn commit(&mut self, batch_id: u64) -> Result<CommitStats> {
+        Ok(self.store_mut()?.commit(batch_id)?)
     }
     fn rows_total(&self) -> u64 {
         match self {
@@ -513,8 +510,9 @@ pub struct BatchOutput {
     pub late_rows: Vec<RecordBatch>,
     /// Partially aggregated rows dropped as late.
     pub dropped_by_watermark: u64,
-    /// State changes to commit after the sink has the batch.
-    pub changes: Option<StateChanges>,
+    /// Whether the batch's state changes are staged in the store, to commit after the sink
+    /// has the batch.
+    pub staged: bool,
     /// Event times each watermark (index as in [`StreamPlan::watermarks`]) saw in the batch.
     pub event_stats: Vec<Option<EventTimeStats>>,
 }
@@ -763,21 +761,18 @@ impl StreamPlan {
                 out.rows = a.post.run(StageInput::Rows(&r.rows), &mut stats)?;
                 out.late_rows = r.late_rows;
                 out.dropped_by_watermark = r.dropped_by_watermark;
-                out.changes = Some(r.changes);
+                a.op.store_mut()?.stage(r.changes)?;
+                out.staged = true;
             }
         }
         out.event_stats = stats;
         Ok(out)
     }
 
-    /// Commits the state of batch `batch_id`.
-    pub fn commit_state(
-        &mut self,
-        batch_id: u64,
-        changes: StateChanges,
-    ) -> Result<Option<CommitStats>> {
+    /// Commits the state of batch `batch_id` (its changes staged by [`execute`](Self::execute)).
+    pub fn commit_state(&mut self, batch_id: u64) -> Result<Option<CommitStats>> {
         match &mut self.agg {
-            Some(a) => Ok(Some(a.op.commit(batch_id, changes)?)),
+            Some(a) => Ok(Some(a.op.commit(batch_id)?)),
             None => Ok(None),
         }
     }

@@ -63,6 +63,16 @@ pub struct RocksStateStore {
     rows: u64,
     /// The snapshot being written in the background, if any.
     pending: Option<JoinHandle<Result<()>>>,
+    /// The staged changes of the batch being processed.
+    staged: Option<Staged>,
+}
+
+/// A batch's changes, encoded in the write batch its commit will write.
+struct Staged {
+    batch: WriteBatch,
+    rows_delta: i64,
+    puts: u64,
+    deletes: u64,
 }
 
 fn rocks_err(dir: &Path, e: rocksdb::Error) -> StateError {
@@ -95,8 +105,13 @@ fn open_db(dir: &Path) -> Result<DB> {
     opts.set_max_write_buffer_number(4);
     opts.set_max_open_files(256);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // one writer (the query's thread): the memtable's single-writer insert path
+    opts.set_allow_concurrent_memtable_write(false);
+    // snapshots flush small memtables into L0: let compaction catch up before slowing writes
+    opts.set_level_zero_slowdown_writes_trigger(40);
+    opts.set_level_zero_stop_writes_trigger(64);
     let cfs = vec![
-        ColumnFamilyDescriptor::new(DATA_CF, Options::default()),
+        ColumnFamilyDescriptor::new(DATA_CF, opts.clone()),
         ColumnFamilyDescriptor::new(META_CF, Options::default()),
     ];
     DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| rocks_err(dir, e))
@@ -154,21 +169,29 @@ pub fn snapshots_to_delete(snapshots: &[u64], latest: u64, min_batches_to_retain
     }
 }
 
-/// Takes a snapshot of `db` (which holds batch `batch`) into `dir/<batch>`, then deletes the
-/// snapshots no longer needed.
-fn take_snapshot(db: &DB, dir: &Path, batch: u64, retain: u64) -> Result<()> {
+/// Takes a snapshot of `db` into `dir/<batch>`, `batch` being the one it holds (read from the
+/// snapshot itself: commits go on while it is taken), then deletes the snapshots no longer
+/// needed.
+fn take_snapshot(db: &DB, dir: &Path, retain: u64) -> Result<()> {
     crate::atomic::ensure_dir(dir)?;
-    let target = dir.join(batch.to_string());
-    let tmp = dir.join(format!(".tmp-{batch}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| StateError::io(&tmp, e))?;
-    }
+    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
     rocksdb::checkpoint::Checkpoint::new(db)
         .and_then(|c| c.create_checkpoint(&tmp))
         .map_err(|e| rocks_err(&tmp, e))?;
+    let held = {
+        let cfs = [DATA_CF, META_CF];
+        let ro = DB::open_cf_for_read_only(&Options::default(), &tmp, cfs, false)
+            .map_err(|e| rocks_err(&tmp, e))?;
+        meta_of(&ro, &tmp)?.0
+    };
+    let Some(batch) = held else {
+        std::fs::remove_dir_all(&tmp).map_err(|e| StateError::io(&tmp, e))?;
+        return Ok(());
+    };
+    let target = dir.join(batch.to_string());
     if target.exists() {
-        // left by a run whose later batches were discarded (state restored to an older batch)
-        std::fs::remove_dir_all(&target).map_err(|e| StateError::io(&target, e))?;
+        // left by a run whose later batches were discarded, or taken twice
+        remove_snapshot(dir, batch)?;
     }
     std::fs::rename(&tmp, &target).map_err(|e| StateError::io(&target, e))?;
     crate::atomic::sync_dir(dir)?;
@@ -254,6 +277,7 @@ impl RocksStateStore {
             batch,
             rows,
             pending: None,
+            staged: None,
         })
     }
 
@@ -262,6 +286,30 @@ impl RocksStateStore {
             dir: self.dir.clone(),
             reason: "the state store was closed after a failed restore".into(),
         })
+    }
+
+    /// Starts a snapshot on a background thread, unless the previous one is still being
+    /// written (then this interval is skipped: snapshots never hold a commit up).
+    fn start_snapshot(&mut self, db: Arc<DB>) {
+        if self.pending.as_ref().is_some_and(|h| !h.is_finished()) {
+            tracing::debug!("state snapshot still in progress, skipping this one");
+            return;
+        }
+        if let Err(e) = self.finish_snapshot() {
+            tracing::warn!(
+                "state snapshot in {} failed: {e}",
+                self.snapshots_dir.display()
+            );
+        }
+        let dir = self.snapshots_dir.clone();
+        let retain = self.options.min_batches_to_retain;
+        match std::thread::Builder::new()
+            .name("sluice-state-snapshot".into())
+            .spawn(move || take_snapshot(&db, &dir, retain))
+        {
+            Ok(h) => self.pending = Some(h),
+            Err(e) => tracing::warn!("cannot start a state snapshot: {e}"),
+        }
     }
 
     /// Waits for the background snapshot, if one is being written.
@@ -328,16 +376,38 @@ impl StateStore for RocksStateStore {
         Ok(())
     }
 
-    fn commit(&mut self, batch_id: u64, changes: StateChanges) -> Result<CommitStats> {
-        let t = Instant::now();
-        // the previous batch's snapshot must be complete before this batch changes the DB; a
-        // failed one is only a missed optimisation (retention counts completed snapshots only)
-        if let Err(e) = self.finish_snapshot() {
-            tracing::warn!(
-                "state snapshot in {} failed: {e}",
-                self.snapshots_dir.display()
-            );
+    fn stage(&mut self, changes: StateChanges) -> Result<()> {
+        let StateChanges {
+            mut puts,
+            deletes,
+            rows_delta,
+        } = changes;
+        // in key order: the memtable takes sorted keys faster
+        puts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let bytes: usize = puts
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+            + deletes.iter().map(|k| k.len() + 4).sum::<usize>()
+            + 64;
+        let mut batch = WriteBatch::with_capacity_bytes(bytes);
+        for (k, v) in &puts {
+            batch.put(k, v);
         }
+        for k in &deletes {
+            batch.delete(k);
+        }
+        self.staged = Some(Staged {
+            batch,
+            rows_delta,
+            puts: puts.len() as u64,
+            deletes: deletes.len() as u64,
+        });
+        Ok(())
+    }
+
+    fn commit(&mut self, batch_id: u64) -> Result<CommitStats> {
+        let t = Instant::now();
         let db = Arc::clone(self.db.as_ref().ok_or_else(|| StateError::Inconsistent {
             dir: self.dir.clone(),
             reason: "the state store was closed after a failed restore".into(),
@@ -346,14 +416,18 @@ impl StateStore for RocksStateStore {
             path: self.dir.clone(),
             reason: "state store has no metadata column family".into(),
         })?;
-        let rows = (self.rows as i64 + changes.rows_delta).max(0) as u64;
-        let mut wb = WriteBatch::default();
-        for (k, v) in &changes.puts {
-            wb.put(k, v);
-        }
-        for k in &changes.deletes {
-            wb.delete(k);
-        }
+        let Staged {
+            batch: mut wb,
+            rows_delta,
+            puts,
+            deletes,
+        } = self.staged.take().unwrap_or(Staged {
+            batch: WriteBatch::default(),
+            rows_delta: 0,
+            puts: 0,
+            deletes: 0,
+        });
+        let rows = (self.rows as i64 + rows_delta).max(0) as u64;
         wb.put_cf(&meta, BATCH_KEY, batch_id.to_be_bytes());
         wb.put_cf(&meta, ROWS_KEY, rows.to_be_bytes());
         let mut wo = WriteOptions::default();
@@ -364,18 +438,12 @@ impl StateStore for RocksStateStore {
         let commit_ms = t.elapsed().as_millis() as u64;
         let every = self.options.snapshot_interval;
         if every > 0 && batch_id.is_multiple_of(every) {
-            let dir = self.snapshots_dir.clone();
-            let retain = self.options.min_batches_to_retain;
-            let handle = std::thread::Builder::new()
-                .name("sluice-state-snapshot".into())
-                .spawn(move || take_snapshot(&db, &dir, batch_id, retain))
-                .map_err(|e| StateError::io(&self.snapshots_dir, e))?;
-            self.pending = Some(handle);
+            self.start_snapshot(db);
         }
         Ok(CommitStats {
             rows_total: rows,
-            rows_updated: changes.puts.len() as u64,
-            rows_removed: changes.deletes.len() as u64,
+            rows_updated: puts,
+            rows_removed: deletes,
             commit_ms,
             memory_used_bytes: self.memory_used(),
         })
@@ -454,15 +522,15 @@ mod tests {
     use super::*;
 
     fn put(s: &mut RocksStateStore, batch: u64, key: &str) {
-        s.commit(
-            batch,
-            StateChanges {
-                puts: vec![(key.as_bytes().to_vec(), batch.to_be_bytes().to_vec())],
-                deletes: vec![],
-                rows_delta: 1,
-            },
-        )
-        .expect("commit");
+        s.stage(StateChanges {
+            puts: vec![(key.as_bytes().to_vec(), batch.to_be_bytes().to_vec())],
+            deletes: vec![],
+            rows_delta: 1,
+        })
+        .expect("stage");
+        s.commit(batch).expect("commit");
+        // one snapshot at a time: wait for it, so that the test sees every interval's
+        s.finish_snapshot().expect("snapshot");
     }
 
     #[test]
@@ -511,32 +579,32 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let mut s = RocksStateStore::open(dir.path()).expect("open");
         assert_eq!(s.committed_batch(), None);
-        let stats = s
-            .commit(
-                0,
-                StateChanges {
-                    puts: vec![
-                        (b"a".to_vec(), b"1".to_vec()),
-                        (b"b".to_vec(), b"2".to_vec()),
-                    ],
-                    deletes: vec![],
-                    rows_delta: 2,
-                },
-            )
-            .expect("commit");
+        s.stage(StateChanges {
+            puts: vec![
+                (b"b".to_vec(), b"2".to_vec()),
+                (b"a".to_vec(), b"1".to_vec()),
+            ],
+            deletes: vec![],
+            rows_delta: 2,
+        })
+        .expect("stage");
+        // staged changes are not visible before the commit
+        assert_eq!(s.multi_get(&[b"a".to_vec()]).expect("get"), vec![None]);
+        let stats = s.commit(0).expect("commit");
         assert_eq!(stats.rows_total, 2);
-        s.commit(
-            1,
-            StateChanges {
-                puts: vec![(b"c".to_vec(), b"3".to_vec())],
-                deletes: vec![b"a".to_vec()],
-                rows_delta: 0,
-            },
-        )
-        .expect("commit");
+        assert_eq!(stats.rows_updated, 2);
+        s.stage(StateChanges {
+            puts: vec![(b"c".to_vec(), b"3".to_vec())],
+            deletes: vec![b"a".to_vec()],
+            rows_delta: 0,
+        })
+        .expect("stage");
+        s.commit(1).expect("commit");
+        // a batch that changed nothing still records its id
+        s.commit(2).expect("commit");
         drop(s);
         let s = RocksStateStore::open(dir.path()).expect("reopen");
-        assert_eq!(s.committed_batch(), Some(1));
+        assert_eq!(s.committed_batch(), Some(2));
         assert_eq!(s.rows_total(), 2);
         let got = s
             .multi_get(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
@@ -553,6 +621,6 @@ mod tests {
         s.snapshot(&snap).expect("snapshot");
         drop(s);
         let s2 = RocksStateStore::open(&snap).expect("open snapshot");
-        assert_eq!(s2.committed_batch(), Some(1));
+        assert_eq!(s2.committed_batch(), Some(2));
     }
 }

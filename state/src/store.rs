@@ -44,10 +44,11 @@ pub struct CommitStats {
 /// The state of one stateful operator.
 ///
 /// Called by that operator on its query's thread: reads ([`multi_get`](Self::multi_get),
-/// [`scan`](Self::scan)) any time during a batch, then one [`commit`](Self::commit) per batch,
-/// after the batch's output reached the sink and before its commit-log entry is written. What
-/// must hold: a commit is atomic and durable (all of a batch's changes and its id, or none);
-/// reads see the last commit (a batch's own changes are applied only by its commit).
+/// [`scan`](Self::scan)) any time during a batch, [`stage`](Self::stage) of the batch's changes
+/// when it has computed them, then one [`commit`](Self::commit) per batch, after the batch's
+/// output reached the sink and before its commit-log entry is written. What must hold: a commit
+/// is atomic and durable (all of a batch's changes and its id, or none); reads see the last
+/// commit (a batch's own staged changes are applied only by its commit).
 pub trait StateStore: Send {
     /// The batch whose commit produced the current state; `None` for an empty new store.
     fn committed_batch(&self) -> Option<u64>;
@@ -58,8 +59,14 @@ pub trait StateStore: Send {
     /// Calls `f(key, value)` for keys in `[from, to)` in key order; stops when `f` returns false.
     fn scan(&self, from: &[u8], to: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()>;
 
-    /// Applies `changes` as the state after batch `batch_id`, atomically and durably.
-    fn commit(&mut self, batch_id: u64, changes: StateChanges) -> Result<CommitStats>;
+    /// Stages the changes of the batch being processed: neither visible to reads nor durable
+    /// until [`commit`](Self::commit) (as Spark's RocksDB store records a batch's updates in a
+    /// write batch while it runs). Staging again replaces what was staged.
+    fn stage(&mut self, changes: StateChanges) -> Result<()>;
+
+    /// Applies the staged changes (none if nothing was staged) as the state after batch
+    /// `batch_id`, atomically and durably.
+    fn commit(&mut self, batch_id: u64) -> Result<CommitStats>;
 
     /// Number of keys.
     fn rows_total(&self) -> u64;
