@@ -1,10 +1,18 @@
-//! The RocksDB state store: one DB per operator; each batch's changes and its batch id in one
-//! synced `WriteBatch` (no memtable flush per batch: the WAL makes it durable, as the changelog
-//! of Spark's changelog checkpointing). Every `snapshot_interval` batches a snapshot (a RocksDB
-//! checkpoint: hard links to the immutable SST files plus the flushed memtable) is taken into
-//! `<dir>.snapshots/<batch>/` on a background thread, while the next batch is read and
-//! aggregated; snapshots older than `min_batches_to_retain` batches are deleted (the newest of
-//! them kept, so every retained batch can be rebuilt from a snapshot and the offsets log).
+//! The RocksDB state store, with changelog checkpointing as Spark's RocksDB store does it.
+//!
+//! One DB per operator, written without RocksDB's WAL. A batch's changes are staged when the
+//! batch computes them: encoded in a `WriteBatch` whose bytes go to `<dir>.changelog/.staged`,
+//! synced — one synced write per micro-batch, before the sink runs. The commit renames it to
+//! `<dir>.changelog/<batch>` (the durable point) and applies the write batch, with the batch id,
+//! to the memtable: no WAL, no memtable flush per batch. Memtables reach disk when RocksDB
+//! flushes them (all column families together: atomic flush, so the batch id in the SSTs says
+//! which batch they hold); on open, the changelogs after that batch are applied again.
+//!
+//! Every `snapshot_interval` batches a snapshot (a RocksDB checkpoint: the memtables flushed,
+//! hard links to the immutable SST files) is taken into `<dir>.snapshots/<batch>/` on a
+//! background thread, while the next batches run; after it the changelogs it covers are
+//! deleted. Snapshots older than `min_batches_to_retain` batches are deleted (the newest of them
+//! kept, so every retained batch can be rebuilt from a snapshot and the offsets log).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +27,9 @@ use crate::{Result, StateError};
 const META_CF: &str = "sluice_meta";
 const DATA_CF: &str = "default";
 const BATCH_KEY: &[u8] = b"batch";
+/// Without snapshots, the memtables are flushed (and the changelogs they cover deleted) every
+/// this many batches.
+const FLUSH_EVERY_WITHOUT_SNAPSHOTS: u64 = 100;
 const ROWS_KEY: &[u8] = b"rows";
 
 /// Snapshot and retention settings of a store (Spark's `minDeltasForSnapshot` and
@@ -65,6 +76,74 @@ pub struct RocksStateStore {
     pending: Option<JoinHandle<Result<()>>>,
     /// The staged changes of the batch being processed.
     staged: Option<Staged>,
+    /// `<dir>.changelog`: the changes of each committed batch the SSTs may not hold yet.
+    changelog_dir: PathBuf,
+}
+
+/// First bytes of a changelog file (then the rows delta and the length of the write batch).
+const CHANGELOG_MAGIC: &[u8; 8] = b"SLCLOG01";
+
+/// A changelog file: the magic, the rows delta, the write batch's length and bytes.
+fn changelog_bytes(rows_delta: i64, wb: &WriteBatch) -> Vec<u8> {
+    let data = wb.data();
+    let mut out = Vec::with_capacity(data.len() + 24);
+    out.extend_from_slice(CHANGELOG_MAGIC);
+    out.extend_from_slice(&rows_delta.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Parses a changelog file into (rows delta, write batch).
+fn parse_changelog(path: &Path, bytes: &[u8]) -> Result<(i64, WriteBatch)> {
+    let corrupt = |reason: &str| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if bytes.len() < 24 || &bytes[..8] != CHANGELOG_MAGIC {
+        return Err(corrupt("not a Sluice state changelog"));
+    }
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&bytes[8..16]);
+    let delta = i64::from_be_bytes(n);
+    n.copy_from_slice(&bytes[16..24]);
+    let len = u64::from_be_bytes(n) as usize;
+    if bytes.len() != 24 + len {
+        return Err(corrupt("truncated changelog"));
+    }
+    Ok((delta, WriteBatch::from_data(&bytes[24..])))
+}
+
+/// The committed changelogs in `dir`, ascending.
+fn list_changelogs(dir: &Path) -> Result<Vec<u64>> {
+    list_snapshots(dir)
+}
+
+/// Deletes the changelogs of batches `<= upto`.
+fn delete_changelogs(dir: &Path, upto: Option<u64>) -> Result<()> {
+    for b in list_changelogs(dir)? {
+        if upto.is_none_or(|u| b <= u) {
+            let p = dir.join(b.to_string());
+            std::fs::remove_file(&p).map_err(|e| StateError::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Flushes the memtables of both column families together (the batch id with its data).
+fn flush_all(db: &DB) -> std::result::Result<(), rocksdb::Error> {
+    let cfs: Vec<_> = [DATA_CF, META_CF]
+        .iter()
+        .filter_map(|n| db.cf_handle(n))
+        .collect();
+    db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+}
+
+/// Writes without RocksDB's WAL: durability comes from the changelog.
+fn write_options() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.disable_wal(true);
+    wo
 }
 
 /// A batch's changes, encoded in the write batch its commit will write.
@@ -107,6 +186,8 @@ fn open_db(dir: &Path) -> Result<DB> {
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     // one writer (the query's thread): the memtable's single-writer insert path
     opts.set_allow_concurrent_memtable_write(false);
+    // without a WAL the column families are flushed together (the batch id with its data)
+    opts.set_atomic_flush(true);
     // snapshots flush small memtables into L0: let compaction catch up before slowing writes
     opts.set_level_zero_slowdown_writes_trigger(40);
     opts.set_level_zero_stop_writes_trigger(64);
@@ -210,8 +291,12 @@ fn remove_snapshot(dir: &Path, batch: u64) -> Result<()> {
     std::fs::remove_dir_all(&gone).map_err(|e| StateError::io(&gone, e))
 }
 
-/// Removes what an interrupted snapshot, deletion or restore left behind.
+/// Removes what an interrupted snapshot, deletion, restore or stage left behind.
 fn clean_leftovers(dir: &Path, snapshots_dir: &Path) -> Result<()> {
+    let staged = side_dir(dir, "changelog").join(".staged");
+    if staged.exists() {
+        std::fs::remove_file(&staged).map_err(|e| StateError::io(&staged, e))?;
+    }
     if let Ok(rd) = std::fs::read_dir(snapshots_dir) {
         for e in rd.flatten() {
             if e.file_name().to_string_lossy().starts_with('.') {
@@ -226,6 +311,31 @@ fn clean_leftovers(dir: &Path, snapshots_dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Applies the changelogs of the batches after the one the DB's files hold (what the memtables
+/// held when the process ended), and deletes the older ones. Returns the batch and row count.
+fn replay_changelogs(db: &DB, dir: &Path, changelog_dir: &Path) -> Result<(Option<u64>, u64)> {
+    let (mut batch, mut rows) = meta_of(db, dir)?;
+    let meta = db.cf_handle(META_CF).ok_or_else(|| StateError::Corrupt {
+        path: dir.to_path_buf(),
+        reason: "state store has no metadata column family".into(),
+    })?;
+    for b in list_changelogs(changelog_dir)? {
+        if batch.is_some_and(|held| b <= held) {
+            continue;
+        }
+        let path = changelog_dir.join(b.to_string());
+        let bytes = std::fs::read(&path).map_err(|e| StateError::io(&path, e))?;
+        let (delta, mut wb) = parse_changelog(&path, &bytes)?;
+        rows = (rows as i64 + delta).max(0) as u64;
+        wb.put_cf(&meta, BATCH_KEY, b.to_be_bytes());
+        wb.put_cf(&meta, ROWS_KEY, rows.to_be_bytes());
+        db.write_opt(wb, &write_options())
+            .map_err(|e| rocks_err(dir, e))?;
+        batch = Some(b);
+    }
+    Ok((batch, rows))
 }
 
 /// `<dir>.<what>`, beside the live DB.
@@ -266,9 +376,11 @@ impl RocksStateStore {
     /// Opens (creating if missing) the DB in `dir`.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self> {
         let snapshots_dir = side_dir(dir, "snapshots");
+        let changelog_dir = side_dir(dir, "changelog");
         clean_leftovers(dir, &snapshots_dir)?;
+        crate::atomic::ensure_dir(&changelog_dir)?;
         let db = open_db(dir)?;
-        let (batch, rows) = meta_of(&db, dir)?;
+        let (batch, rows) = replay_changelogs(&db, dir, &changelog_dir)?;
         Ok(Self {
             db: Some(Arc::new(db)),
             snapshots_dir,
@@ -278,6 +390,7 @@ impl RocksStateStore {
             rows,
             pending: None,
             staged: None,
+            changelog_dir,
         })
     }
 
@@ -288,9 +401,11 @@ impl RocksStateStore {
         })
     }
 
-    /// Starts a snapshot on a background thread, unless the previous one is still being
-    /// written (then this interval is skipped: snapshots never hold a commit up).
-    fn start_snapshot(&mut self, db: Arc<DB>) {
+    /// Starts a snapshot (or, without snapshots, a flush) on a background thread, unless the
+    /// previous one is still running (then this interval is skipped: they never hold a commit
+    /// up). Afterwards the changelogs of the batches up to `batch` are deleted: the DB's files
+    /// hold them.
+    fn start_background(&mut self, db: Arc<DB>, batch: u64, snapshot: bool) {
         if self.pending.as_ref().is_some_and(|h| !h.is_finished()) {
             tracing::debug!("state snapshot still in progress, skipping this one");
             return;
@@ -302,14 +417,31 @@ impl RocksStateStore {
             );
         }
         let dir = self.snapshots_dir.clone();
+        let changelog_dir = self.changelog_dir.clone();
         let retain = self.options.min_batches_to_retain;
+        let live = self.dir.clone();
         match std::thread::Builder::new()
             .name("sluice-state-snapshot".into())
-            .spawn(move || take_snapshot(&db, &dir, retain))
-        {
+            .spawn(move || {
+                if snapshot {
+                    take_snapshot(&db, &dir, retain)?;
+                } else {
+                    flush_all(&db).map_err(|e| rocks_err(&live, e))?;
+                }
+                delete_changelogs(&changelog_dir, Some(batch))
+            }) {
             Ok(h) => self.pending = Some(h),
             Err(e) => tracing::warn!("cannot start a state snapshot: {e}"),
         }
+    }
+
+    /// Writes the staged changes to `<dir>.changelog/.staged`, synced.
+    fn write_staged(&self, rows_delta: i64, wb: &WriteBatch) -> Result<()> {
+        let path = self.changelog_dir.join(".staged");
+        let mut f = std::fs::File::create(&path).map_err(|e| StateError::io(&path, e))?;
+        std::io::Write::write_all(&mut f, &changelog_bytes(rows_delta, wb))
+            .and_then(|()| f.sync_all())
+            .map_err(|e| StateError::io(&path, e))
     }
 
     /// Waits for the background snapshot, if one is being written.
@@ -397,6 +529,7 @@ impl StateStore for RocksStateStore {
         for k in &deletes {
             batch.delete(k);
         }
+        self.write_staged(rows_delta, &batch)?;
         self.staged = Some(Staged {
             batch,
             rows_delta,
@@ -416,29 +549,44 @@ impl StateStore for RocksStateStore {
             path: self.dir.clone(),
             reason: "state store has no metadata column family".into(),
         })?;
+        let staged = match self.staged.take() {
+            Some(s) => s,
+            None => {
+                // a batch that changed nothing still records its id
+                let batch = WriteBatch::default();
+                self.write_staged(0, &batch)?;
+                Staged {
+                    batch,
+                    rows_delta: 0,
+                    puts: 0,
+                    deletes: 0,
+                }
+            }
+        };
         let Staged {
             batch: mut wb,
             rows_delta,
             puts,
             deletes,
-        } = self.staged.take().unwrap_or(Staged {
-            batch: WriteBatch::default(),
-            rows_delta: 0,
-            puts: 0,
-            deletes: 0,
-        });
+        } = staged;
+        // the durable point: the staged changelog becomes the batch's
+        let from = self.changelog_dir.join(".staged");
+        let to = self.changelog_dir.join(batch_id.to_string());
+        std::fs::rename(&from, &to).map_err(|e| StateError::io(&to, e))?;
+        crate::atomic::sync_dir(&self.changelog_dir)?;
         let rows = (self.rows as i64 + rows_delta).max(0) as u64;
         wb.put_cf(&meta, BATCH_KEY, batch_id.to_be_bytes());
         wb.put_cf(&meta, ROWS_KEY, rows.to_be_bytes());
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        db.write_opt(wb, &wo).map_err(|e| rocks_err(&self.dir, e))?;
+        db.write_opt(wb, &write_options())
+            .map_err(|e| rocks_err(&self.dir, e))?;
         self.batch = Some(batch_id);
         self.rows = rows;
         let commit_ms = t.elapsed().as_millis() as u64;
         let every = self.options.snapshot_interval;
         if every > 0 && batch_id.is_multiple_of(every) {
-            self.start_snapshot(db);
+            self.start_background(db, batch_id, true);
+        } else if every == 0 && batch_id.is_multiple_of(FLUSH_EVERY_WITHOUT_SNAPSHOTS) {
+            self.start_background(db, batch_id, false);
         }
         Ok(CommitStats {
             rows_total: rows,
@@ -470,6 +618,10 @@ impl StateStore for RocksStateStore {
                 self.snapshots_dir.display()
             );
         }
+        // the changelogs belong to the state being replaced (those after the snapshot are run
+        // again from the offsets log)
+        self.staged = None;
+        delete_changelogs(&self.changelog_dir, None)?;
         // later snapshots belong to batches that will be run again
         for later in list_snapshots(&self.snapshots_dir)? {
             if snapshot.is_none_or(|b| later > b) {
@@ -531,6 +683,72 @@ mod tests {
         s.commit(batch).expect("commit");
         // one snapshot at a time: wait for it, so that the test sees every interval's
         s.finish_snapshot().expect("snapshot");
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("ls") {
+            let e = e.expect("entry");
+            let p = e.path();
+            if p.is_dir() {
+                copy_dir(&p, &to.join(e.file_name()));
+            } else {
+                std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+            }
+        }
+    }
+
+    #[test]
+    fn committed_batches_survive_a_crash_through_the_changelog() {
+        let root = tempfile::tempdir().expect("tmp");
+        let live = root.path().join("live/0");
+        let opts = StoreOptions {
+            snapshot_interval: 0,
+            min_batches_to_retain: 100,
+        };
+        let mut s = RocksStateStore::open_with(&live, opts).expect("open");
+        for b in 0..5 {
+            put(&mut s, b, &format!("k{b}"));
+        }
+        // batch 5 staged, not committed, when the process dies
+        s.stage(StateChanges {
+            puts: vec![(b"k5".to_vec(), vec![5])],
+            deletes: vec![b"k0".to_vec()],
+            rows_delta: 0,
+        })
+        .expect("stage");
+        // what is on disk at that instant (the memtables, never flushed, are lost)
+        let image = root.path().join("image/0");
+        copy_dir(&live, &image);
+        copy_dir(
+            &side_dir(&live, "changelog"),
+            &side_dir(&image, "changelog"),
+        );
+        drop(s);
+        let s = RocksStateStore::open_with(&image, opts).expect("reopen the crash image");
+        assert_eq!(s.committed_batch(), Some(4));
+        assert_eq!(s.rows_total(), 5);
+        let got = s
+            .multi_get(&[b"k0".to_vec(), b"k4".to_vec(), b"k5".to_vec()])
+            .expect("get");
+        assert_eq!(
+            got,
+            vec![
+                Some(0u64.to_be_bytes().to_vec()),
+                Some(4u64.to_be_bytes().to_vec()),
+                None
+            ]
+        );
+        assert!(!side_dir(&image, "changelog").join(".staged").exists());
+        // a corrupt changelog is an error naming the file, not a silently shorter state
+        drop(s);
+        let cl = side_dir(&image, "changelog").join("9");
+        std::fs::write(&cl, b"SLCLOG01garbage").expect("write");
+        let err = RocksStateStore::open_with(&image, opts)
+            .err()
+            .expect("corrupt changelog refused")
+            .to_string();
+        assert!(err.contains("changelog") && err.contains('9'), "{err}");
     }
 
     #[test]
