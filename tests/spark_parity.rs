@@ -109,7 +109,8 @@ fn pipeline(dir: &Path) -> PathBuf {
     p
 }
 
-fn check_append(dir: &Path, how: &str) {
+/// `input`: the generated input, for the whole rows of the late events.
+fn check_append(dir: &Path, input: &Path, how: &str) {
     let expected: Rows = parse_rows(
         &fs::read_to_string(golden().join("main/append_final.csv")).expect("golden"),
         0,
@@ -125,8 +126,8 @@ fn check_append(dir: &Path, how: &str) {
     );
     let got: Rows = got_vec.into_iter().collect();
     assert_eq!(got, expected, "{how}: append rows");
-    // the late events themselves, exactly Spark's dropped events
-    let mut late: Vec<(String, String, String)> =
+    // the late events themselves, exactly Spark's dropped events, whole rows as in the input
+    let mut late: Vec<LateRow> =
         sluice::connectors::sinks::file::committed_files(&dir.join("late"))
             .expect("late manifest")
             .iter()
@@ -137,32 +138,40 @@ fn check_append(dir: &Path, how: &str) {
                     .map(str::to_string)
                     .collect::<Vec<_>>()
             })
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(&l).expect("json");
-                (
-                    v["event_time"].as_str().expect("ts").to_string(),
-                    v["action"].as_str().expect("action").to_string(),
-                    format!("{}", v["value"].as_f64().expect("value")),
-                )
-            })
+            .map(|l| late_row(&l))
             .collect();
     late.sort();
-    let mut golden_late: Vec<(String, String, String)> =
+    let mut golden_late: Vec<LateRow> =
         fs::read_to_string(golden().join("main/dropped_late_events.csv"))
             .expect("golden late")
             .lines()
             .skip(1)
             .map(|l| {
+                // file,line,batch_id,event_time,...: the input line Spark dropped
                 let f: Vec<&str> = l.split(',').collect();
-                (
-                    f[3].to_string(),
-                    f[4].to_string(),
-                    format!("{}", f[5].parse::<f64>().expect("value")),
-                )
+                let text = fs::read_to_string(input.join(f[0])).expect("input file");
+                let n: usize = f[1].parse().expect("line");
+                let row = late_row(text.lines().nth(n - 1).expect("input line"));
+                assert_eq!(row.0, f[3], "line {n} of {} is the dropped event", f[0]);
+                row
             })
             .collect();
     golden_late.sort();
     assert_eq!(late, golden_late, "{how}: late events");
+}
+
+/// (event_time, action, user_id, value, country) of a JSON row.
+type LateRow = (String, String, i64, String, String);
+
+fn late_row(json: &str) -> LateRow {
+    let v: serde_json::Value = serde_json::from_str(json).expect("json");
+    (
+        v["event_time"].as_str().expect("event_time").to_string(),
+        v["action"].as_str().expect("action").to_string(),
+        v["user_id"].as_i64().expect("user_id"),
+        format!("{}", v["value"].as_f64().expect("value")),
+        v["country"].as_str().expect("country").to_string(),
+    )
 }
 
 #[test]
@@ -175,7 +184,7 @@ fn append_mode_matches_spark_and_survives_kills() {
     let p = pipeline(w.path());
     let o = run_pipeline(&p, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    check_append(w.path(), "uninterrupted");
+    check_append(w.path(), gen.path(), "uninterrupted");
     let progress: Vec<serde_json::Value> = fs::read_to_string(w.path().join("progress.jsonl"))
         .expect("progress")
         .lines()
@@ -209,6 +218,18 @@ fn append_mode_matches_spark_and_survives_kills() {
             Some(s[5].parse().expect("n")),
             "state rows of batch {b}"
         );
+        // append mode: a window leaves the state in the batch that emits it
+        let op = &p["stateOperators"][0];
+        assert_eq!(
+            op["numRowsRemoved"].as_u64(),
+            Some(s[6].parse().expect("n")),
+            "numRowsRemoved of batch {b}: {op}"
+        );
+        assert!(
+            op["memoryUsedBytes"].as_u64().is_some_and(|m| m > 0),
+            "memoryUsedBytes of batch {b}: {op}"
+        );
+        assert!(op["commitTimeMs"].as_u64().is_some(), "commitTimeMs: {op}");
     }
     // killed at several batches and points, restarted: the same rows
     for at in [
@@ -234,7 +255,7 @@ fn append_mode_matches_spark_and_survives_kills() {
             "{at}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        check_append(w.path(), &format!("killed at {at}"));
+        check_append(w.path(), gen.path(), &format!("killed at {at}"));
     }
 }
 
@@ -320,25 +341,32 @@ fn update_mode_matches_spark_batch_by_batch() {
 
 /// Update mode through an exactly-once upserting sink (Delta MERGE on window and action),
 /// killed at several batches and points and restarted: the table ends with, for every window
-/// and action, the last row Spark emitted for it.
+/// and action, the last row Spark emitted for it, and every version of the table on the way is
+/// the upsert of Spark's update rows up to some batch, in batch order (no batch lost, repeated
+/// with other rows, or applied out of order across the restarts).
 #[test]
 fn update_mode_killed_and_restarted_ends_with_sparks_last_rows() {
     let gen = workdir();
     generate(gen.path());
-    let mut expected: BTreeMap<Key, (u64, Values)> = BTreeMap::new();
+    // the upserted rows after each of Spark's batches
+    let mut after_batch: Vec<Rows> = Vec::new();
+    let mut upserted = Rows::new();
+    let mut current: Option<u64> = None;
     for l in fs::read_to_string(golden().join("main/update_all_batches.csv"))
         .expect("golden")
         .lines()
         .skip(1)
     {
         let id: u64 = l.split(',').next().expect("id").parse().expect("id");
-        let (k, v) = parse_rows(l, 1).pop().expect("row");
-        let e = expected.entry(k).or_insert((id, v.clone()));
-        if id >= e.0 {
-            *e = (id, v);
+        if current.is_some_and(|c| c != id) {
+            after_batch.push(upserted.clone());
         }
+        current = Some(id);
+        let (k, v) = parse_rows(l, 1).pop().expect("row");
+        upserted.insert(k, v);
     }
-    let expected: Rows = expected.into_iter().map(|(k, (_, v))| (k, v)).collect();
+    after_batch.push(upserted.clone());
+    let expected = upserted;
     let points = ["after-offsets", "after-sink", "after-state", "after-commit"];
     let crashes = random_crash_points(4, 20, &points);
     let w = workdir();
@@ -358,8 +386,48 @@ fn update_mode_killed_and_restarted_ends_with_sparks_last_rows() {
     assert!(text.contains("format = \"delta\""), "{text}");
     fs::write(&p, text).expect("pipeline");
     run_killed(&p, &[], &crashes);
-    let table = sluice::connectors::delta::read_table(w.path().join("out").to_str().expect("p"))
-        .expect("table");
+    let out = w.path().join("out");
+    let out = out.to_str().expect("p");
+    let latest = sluice::connectors::delta::table_version(out).expect("version");
+    let mut next = 0; // the first of Spark's batches a later version may still reach
+    let mut reached = Vec::new(); // the batches whose result some version holds
+    let mut got = Rows::new();
+    for v in 0..=latest {
+        let table = sluice::connectors::delta::read_table_at(out, Some(v)).expect("table");
+        got = delta_rows(&table);
+        if got.is_empty() {
+            continue; // the table's creation
+        }
+        let at = (next..after_batch.len())
+            .find(|b| after_batch[*b] == got)
+            .unwrap_or_else(|| {
+                panic!("killed at {crashes:?}: version {v} is no prefix of Spark's batches")
+            });
+        next = at;
+        reached.push(first_with_same_rows(&after_batch, at));
+    }
+    reached.dedup();
+    let changed: Vec<usize> = (0..after_batch.len())
+        .filter(|b| *b == 0 || after_batch[*b] != after_batch[b - 1])
+        .collect();
+    assert_eq!(
+        reached, changed,
+        "killed at {crashes:?}: one table version for every batch that changed it"
+    );
+    assert_eq!(got.len(), expected.len(), "killed at {crashes:?}: keys");
+    assert_eq!(got, expected, "killed at {crashes:?}");
+}
+
+/// The first of the batches before `b` whose result is the same as `b`'s.
+fn first_with_same_rows(after_batch: &[Rows], mut b: usize) -> usize {
+    while b > 0 && after_batch[b - 1] == after_batch[b] {
+        b -= 1;
+    }
+    b
+}
+
+/// (window_start, action) -> values of the golden query's rows read from a Delta table.
+fn delta_rows(table: &[arrow::record_batch::RecordBatch]) -> Rows {
     let ts = |v: i64| {
         chrono::DateTime::from_timestamp_micros(v)
             .expect("ts")
@@ -367,7 +435,7 @@ fn update_mode_killed_and_restarted_ends_with_sparks_last_rows() {
             .to_string()
     };
     let mut got = Rows::new();
-    for b in &table {
+    for b in table {
         let col = |n: &str| b.column_by_name(n).expect(n).clone();
         let (ws, we, action) = (col("window_start"), col("window_end"), col("action"));
         let (count, sum, avg, max) = (col("count"), col("sum"), col("avg"), col("max"));
@@ -387,6 +455,5 @@ fn update_mode_killed_and_restarted_ends_with_sparks_last_rows() {
             );
         }
     }
-    assert_eq!(got.len(), expected.len(), "killed at {crashes:?}: keys");
-    assert_eq!(got, expected, "killed at {crashes:?}");
+    got
 }

@@ -118,6 +118,58 @@ fn sliding_windows_put_a_row_in_every_window_covering_it() {
 }
 
 #[test]
+fn dataframe_sliding_windows_match_the_sql_ones() {
+    let w = workdir();
+    let input = w.path().join("in");
+    put_file(&input, "1.json", EVENTS, 0);
+    let s = Session::builder().build().expect("session");
+    let q = s
+        .read_stream()
+        .schema("event_time TIMESTAMP, action STRING, value DOUBLE")
+        .json(input.to_str().expect("p"))
+        .expect("load")
+        .group_by([sliding_window(col("event_time"), "2 minutes", "1 minute")])
+        .agg([sum(col("value")).alias("s")])
+        .expect("agg")
+        .write_stream()
+        .format("memory")
+        .query_name("sliding")
+        .output_mode(OutputMode::Complete)
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .expect("start");
+    q.await_termination().expect("done");
+    let rows = s
+        .sql("SELECT * FROM sliding ORDER BY s")
+        .expect("sql")
+        .collect()
+        .expect("c");
+    let text = pretty_format_batches(&rows).expect("fmt").to_string();
+    let got: Vec<String> = text
+        .lines()
+        .skip(3)
+        .filter(|l| !l.starts_with('+'))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    // as sliding_windows_put_a_row_in_every_window_covering_it
+    assert_eq!(
+        got,
+        vec![
+            "{start: 2024-12-31T23:59:00Z, end: 2025-01-01T00:01:00Z},3.0",
+            "{start: 2025-01-01T00:00:00Z, end: 2025-01-01T00:02:00Z},15.0",
+            "{start: 2025-01-01T00:02:00Z, end: 2025-01-01T00:04:00Z},16.0",
+            "{start: 2025-01-01T00:01:00Z, end: 2025-01-01T00:03:00Z},28.0",
+        ]
+    );
+}
+
+#[test]
 fn cte_over_the_stream_with_the_window_struct() {
     let got = run(
         "WITH w AS (SELECT window, action, count(*) AS n FROM events \
@@ -454,6 +506,80 @@ fn session_windows_in_append_mode_close_with_the_watermark() {
     );
     assert!(
         text.contains("| b      | 2025-01-01T00:01:50Z | 1 | 2.0   |"),
+        "{text}"
+    );
+    assert_eq!(
+        rows.iter().map(|b| b.num_rows()).sum::<usize>(),
+        2,
+        "{text}"
+    );
+}
+
+#[test]
+fn a_late_row_whose_aggregate_argument_cannot_be_computed_is_dropped_not_fatal() {
+    let w = workdir();
+    let input = w.path().join("in");
+    let ev = |ts: &str, v: &str| {
+        format!("{{\"event_time\":\"2025-01-01T{ts}Z\",\"action\":\"a\",\"value\":\"{v}\"}}\n")
+    };
+    put_file(&input, "1.json", &ev("00:05:10", "1"), 0);
+    put_file(&input, "2.json", &ev("00:05:20", "2"), 1);
+    // batch 2: 00:01:00 is late (its window ends 00:02 <= 00:05:10, batch 1's watermark) and
+    // its value is no number; the aggregate never sees it, so it must not fail the batch
+    put_file(
+        &input,
+        "3.json",
+        &(ev("00:01:00", "oops") + &ev("00:07:00", "4")),
+        2,
+    );
+    put_file(&input, "4.json", &ev("00:09:00", "8"), 3);
+    let s = Session::builder().build().expect("session");
+    s.read_stream()
+        .schema("event_time TIMESTAMP, action STRING, value STRING")
+        .option("maxFilesPerTrigger", 1)
+        .json(input.to_str().expect("p"))
+        .expect("load")
+        .with_watermark("event_time", "0 seconds")
+        .expect("wm")
+        .create_or_replace_temp_view("events")
+        .expect("view");
+    let q = s
+        .sql(
+            "SELECT CAST(window.start AS VARCHAR) AS ws, action, sum(CAST(value AS BIGINT)) AS total \
+             FROM events GROUP BY window(event_time, '1 minute'), action",
+        )
+        .expect("sql")
+        .write_stream()
+        .format("memory")
+        .query_name("result")
+        .trigger(Trigger::AvailableNow)
+        .checkpoint_location(w.path().join("chk"))
+        .start()
+        .expect("start");
+    q.await_termination().expect("a late row failed the batch");
+    let dropped: u64 = q
+        .recent_progress()
+        .iter()
+        .flat_map(|p| {
+            p.state_operators
+                .iter()
+                .map(|o| o.num_rows_dropped_by_watermark)
+        })
+        .sum();
+    assert_eq!(dropped, 1);
+    let rows = s
+        .sql("SELECT * FROM result ORDER BY ws")
+        .expect("sql")
+        .collect()
+        .expect("collect");
+    let text = pretty_format_batches(&rows).expect("fmt").to_string();
+    // the watermark 00:09 closes [00:07, 00:08) too
+    assert!(
+        text.contains("| 2025-01-01T00:05:00Z | a      | 3     |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| 2025-01-01T00:07:00Z | a      | 4     |"),
         "{text}"
     );
     assert_eq!(

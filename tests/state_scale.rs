@@ -1,6 +1,6 @@
 //! Scale: over a million distinct live groups through the RocksDB state, with the process's
-//! address space capped at 768 MiB (RLIMIT_AS via prlimit): the state lives in RocksDB, not in
-//! a map in memory.
+//! memory capped at 768 MiB (RLIMIT_DATA via prlimit: heap and private writable mappings): the
+//! state lives in RocksDB, not in a map in memory.
 
 mod common;
 

@@ -4,7 +4,7 @@
 //!
 //! | module            | what it holds |
 //! |-------------------|---------------|
-//! | [`file`]          | the file-directory source (json, csv, parquet, text), watched with inotify |
+//! | [`file`]          | the file-directory source (json, csv, parquet, text), watched with inotify; a parser pool that parses the next batches' files ahead |
 //! | [`formats`]       | json / csv / parquet / text decoding into Arrow, malformed-record modes |
 //! | [`sinks::console`]| Spark's console output |
 //! | [`sinks::memory`] | a named in-memory table, queryable with SQL |

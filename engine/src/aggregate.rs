@@ -65,6 +65,12 @@ pub struct AggOutput {
     pub dropped_by_watermark: u64,
     /// State changes to commit.
     pub changes: StateChanges,
+    /// Groups this batch touched and the watermark evicted at its end: Spark writes them to
+    /// state and then removes them, counting them in `numRowsUpdated` (the store never sees
+    /// those that were not in state before, nor counts the others as written).
+    pub evicted_touched: u64,
+    /// Of those, the groups that were not in state before (Spark counts their removal too).
+    pub evicted_new: u64,
 }
 
 /// Progress of the operator in one batch (Spark's `stateOperators[i]`).
@@ -466,8 +472,11 @@ impl AggregateOp {
                 emit_touched.push(g);
             }
             if gone {
+                out.evicted_touched += 1;
                 if stored[g].is_some() {
                     changes.deletes.push(group_keys[g].clone());
+                } else {
+                    out.evicted_new += 1;
                 }
                 rows_delta -= 1;
             } else {
@@ -568,7 +577,10 @@ impl AggregateOp {
     }
 
     /// Feeds `batch` (its rows in groups `group_idx`) into the accumulators.
-    /// `mask`: rows to leave out (false), besides each aggregate's own FILTER.
+    /// `mask`: rows to leave out (false), besides each aggregate's own FILTER. Every argument
+    /// is evaluated before any accumulator changes; if that fails while rows are masked (a late
+    /// row the aggregate would never have seen, e.g. a failing cast), the masked rows are taken
+    /// out of the batch and it is tried again, so late rows cannot fail a batch.
     fn update_accumulators(
         &self,
         accs: &mut [Box<dyn GroupsAccumulator>],
@@ -577,34 +589,62 @@ impl AggregateOp {
         mask: Option<&BooleanArray>,
         num_groups: usize,
     ) -> Result<()> {
-        let n = batch.num_rows();
-        for (a, acc) in self.aggs.iter().zip(accs.iter_mut()) {
-            let args = a
-                .expr
-                .expressions()
-                .iter()
-                .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
-                .collect::<Result<Vec<_>>>()?;
-            let filter = match &a.filter {
-                Some(f) => {
-                    let v = f.evaluate(batch)?.into_array(n)?;
-                    Some(
-                        v.as_any()
-                            .downcast_ref::<BooleanArray>()
-                            .cloned()
-                            .ok_or_else(|| EngineError::bug("FILTER is not boolean"))?,
-                    )
-                }
-                None => None,
-            };
-            let filter = match (filter, mask) {
-                (None, m) => m.cloned(),
-                (Some(f), None) => Some(f),
-                (Some(f), Some(m)) => Some(arrow::compute::and(&f, m)?),
-            };
+        let inputs = match (self.evaluate_agg_inputs(batch, mask), mask) {
+            (Ok(inputs), _) => inputs,
+            (Err(_), Some(m)) => {
+                let on_time = filter_record_batch(batch, m)?;
+                let idx: Vec<usize> = group_idx
+                    .iter()
+                    .zip(m.iter())
+                    .filter(|(_, keep)| keep.unwrap_or(false))
+                    .map(|(g, _)| *g)
+                    .collect();
+                return self.update_accumulators(accs, &on_time, &idx, None, num_groups);
+            }
+            (Err(e), None) => return Err(e),
+        };
+        for ((args, filter), acc) in inputs.into_iter().zip(accs.iter_mut()) {
             acc.update_batch(&args, group_idx, filter.as_ref(), num_groups)?;
         }
         Ok(())
+    }
+
+    /// The argument columns and the row filter (FILTER and `mask`) of every aggregate.
+    fn evaluate_agg_inputs(
+        &self,
+        batch: &RecordBatch,
+        mask: Option<&BooleanArray>,
+    ) -> Result<Vec<(Vec<ArrayRef>, Option<BooleanArray>)>> {
+        let n = batch.num_rows();
+        self.aggs
+            .iter()
+            .map(|a| {
+                let args = a
+                    .expr
+                    .expressions()
+                    .iter()
+                    .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
+                    .collect::<Result<Vec<_>>>()?;
+                let filter = match &a.filter {
+                    Some(f) => {
+                        let v = f.evaluate(batch)?.into_array(n)?;
+                        Some(
+                            v.as_any()
+                                .downcast_ref::<BooleanArray>()
+                                .cloned()
+                                .ok_or_else(|| EngineError::bug("FILTER is not boolean"))?,
+                        )
+                    }
+                    None => None,
+                };
+                let filter = match (filter, mask) {
+                    (None, m) => m.cloned(),
+                    (Some(f), None) => Some(f),
+                    (Some(f), Some(m)) => Some(arrow::compute::and(&f, m)?),
+                };
+                Ok((args, filter))
+            })
+            .collect()
     }
 
     fn decode_states(&self, vals: &[&[u8]]) -> Result<Vec<Vec<ArrayRef>>> {

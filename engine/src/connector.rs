@@ -120,7 +120,8 @@ pub struct SourceContext {
 /// - `commit(end)` is called only when every batch up to `end` is in the commit log; it may
 ///   delete or archive input (`cleanSource`), never before.
 pub trait Source: Send {
-    /// Schema of the rows this source produces.
+    /// Schema of the stream: every column, even after [`project`](Self::project) narrowed
+    /// what the batches carry.
     fn schema(&self) -> SchemaRef;
 
     /// Short description for progress reports (e.g. `FileStreamSource[/data/in]`).

@@ -66,18 +66,6 @@ impl UserDefinedLogicalNodeCore for DedupNode {
     fn expressions(&self) -> Vec<Expr> {
         self.columns.iter().cloned().map(Expr::Column).collect()
     }
-    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
-        // rows pass through unchanged: the columns read above and the key columns
-        let schema = self.input.schema();
-        let mut cols = output_columns.to_vec();
-        for c in &self.columns {
-            cols.push(schema.index_of_column(c).ok()?);
-        }
-        cols.sort_unstable();
-        cols.dedup();
-        Some(vec![cols])
-    }
-
     fn prevent_predicate_push_down_columns(&self) -> std::collections::HashSet<String> {
         self.input
             .schema()

@@ -496,8 +496,8 @@ impl Execution {
                 state_progress.push(StateOperatorProgress {
                     operator_name,
                     num_rows_total: stats.rows_total,
-                    num_rows_updated: stats.rows_updated,
-                    num_rows_removed: stats.rows_removed,
+                    num_rows_updated: stats.rows_updated + output.evicted_touched,
+                    num_rows_removed: stats.rows_removed + output.evicted_new,
                     num_rows_dropped_by_watermark: output.dropped_by_watermark,
                     memory_used_bytes: stats.memory_used_bytes,
                     commit_time_ms: stats.commit_ms,

@@ -150,11 +150,15 @@ pub fn decode_json(
             schema
                 .fields()
                 .iter()
-                .map(|f| match f.data_type() {
-                    arrow::datatypes::DataType::Timestamp(unit, Some(_)) => f
-                        .as_ref()
-                        .clone()
-                        .with_data_type(arrow::datatypes::DataType::Timestamp(*unit, None)),
+                .enumerate()
+                .map(|(i, f)| match f.data_type() {
+                    arrow::datatypes::DataType::Timestamp(unit, Some(_))
+                        if utc_cols.contains(&i) =>
+                    {
+                        f.as_ref()
+                            .clone()
+                            .with_data_type(arrow::datatypes::DataType::Timestamp(*unit, None))
+                    }
                     _ => f.as_ref().clone(),
                 })
                 .collect::<Vec<_>>(),
@@ -403,5 +407,33 @@ mod tests {
             rows_to_json(&batch).expect("json"),
             [r#"{"a":1,"b":"x"}"#, r#"{"a":2}"#]
         );
+    }
+
+    #[test]
+    fn utc_and_other_zones_in_one_schema_each_keep_their_zone() {
+        use arrow::datatypes::{DataType, Field, Schema, TimeUnit, TimestampMicrosecondType};
+        let ts = |tz: Option<&str>| DataType::Timestamp(TimeUnit::Microsecond, tz.map(Into::into));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("u", ts(Some("UTC")), true),
+            Field::new("p", ts(Some("+02:00")), true),
+            Field::new("n", ts(None), true),
+        ]));
+        let text =
+            br#"{"u":"2025-01-01T02:00:00","p":"2025-01-01T02:00:00","n":"2025-01-01T02:00:00"}
+{"u":"2025-01-01T02:00:00+02:00","p":"2025-01-01T02:00:00Z","n":"2025-01-01T02:00:00Z"}"#;
+        let batches = decode_json(&schema, text, 16).expect("decode");
+        assert_eq!(batches.len(), 1);
+        let b = &batches[0];
+        assert_eq!(b.schema(), schema);
+        let col = |i: usize| {
+            let a = b.column(i).as_primitive::<TimestampMicrosecondType>();
+            (a.value(0), a.value(1))
+        };
+        let two_am_utc = 1_735_696_800_000_000_i64;
+        let hour = 3_600_000_000_i64;
+        // text without an offset is a time in the column's zone; an offset in the text wins
+        assert_eq!(col(0), (two_am_utc, two_am_utc - 2 * hour));
+        assert_eq!(col(1), (two_am_utc - 2 * hour, two_am_utc));
+        assert_eq!(col(2), (two_am_utc, two_am_utc));
     }
 }

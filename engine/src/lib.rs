@@ -11,14 +11,14 @@
 //! | [`dataframe`]   | [`DataFrame`]: `select`, `filter`/`where_`, `with_column`, ... over DataFusion plans |
 //! | [`writer`]      | [`DataStreamWriter`], [`Trigger`]: `format`, `output_mode`, `trigger`, `start` |
 //! | [`query`]       | [`StreamingQuery`], the handle of a running query; [`StreamingQueryListener`] |
-//! | [`plan`]        | [`StreamPlan`]: the DataFusion logical plan translated once into streaming operators |
+//! | [`plan`]        | [`StreamPlan`]: the DataFusion logical plan translated once into streaming operators (scans, filters, projections, UNION ALL of streams, one stateful operator) |
 //! | [`execution`]   | the micro-batch loop: offsets log → read → plan → sink → commit log → progress |
 //! | [`connector`]   | [`Source`], [`Sink`], their factories, [`ConnectorRegistry`], [`Notifier`] |
 //! | [`aggregate`]   | the streaming aggregation operator (windows, watermark, output modes, state) |
 //! | [`dedup`]       | `drop_duplicates` / `drop_duplicates_within_watermark` |
 //! | [`json_fn`]     | `from_json` / `to_json` (Spark's), for the DataFrame API and SQL |
 //! | [`window`]      | `window` / `session_window`: the window functions and their shapes |
-//! | [`watermark`]   | `with_watermark`: the event-time watermark node of the logical plan |
+//! | [`watermark`]   | `with_watermark`: the event-time watermark node; the multiple-watermark policy (min/max) as a pure function |
 //! | [`sql`]         | Spark's `window.start` syntax rewritten in the parsed statement |
 //! | [`clock`]       | the batch clock behind `now()`/`current_timestamp()` in streaming queries |
 //! | [`progress`]    | [`QueryProgress`] with Spark's field names, [`QueryStatus`] |

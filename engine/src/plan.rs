@@ -510,6 +510,11 @@ pub struct BatchOutput {
     pub late_rows: Vec<RecordBatch>,
     /// Partially aggregated rows dropped as late.
     pub dropped_by_watermark: u64,
+    /// Groups written and removed within the batch (see [`crate::aggregate::AggOutput`]):
+    /// added to the store's counts of updated and removed rows, as Spark counts them.
+    pub evicted_touched: u64,
+    /// Of those, the ones the store never held.
+    pub evicted_new: u64,
     /// Whether the batch's state changes are staged in the store, to commit after the sink
     /// has the batch.
     pub staged: bool,
@@ -545,11 +550,15 @@ impl Ctx<'_> {
 
 impl StreamPlan {
     /// Translates a logical plan. `clock` is the query's batch clock: `now()` and friends read it.
+    /// `whole_late_rows`: a late-data sink wants the dropped rows with every column of the
+    /// aggregation's input as written, so no column is pruned away below the aggregation
+    /// (otherwise the sources read only what the query uses).
     pub fn build(
         plan: &LogicalPlan,
         state: &SessionState,
         clock: &BatchClock,
         mode: OutputMode,
+        whole_late_rows: bool,
     ) -> Result<Self> {
         PLANS_BUILT.fetch_add(1, Ordering::SeqCst);
         let analyzed =
@@ -559,7 +568,8 @@ impl StreamPlan {
         let analyzed = distinct_to_dedup(analyzed)?;
         check_supported(&analyzed)?;
         let bound = bind_clock(analyzed, clock)?;
-        let optimized = streaming_optimizer().optimize(bound, state, |_, _| {})?;
+        let optimized = streaming_optimizer(!whole_late_rows).optimize(bound, state, |_, _| {})?;
+        tracing::debug!("streaming plan:\n{}", optimized.display_indent());
         check_supported(&optimized)?;
         let mut ctx = Ctx {
             state,
@@ -761,6 +771,8 @@ impl StreamPlan {
                 out.rows = a.post.run(StageInput::Rows(&r.rows), &mut stats)?;
                 out.late_rows = r.late_rows;
                 out.dropped_by_watermark = r.dropped_by_watermark;
+                out.evicted_touched = r.evicted_touched;
+                out.evicted_new = r.evicted_new;
                 a.op.store_mut()?.stage(r.changes)?;
                 out.staged = true;
             }
@@ -817,12 +829,14 @@ fn unqualified(e: &Expr) -> String {
 
 /// DataFusion's optimiser without the rules that split one aggregation into two
 /// (`count(DISTINCT x)` → GROUP BY x then count): a stream runs one stateful aggregation, whose
-/// accumulators handle DISTINCT themselves.
-fn streaming_optimizer() -> datafusion::optimizer::Optimizer {
+/// accumulators handle DISTINCT themselves. `prune_columns`: with the rule that narrows every
+/// node (and the sources' scans) to the columns read above it.
+fn streaming_optimizer(prune_columns: bool) -> datafusion::optimizer::Optimizer {
     let rules = datafusion::optimizer::Optimizer::new()
         .rules
         .into_iter()
         .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .filter(|r| prune_columns || r.name() != "optimize_projections")
         .collect();
     datafusion::optimizer::Optimizer::with_rules(rules)
 }

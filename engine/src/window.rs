@@ -247,7 +247,8 @@ pub fn window_struct(
     ))
 }
 
-/// `window(ts, "10 minutes")`, `window(ts, "10 minutes", "5 minutes")`: a time window expression.
+/// `window(ts, "10 minutes")`: a tumbling time window expression (Spark's
+/// `window(ts, "10 minutes", "5 minutes")` is [`sliding_window`] here).
 pub fn window(time: Expr, duration: &str) -> Expr {
     call(
         WindowKind::Time,
@@ -258,7 +259,8 @@ pub fn window(time: Expr, duration: &str) -> Expr {
     )
 }
 
-/// A sliding window.
+/// `sliding_window(ts, "10 minutes", "5 minutes")`: Spark's three-argument `window`, each row in
+/// every window that covers it.
 pub fn sliding_window(time: Expr, duration: &str, slide: &str) -> Expr {
     call(
         WindowKind::Time,

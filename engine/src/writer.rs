@@ -194,6 +194,7 @@ impl DataStreamWriter {
             &session.context().state(),
             &clock,
             self.output_mode,
+            self.late_data.is_some(),
         )?;
 
         if self.output_mode == OutputMode::Complete && !plan.stateful {

@@ -8,9 +8,9 @@
 //! | [`atomic`]    | atomic file writes (temp name + fsync + rename + directory fsync) |
 //! | [`log`]       | [`VersionedLog`]: a directory of numbered, versioned JSON entries, never overwritten |
 //! | [`checkpoint`]| [`CheckpointDir`]: `metadata`, `offsets/N`, `commits/N`, `sources/<i>/` of one query |
-//! | [`recovery`]  | [`resolve_start`]: the pure decision of where a restarted query resumes |
-//! | [`store`]     | [`StateStore`] / [`StateStoreProvider`]: the traits stateful operators use |
-//! | [`rocks`]     | [`RocksStateStore`]: the RocksDB implementation (RocksDB stays in this module) |
+//! | [`recovery`]  | pure decisions: [`resolve_start`] (where a restarted query resumes), [`plan_state_recovery`] (restore a snapshot and replay), [`first_log_entry_to_keep`] (retention) |
+//! | [`store`]     | [`StateStore`] / [`StateStoreProvider`]: the traits stateful operators use (stage, commit, snapshots, restore) |
+//! | [`rocks`]     | [`RocksStateStore`]: the RocksDB implementation with changelog checkpointing and background snapshots (RocksDB stays in this module) |
 //!
 //! Nothing in this crate knows about Arrow, DataFusion or any connector.
 

@@ -119,15 +119,16 @@ fn list_changelogs(dir: &Path) -> Result<Vec<u64>> {
     list_snapshots(dir)
 }
 
-/// Deletes the changelogs of batches `<= upto`.
+/// Deletes the changelogs of batches `<= upto` (all with `None`), newest first: a deletion cut
+/// short leaves a contiguous run of the oldest ones.
 fn delete_changelogs(dir: &Path, upto: Option<u64>) -> Result<()> {
-    for b in list_changelogs(dir)? {
+    for b in list_changelogs(dir)?.into_iter().rev() {
         if upto.is_none_or(|u| b <= u) {
             let p = dir.join(b.to_string());
             std::fs::remove_file(&p).map_err(|e| StateError::io(&p, e))?;
         }
     }
-    Ok(())
+    crate::atomic::sync_dir(dir)
 }
 
 /// Flushes the memtables of both column families together (the batch id with its data).
@@ -152,6 +153,8 @@ struct Staged {
     rows_delta: i64,
     puts: u64,
     deletes: u64,
+    /// Time staging took (sorting, encoding, the synced changelog write): part of the commit.
+    took: std::time::Duration,
 }
 
 fn rocks_err(dir: &Path, e: rocksdb::Error) -> StateError {
@@ -314,18 +317,43 @@ fn clean_leftovers(dir: &Path, snapshots_dir: &Path) -> Result<()> {
 }
 
 /// Applies the changelogs of the batches after the one the DB's files hold (what the memtables
-/// held when the process ended), and deletes the older ones. Returns the batch and row count.
+/// held when the process ended). Every batch of a stateful query commits, so they must follow
+/// on without a gap. Returns the batch and row count.
 fn replay_changelogs(db: &DB, dir: &Path, changelog_dir: &Path) -> Result<(Option<u64>, u64)> {
     let (mut batch, mut rows) = meta_of(db, dir)?;
     let meta = db.cf_handle(META_CF).ok_or_else(|| StateError::Corrupt {
         path: dir.to_path_buf(),
         reason: "state store has no metadata column family".into(),
     })?;
-    for b in list_changelogs(changelog_dir)? {
+    let changelogs = list_changelogs(changelog_dir)?;
+    if batch.is_none() && changelogs.first().is_some_and(|first| *first > 0) {
+        // the DB these changelogs were written on is gone (the state directory was lost or
+        // removed): they apply to nothing. The store is empty and recovery rebuilds it from a
+        // snapshot and the offsets log, or refuses saying why.
+        tracing::warn!(
+            "state {}: no state to apply the changelogs of batches {:?}.. to; discarding them",
+            dir.display(),
+            changelogs.first()
+        );
+        delete_changelogs(changelog_dir, None)?;
+        return Ok((None, 0));
+    }
+    for b in changelogs {
         if batch.is_some_and(|held| b <= held) {
             continue;
         }
         let path = changelog_dir.join(b.to_string());
+        if let Some(held) = batch {
+            if b != held + 1 {
+                return Err(StateError::Corrupt {
+                    path,
+                    reason: format!(
+                        "the state holds batch {held} and the next changelog is of batch {b}: \
+                         the changelogs in between are missing"
+                    ),
+                });
+            }
+        }
         let bytes = std::fs::read(&path).map_err(|e| StateError::io(&path, e))?;
         let (delta, mut wb) = parse_changelog(&path, &bytes)?;
         rows = (rows as i64 + delta).max(0) as u64;
@@ -509,6 +537,7 @@ impl StateStore for RocksStateStore {
     }
 
     fn stage(&mut self, changes: StateChanges) -> Result<()> {
+        let t = Instant::now();
         let StateChanges {
             mut puts,
             deletes,
@@ -535,6 +564,7 @@ impl StateStore for RocksStateStore {
             rows_delta,
             puts: puts.len() as u64,
             deletes: deletes.len() as u64,
+            took: t.elapsed(),
         });
         Ok(())
     }
@@ -560,6 +590,7 @@ impl StateStore for RocksStateStore {
                     rows_delta: 0,
                     puts: 0,
                     deletes: 0,
+                    took: std::time::Duration::ZERO,
                 }
             }
         };
@@ -568,6 +599,7 @@ impl StateStore for RocksStateStore {
             rows_delta,
             puts,
             deletes,
+            took: staging,
         } = staged;
         // the durable point: the staged changelog becomes the batch's
         let from = self.changelog_dir.join(".staged");
@@ -581,7 +613,7 @@ impl StateStore for RocksStateStore {
             .map_err(|e| rocks_err(&self.dir, e))?;
         self.batch = Some(batch_id);
         self.rows = rows;
-        let commit_ms = t.elapsed().as_millis() as u64;
+        let commit_ms = (staging + t.elapsed()).as_millis() as u64;
         let every = self.options.snapshot_interval;
         if every > 0 && batch_id.is_multiple_of(every) {
             self.start_background(db, batch_id, true);
@@ -742,13 +774,30 @@ mod tests {
         assert!(!side_dir(&image, "changelog").join(".staged").exists());
         // a corrupt changelog is an error naming the file, not a silently shorter state
         drop(s);
-        let cl = side_dir(&image, "changelog").join("9");
+        let changelogs = side_dir(&image, "changelog");
+        let cl = changelogs.join("5");
         std::fs::write(&cl, b"SLCLOG01garbage").expect("write");
         let err = RocksStateStore::open_with(&image, opts)
             .err()
             .expect("corrupt changelog refused")
             .to_string();
-        assert!(err.contains("changelog") && err.contains('9'), "{err}");
+        assert!(err.contains("changelog") && err.contains('5'), "{err}");
+        // so is a gap between the state and the next changelog
+        std::fs::rename(&cl, changelogs.join("9")).expect("mv");
+        let err = RocksStateStore::open_with(&image, opts)
+            .err()
+            .expect("gap refused")
+            .to_string();
+        assert!(err.contains("batch 9") && err.contains("missing"), "{err}");
+        std::fs::remove_file(changelogs.join("9")).expect("rm");
+        // the DB lost (a removed state directory) with changelogs of batches 1..4 left: they
+        // apply to nothing, the store is empty (recovery rebuilds or refuses), not batches 1..4
+        let _ = std::fs::remove_file(changelogs.join("0"));
+        std::fs::remove_dir_all(&image).expect("rm db");
+        let s = RocksStateStore::open_with(&image, opts).expect("reopen without the DB");
+        assert_eq!(s.committed_batch(), None);
+        assert_eq!(s.rows_total(), 0);
+        assert_eq!(list_changelogs(&changelogs).expect("ls"), Vec::<u64>::new());
     }
 
     #[test]

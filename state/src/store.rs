@@ -3,10 +3,10 @@
 //! One store per stateful operator per checkpoint (`<checkpoint>/state/<op>/`). Keys are the
 //! operator's encoded group keys (ordered: operators put the event-time window end first so
 //! that eviction is a range scan); values its encoded accumulator states. A store is versioned
-//! by batch id: [`StateStore::commit`] applies one batch's changes and records the batch id in
-//! the same atomic, synced write, so after a crash the store holds exactly the state after some
-//! batch N, and [`StateStore::committed_batch`] says which; recovery reconciles N with the
-//! commit log.
+//! by batch id: a batch's changes are staged ([`StateStore::stage`]) when the batch computes
+//! them and [`StateStore::commit`] makes them, with the batch id, the durable state in one
+//! atomic step, so after a crash the store holds exactly the state after some batch N, and
+//! [`StateStore::committed_batch`] says which; recovery reconciles N with the commit log.
 
 use std::path::Path;
 
@@ -35,7 +35,8 @@ pub struct CommitStats {
     pub rows_updated: u64,
     /// Keys removed.
     pub rows_removed: u64,
-    /// Time the synced write took, ms.
+    /// Time the batch's state persistence took (staging with its synced changelog, and the
+    /// commit), ms.
     pub commit_ms: u64,
     /// Estimated memory used by the store, bytes.
     pub memory_used_bytes: u64,

@@ -465,12 +465,32 @@ fn runtime_handle(rt: &tokio::runtime::Runtime) -> tokio::runtime::Handle {
 /// The rows of the Delta table at `path` (its latest version), read by delta-rs's own table
 /// provider: for examples, tests and debugging. Strings come back as plain `Utf8`.
 pub fn read_table(path: &str) -> Result<Vec<RecordBatch>> {
+    read_table_at(path, None)
+}
+
+/// The latest version of the Delta table at `path`.
+pub fn table_version(path: &str) -> Result<u64> {
     let rt = runtime()?;
     let url = table_url(path)?;
     rt.block_on(async move {
         let t = deltalake::open_table(url)
             .await
             .map_err(|e| delta_err(&format!("opening {path}"), e))?;
+        t.version()
+            .ok_or_else(|| EngineError::external(format!("delta: {path} has no version")))
+    })
+}
+
+/// As [`read_table`], at `version` (time travel) or the latest one with `None`.
+pub fn read_table_at(path: &str, version: Option<u64>) -> Result<Vec<RecordBatch>> {
+    let rt = runtime()?;
+    let url = table_url(path)?;
+    rt.block_on(async move {
+        let t = match version {
+            None => deltalake::open_table(url).await,
+            Some(v) => deltalake::open_table_with_version(url, v).await,
+        }
+        .map_err(|e| delta_err(&format!("opening {path}"), e))?;
         let cfg = deltalake::datafusion::prelude::SessionConfig::new()
             .with_target_partitions(1)
             .set_bool(

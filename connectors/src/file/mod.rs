@@ -445,7 +445,7 @@ thread_local! {
 }
 
 /// A read buffer larger than this is not kept for the next file.
-const MAX_KEPT_READ_BUFFER: usize = 256 << 20;
+const MAX_KEPT_READ_BUFFER: usize = 64 << 20;
 
 /// How many batches' files are parsed ahead when a backlog is waiting.
 const LOOK_AHEAD_BATCHES: usize = 2;

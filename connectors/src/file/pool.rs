@@ -19,8 +19,8 @@ pub(super) fn file_key(f: &FileEntry) -> String {
 
 #[derive(Default)]
 struct State {
-    /// Files waiting to be parsed, in order (the batch being read first).
-    todo: VecDeque<FileEntry>,
+    /// Files waiting to be parsed, with their keys, in order (the batch being read first).
+    todo: VecDeque<(String, FileEntry)>,
     /// Files a thread is parsing.
     in_flight: HashSet<String>,
     /// Parsed files.
@@ -39,10 +39,17 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Parses one file outside the lock and records the result.
-    fn parse(&self, f: FileEntry) {
-        let k = file_key(&f);
-        let r = self.reader.read_file(&f);
+    /// Parses one file outside the lock and records the result (a panic of the parser as an
+    /// error: whoever waits for the file must not wait forever).
+    fn parse(&self, k: String, f: FileEntry) {
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reader.read_file(&f)))
+                .unwrap_or_else(|_| {
+                    Err(EngineError::bug(format!(
+                        "the parser panicked on file {}",
+                        f.path
+                    )))
+                });
         let mut st = self.lock();
         st.in_flight.remove(&k);
         st.done.insert(k, r);
@@ -76,14 +83,14 @@ impl ParsePool {
                                 if st.shutdown {
                                     return;
                                 }
-                                if let Some(f) = st.todo.pop_front() {
-                                    st.in_flight.insert(file_key(&f));
-                                    break f;
+                                if let Some((k, f)) = st.todo.pop_front() {
+                                    st.in_flight.insert(k.clone());
+                                    break (k, f);
                                 }
                                 st = s.changed.wait(st).unwrap_or_else(|p| p.into_inner());
                             }
                         };
-                        s.parse(next);
+                        s.parse(next.0, next.1);
                     })
                     .ok()
             })
@@ -97,19 +104,17 @@ impl ParsePool {
         let keys: Vec<String> = files.iter().map(file_key).collect();
         {
             let mut st = self.shared.lock();
-            let queued: HashSet<String> = st.todo.iter().map(file_key).collect();
             // this batch's files first, in order, ahead of any look-ahead
+            let wanted: HashSet<&String> = keys.iter().collect();
+            st.todo.retain(|(k, _)| !wanted.contains(k));
             let mut front = Vec::new();
             for (f, k) in files.iter().zip(&keys) {
                 if !st.done.contains_key(k) && !st.in_flight.contains(k) {
-                    if queued.contains(k) {
-                        st.todo.retain(|q| &file_key(q) != k);
-                    }
-                    front.push(f.clone());
+                    front.push((k.clone(), f.clone()));
                 }
             }
-            for f in front.into_iter().rev() {
-                st.todo.push_front(f);
+            for e in front.into_iter().rev() {
+                st.todo.push_front(e);
             }
             self.shared.changed.notify_all();
         }
@@ -127,12 +132,13 @@ impl ParsePool {
                 return Ok(out);
             }
             // help with this batch's own files rather than wait
-            let mine = st.todo.iter().position(|f| wanted.contains(&file_key(f)));
-            match mine.and_then(|i| st.todo.remove(i)) {
-                Some(f) => {
-                    st.in_flight.insert(file_key(&f));
+            // (they are at the front of the queue)
+            let mine = st.todo.front().is_some_and(|(k, _)| wanted.contains(k));
+            match mine.then(|| st.todo.pop_front()).flatten() {
+                Some((k, f)) => {
+                    st.in_flight.insert(k.clone());
                     drop(st);
-                    self.shared.parse(f);
+                    self.shared.parse(k, f);
                 }
                 None => {
                     let _unused = self
@@ -151,17 +157,18 @@ impl ParsePool {
         let keys: HashSet<String> = files.iter().map(file_key).collect();
         let mut st = self.shared.lock();
         st.done.retain(|k, _| keys.contains(k));
-        st.todo.retain(|f| keys.contains(&file_key(f)));
+        st.todo.retain(|(k, _)| keys.contains(k));
         let known: HashSet<String> = st
             .todo
             .iter()
-            .map(file_key)
+            .map(|(k, _)| k.clone())
             .chain(st.in_flight.iter().cloned())
             .chain(st.done.keys().cloned())
             .collect();
         for f in files {
-            if !known.contains(&file_key(f)) {
-                st.todo.push_back(f.clone());
+            let k = file_key(f);
+            if !known.contains(&k) {
+                st.todo.push_back((k, f.clone()));
             }
         }
         self.shared.changed.notify_all();
