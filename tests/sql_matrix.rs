@@ -88,6 +88,26 @@ fn aliases_and_reordered_group_by() {
 }
 
 #[test]
+fn the_golden_query_in_complete_mode() {
+    // the issue's query as written; 00:01 a merges a row of each batch (4.0 + 8.0)
+    let got = run(
+        "SELECT window.start AS window_start, window.end AS window_end, action, count(*) AS count, \
+         sum(value) AS sum, avg(value) AS avg, max(value) AS max FROM events \
+         GROUP BY window(event_time, '1 minute'), action",
+        "window_start, action",
+    );
+    assert_eq!(
+        got,
+        vec![
+            "2025-01-01T00:00:00Z,2025-01-01T00:01:00Z,a,1,1.0,1.0,1.0",
+            "2025-01-01T00:00:00Z,2025-01-01T00:01:00Z,b,1,2.0,2.0,2.0",
+            "2025-01-01T00:01:00Z,2025-01-01T00:02:00Z,a,2,12.0,6.0,8.0",
+            "2025-01-01T00:02:00Z,2025-01-01T00:03:00Z,b,1,16.0,16.0,16.0"
+        ]
+    );
+}
+
+#[test]
 fn having() {
     let got = run(
         "SELECT window.start AS ws, action, count(*) AS n FROM events \

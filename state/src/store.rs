@@ -35,8 +35,8 @@ pub struct CommitStats {
     pub rows_updated: u64,
     /// Keys removed.
     pub rows_removed: u64,
-    /// Time the batch's state persistence took (staging with its synced changelog, and the
-    /// commit), ms.
+    /// Time the batch's state persistence took (the synced changelog write when staged, and
+    /// the commit), ms.
     pub commit_ms: u64,
     /// Estimated memory used by the store, bytes.
     pub memory_used_bytes: u64,
