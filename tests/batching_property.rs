@@ -16,7 +16,7 @@ use common::*;
 use sluice::prelude::*;
 
 fn generate(dir: &Path, seed: u32) {
-    let gen = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/spark/gen_events.py");
+    let gen = common::repo_dir().join("../shared/bench/spark/gen_events.py");
     let st = Command::new("python3")
         .arg(gen)
         .args([

@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use common::*;
@@ -28,7 +28,7 @@ fn text(o: &Output) -> (String, String) {
 /// Stages the `sliding_append` golden case (a stateful query) in a fresh directory.
 fn stage() -> (tempfile::TempDir, PathBuf) {
     let w = workdir();
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/sliding_append");
+    let golden = common::repo_dir().join("tests/golden/sliding_append");
     stage_inputs(&golden.join("input"), &w.path().join("in"));
     let p = w.path().join("pipeline.toml");
     fs::copy(golden.join("pipeline.toml"), &p).expect("copy");

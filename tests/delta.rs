@@ -84,11 +84,7 @@ fn stage_raw(dir: &Path) {
 
 fn medallion(dir: &Path) -> PathBuf {
     let p = dir.join("medallion.toml");
-    fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/medallion.toml"),
-        &p,
-    )
-    .expect("copy the example");
+    fs::copy(common::repo_dir().join("examples/medallion.toml"), &p).expect("copy the example");
     p
 }
 

@@ -13,9 +13,7 @@ use std::time::Duration;
 use common::*;
 
 fn golden_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name)
+    common::repo_dir().join("tests/golden").join(name)
 }
 
 fn expected(name: &str) -> Vec<String> {

@@ -21,7 +21,7 @@ const QUERY: &str = "SELECT window.start AS window_start, window.end AS window_e
     FROM events GROUP BY window(event_time, '1 minute'), action";
 
 fn golden() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/spark-window")
+    common::repo_dir().join("../shared/golden/spark-window")
 }
 
 /// Regenerates the golden input with the documented command and checks its hashes.
