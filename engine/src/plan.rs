@@ -768,13 +768,15 @@ impl StreamPlan {
                     late_wm_ms * 1000,
                     evict_wm_ms * 1000,
                 )?;
+                // staged first: the store encodes and syncs the changes in the background
+                // while the output is computed and written
+                a.op.store_mut()?.stage(r.changes)?;
+                out.staged = true;
                 out.rows = a.post.run(StageInput::Rows(&r.rows), &mut stats)?;
                 out.late_rows = r.late_rows;
                 out.dropped_by_watermark = r.dropped_by_watermark;
                 out.evicted_touched = r.evicted_touched;
                 out.evicted_new = r.evicted_new;
-                a.op.store_mut()?.stage(r.changes)?;
-                out.staged = true;
             }
         }
         out.event_stats = stats;

@@ -1,10 +1,11 @@
 //! The RocksDB state store, with changelog checkpointing as Spark's RocksDB store does it.
 //!
 //! One DB per operator, written without RocksDB's WAL. A batch's changes are staged when the
-//! batch computes them: encoded in a `WriteBatch` whose bytes go to `<dir>.changelog/.staged`,
-//! synced — one synced write per micro-batch, before the sink runs. The commit renames it to
-//! `<dir>.changelog/<batch>` (the durable point) and applies the write batch, with the batch id,
-//! to the memtable: no WAL, no memtable flush per batch. Memtables reach disk when RocksDB
+//! batch computes them: sorted and encoded in a `WriteBatch`, whose bytes a writer thread writes
+//! to `<dir>.changelog/.staged`, synced (one synced write per micro-batch), while the batch goes
+//! on to its output and sink. The commit (after the sink) applies the write batch, with the batch
+//! id, to the memtable on one thread while on another it waits for that write and renames the
+//! file to `<dir>.changelog/<batch>` (the durable point): no WAL, no memtable flush per batch. Memtables reach disk when RocksDB
 //! flushes them (all column families together: atomic flush, so the batch id in the SSTs says
 //! which batch they hold); on open, the changelogs after that batch are applied again.
 //!
@@ -78,18 +79,47 @@ pub struct RocksStateStore {
     staged: Option<Staged>,
     /// `<dir>.changelog`: the changes of each committed batch the SSTs may not hold yet.
     changelog_dir: PathBuf,
+    /// The lock on `<dir>.lock`, held while the store is open (dropped last).
+    _lock: std::fs::File,
+}
+
+/// Locks `<dir>.lock`: a second opener (another process, or a CLI command on a running query's
+/// checkpoint) is refused before it touches anything (cleaning up leftovers would delete the
+/// running store's staged changelog).
+fn lock_store(dir: &Path) -> Result<std::fs::File> {
+    let path = side_dir(dir, "lock");
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StateError::io(parent, e))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StateError::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Inconsistent {
+            dir: dir.to_path_buf(),
+            reason: "the state store is open elsewhere (a query running on this checkpoint?); \
+                     stop it first"
+                .into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StateError::io(&path, e)),
+    }
 }
 
 /// First bytes of a changelog file (then the rows delta and the length of the write batch).
 const CHANGELOG_MAGIC: &[u8; 8] = b"SLCLOG01";
 
-/// The header of a changelog file: the magic, the rows delta and the write batch's length (the
-/// write batch's bytes follow).
-fn changelog_header(rows_delta: i64, wb: &WriteBatch) -> Vec<u8> {
-    let mut out = Vec::with_capacity(24);
+/// A changelog file's bytes: the magic, the rows delta, the write batch's length and bytes.
+fn changelog_bytes(rows_delta: i64, wb: &WriteBatch) -> Vec<u8> {
+    let data = wb.data();
+    let mut out = Vec::with_capacity(24 + data.len());
     out.extend_from_slice(CHANGELOG_MAGIC);
     out.extend_from_slice(&rows_delta.to_be_bytes());
-    out.extend_from_slice(&(wb.data().len() as u64).to_be_bytes());
+    out.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    out.extend_from_slice(data);
     out
 }
 
@@ -146,14 +176,53 @@ fn write_options() -> WriteOptions {
     wo
 }
 
-/// A batch's changes, encoded in the write batch its commit will write.
+/// A batch's changes: the write batch its commit applies, and the thread writing its bytes to
+/// the staged changelog.
 struct Staged {
     batch: WriteBatch,
+    /// Writes the changelog file's bytes to `.staged`, synced.
+    writer: JoinHandle<Result<()>>,
     rows_delta: i64,
     puts: u64,
     deletes: u64,
-    /// Time the synced changelog write took: part of the commit time.
-    took: std::time::Duration,
+}
+
+/// Waits for a staged changelog's synced write.
+fn wait_for(writer: JoinHandle<Result<()>>, dir: &Path) -> Result<()> {
+    writer.join().unwrap_or_else(|_| {
+        Err(StateError::Inconsistent {
+            dir: dir.to_path_buf(),
+            reason: "the changelog writer thread panicked".into(),
+        })
+    })
+}
+
+/// Sorts `puts` (the memtable takes sorted keys faster) and encodes the changes in a write
+/// batch.
+fn encode_changes(mut puts: Vec<(Vec<u8>, Vec<u8>)>, deletes: Vec<Vec<u8>>) -> WriteBatch {
+    puts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let bytes: usize = puts
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 8)
+        .sum::<usize>()
+        + deletes.iter().map(|k| k.len() + 4).sum::<usize>()
+        + 64;
+    let mut batch = WriteBatch::with_capacity_bytes(bytes);
+    for (k, v) in &puts {
+        batch.put(k, v);
+    }
+    for k in &deletes {
+        batch.delete(k);
+    }
+    batch
+}
+
+/// Writes a changelog file's bytes to `path`, synced.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::File::create(path).map_err(|e| StateError::io(path, e))?;
+    std::io::Write::write_all(&mut f, bytes)
+        .and_then(|()| f.sync_data())
+        .map_err(|e| StateError::io(path, e))
 }
 
 fn rocks_err(dir: &Path, e: rocksdb::Error) -> StateError {
@@ -186,7 +255,7 @@ fn open_db(dir: &Path) -> Result<DB> {
     opts.set_max_write_buffer_number(4);
     opts.set_max_open_files(256);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    // one writer (the query's thread): the memtable's single-writer insert path
+    // one writer at a time (the commit's insert thread): the memtable's single-writer path
     opts.set_allow_concurrent_memtable_write(false);
     // without a WAL the column families are flushed together (the batch id with its data)
     opts.set_atomic_flush(true);
@@ -402,6 +471,7 @@ impl RocksStateStore {
 
     /// Opens (creating if missing) the DB in `dir`.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self> {
+        let lock = lock_store(dir)?;
         let snapshots_dir = side_dir(dir, "snapshots");
         let changelog_dir = side_dir(dir, "changelog");
         clean_leftovers(dir, &snapshots_dir)?;
@@ -418,13 +488,14 @@ impl RocksStateStore {
             pending: None,
             staged: None,
             changelog_dir,
+            _lock: lock,
         })
     }
 
     fn db(&self) -> Result<&DB> {
         self.db.as_deref().ok_or_else(|| StateError::Inconsistent {
             dir: self.dir.clone(),
-            reason: "the state store was closed after a failed restore".into(),
+            reason: "the state store was closed after a failed stage, commit or restore".into(),
         })
     }
 
@@ -462,15 +533,42 @@ impl RocksStateStore {
         }
     }
 
-    /// Writes the staged changes to `<dir>.changelog/.staged`, synced.
-    fn write_staged(&self, rows_delta: i64, wb: &WriteBatch) -> Result<()> {
+    /// Encodes `changes` and starts writing them to `<dir>.changelog/.staged` (synced) on a
+    /// writer thread, after the previous staged write (if any) is finished and discarded: both
+    /// write the same file.
+    fn start_staging(&mut self, changes: StateChanges) -> Result<Staged> {
+        self.discard_staged();
+        let StateChanges {
+            puts,
+            deletes,
+            rows_delta,
+        } = changes;
+        let (n_puts, n_deletes) = (puts.len() as u64, deletes.len() as u64);
         let path = self.changelog_dir.join(".staged");
-        let mut f = std::fs::File::create(&path).map_err(|e| StateError::io(&path, e))?;
-        // header, then the write batch's bytes as they are (no copy)
-        std::io::Write::write_all(&mut f, &changelog_header(rows_delta, wb))
-            .and_then(|()| std::io::Write::write_all(&mut f, wb.data()))
-            .and_then(|()| f.sync_data())
-            .map_err(|e| StateError::io(&path, e))
+        let batch = encode_changes(puts, deletes);
+        // a copy for the writer (the batch's size again, until it is written): the commit
+        // inserts the write batch while the file may still be syncing
+        let bytes = changelog_bytes(rows_delta, &batch);
+        let writer = std::thread::Builder::new()
+            .name("sluice-state-changelog".into())
+            .spawn(move || write_synced(&path, &bytes))
+            .map_err(|e| StateError::io(&self.changelog_dir, e))?;
+        Ok(Staged {
+            batch,
+            writer,
+            rows_delta,
+            puts: n_puts,
+            deletes: n_deletes,
+        })
+    }
+
+    /// Waits for a staged write being replaced or abandoned, ignoring its outcome.
+    fn discard_staged(&mut self) {
+        if let Some(s) = self.staged.take() {
+            if let Err(e) = wait_for(s.writer, &self.dir) {
+                tracing::debug!("discarded staged state changes: {e}");
+            }
+        }
     }
 
     /// Waits for the background snapshot, if one is being written.
@@ -500,6 +598,7 @@ impl RocksStateStore {
 
 impl Drop for RocksStateStore {
     fn drop(&mut self) {
+        self.discard_staged();
         if let Err(e) = self.finish_snapshot() {
             // the snapshot is an optimisation: the live DB is intact
             tracing::warn!(
@@ -538,45 +637,25 @@ impl StateStore for RocksStateStore {
     }
 
     fn stage(&mut self, changes: StateChanges) -> Result<()> {
-        let StateChanges {
-            mut puts,
-            deletes,
-            rows_delta,
-        } = changes;
-        // in key order: the memtable takes sorted keys faster
-        puts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let bytes: usize = puts
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 8)
-            .sum::<usize>()
-            + deletes.iter().map(|k| k.len() + 4).sum::<usize>()
-            + 64;
-        let mut batch = WriteBatch::with_capacity_bytes(bytes);
-        for (k, v) in &puts {
-            batch.put(k, v);
+        self.db()?;
+        match self.start_staging(changes) {
+            Ok(staged) => {
+                self.staged = Some(staged);
+                Ok(())
+            }
+            Err(e) => {
+                // the batch's changes are gone: a later commit must not record it without them
+                self.db = None;
+                Err(e)
+            }
         }
-        for k in &deletes {
-            batch.delete(k);
-        }
-        // the synced write is part of the commit time (as Spark's changelog upload at commit);
-        // sorting and encoding the changes are not (Spark's puts)
-        let t = Instant::now();
-        self.write_staged(rows_delta, &batch)?;
-        self.staged = Some(Staged {
-            batch,
-            rows_delta,
-            puts: puts.len() as u64,
-            deletes: deletes.len() as u64,
-            took: t.elapsed(),
-        });
-        Ok(())
     }
 
     fn commit(&mut self, batch_id: u64) -> Result<CommitStats> {
         let t = Instant::now();
         let db = Arc::clone(self.db.as_ref().ok_or_else(|| StateError::Inconsistent {
             dir: self.dir.clone(),
-            reason: "the state store was closed after a failed restore".into(),
+            reason: "the state store was closed after a failed stage, commit or restore".into(),
         })?);
         let meta = db.cf_handle(META_CF).ok_or_else(|| StateError::Corrupt {
             path: self.dir.clone(),
@@ -584,39 +663,66 @@ impl StateStore for RocksStateStore {
         })?;
         let staged = match self.staged.take() {
             Some(s) => s,
-            None => {
-                // a batch that changed nothing still records its id
-                let batch = WriteBatch::default();
-                self.write_staged(0, &batch)?;
-                Staged {
-                    batch,
-                    rows_delta: 0,
-                    puts: 0,
-                    deletes: 0,
-                    took: std::time::Duration::ZERO,
-                }
-            }
+            // a batch that changed nothing still records its id
+            None => self.start_staging(StateChanges::default())?,
         };
         let Staged {
             batch: mut wb,
+            writer,
             rows_delta,
             puts,
             deletes,
-            took: staging,
         } = staged;
-        // the durable point: the staged changelog becomes the batch's
-        let from = self.changelog_dir.join(".staged");
-        let to = self.changelog_dir.join(batch_id.to_string());
-        std::fs::rename(&from, &to).map_err(|e| StateError::io(&to, e))?;
-        crate::atomic::sync_dir(&self.changelog_dir)?;
         let rows = (self.rows as i64 + rows_delta).max(0) as u64;
         wb.put_cf(&meta, BATCH_KEY, batch_id.to_be_bytes());
         wb.put_cf(&meta, ROWS_KEY, rows.to_be_bytes());
-        db.write_opt(wb, &write_options())
-            .map_err(|e| rocks_err(&self.dir, e))?;
+        // Two things at once: on this thread the durable point (the staged changelog's synced
+        // write finished, then renamed to the batch's), on another the memtable insert. Applying
+        // before the changelog is durable is safe: commit runs after the sink has the batch, so
+        // a crash that leaves the DB's files at this batch (a flush or snapshot took the
+        // memtable) without its changelog leaves a state holding the batch being re-run, which
+        // recovery accepts as is.
+        let (dir, changelog_dir) = (&self.dir, &self.changelog_dir);
+        let make_durable = |writer| -> Result<()> {
+            wait_for(writer, dir)?;
+            let from = changelog_dir.join(".staged");
+            let to = changelog_dir.join(batch_id.to_string());
+            std::fs::rename(&from, &to).map_err(|e| StateError::io(&to, e))?;
+            crate::atomic::sync_dir(changelog_dir)
+        };
+        let db_ref: &DB = &db;
+        let outcome = std::thread::scope(|s| {
+            let insert = std::thread::Builder::new()
+                .name("sluice-state-commit".into())
+                .spawn_scoped(s, move || db_ref.write_opt(wb, &write_options()));
+            match insert {
+                Ok(h) => {
+                    let durable = make_durable(writer);
+                    let applied = match h.join() {
+                        Ok(r) => r.map_err(|e| rocks_err(dir, e)),
+                        Err(_) => Err(StateError::Inconsistent {
+                            dir: dir.clone(),
+                            reason: "the memtable insert thread panicked".into(),
+                        }),
+                    };
+                    durable.and(applied)
+                }
+                Err(e) => {
+                    // nothing applied; the staged write is left to finish
+                    let _ = wait_for(writer, dir);
+                    Err(StateError::io(dir, e))
+                }
+            }
+        });
+        if let Err(e) = outcome {
+            // the memtable and the changelogs may disagree: this store is done (a new one
+            // opened on the directory replays what is durable)
+            self.db = None;
+            return Err(e);
+        }
         self.batch = Some(batch_id);
         self.rows = rows;
-        let commit_ms = (staging + t.elapsed()).as_millis() as u64;
+        let commit_ms = t.elapsed().as_millis() as u64;
         let every = self.options.snapshot_interval;
         if every > 0 && batch_id.is_multiple_of(every) {
             self.start_background(db, batch_id, true);
@@ -655,7 +761,7 @@ impl StateStore for RocksStateStore {
         }
         // the changelogs belong to the state being replaced (those after the snapshot are run
         // again from the offsets log)
-        self.staged = None;
+        self.discard_staged();
         delete_changelogs(&self.changelog_dir, None)?;
         // later snapshots belong to batches that will be run again
         for later in list_snapshots(&self.snapshots_dir)? {
@@ -845,6 +951,66 @@ mod tests {
     }
 
     #[test]
+    fn a_db_flushed_ahead_of_its_changelog_holds_that_batch() {
+        // the commit applies the memtable while the changelog is renamed: a flush can persist
+        // a batch whose changelog rename never became durable (the process died in between)
+        let root = tempfile::tempdir().expect("tmp");
+        let live = root.path().join("live/0");
+        let opts = StoreOptions {
+            snapshot_interval: 0,
+            min_batches_to_retain: 100,
+        };
+        let mut s = RocksStateStore::open_with(&live, opts).expect("open");
+        for b in 0..3 {
+            put(&mut s, b, &format!("k{b}"));
+        }
+        flush_all(s.db().expect("db")).expect("flush");
+        let image = root.path().join("image/0");
+        copy_dir(&live, &image);
+        copy_dir(
+            &side_dir(&live, "changelog"),
+            &side_dir(&image, "changelog"),
+        );
+        drop(s);
+        // the rename of batch 2's changelog lost
+        std::fs::remove_file(side_dir(&image, "changelog").join("2")).expect("rm");
+        let s = RocksStateStore::open_with(&image, opts).expect("reopen");
+        assert_eq!(s.committed_batch(), Some(2));
+        assert_eq!(s.rows_total(), 3);
+        assert_eq!(
+            s.multi_get(&[b"k2".to_vec()]).expect("get"),
+            vec![Some(2u64.to_be_bytes().to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_second_opener_is_refused_without_touching_the_open_store() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let live = dir.path().join("0");
+        let mut s = RocksStateStore::open(&live).expect("open");
+        s.stage(StateChanges {
+            puts: vec![(b"a".to_vec(), b"1".to_vec())],
+            deletes: vec![],
+            rows_delta: 1,
+        })
+        .expect("stage");
+        let err = RocksStateStore::open(&live)
+            .err()
+            .expect("second open refused")
+            .to_string();
+        assert!(err.contains("open elsewhere"), "{err}");
+        // the refused opener did not clean up the open store's staged changelog
+        s.commit(0).expect("commit after the refused open");
+        drop(s);
+        let s = RocksStateStore::open(&live).expect("reopen once closed");
+        assert_eq!(s.committed_batch(), Some(0));
+        assert_eq!(
+            s.multi_get(&[b"a".to_vec()]).expect("get"),
+            vec![Some(b"1".to_vec())]
+        );
+    }
+
+    #[test]
     fn commits_are_versioned_and_survive_reopen() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut s = RocksStateStore::open(dir.path()).expect("open");
@@ -870,7 +1036,15 @@ mod tests {
         })
         .expect("stage");
         s.commit(1).expect("commit");
+        // a batch re-run in the same process stages again: only the last staging is committed
+        s.stage(StateChanges {
+            puts: vec![(b"x".to_vec(), b"9".to_vec())],
+            deletes: vec![],
+            rows_delta: 1,
+        })
+        .expect("stage");
         // a batch that changed nothing still records its id
+        s.stage(StateChanges::default()).expect("stage again");
         s.commit(2).expect("commit");
         drop(s);
         let s = RocksStateStore::open(dir.path()).expect("reopen");
@@ -880,6 +1054,7 @@ mod tests {
             .multi_get(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
             .expect("get");
         assert_eq!(got, vec![None, Some(b"2".to_vec()), Some(b"3".to_vec())]);
+        assert_eq!(s.multi_get(&[b"x".to_vec()]).expect("get"), vec![None]);
         let mut keys = Vec::new();
         s.scan(b"b", Some(b"c"), &mut |k, _| {
             keys.push(k.to_vec());

@@ -35,8 +35,9 @@ pub struct CommitStats {
     pub rows_updated: u64,
     /// Keys removed.
     pub rows_removed: u64,
-    /// Time the batch's state persistence took (the synced changelog write when staged, and
-    /// the commit), ms.
+    /// Time the commit held the batch up, ms: waiting for the staged changes' synced write
+    /// (which may run in the background from [`StateStore::stage`] on) and making them durable
+    /// and visible.
     pub commit_ms: u64,
     /// Estimated memory used by the store, bytes.
     pub memory_used_bytes: u64,
@@ -67,6 +68,12 @@ pub trait StateStore: Send {
 
     /// Applies the staged changes (none if nothing was staged) as the state after batch
     /// `batch_id`, atomically and durably.
+    ///
+    /// Callers must commit a batch only once its output is durable downstream: the state may
+    /// become durable at `batch_id` before this returns, even when it then fails (an
+    /// implementation may apply the changes while making them durable). After a failed commit
+    /// (or stage) the store refuses further use; a store opened again on the directory holds
+    /// `batch_id` or the batch before it.
     fn commit(&mut self, batch_id: u64) -> Result<CommitStats>;
 
     /// Number of keys.
