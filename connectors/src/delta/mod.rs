@@ -56,15 +56,35 @@ pub(crate) fn table_url(path: &str) -> Result<url::Url> {
         .map_err(|e| EngineError::user(format!("delta: bad table path '{path}': {e}")))
 }
 
-/// Who must act on a delta-rs error: storage and commit conflicts may pass on retry.
+/// Who must act on a delta-rs error: storage and commit conflicts may pass on retry (external),
+/// and so may any other error caused by a storage or I/O failure (a Parquet, Arrow or kernel
+/// error wrapping one); the rest (schema, protocol, bad data) is the user's.
 pub(crate) fn delta_err(what: &str, e: DeltaTableError) -> EngineError {
     let msg = format!("delta: {what}: {e}");
-    match e {
+    let external = matches!(
+        e,
         DeltaTableError::ObjectStore { .. }
-        | DeltaTableError::Io { .. }
-        | DeltaTableError::Transaction { .. } => EngineError::external(msg),
-        _ => EngineError::user(msg),
+            | DeltaTableError::Io { .. }
+            | DeltaTableError::Transaction { .. }
+            | DeltaTableError::VersionAlreadyExists(_)
+    ) || caused_by_storage(&e);
+    if external {
+        EngineError::external(msg)
+    } else {
+        EngineError::user(msg)
     }
+}
+
+/// Whether `e` or one of its causes is an I/O or object-store error.
+fn caused_by_storage(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() || c.is::<deltalake::ObjectStoreError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Creates Delta sinks.
@@ -531,4 +551,44 @@ pub fn read_table_at(path: &str, version: Option<u64>) -> Result<Vec<RecordBatch
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_engine::ErrorKind;
+
+    #[test]
+    fn storage_failures_retry_the_rest_is_the_users() {
+        let kind = |e: DeltaTableError| delta_err("write", e).kind();
+        let io = || std::io::Error::other("disk went away");
+        assert_eq!(
+            kind(DeltaTableError::Io { source: io() }),
+            ErrorKind::External
+        );
+        assert_eq!(
+            kind(DeltaTableError::VersionAlreadyExists(7)),
+            ErrorKind::External
+        );
+        // an I/O failure wrapped in another variant
+        assert_eq!(
+            kind(DeltaTableError::GenericError {
+                source: Box::new(io())
+            }),
+            ErrorKind::External
+        );
+        assert_eq!(
+            kind(DeltaTableError::Generic(
+                "unsupported writer feature".into()
+            )),
+            ErrorKind::User
+        );
+        assert_eq!(
+            kind(DeltaTableError::GenericError {
+                source: "bad partition value".into()
+            }),
+            ErrorKind::User
+        );
+        assert_eq!(kind(DeltaTableError::NoSchema), ErrorKind::User);
+    }
 }
