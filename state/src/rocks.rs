@@ -839,18 +839,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn committed_batches_survive_a_crash_through_the_changelog() {
-        let root = tempfile::tempdir().expect("tmp");
-        let live = root.path().join("live/0");
+    /// A store in `root/live/0` without snapshots, batches `0..batches` committed (key `k<b>`).
+    fn store_without_snapshots(
+        root: &Path,
+        batches: u64,
+    ) -> (PathBuf, StoreOptions, RocksStateStore) {
+        let live = root.join("live/0");
         let opts = StoreOptions {
             snapshot_interval: 0,
             min_batches_to_retain: 100,
         };
         let mut s = RocksStateStore::open_with(&live, opts).expect("open");
-        for b in 0..5 {
+        for b in 0..batches {
             put(&mut s, b, &format!("k{b}"));
         }
+        (live, opts, s)
+    }
+
+    /// What is on disk of the store in `live` at this instant (its memtables are not), copied
+    /// to `root/image/0`.
+    fn crash_image(live: &Path, root: &Path) -> PathBuf {
+        let image = root.join("image/0");
+        copy_dir(live, &image);
+        copy_dir(&side_dir(live, "changelog"), &side_dir(&image, "changelog"));
+        image
+    }
+
+    #[test]
+    fn committed_batches_survive_a_crash_through_the_changelog() {
+        let root = tempfile::tempdir().expect("tmp");
+        let (live, opts, mut s) = store_without_snapshots(root.path(), 5);
         // batch 5 staged, not committed, when the process dies
         s.stage(StateChanges {
             puts: vec![(b"k5".to_vec(), vec![5])],
@@ -859,12 +877,7 @@ mod tests {
         })
         .expect("stage");
         // what is on disk at that instant (the memtables, never flushed, are lost)
-        let image = root.path().join("image/0");
-        copy_dir(&live, &image);
-        copy_dir(
-            &side_dir(&live, "changelog"),
-            &side_dir(&image, "changelog"),
-        );
+        let image = crash_image(&live, root.path());
         drop(s);
         let s = RocksStateStore::open_with(&image, opts).expect("reopen the crash image");
         assert_eq!(s.committed_batch(), Some(4));
@@ -955,22 +968,9 @@ mod tests {
         // the commit applies the memtable while the changelog is renamed: a flush can persist
         // a batch whose changelog rename never became durable (the process died in between)
         let root = tempfile::tempdir().expect("tmp");
-        let live = root.path().join("live/0");
-        let opts = StoreOptions {
-            snapshot_interval: 0,
-            min_batches_to_retain: 100,
-        };
-        let mut s = RocksStateStore::open_with(&live, opts).expect("open");
-        for b in 0..3 {
-            put(&mut s, b, &format!("k{b}"));
-        }
+        let (live, opts, s) = store_without_snapshots(root.path(), 3);
         flush_all(s.db().expect("db")).expect("flush");
-        let image = root.path().join("image/0");
-        copy_dir(&live, &image);
-        copy_dir(
-            &side_dir(&live, "changelog"),
-            &side_dir(&image, "changelog"),
-        );
+        let image = crash_image(&live, root.path());
         drop(s);
         // the rename of batch 2's changelog lost
         std::fs::remove_file(side_dir(&image, "changelog").join("2")).expect("rm");
