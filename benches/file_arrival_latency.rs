@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench file_arrival_latency -- [--files N] [--events-per-file N] [--gap-ms N]`
 //! (defaults: 220 files, the first 20 are warm-up, 1000 events each, like the Spark probe in
-//! ../shared/bench/spark/spark_latency_probe.py). The query parses the JSON events, filters and
+//! testdata/bench/spark/spark_latency_probe.py). The query parses the JSON events, filters and
 //! projects them, and writes them to the exactly-once CSV file sink; with `--windowed`, it runs
 //! Spark's probe query instead (windowed aggregation, update mode, a Parquet file per batch).
 

@@ -3,7 +3,8 @@
 //! records without processing them. Then produce → batch-committed latency with the default
 //! (event-driven) trigger, one record every 10 ms.
 //!
-//! Needs the `tansu` broker (`scripts/test` installs it).
+//! Starts its own broker: noida-db's Kafka service (`scripts/test` installs noida-db into
+//! `~/.cache/sluice-venv`; or set `SLUICE_TEST_NOIDA` to its binary).
 //! `cargo bench --bench kafka_throughput -- [--events N] [--latency-records N]`
 
 use std::sync::{Arc, Mutex};
@@ -42,29 +43,62 @@ fn main() -> sluice::Result<()> {
         .and_then(|l| l.local_addr())
         .map_err(err)?
         .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let tansu = std::env::var("SLUICE_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
-    let mut broker = std::process::Command::new(&tansu)
+    let noida = std::env::var_os("SLUICE_TEST_NOIDA")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let lib = std::path::PathBuf::from(std::env::var("HOME").ok()?)
+                .join(".cache/sluice-venv/lib");
+            std::fs::read_dir(lib)
+                .ok()?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("site-packages/noida_db/noida-db"))
+                .find(|p| p.is_file())
+        })
+        .ok_or_else(|| {
+            err("noida-db not found: run scripts/test once, or set SLUICE_TEST_NOIDA")
+        })?;
+    let mut broker = std::process::Command::new(&noida)
         .current_dir(dir.path())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(["start", "--only", "kafka", "--host", "127.0.0.1"])
+        .args(["--kafka-port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| err(format!("start {tansu}: {e}")))?;
-    std::thread::sleep(Duration::from_millis(500));
+        .map_err(|e| err(format!("start {}: {e}", noida.display())))?;
+    let up = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if up.elapsed() > Duration::from_secs(30) {
+            return Err(err("the broker did not start"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let bs = format!("127.0.0.1:{port}");
-    for (t, n) in [("events", "3"), ("lat", "1")] {
-        std::process::Command::new(&tansu)
-            .args(["topic", "create", t, "--partitions", n, "--broker", &url])
-            .status()
+    {
+        use sluice::connectors::rdkafka::admin::{
+            AdminClient, AdminOptions, NewTopic, TopicReplication,
+        };
+        let admin: AdminClient<sluice::connectors::rdkafka::client::DefaultClientContext> =
+            ClientConfig::new()
+                .set("bootstrap.servers", &bs)
+                .create()
+                .map_err(err)?;
+        let topics = [
+            NewTopic::new("events", 3, TopicReplication::Fixed(1)),
+            NewTopic::new("lat", 1, TopicReplication::Fixed(1)),
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .map_err(err)?;
+        for r in rt
+            .block_on(admin.create_topics(&topics, &AdminOptions::new()))
+            .map_err(err)?
+        {
+            r.map_err(|(t, e)| err(format!("create topic {t}: {e}")))?;
+        }
     }
 
     // produce the input

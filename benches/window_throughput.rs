@@ -1,16 +1,16 @@
 //! Throughput of the golden windowed query over JSON event files, Sluice against Spark in the
 //! same run: json source with explicit schema, maxFilesPerTrigger 10, 10-minute watermark,
 //! 1-minute window count/sum/avg/max by action, append mode into a Parquet file sink, trigger
-//! available-now — as ../shared/bench/spark/spark_window_agg.py runs it on Spark (local[2],
+//! available-now — as testdata/bench/spark/spark_window_agg.py runs it on Spark (local[2],
 //! HDFS state, 2 shuffle partitions).
 //!
 //! `cargo bench --bench window_throughput -- [--input DIR] [--max-files N] [--runs N] [--no-spark]`
 //!
 //! The input (default `$BENCH_DATA/ev_10m`, `BENCH_DATA` defaulting to /tmp/sluice-bench) is
 //! generated when missing with
-//! `python3 ../shared/bench/spark/gen_events.py --out DIR --events 10000000 --files 200 --span-min 200 --seed 2`.
+//! `python3 testdata/bench/spark/gen_events.py --out DIR --events 10000000 --files 200 --span-min 200 --seed 2`.
 //! Spark runs with `$SPARK_PYTHON` (default `~/venvs/spark/bin/python`; set it up as
-//! ../shared/bench/README.md says). Sluice and Spark alternate (Sluice, Spark, Sluice, ...) so
+//! testdata/bench/README.md says). Sluice and Spark alternate (Sluice, Spark, Sluice, ...) so
 //! that both see the same machine; the ratio uses the median of each.
 
 use std::path::{Path, PathBuf};
@@ -36,7 +36,10 @@ fn err(msg: impl std::fmt::Display) -> sluice::EngineError {
 }
 
 fn shared_bench() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/spark")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("testdata/bench/spark")
 }
 
 /// Generates the 10M-event input when it is not there yet.
@@ -190,7 +193,7 @@ fn main() -> sluice::Result<()> {
     let with_spark = !flag("--no-spark");
     if with_spark && !spark_python().exists() {
         return Err(err(format!(
-            "{} not found: set up Spark as ../shared/bench/README.md says \
+            "{} not found: set up Spark as testdata/bench/README.md says \
              (python3 -m venv ~/venvs/spark && ~/venvs/spark/bin/pip install pyspark==4.3.0), \
              set SPARK_PYTHON, or pass --no-spark",
             spark_python().display()

@@ -13,13 +13,14 @@ use crate::pipeline::Pipeline;
 use crate::{EngineError, Result, Session};
 
 /// `sluice validate`: parses the file, registers its sources (schemas, options, paths), plans
-/// every query (SQL, output mode, sink options) and opens its checkpoint, without running
-/// anything. Returns the report to print.
+/// every query (SQL, output mode, sink options), asks each source's and sink's system whether
+/// it answers (and whether an existing JDBC table has the key an upsert needs), without running
+/// or creating anything: no checkpoint, output directory, progress log or table. Returns the
+/// report to print.
 pub fn validate(path: &Path) -> Result<String> {
     let (pipeline, base) = Pipeline::load(path)?;
     let session = Session::builder().app_name("sluice-validate").build()?;
-    let prepared = pipeline.prepare(&session, &base)?;
-    reachable(&pipeline, &session, &base)?;
+    let checked = pipeline.validate(&session, &base, true)?;
     let mut out = String::new();
     let _ = writeln!(out, "{}: OK", path.display());
     for (name, s) in &pipeline.source {
@@ -34,13 +35,19 @@ pub fn validate(path: &Path) -> Result<String> {
                 .unwrap_or_default()
         );
     }
-    for (name, p) in &prepared {
+    for (name, c) in &checked {
         let q = &pipeline.query[name];
         let df = session.sql(&q.sql)?;
         let _ = writeln!(
             out,
-            "query {name} (id {}): {} mode into {}, trigger {}\n{}",
-            p.id(),
+            "query {name} ({}): {} mode into {}, trigger {}\n{}",
+            match &c.id {
+                Some(id) => format!("id {id}, checkpoint {}", c.checkpoint.display()),
+                None => format!(
+                    "new: checkpoint {} is created at start",
+                    c.checkpoint.display()
+                ),
+            },
             q.output_mode.as_deref().unwrap_or("append"),
             q.sink.format,
             q.trigger.as_deref().unwrap_or("as soon as data arrives"),
@@ -50,65 +57,20 @@ pub fn validate(path: &Path) -> Result<String> {
     Ok(out)
 }
 
-fn opts(map: &std::collections::BTreeMap<String, toml::Value>) -> sluice_engine::Options {
-    let mut o = sluice_engine::Options::new();
-    for (k, v) in map {
-        let text = match v {
-            toml::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        o.set(k, text);
-    }
-    o
-}
-
-/// Asks each source and sink whether its external system answers (a broker's metadata, a
-/// database connection); file paths were checked when the sources were registered.
-fn reachable(pipeline: &Pipeline, session: &Session, base: &Path) -> Result<()> {
-    let registry = session.registry();
-    for (name, s) in &pipeline.source {
-        let spec = sluice_engine::SourceSpec {
-            format: s.format.clone(),
-            path: s
-                .path
-                .as_ref()
-                .map(|p| base.join(p).to_string_lossy().into_owned()),
-            schema: None,
-            options: opts(&s.options),
-        };
-        registry
-            .source(&s.format)?
-            .check_reachable(&spec)
-            .map_err(|e| EngineError::user(format!("source '{name}': {e}")))?;
-    }
-    for (name, q) in &pipeline.query {
-        let mut o = opts(&q.sink.options);
-        if let Some(p) = &q.sink.path {
-            o.set("path", base.join(p).to_string_lossy());
-        }
-        let spec = sluice_engine::SinkSpec {
-            format: q.sink.format.clone(),
-            options: o,
-            output_mode: q
-                .output_mode
-                .as_deref()
-                .unwrap_or("append")
-                .parse()
-                .unwrap_or(sluice_engine::OutputMode::Append),
-        };
-        registry
-            .sink(&q.sink.format)?
-            .check_reachable(&spec)
-            .map_err(|e| EngineError::user(format!("query '{name}': sink not reachable: {e}")))?;
-    }
-    Ok(())
-}
-
 fn not_a_checkpoint(dir: &Path) -> EngineError {
-    EngineError::user(format!(
-        "{} is not a Sluice checkpoint (no `metadata` file)",
-        dir.display()
-    ))
+    if !dir.exists() {
+        EngineError::user(format!("{} does not exist", dir.display()))
+    } else if !dir.is_dir() {
+        EngineError::user(format!(
+            "{} is a file, not a checkpoint directory",
+            dir.display()
+        ))
+    } else {
+        EngineError::user(format!(
+            "{} is not a Sluice checkpoint (no `metadata` file)",
+            dir.display()
+        ))
+    }
 }
 
 fn dir_size(p: &Path) -> u64 {

@@ -22,9 +22,14 @@
 //! |--------------|---------------|
 //! | (root)       | [`Session`] (engine session with built-in connectors), re-exports |
 //! | [`prelude`]  | what a program needs: `Session`, `col`, `lit`, `Trigger`, `OutputMode`, ... |
-//! | [`pipeline`] | the pipeline file (`sluice run pipeline.toml`): parsing and running it |
+//! | [`pipeline`] | the pipeline file (`sluice run pipeline.toml`): parsing, checking, preparing its queries |
+//! | [`cli`]      | `sluice validate` and `sluice checkpoint inspect|state` |
+//! | [`http`]     | the daemon's status API, `/healthz`, Prometheus metrics ([`http::metrics`]) and dashboard |
+//! | [`backfill`] | the progress line of `sluice run --available-now` |
 //!
-//! The `sluice` binary (src/main.rs) is the daemon: `sluice run <pipeline.toml>`.
+//! The `sluice` binary (src/main.rs) is the daemon: `sluice run <pipeline.toml>`. Cargo features
+//! `kafka`, `delta`, `jdbc` (all default) bring those connectors; [`features`] says which this
+//! build has.
 
 pub mod backfill;
 pub mod cli;
@@ -37,7 +42,7 @@ pub use sluice_connectors as connectors;
 pub use sluice_engine::{
     functions, ConnectorRegistry, DataFrame, DataStreamReader, DataStreamWriter, EngineError,
     ErrorKind, OutputMode, PreparedQuery, QueryError, QueryProgress, QueryStatus, Result,
-    StreamingQuery, StreamingQueryListener, Trigger,
+    RetryPolicy, StreamingQuery, StreamingQueryListener, Trigger,
 };
 pub use sluice_engine::{Session as EngineSession, SessionBuilder as EngineSessionBuilder};
 
@@ -86,6 +91,19 @@ impl SessionBuilder {
     pub fn build(self) -> Result<Session> {
         Ok(Session(self.0.build()?))
     }
+}
+
+/// The optional connectors this build of Sluice has (its Cargo features: `kafka`, `delta`,
+/// `jdbc`).
+pub fn features() -> &'static [&'static str] {
+    &[
+        #[cfg(feature = "kafka")]
+        "kafka",
+        #[cfg(feature = "delta")]
+        "delta",
+        #[cfg(feature = "jdbc")]
+        "jdbc",
+    ]
 }
 
 /// What a program needs.

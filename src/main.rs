@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use sluice::http::QueryState;
 use sluice::pipeline::Pipeline;
-use sluice::{QueryError, Session, StreamingQueryListener};
+use sluice::{QueryError, RetryPolicy, Session, StreamingQueryListener};
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +38,7 @@ enum Command {
     /// The pipeline file (TOML; relative paths are relative to it):
     ///
     ///   [source.events]
-    ///   format = "json"            # json | csv | parquet | text
+    ///   format = "json"            # a source format (listed below)
     ///   path = "in"                # a directory or a glob
     ///   schema = "event_time TIMESTAMP, action STRING, value DOUBLE"
     ///   watermark = { column = "event_time", delay = "10 minutes" }
@@ -48,7 +49,7 @@ enum Command {
     ///   output_mode = "append"     # append | update | complete
     ///   trigger = "available-now"  # once | available-now | file-arrival | "500 milliseconds"
     ///   checkpoint = "chk/clicks"
-    ///   sink = { format = "csv", path = "out/clicks", options = { header = true } }
+    ///   sink = { format = "csv", path = "out/clicks", options = { header = true } }  # a sink format
     ///   progress_log = "progress.jsonl"   # optional: one JSON line per batch
     ///
     /// Exit status: 0 when stopped or done, 1 when a query failed, 2 for a usage or
@@ -93,16 +94,6 @@ enum Command {
         #[command(subcommand)]
         action: CheckpointCmd,
     },
-    /// A Kafka cluster inside this process (librdkafka's mock cluster), for tests and trying
-    /// things out: prints its bootstrap servers, then serves `create_topic NAME PARTITIONS`
-    /// lines on stdin (answering `ok` or `err ...`) until stdin closes. Supports transactions;
-    /// keeps at most 5 MiB per partition.
-    #[command(hide = true)]
-    MockKafka {
-        /// Number of brokers.
-        #[arg(default_value_t = 1)]
-        brokers: i32,
-    },
 }
 
 #[derive(Subcommand)]
@@ -142,11 +133,20 @@ impl StreamingQueryListener for Forward {
     }
 }
 
+/// What the daemon logs unless `SLUICE_LOG` says otherwise: Sluice's own INFO lines (what a
+/// user needs: queries starting and stopping, batches, retries), and only warnings and errors
+/// of the libraries it runs (delta-rs logs every commit at INFO, and an ERROR when it opens a
+/// table that has no commit yet, which Sluice handles).
+const DEFAULT_LOG_FILTER: &str = "warn,sluice=info,sluice_engine=info,sluice_connectors=info,\
+    sluice_state=info,deltalake_core=off,delta_kernel=off,buoyant_kernel=off";
+
 fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => b.init(),
@@ -154,8 +154,42 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// The formats `sluice run --help` lists: every format Sluice has, whether this build has it.
+fn formats_help() -> String {
+    let mut out = String::from("Source and sink formats (format = \"...\"):\n");
+    for f in sluice::connectors::FORMATS {
+        let built = f
+            .feature
+            .is_none_or(|feat| sluice::features().contains(&feat));
+        out.push_str(&format!(
+            "  {:<14}{:<14}{}{}\n",
+            f.name,
+            f.kinds,
+            f.description,
+            if built {
+                String::new()
+            } else {
+                format!(
+                    " (not in this build: Cargo feature `{}`)",
+                    f.feature.unwrap_or("")
+                )
+            }
+        ));
+    }
+    out.push_str(
+        "  foreach_batch is a function, so it exists only in a program \
+         (write_stream().foreach_batch(..)), not in a pipeline file.\n",
+    );
+    out
+}
+
+fn parse_cli() -> Result<Cli, clap::Error> {
+    let cmd = Cli::command().mut_subcommand("run", |c| c.after_long_help(formats_help()));
+    Cli::from_arg_matches(&cmd.try_get_matches()?)
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_cli() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -191,7 +225,6 @@ fn main() -> ExitCode {
                 fail_fast,
             )
         }
-        Command::MockKafka { brokers } => mock_kafka(brokers),
         Command::Validate { pipeline } => report(sluice::cli::validate(&pipeline)),
         Command::Checkpoint { action } => match action {
             CheckpointCmd::Inspect { dir } => report(sluice::cli::inspect(&dir)),
@@ -202,13 +235,6 @@ fn main() -> ExitCode {
             } => report(sluice::cli::state_rows(&dir, operator, limit)),
         },
     }
-}
-
-/// How long to wait before restarting a query that failed on an external error, after
-/// `attempt` failures in a row: 1 s doubling to 5 minutes. Pure; unit-tested.
-fn restart_backoff(attempt: u32) -> std::time::Duration {
-    let secs = 1u64 << attempt.saturating_sub(1).min(9);
-    std::time::Duration::from_secs(secs.min(300))
 }
 
 struct Running {
@@ -291,6 +317,24 @@ fn run(
         }
         None => None,
     };
+    let mark = |id: &str, state: Option<QueryState>| {
+        if let Some(s) = &server {
+            s.set_daemon_state(id, state);
+        }
+    };
+    // what is left after a query ends, for the log line that says so
+    let left = |running: usize| match running {
+        0 => "no query left running".to_string(),
+        1 => "1 other query goes on".to_string(),
+        n => format!("{n} other queries go on"),
+    };
+    let schedule_restart = |name: String, wait: std::time::Duration| {
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(wait);
+            let _ = tx2.send(Event::Restart(name));
+        });
+    };
     let mut running = queries.len();
     let mut failed_for_good = false;
     while running > 0 {
@@ -300,6 +344,7 @@ fn run(
                 for r in &queries {
                     r.query.stop();
                 }
+                tracing::info!("every query stopped; exiting");
                 let failed =
                     failed_for_good || queries.iter().any(|r| r.query.exception().is_some());
                 return if failed {
@@ -313,38 +358,39 @@ fn run(
                     continue;
                 };
                 running -= 1;
+                let name = queries[idx].name.clone();
                 let Some(e) = error else {
                     queries[idx].failures = 0;
+                    tracing::info!("query '{name}' stopped; {}", left(running));
                     continue;
                 };
-                let name = queries[idx].name.clone();
                 if fail_fast {
-                    eprintln!("error: query '{name}' failed: {e} (--fail-fast: stopping all)");
+                    tracing::error!("query '{name}' failed: {e} (--fail-fast: stopping all)");
+                    mark(&id, Some(QueryState::Failed));
                     for r in &queries {
                         r.query.stop();
                     }
                     return ExitCode::from(1);
                 }
                 if e.kind != sluice::ErrorKind::External {
-                    eprintln!(
-                        "error: query '{name}' failed for good ({:?} error): {e}; the other queries go on",
-                        e.kind
+                    tracing::error!(
+                        "query '{name}' failed for good ({:?} error): {e}; {}",
+                        e.kind,
+                        left(running)
                     );
+                    mark(&id, Some(QueryState::Failed));
                     failed_for_good = true;
                     continue;
                 }
                 queries[idx].failures += 1;
                 let attempt = queries[idx].failures;
-                let wait = restart_backoff(attempt);
-                eprintln!(
-                    "warning: query '{name}' failed on an external error: {e}; restarting in {wait:?} (attempt {attempt})"
+                let wait = RetryPolicy::QUERY_RESTART.backoff(attempt);
+                tracing::warn!(
+                    "query '{name}' failed on an external error: {e}; restarting in {wait:?} (attempt {attempt})"
                 );
+                mark(&id, Some(QueryState::Retrying));
                 running += 1; // it will run again
-                let tx2 = tx.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(wait);
-                    let _ = tx2.send(Event::Restart(name));
-                });
+                schedule_restart(name, wait);
             }
             Ok(Event::Restart(name)) => {
                 let Some(idx) = queries.iter().position(|r| r.name == name) else {
@@ -367,20 +413,17 @@ fn run(
                     Err(e) if e.kind() == sluice::ErrorKind::External => {
                         queries[idx].failures += 1;
                         let attempt = queries[idx].failures;
-                        let wait = restart_backoff(attempt);
-                        eprintln!(
-                            "warning: query '{name}' cannot restart yet: {e}; next attempt in {wait:?} (attempt {attempt})"
+                        let wait = RetryPolicy::QUERY_RESTART.backoff(attempt);
+                        tracing::warn!(
+                            "query '{name}' cannot restart yet: {e}; next attempt in {wait:?} (attempt {attempt})"
                         );
-                        let tx2 = tx.clone();
-                        std::thread::spawn(move || {
-                            std::thread::sleep(wait);
-                            let _ = tx2.send(Event::Restart(name));
-                        });
+                        schedule_restart(name, wait);
                     }
                     Err(e) => {
-                        eprintln!("error: query '{name}' cannot restart: {e}");
-                        failed_for_good = true;
                         running -= 1;
+                        tracing::error!("query '{name}' cannot restart: {e}; {}", left(running));
+                        mark(queries[idx].query.id(), Some(QueryState::Failed));
+                        failed_for_good = true;
                     }
                 }
             }
@@ -388,8 +431,10 @@ fn run(
         }
     }
     if failed_for_good {
+        tracing::error!("exiting: a query failed for good");
         ExitCode::from(1)
     } else {
+        tracing::info!("every query is done; exiting");
         ExitCode::SUCCESS
     }
 }
@@ -424,43 +469,6 @@ fn spawn_signal_thread(tx: mpsc::Sender<Event>) {
     });
 }
 
-fn mock_kafka(brokers: i32) -> ExitCode {
-    use std::io::{BufRead, Write};
-    let mock = match sluice::connectors::rdkafka::mocking::MockCluster::new(brokers) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("error: cannot start the mock cluster: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let mut out = std::io::stdout();
-    if writeln!(out, "{}", mock.bootstrap_servers())
-        .and_then(|_| out.flush())
-        .is_err()
-    {
-        return ExitCode::from(1);
-    }
-    for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else { break };
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let res = match f.as_slice() {
-            ["create_topic", t, n] => match n.parse() {
-                Ok(n) => mock.create_topic(t, n, 1).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
-            _ => Err(format!("unknown command: {line}")),
-        };
-        let answer = match res {
-            Ok(()) => "ok".to_string(),
-            Err(e) => format!("err {e}"),
-        };
-        if writeln!(out, "{answer}").and_then(|_| out.flush()).is_err() {
-            break;
-        }
-    }
-    ExitCode::SUCCESS
-}
-
 fn report(r: sluice::Result<String>) -> ExitCode {
     match r {
         Ok(text) => {
@@ -471,21 +479,5 @@ fn report(r: sluice::Result<String>) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::restart_backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn restart_backoff_doubles_up_to_five_minutes() {
-        assert_eq!(restart_backoff(1), Duration::from_secs(1));
-        assert_eq!(restart_backoff(2), Duration::from_secs(2));
-        assert_eq!(restart_backoff(5), Duration::from_secs(16));
-        assert_eq!(restart_backoff(9), Duration::from_secs(256));
-        assert_eq!(restart_backoff(10), Duration::from_secs(300));
-        assert_eq!(restart_backoff(40), Duration::from_secs(300));
     }
 }

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{EngineError, OutputMode, PreparedQuery, Result, Session, Trigger};
+use sluice_engine::writer::QueryCheck;
+
+use crate::{DataStreamWriter, EngineError, OutputMode, PreparedQuery, Result, Session, Trigger};
 
 /// A whole pipeline file.
 #[derive(Debug, Deserialize)]
@@ -154,6 +156,45 @@ impl Pipeline {
         only: &[String],
         trigger: Option<Trigger>,
     ) -> Result<Vec<(String, PreparedQuery)>> {
+        self.writers(session, base, only, trigger)?
+            .into_iter()
+            .map(|(name, w)| {
+                let p = w
+                    .prepare()
+                    .map_err(|e| e.context(&format!("query '{name}'")))?;
+                Ok((name, p))
+            })
+            .collect()
+    }
+
+    /// Checks every query as [`Pipeline::prepare`] does, without creating or changing anything
+    /// (no checkpoint, output directory or table); with `reachable`, also asks each source's
+    /// and sink's system whether it answers and whether an existing target fits.
+    pub fn validate(
+        &self,
+        session: &Session,
+        base: &Path,
+        reachable: bool,
+    ) -> Result<Vec<(String, QueryCheck)>> {
+        self.writers(session, base, &[], None)?
+            .into_iter()
+            .map(|(name, w)| {
+                let c = w
+                    .validate(reachable)
+                    .map_err(|e| e.context(&format!("query '{name}'")))?;
+                Ok((name, c))
+            })
+            .collect()
+    }
+
+    /// Registers the sources (as SQL views) and describes each query's writer.
+    fn writers(
+        &self,
+        session: &Session,
+        base: &Path,
+        only: &[String],
+        trigger: Option<Trigger>,
+    ) -> Result<Vec<(String, DataStreamWriter)>> {
         for n in only {
             if !self.query.contains_key(n) {
                 return Err(EngineError::user(format!(
@@ -171,6 +212,7 @@ impl Pipeline {
             }
         };
         for (name, s) in &self.source {
+            let ctx = format!("source '{name}'");
             let mut r = session.read_stream().format(&s.format);
             for (k, v) in &s.options {
                 r = r.option(k, option_text(k, v)?);
@@ -182,22 +224,29 @@ impl Pipeline {
                 Some(p) => r.load(resolve(p)),
                 None => r.load_default(),
             }
-            .map_err(|e| in_context(&format!("source '{name}'"), e))?;
+            .map_err(|e| match e {
+                EngineError::MissingSchema { what } => EngineError::user(format!(
+                    "{ctx}: {what} needs a schema: add `schema = \"col TYPE, ...\"` to \
+                     [source.{name}] (or `options = {{ inferSchema = true }}` to sample the files \
+                     already there)"
+                )),
+                e => e.context(&ctx),
+            })?;
             let df = match &s.watermark {
                 Some(w) => df
                     .with_watermark(&w.column, &w.delay)
-                    .map_err(|e| in_context(&format!("source '{name}'"), e))?,
+                    .map_err(|e| e.context(&ctx))?,
                 None => df,
             };
             df.create_or_replace_temp_view(name)?;
         }
-        let mut prepared = Vec::new();
+        let mut writers = Vec::new();
         for (name, q) in &self.query {
             if !only.is_empty() && !only.contains(name) {
                 continue;
             }
             let ctx = format!("query '{name}'");
-            let df = session.sql(&q.sql).map_err(|e| in_context(&ctx, e))?;
+            let df = session.sql(&q.sql).map_err(|e| e.context(&ctx))?;
             let mut w = df.write_stream().format(&q.sink.format).query_name(name);
             if let Some(p) = &q.sink.path {
                 w = w.option("path", resolve(p));
@@ -210,12 +259,12 @@ impl Pipeline {
                 .as_deref()
                 .unwrap_or("append")
                 .parse()
-                .map_err(|e| in_context(&ctx, e))?;
+                .map_err(|e: EngineError| e.context(&ctx))?;
             w = w.output_mode(mode);
             if let Some(t) = trigger {
                 w = w.trigger(t);
             } else if let Some(t) = &q.trigger {
-                let t: Trigger = t.parse().map_err(|e| in_context(&ctx, e))?;
+                let t: Trigger = t.parse().map_err(|e: EngineError| e.context(&ctx))?;
                 w = w.trigger(t);
             }
             if let Some(l) = &q.late_data_sink {
@@ -235,23 +284,10 @@ impl Pipeline {
                 w = w.option("multipleWatermarkPolicy", p);
             }
             if let Some(p) = &q.progress_log {
-                let p = resolve(p);
-                if let Some(parent) = Path::new(&p).parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
-                }
-                w = w.progress_log(p);
+                w = w.progress_log(resolve(p));
             }
-            prepared.push((name.clone(), w.prepare().map_err(|e| in_context(&ctx, e))?));
+            writers.push((name.clone(), w));
         }
-        Ok(prepared)
-    }
-}
-
-fn in_context(ctx: &str, e: EngineError) -> EngineError {
-    match e {
-        EngineError::User(m) => EngineError::User(format!("{ctx}: {m}")),
-        EngineError::External(m) => EngineError::External(format!("{ctx}: {m}")),
-        EngineError::DataFusion(d) => EngineError::User(format!("{ctx}: {d}")),
-        other => other,
+        Ok(writers)
     }
 }

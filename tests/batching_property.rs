@@ -16,7 +16,7 @@ use common::*;
 use sluice::prelude::*;
 
 fn generate(dir: &Path, seed: u32) {
-    let gen = common::repo_dir().join("../shared/bench/spark/gen_events.py");
+    let gen = common::repo_dir().join("testdata/bench/spark/gen_events.py");
     let st = Command::new("python3")
         .arg(gen)
         .args([
@@ -168,7 +168,7 @@ fn kafka_batch_sizes_do_not_change_results_without_late_data() {
     let w = workdir();
     generate(w.path(), 12);
     // the same events, in file order, spread over two partitions of a real broker
-    let broker = common::kafka::Tansu::start();
+    let broker = common::kafka::Broker::start();
     broker.create_topic("events", 2);
     let mut names: Vec<_> = std::fs::read_dir(w.path())
         .expect("ls")

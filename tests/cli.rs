@@ -210,6 +210,7 @@ fn backfill_progress_as_lines_or_as_a_bar_on_a_terminal() {
     );
 }
 
+#[cfg(all(feature = "kafka", feature = "jdbc"))]
 #[test]
 fn validate_checks_that_brokers_and_databases_answer() {
     let w = workdir();
@@ -260,4 +261,162 @@ sink = {{ format = "console" }}
         err.contains(&format!("reaching the brokers 127.0.0.1:{closed}")),
         "{err}"
     );
+}
+
+/// Writes `body` as a pipeline file in a fresh directory with an empty `in/`.
+fn pipeline_file(body: &str) -> (tempfile::TempDir, PathBuf) {
+    let w = workdir();
+    fs::create_dir_all(w.path().join("in")).expect("in");
+    let p = w.path().join("p.toml");
+    fs::write(&p, body).expect("write");
+    (w, p)
+}
+
+const SOURCE: &str = "[source.events]\nformat = \"json\"\npath = \"in\"\nschema = \"a BIGINT\"\n\n";
+
+#[test]
+fn foreach_batch_in_a_pipeline_file_says_it_needs_a_program() {
+    let (_w, p) = pipeline_file(&format!(
+        "{SOURCE}[query.q]\nsql = \"SELECT a FROM events\"\ncheckpoint = \"chk\"\nsink = {{ format = \"foreach_batch\" }}\n"
+    ));
+    let o = sluice(&["validate", p.to_str().expect("p")]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("exists only in a program"), "{err}");
+    assert!(
+        err.contains("not as a format name nor in a pipeline file"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("available: ") || !err.contains(", foreach_batch"),
+        "foreach_batch is not offered as a format: {err}"
+    );
+}
+
+#[test]
+fn a_missing_schema_in_a_pipeline_file_names_the_pipeline_key() {
+    let (_w, p) = pipeline_file(
+        "[source.events]\nformat = \"json\"\npath = \"in\"\n\n[query.q]\nsql = \"SELECT * FROM events\"\nsink = { format = \"console\" }\n",
+    );
+    let o = sluice(&["validate", p.to_str().expect("p")]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("source 'events'"), "{err}");
+    assert!(err.contains("`schema = \"col TYPE, ...\"`"), "{err}");
+    assert!(err.contains("[source.events]"), "{err}");
+    assert!(
+        !err.contains(".schema("),
+        "no Rust call in a pipeline file's error: {err}"
+    );
+}
+
+#[test]
+fn inspect_names_a_missing_directory_as_missing() {
+    let w = workdir();
+    let missing = w.path().join("nonexistent");
+    let o = sluice(&["checkpoint", "inspect", missing.to_str().expect("p")]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!err.contains("not a Sluice checkpoint"), "{err}");
+}
+
+#[test]
+fn validate_creates_nothing() {
+    let (w, p) = stage();
+    let good = fs::read_to_string(&p).expect("read");
+    let with_logs = good.replace(
+        "progress_log = \"progress.jsonl\"",
+        "progress_log = \"logs/deep/progress.jsonl\"",
+    );
+    fs::write(&p, with_logs).expect("write");
+    let before: Vec<String> = fs::read_dir(w.path())
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    let o = sluice(&["validate", p.to_str().expect("p")]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        out.contains("is created at start"),
+        "a new checkpoint: {out}"
+    );
+    let after: Vec<String> = fs::read_dir(w.path())
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(before, after, "validate made {after:?}");
+    assert!(!w.path().join("chk").exists() && !w.path().join("logs").exists());
+    assert!(!w.path().join("out").exists(), "no output directory");
+}
+
+/// Runs the sliding golden pipeline with stderr captured as a file (not a terminal), at the
+/// daemon's default log level.
+#[test]
+fn logs_on_a_redirected_stderr_have_no_colours_and_say_when_the_daemon_exits() {
+    let (_w, p) = stage();
+    let o = Command::new(sluice_bin())
+        .arg("run")
+        .arg(&p)
+        .env_remove("SLUICE_LOG")
+        .output()
+        .expect("run");
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escapes in a redirected log: {err:?}"
+    );
+    assert!(
+        err.contains("query 'sliding' stopped; no query left running"),
+        "{err}"
+    );
+    assert!(err.contains("every query is done; exiting"), "{err}");
+}
+
+#[test]
+fn a_query_failing_alone_does_not_say_that_others_go_on() {
+    // a user error at run time: FAILFAST on a malformed line
+    let (w, p) = pipeline_file(
+        "[source.events]\nformat = \"json\"\npath = \"in\"\nschema = \"a BIGINT\"\noptions = { mode = \"FAILFAST\" }\n\n\
+         [query.q]\nsql = \"SELECT a FROM events\"\ntrigger = \"available-now\"\ncheckpoint = \"chk\"\n\
+         sink = { format = \"json\", path = \"out\" }\n",
+    );
+    fs::write(w.path().join("in/bad.json"), "{\"a\": 1}\nnot json\n").expect("write");
+    let o = run_pipeline(&p, &[("SLUICE_LOG", "info")]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("query 'q' failed for good"), "{err}");
+    assert!(err.contains("no query left running"), "{err}");
+    assert!(!err.contains("other queries go on"), "{err}");
+}
+
+#[test]
+fn run_help_lists_every_source_and_sink_format() {
+    let o = sluice(&["run", "--help"]);
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    let s = sluice::Session::builder().build().expect("session");
+    let mut formats = s.registry().source_formats();
+    formats.extend(s.registry().sink_formats());
+    formats.sort();
+    formats.dedup();
+    assert!(formats.len() >= 9, "{formats:?}");
+    for f in &formats {
+        let listed = out
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{f} ")));
+        assert!(
+            listed,
+            "`sluice run --help` does not list format {f}:\n{out}"
+        );
+    }
+    // and the catalogue the help is made from names every format this build has
+    for f in &formats {
+        assert!(
+            sluice::connectors::FORMATS.iter().any(|x| x.name == f),
+            "{f} missing from sluice_connectors::FORMATS"
+        );
+    }
+    assert!(out.contains("foreach_batch is a function"), "{out}");
 }

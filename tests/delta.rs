@@ -301,10 +301,84 @@ fn medallion_killed_at_random_points_in_every_stage_equals_uninterrupted() {
             "{stage}: at least one batch per raw file"
         );
     }
-    // bronze was compacted (optimizeEvery = 10 in the example) only if it had 10 batches
-    assert!(log(&data.join("bronze"))
+}
+
+/// The data files of the table at its latest version (added and not removed), from the log.
+fn active_files(path: &Path) -> BTreeSet<String> {
+    let mut live = BTreeSet::new();
+    let mut names: Vec<(u64, String)> = fs::read_dir(path.join("_delta_log"))
+        .expect("log")
+        .filter_map(|e| {
+            let n = e.ok()?.file_name().to_string_lossy().into_owned();
+            let v = n.strip_suffix(".json")?.parse().ok()?;
+            Some((v, n))
+        })
+        .collect();
+    names.sort();
+    for (_, n) in names {
+        let text = fs::read_to_string(path.join("_delta_log").join(n)).expect("commit");
+        for line in text.lines() {
+            let j: serde_json::Value = serde_json::from_str(line).expect("json");
+            if let Some(p) = j.get("add").and_then(|a| a["path"].as_str()) {
+                live.insert(p.to_string());
+            }
+            if let Some(p) = j.get("remove").and_then(|a| a["path"].as_str()) {
+                live.remove(p);
+            }
+        }
+    }
+    live
+}
+
+/// `optimizeEvery = 3`: after batches 2 and 5 the sink compacts the table: an OPTIMIZE commit
+/// that replaces the small files by one, with the rows unchanged.
+#[test]
+fn optimize_every_compacts_the_table_every_n_batches() {
+    let w = workdir();
+    let input = w.path().join("in");
+    for i in 0..7u64 {
+        put_file(
+            &input,
+            &format!("{i}.json"),
+            &ev(&format!("00:0{i}:00"), "click", i as i64, i as f64),
+            i,
+        );
+    }
+    let table = w.path().join("t");
+    let s = session();
+    run_to_end(
+        json_stream(&s, &input)
+            .write_stream()
+            .format("delta")
+            .option("path", table.to_str().expect("p"))
+            .option("optimizeEvery", 3)
+            .checkpoint_location(w.path().join("chk"))
+            .trigger(Trigger::AvailableNow)
+            .start()
+            .expect("start"),
+    );
+    let ops: Vec<String> = log(&table).into_iter().map(|(_, op, _)| op).collect();
+    assert_eq!(
+        ops.iter().filter(|o| o.as_str() == "OPTIMIZE").count(),
+        2,
+        "{ops:?}"
+    );
+    // CREATE, 3 writes, OPTIMIZE, 3 writes, OPTIMIZE, 1 write
+    let optimize_at: Vec<usize> = ops
         .iter()
-        .all(|(_, op, _)| op != "OPTIMIZE" || FILES >= 10));
+        .enumerate()
+        .filter(|(_, o)| o.as_str() == "OPTIMIZE")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(optimize_at, [4, 8], "{ops:?}");
+    // 6 files compacted into one, plus the last batch's file
+    assert_eq!(active_files(&table).len(), 2, "{ops:?}");
+    assert_eq!(rows(&table, &[]).len(), 7);
+    let users: BTreeSet<String> = rows(&table, &[])
+        .iter()
+        .map(|r| r.split('|').nth(2).expect("user").to_string())
+        .collect();
+    assert_eq!(users.len(), 7, "every row once: {users:?}");
 }
 
 /// Gold as `window_start_s|action|events|total_value` lines.
@@ -678,4 +752,37 @@ fn source_reads_new_commits_with_limits_and_starting_version_and_refuses_rewrite
     assert!(err.to_string().contains("skipChangeCommits"), "{err}");
     read_other(&[("skipChangeCommits", "true")], "skipping").expect("skips the rewrite");
     assert_eq!(users("skipping"), [0, 1, 2, 3]);
+}
+
+/// The medallion pipeline at the daemon's default log level: Sluice's own lines (batches, the
+/// table it creates), not delta-rs's per-commit INFO chatter nor its ERROR on every new table.
+#[test]
+fn default_logs_carry_sluices_lines_not_delta_rs_chatter() {
+    let w = workdir();
+    stage_raw(w.path());
+    let p = medallion(w.path());
+    let o = std::process::Command::new(sluice_bin())
+        .arg("run")
+        .arg(&p)
+        .arg("--available-now")
+        .env_remove("SLUICE_LOG")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("batch committed"),
+        "Sluice's own INFO lines: {err}"
+    );
+    assert!(err.contains("delta: creating table"), "{err}");
+    assert!(!err.contains("No files in log segment"), "{err}");
+    assert!(!err.contains("ERROR"), "no error in a clean run: {err}");
+    for line in err.lines() {
+        assert!(
+            !line.contains(" deltalake")
+                && !line.contains(" delta_kernel")
+                && !line.contains("buoyant_kernel"),
+            "a delta-rs line at the default level: {line}"
+        );
+    }
 }

@@ -210,75 +210,59 @@ fn stop_and_restart(name: &str) {
     assert!(progress_lines(w.path()).len() <= files + 1);
 }
 
-#[test]
-fn golden_clicks_uninterrupted() {
-    uninterrupted("clicks");
+/// Every folder of tests/golden with a pipeline file, sorted: discovered, so that a new case
+/// cannot be left out of the runs below.
+fn cases() -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(common::repo_dir().join("tests/golden"))
+        .expect("tests/golden")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("pipeline.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
-#[test]
-fn golden_clicks_killed_and_restarted() {
-    crash_and_restart("clicks");
+
+/// Runs `f` on every golden case; fails naming each case that failed (after trying them all).
+fn each_case(how: &str, f: fn(&str)) {
+    let cases = cases();
+    assert!(cases.len() >= 6, "golden cases found: {cases:?}");
+    let mut failed = Vec::new();
+    for name in &cases {
+        eprintln!("golden {name}: {how}");
+        if std::panic::catch_unwind(|| f(name)).is_err() {
+            failed.push(name.clone());
+        }
+    }
+    assert!(failed.is_empty(), "golden cases failed ({how}): {failed:?}");
 }
+
 #[test]
-fn golden_clicks_stopped_and_restarted() {
-    stop_and_restart("clicks");
+fn golden_cases_are_discovered() {
+    let c = cases();
+    for known in [
+        "clicks",
+        "complete_delta",
+        "dedup_append",
+        "sessions_append",
+        "sliding_append",
+        "sql_functions",
+    ] {
+        assert!(c.iter().any(|x| x == known), "{known} in {c:?}");
+    }
 }
+
 #[test]
-fn golden_sql_functions_uninterrupted() {
-    uninterrupted("sql_functions");
+fn golden_cases_uninterrupted() {
+    each_case("uninterrupted", uninterrupted);
 }
+
 #[test]
-fn golden_sql_functions_killed_and_restarted() {
-    crash_and_restart("sql_functions");
+fn golden_cases_killed_and_restarted() {
+    each_case("killed and restarted", crash_and_restart);
 }
+
 #[test]
-fn golden_sql_functions_stopped_and_restarted() {
-    stop_and_restart("sql_functions");
-}
-#[test]
-fn golden_sliding_append_uninterrupted() {
-    uninterrupted("sliding_append");
-}
-#[test]
-fn golden_sliding_append_killed_and_restarted() {
-    crash_and_restart("sliding_append");
-}
-#[test]
-fn golden_sliding_append_stopped_and_restarted() {
-    stop_and_restart("sliding_append");
-}
-#[test]
-fn golden_sessions_append_uninterrupted() {
-    uninterrupted("sessions_append");
-}
-#[test]
-fn golden_sessions_append_killed_and_restarted() {
-    crash_and_restart("sessions_append");
-}
-#[test]
-fn golden_sessions_append_stopped_and_restarted() {
-    stop_and_restart("sessions_append");
-}
-#[test]
-fn golden_dedup_append_uninterrupted() {
-    uninterrupted("dedup_append");
-}
-#[test]
-fn golden_dedup_append_killed_and_restarted() {
-    crash_and_restart("dedup_append");
-}
-#[test]
-fn golden_dedup_append_stopped_and_restarted() {
-    stop_and_restart("dedup_append");
-}
-#[test]
-fn golden_complete_delta_uninterrupted() {
-    uninterrupted("complete_delta");
-}
-#[test]
-fn golden_complete_delta_killed_and_restarted() {
-    crash_and_restart("complete_delta");
-}
-#[test]
-fn golden_complete_delta_stopped_and_restarted() {
-    stop_and_restart("complete_delta");
+fn golden_cases_stopped_and_restarted() {
+    each_case("stopped and restarted", stop_and_restart);
 }

@@ -78,17 +78,37 @@ sink = { format = "console" }
     p
 }
 
-fn put(dir: &Path, n: u64) {
+/// Ten click events in minute `minute`, as file `name`.
+fn put_at(dir: &Path, name: &str, minute: u64, seq: u64) {
     let body: String = (0..10)
         .map(|i| {
             format!(
                 "{{\"event_time\":\"2025-01-01T00:{:02}:{:02}Z\",\"action\":\"click\",\"user_id\":{i},\"value\":1.0}}\n",
-                n,
+                minute,
                 i
             )
         })
         .collect();
-    put_file(&dir.join("in"), &format!("{n}.json"), &body, n);
+    put_file(&dir.join("in"), name, &body, seq);
+}
+
+fn put(dir: &Path, n: u64) {
+    put_at(dir, &format!("{n}.json"), n, n);
+}
+
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("prometheus text parses");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {
@@ -117,7 +137,7 @@ fn status_api_metrics_and_stop() {
     c.arg("run")
         .arg(&p)
         .args(["--http", &format!("127.0.0.1:{port}")])
-        .env("SLUICE_LOG", "warn")
+        .env("SLUICE_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let child = c.spawn().expect("spawn");
@@ -162,12 +182,32 @@ fn status_api_metrics_and_stop() {
         "sluice_watermark_lag_seconds",
         "sluice_state_rows",
         "sluice_state_bytes",
-        "sluice_late_rows_total",
+        "sluice_state_rows_dropped_by_watermark_total",
+        "sluice_late_input_rows_total",
         "sluice_sink_retries_total",
         "sluice_source_backlog",
     ] {
         assert!(metric(&m1, name).is_some(), "{name} missing from\n{m1}");
     }
+    assert_eq!(
+        sample(
+            &m1,
+            "sluice_query_state",
+            &[("query", "counts"), ("state", "running")]
+        ),
+        Some(1.0),
+        "{m1}"
+    );
+    assert_eq!(
+        sample(
+            &m1,
+            "sluice_query_state",
+            &[("query", "counts"), ("state", "failed")]
+        ),
+        Some(0.0),
+        "{m1}"
+    );
+    assert!(m1.contains("# HELP sluice_state_rows_dropped_by_watermark_total Rows the stateful operator dropped as late, counted as Spark's numRowsDroppedByWatermark"), "{m1}");
     let rows1 = metric(&m1, "sluice_input_rows_total").expect("rows");
     let batches1 = metric(&m1, "sluice_batch_duration_seconds").expect("batches");
     put(w.path(), 1);
@@ -182,11 +222,137 @@ fn status_api_metrics_and_stop() {
         "{m2}"
     );
 
+    // late data: ten events of one window that closed: 10 late input rows, and 1 partially
+    // aggregated row dropped by the watermark (Spark's count)
+    put(w.path(), 5);
+    put(w.path(), 6);
+    wait_until(
+        "the batches of minutes 5 and 6",
+        Duration::from_secs(30),
+        || {
+            let (_, m) = http(port, "GET", "/metrics", None);
+            metric(&m, "sluice_input_rows_total").is_some_and(|r| r >= rows1 + 30.0)
+        },
+    );
+    put_at(w.path(), "late.json", 0, 7);
+    wait_until("the late batch", Duration::from_secs(30), || {
+        let (_, m) = http(port, "GET", "/metrics", None);
+        metric(&m, "sluice_input_rows_total").is_some_and(|r| r >= rows1 + 40.0)
+    });
+    let (_, m3) = http(port, "GET", "/metrics", None);
+    assert_eq!(
+        metric(&m3, "sluice_late_input_rows_total"),
+        Some(10.0),
+        "{m3}"
+    );
+    assert_eq!(
+        metric(&m3, "sluice_state_rows_dropped_by_watermark_total"),
+        Some(1.0),
+        "{m3}"
+    );
+
     // stop through the API: 202, and the daemon (its only query stopped) exits cleanly
     let (code, body) = http(port, "POST", "/api/queries/counts/stop", None);
     assert_eq!(code, 202, "{body}");
     let o = child.wait_with_output().expect("wait");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("query 'counts' stop requested through the HTTP API"),
+        "{err}"
+    );
+    assert!(
+        err.contains("query 'counts' stopped; no query left running"),
+        "{err}"
+    );
+    assert!(err.contains("every query is done; exiting"), "{err}");
+}
+
+/// A query that failed for good makes /healthz answer 503 naming it, its state metric says
+/// `failed` and the status API `"state": "failed"`, while the other query runs on.
+#[test]
+fn health_and_state_tell_a_failed_query() {
+    let w = workdir();
+    std::fs::create_dir_all(w.path().join("bad")).expect("bad");
+    std::fs::write(w.path().join("bad/x.json"), "{\"a\": 1}\nnot json\n").expect("write");
+    put(w.path(), 0);
+    let p = w.path().join("p.toml");
+    std::fs::write(
+        &p,
+        r#"[source.events]
+format = "json"
+path = "in"
+schema = "event_time TIMESTAMP, action STRING, user_id BIGINT, value DOUBLE"
+
+[source.strict]
+format = "json"
+path = "bad"
+schema = "a BIGINT"
+options = { mode = "FAILFAST" }
+
+[query.good]
+sql = "SELECT action FROM events"
+checkpoint = "chk/good"
+sink = { format = "console" }
+
+[query.bad]
+sql = "SELECT a FROM strict"
+checkpoint = "chk/bad"
+sink = { format = "console" }
+"#,
+    )
+    .expect("pipeline");
+    let port = free_port();
+    let child = std::process::Command::new(sluice_bin())
+        .arg("run")
+        .arg(&p)
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_until("the server", Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    wait_until("the bad query to fail", Duration::from_secs(30), || {
+        http(port, "GET", "/healthz", None).0 == 503
+    });
+    let (code, body) = http(port, "GET", "/healthz", None);
+    assert_eq!((code, body.as_str()), (503, "failed: bad"));
+    let (_, m) = http(port, "GET", "/metrics", None);
+    assert_eq!(
+        sample(
+            &m,
+            "sluice_query_state",
+            &[("query", "bad"), ("state", "failed")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "sluice_query_state",
+            &[("query", "good"), ("state", "running")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let (_, body) = http(port, "GET", "/api/queries", None);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let state = |name: &str| {
+        v.as_array()
+            .expect("list")
+            .iter()
+            .find(|q| q["name"] == name)
+            .map(|q| q["state"].clone())
+    };
+    assert_eq!(state("bad"), Some(serde_json::json!("failed")), "{v}");
+    assert_eq!(state("good"), Some(serde_json::json!("running")), "{v}");
+    signal(&child, "TERM");
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(1), "a query failed for good");
 }
 
 #[test]

@@ -452,19 +452,74 @@ fn an_existing_table_that_does_not_fit_is_refused_naming_table_column_and_types(
             "{err}"
         );
     }
-    // update mode on MariaDB needs a unique key on the keys (else duplicates would pile up)
+    // update mode needs a unique key on the keys (else PostgreSQL refuses ON CONFLICT and
+    // MariaDB piles up duplicates): refused when the query starts, and by `sluice validate`,
+    // which creates nothing
+    let pg_db = pg.new_db("nokey");
+    pg.query(&pg_db, "CREATE TABLE counts (window_start TIMESTAMPTZ, window_end TIMESTAMPTZ, action TEXT, count BIGINT)");
     let my_db = m.new_db("nokey");
     m.query(&my_db, "CREATE TABLE counts (window_start DATETIME(6), window_end DATETIME(6), action VARCHAR(20), count BIGINT)");
+    for url in [pg.jdbc_url(&pg_db), m.jdbc_url(&my_db)] {
+        let w = workdir();
+        stage_events(w.path());
+        let p = pipeline(w.path(), SEED_SQL, "update", &url, "counts");
+        let want = "no PRIMARY KEY or UNIQUE key on exactly (window_start, window_end, action)";
+        let o = std::process::Command::new(sluice_bin())
+            .arg("validate")
+            .arg(&p)
+            .output()
+            .expect("validate");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{url}: {err}");
+        assert!(err.contains(want), "{url}: {err}");
+        assert!(
+            !w.path().join("chk").exists(),
+            "validate made no checkpoint"
+        );
+        let o = run_pipeline(&p, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(want), "{url}: {err}");
+        assert!(
+            !err.contains("ON CONFLICT"),
+            "not the database's raw refusal: {err}"
+        );
+    }
+    assert_eq!(pg.query(&pg_db, "SELECT count(*) FROM counts"), ["0"]);
+}
+
+/// PostgreSQL sends a NOTICE for `CREATE TABLE IF NOT EXISTS` on an existing table; a restart
+/// logs none of that, even at INFO.
+#[test]
+fn a_restart_logs_no_already_exists_notice() {
+    let pg = Pg::shared();
+    let db = pg.new_db("notice");
     let w = workdir();
     stage_events(w.path());
-    let p = pipeline(w.path(), SEED_SQL, "update", &m.jdbc_url(&my_db), "counts");
-    let o = run_pipeline(&p, &[]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("no PRIMARY KEY or UNIQUE key on exactly (window_start, window_end, action)"),
-        "{err}"
-    );
+    let p = pipeline(w.path(), SEED_SQL, "update", &pg.jdbc_url(&db), "counts");
+    for run in 0..2u64 {
+        if run == 1 {
+            // new input, so that the restarted sink opens the tables again
+            put_file(
+                &w.path().join("in"),
+                "more.json",
+                "{\"event_time\":\"2025-01-02T00:00:00Z\",\"action\":\"click\",\"user_id\":1,\"value\":1.0,\"country\":\"DE\"}\n",
+                FILES + 1,
+            );
+        }
+        let o = run_pipeline(&p, &[("SLUICE_LOG", "info")]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "run {run}: {err}");
+        assert!(!err.contains("already exists"), "run {run}: {err}");
+        assert!(
+            !err.to_ascii_lowercase().contains("notice"),
+            "run {run}: {err}"
+        );
+        assert!(
+            err.contains("batch committed"),
+            "run {run} wrote a batch: {err}"
+        );
+    }
 }
 
 #[test]
@@ -489,6 +544,9 @@ fn a_constraint_violation_fails_the_query_with_the_database_message_and_no_passw
         err.contains("clicks_user_id_check"),
         "the database's message: {err}"
     );
+    // the server's SQLSTATE, not a line of PostgreSQL's own source ("at line 2023")
+    assert!(err.contains("(SQLSTATE 23514)"), "{err}");
+    assert!(!err.contains(" at line "), "{err}");
     assert!(!err.contains("password=sluice"), "{err}");
     // nothing of the failed batch is in the table, and no marker says it was written
     assert_eq!(pg.query(&db, "SELECT count(*) FROM clicks"), ["0"]);

@@ -1,5 +1,6 @@
-//! Kafka against a real broker process (tansu 0.6.0, installed by scripts/test) and, for
-//! transactions (tansu 0.6.0 has none), librdkafka's mock cluster in a helper process.
+//! Kafka against a real broker process (noida-db 0.2.3's Kafka service, installed by
+//! scripts/test), whose transactions are checked first (commit, abort, markers, read_committed,
+//! fencing), then the source and both sink guarantees, with SIGKILLs inside open transactions.
 //! Input is produced before the query starts and batches are capped (maxOffsetsPerTrigger).
 
 mod common;
@@ -9,7 +10,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::kafka::{produce, read_all, MockKafka, Tansu};
+use common::kafka::{produce, read_all, Broker};
 use common::*;
 use sluice::prelude::*;
 
@@ -96,7 +97,7 @@ const POINTS: [&str; 4] = ["after-offsets", "after-sink", "after-state", "after-
 
 #[test]
 fn kafka_json_to_windowed_append_and_update_killed_at_random_points_equals_uninterrupted() {
-    let broker = Tansu::start();
+    let broker = Broker::start();
     broker.create_topic("events", 3);
     produce_events(&broker.bootstrap(), "events", 0..EVENTS);
 
@@ -177,8 +178,8 @@ fn kafka_json_to_windowed_append_and_update_killed_at_random_points_equals_unint
 }
 
 #[test]
-fn at_least_once_sink_on_tansu_loses_nothing_and_duplicates_only_rerun_batches() {
-    let broker = Tansu::start();
+fn at_least_once_sink_loses_nothing_and_duplicates_only_rerun_batches() {
+    let broker = Broker::start();
     broker.create_topic("events", 3);
     broker.create_topic("copy", 1);
     produce_events(&broker.bootstrap(), "events", 0..EVENTS);
@@ -228,12 +229,131 @@ sink = {{ format = "kafka", options = {{ "kafka.bootstrap.servers" = "{}", topic
     assert!(seen.values().all(|n| *n <= 2));
 }
 
+/// What the exactly-once sink relies on, checked on the broker itself: a transactional producer
+/// commits and aborts; aborted records (and an open transaction's) are hidden from read_committed
+/// readers and visible to read_uncommitted ones; control records take offsets; a new producer
+/// with the same transactional id fences the old one and aborts its open transaction.
 #[test]
-fn exactly_once_sink_with_transactions_survives_kills_mock_cluster() {
-    let mut mock = MockKafka::start();
-    mock.create_topic("in", 2);
-    mock.create_topic("out", 1);
-    mock.create_topic("_sluice_commits", 1);
+fn the_broker_commits_aborts_and_hides_aborted_records() {
+    use sluice::connectors::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use sluice::connectors::rdkafka::ClientConfig;
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    broker.create_topic("txn", 1);
+    let t = Duration::from_secs(30);
+    let producer = || -> BaseProducer {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bs)
+            .set("transactional.id", "verify")
+            .create()
+            .expect("producer");
+        p.init_transactions(t).expect("init_transactions");
+        p
+    };
+    let send = |p: &BaseProducer, v: &str| {
+        p.send(
+            BaseRecord::<str, str>::to("txn")
+                .partition(0)
+                .key(v)
+                .payload(v),
+        )
+        .map_err(|(e, _)| e)
+        .expect("send");
+    };
+    let values = |isolation: &str| -> Vec<String> {
+        read_all(&bs, "txn", 1, isolation)
+            .into_iter()
+            .map(|r| r.3.expect("value"))
+            .collect()
+    };
+    let p = producer();
+    p.begin_transaction().expect("begin");
+    send(&p, "c1");
+    send(&p, "c2");
+    p.commit_transaction(t).expect("commit");
+    p.begin_transaction().expect("begin");
+    send(&p, "a1");
+    send(&p, "a2");
+    p.flush(t).expect("flush");
+    p.abort_transaction(t).expect("abort");
+    p.begin_transaction().expect("begin");
+    send(&p, "c3");
+    p.commit_transaction(t).expect("commit");
+    assert_eq!(values("read_committed"), ["c1", "c2", "c3"]);
+    assert_eq!(values("read_uncommitted"), ["c1", "c2", "a1", "a2", "c3"]);
+    // markers take offsets: c3 is not right after a2
+    let offsets: Vec<i64> = read_all(&bs, "txn", 1, "read_uncommitted")
+        .iter()
+        .map(|r| r.1)
+        .collect();
+    assert!(
+        offsets.windows(2).any(|w| w[1] > w[0] + 1),
+        "control records between the transactions: {offsets:?}"
+    );
+    // an open transaction: hidden from read_committed; a new producer with the same id fences
+    // the old one and aborts it
+    p.begin_transaction().expect("begin");
+    send(&p, "o1");
+    p.flush(t).expect("flush");
+    assert_eq!(values("read_committed"), ["c1", "c2", "c3"]);
+    let p2 = producer();
+    assert!(
+        p.commit_transaction(t).is_err(),
+        "the old producer is fenced"
+    );
+    p2.begin_transaction().expect("begin");
+    send(&p2, "c4");
+    p2.commit_transaction(t).expect("commit");
+    assert_eq!(values("read_committed"), ["c1", "c2", "c3", "c4"]);
+    assert_eq!(
+        values("read_uncommitted"),
+        ["c1", "c2", "a1", "a2", "c3", "o1", "c4"]
+    );
+}
+
+/// The exactly-once sink killed at the points of a batch — among them inside an open
+/// transaction whose records already reached the broker — and restarted: a read_committed
+/// reader sees every row exactly once.
+#[test]
+fn exactly_once_sink_killed_inside_open_transactions_delivers_each_row_once() {
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    broker.create_topic("in", 2);
+    broker.create_topic("out", 1);
+    produce_copy_input(&bs);
+    let w = workdir();
+    let p = copy_pipeline(w.path(), &bs);
+    let points: Vec<String> = [
+        "mid-sink@0",
+        "after-sink@1",
+        "mid-sink@2",
+        "after-offsets@3",
+        "mid-sink@3",
+        "after-state@4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    run_killed(&p, &[], &points);
+    let out = read_all(&bs, "out", 1, "read_committed");
+    let values: Vec<String> = out.iter().map(|r| r.3.clone().expect("value")).collect();
+    let unique: BTreeSet<&String> = values.iter().collect();
+    assert_eq!(unique.len(), 1000, "no loss");
+    assert_eq!(values.len(), 1000, "no duplicate");
+    // the killed transactions' records reached the broker and were aborted
+    let all = read_all(&bs, "out", 1, "read_uncommitted");
+    assert!(
+        all.len() >= 1000 + 3 * 200,
+        "three aborted batches of 200 are in the log: {}",
+        all.len()
+    );
+    // one marker per batch of this query in the commit topic
+    let markers = read_all(&bs, "_sluice_commits", 1, "read_committed");
+    let batches: Vec<String> = markers.iter().map(|m| m.3.clone().expect("v")).collect();
+    assert_eq!(batches, ["0", "1", "2", "3", "4"]);
+}
+
+fn produce_copy_input(bs: &str) {
     let recs: Vec<_> = (0..1000i64)
         .map(|i| {
             (
@@ -244,10 +364,13 @@ fn exactly_once_sink_with_transactions_survives_kills_mock_cluster() {
             )
         })
         .collect();
-    produce(&mock.bootstrap, "in", &recs);
-    let w = workdir();
-    let p = write(
-        w.path(),
+    produce(bs, "in", &recs);
+}
+
+/// `in` copied to `out` through the exactly-once sink, 200 records a batch.
+fn copy_pipeline(dir: &Path, bs: &str) -> std::path::PathBuf {
+    write(
+        dir,
         "p.toml",
         &format!(
             r#"[source.input]
@@ -259,36 +382,14 @@ sql = "SELECT key, value FROM input"
 trigger = "available-now"
 checkpoint = "chk"
 sink = {{ format = "kafka", options = {{ "kafka.bootstrap.servers" = "{bs}", topic = "out" }} }}
-"#,
-            bs = mock.bootstrap
+"#
         ),
-    );
-    // produced and committed in Kafka, not yet in Sluice's commit log (the batch re-runs and
-    // must be skipped); and the other points of a batch
-    let points: Vec<String> = [
-        "after-sink@0",
-        "after-offsets@1",
-        "after-sink@2",
-        "after-state@3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    run_killed(&p, &[], &points);
-    let out = read_all(&mock.bootstrap, "out", 1, "read_committed");
-    let values: Vec<String> = out.iter().map(|r| r.3.clone().expect("value")).collect();
-    let unique: BTreeSet<&String> = values.iter().collect();
-    assert_eq!(unique.len(), 1000, "no loss");
-    assert_eq!(values.len(), 1000, "no duplicate");
-    // one marker per batch of this query in the commit topic
-    let markers = read_all(&mock.bootstrap, "_sluice_commits", 1, "read_committed");
-    let batches: Vec<String> = markers.iter().map(|m| m.3.clone().expect("v")).collect();
-    assert_eq!(batches, ["0", "1", "2", "3", "4"]);
+    )
 }
 
 #[test]
 fn broker_stopped_for_ten_seconds_mid_stream_recovers_without_loss_or_duplicates() {
-    let mut broker = Tansu::start();
+    let mut broker = Broker::start();
     broker.create_topic("events", 3);
     let w = workdir();
     let p = write(
@@ -326,11 +427,20 @@ sink = {{ format = "csv", path = "out" }}
     });
     broker.start_broker();
     produce_events(&broker.bootstrap(), "events", 1000..2000);
-    wait_until(
-        "every record after the outage",
-        Duration::from_secs(120),
-        || count() >= 2000,
-    );
+    let t = std::time::Instant::now();
+    while count() < 2000 {
+        if t.elapsed() > Duration::from_secs(120) {
+            signal(&child, "KILL");
+            let o = child.wait_with_output().expect("wait");
+            panic!(
+                "{} of 2000 records after the outage; broker: {}\ndaemon: {}",
+                count(),
+                broker.log_text(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         child.try_wait().expect("wait").is_none(),
         "the query survived the outage"
@@ -381,7 +491,7 @@ fn memory_query(s: &Session, df: DataFrame, name: &str, chk: &Path) -> Vec<Strin
 
 #[test]
 fn starting_offsets_forms_headers_from_json_and_malformed_values() {
-    let broker = Tansu::start();
+    let broker = Broker::start();
     let bs = broker.bootstrap();
     broker.create_topic("t", 2);
     let recs: Vec<_> = (0..10i64)
@@ -547,41 +657,52 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Records the broker deleted (retention: 2025 timestamps under the default 7 days) make a
+/// query reading from offset 0 fail naming the partition and range; with failOnDataLoss=false it
+/// reads what is left.
 #[test]
-fn fail_on_data_loss_both_ways_mock_cluster() {
-    // tansu 0.6.0 drops the connection on DeleteRecords; the mock cluster keeps at most 5 MiB
-    // per partition, so large records age the oldest ones out, as retention would
+fn fail_on_data_loss_both_ways() {
     use sluice::connectors::rdkafka::consumer::{BaseConsumer, Consumer};
     use sluice::connectors::rdkafka::ClientConfig;
-    let mut mock = MockKafka::start();
-    mock.create_topic("d", 1);
-    let big = "x".repeat(900_000);
-    for i in 0..8i64 {
-        produce(
-            &mock.bootstrap,
-            "d",
-            &[(
-                0,
-                format!("k{i}"),
-                format!("{{\"pad\": \"{big}\"}}"),
-                (BASE + i) * 1000,
-            )],
-        );
-    }
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    broker.create_topic_with("d", 1, &[]);
+    let old: Vec<_> = (0..8i64)
+        .map(|i| (0, format!("k{i}"), "{}".to_string(), (BASE + i) * 1000))
+        .collect();
+    produce(&bs, "d", &old);
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &mock.bootstrap)
+        .set("bootstrap.servers", &bs)
         .create()
         .expect("consumer");
+    wait_until(
+        "retention to delete the old records",
+        Duration::from_secs(60),
+        || {
+            c.fetch_watermarks("d", 0, Duration::from_secs(10))
+                .is_ok_and(|(low, _)| low == 8)
+        },
+    );
+    // two records of today stay
+    let now = chrono::Utc::now().timestamp_millis();
+    produce(
+        &bs,
+        "d",
+        &[
+            (0, "k8".into(), "{}".into(), now),
+            (0, "k9".into(), "{}".into(), now),
+        ],
+    );
     let (low, high) = c
         .fetch_watermarks("d", 0, Duration::from_secs(10))
         .expect("watermarks");
-    assert!(low > 0 && high == 8, "old records aged out: {low}..{high}");
+    assert_eq!((low, high), (8, 10));
     let w = workdir();
     let s = Session::builder().build().expect("session");
     let from_zero = |fail: &str| {
         s.read_stream()
             .format("kafka")
-            .option("kafka.bootstrap.servers", &mock.bootstrap)
+            .option("kafka.bootstrap.servers", &bs)
             .option("subscribe", "d")
             .option("startingOffsets", r#"{"d": {"0": 0}}"#)
             .option("failOnDataLoss", fail)
@@ -599,15 +720,13 @@ fn fail_on_data_loss_both_ways_mock_cluster() {
         .await_termination()
         .expect_err("data loss");
     assert!(
-        err.to_string()
-            .contains(&format!("partition d-0: offsets 0..{low}")),
+        err.to_string().contains("partition d-0: offsets 0..8"),
         "{err}"
     );
     assert!(err.to_string().contains("failOnDataLoss=false"), "{err}");
-    let want: Vec<String> = (low..8).map(|i| format!("k{i}")).collect();
     assert_eq!(
         memory_query(&s, from_zero("false"), "lenient", &w.path().join("c2")),
-        want
+        ["k8", "k9"]
     );
 }
 
@@ -617,7 +736,7 @@ fn new_partitions_and_topics_are_picked_up_pattern_assign_and_headers() {
     use sluice::connectors::rdkafka::client::DefaultClientContext;
     use sluice::connectors::rdkafka::ClientConfig;
 
-    let broker = Tansu::start();
+    let broker = Broker::start();
     let bs = broker.bootstrap();
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &bs)
@@ -655,14 +774,12 @@ sink = {{ format = "csv", path = "{}" }}
     wait_until("the first record", Duration::from_secs(60), || {
         lines().len() == 1
     });
-    // tansu 0.6.0 and the mock cluster both refuse CreatePartitions (UnsupportedFeature); a new
-    // topic matching the pattern takes the same path (a partition not in the offsets starts at
-    // its earliest offset)
-    let grown = block_on(admin.create_partitions([&NewPartitions::new("grow", 2)], &opts));
-    assert!(
-        grown.is_err(),
-        "tansu learned CreatePartitions: test it here ({grown:?})"
-    );
+    // a second partition added to the topic while the query runs (CreatePartitions)
+    let grown = block_on(admin.create_partitions([&NewPartitions::new("grow", 2)], &opts))
+        .expect("create partitions");
+    for r in grown {
+        r.unwrap_or_else(|(t, e)| panic!("create partitions {t}: {e}"));
+    }
     // a record with headers, and a new topic matching the pattern
     {
         use sluice::connectors::rdkafka::message::{Header, OwnedHeaders};
@@ -691,17 +808,21 @@ sink = {{ format = "csv", path = "{}" }}
         .expect("send");
         p.flush(Duration::from_secs(10)).expect("flush");
     }
+    produce(&bs, "grow", &[(1, "g2".into(), "{}".into(), BASE * 1000)]);
     broker.create_topic("grown", 1);
     produce(&bs, "grown", &[(0, "n0".into(), "{}".into(), BASE * 1000)]);
     wait_until(
         "the new partition's and topic's records",
         Duration::from_secs(60),
-        || lines().len() == 3,
+        || lines().len() == 4,
     );
     signal(&child, "TERM");
     let o = child.wait_with_output().expect("wait");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(lines(), ["g0,grow,0,0", "g1,grow,0,2", "n0,grown,0,0"]);
+    assert_eq!(
+        lines(),
+        ["g0,grow,0,0", "g1,grow,0,2", "g2,grow,1,0", "n0,grown,0,0"]
+    );
 
     // assign: only the listed partitions
     assert_eq!(
@@ -723,7 +844,7 @@ sink = {{ format = "csv", path = "{}" }}
 
 #[test]
 fn sink_takes_the_topic_column_headers_and_defaults_the_value_to_the_row_as_json() {
-    let broker = Tansu::start();
+    let broker = Broker::start();
     let bs = broker.bootstrap();
     broker.create_topic("src", 1);
     broker.create_topic("routed", 1);
@@ -793,4 +914,75 @@ sink = {{ format = "kafka", options = {{ "kafka.bootstrap.servers" = "{bs}", del
         .expect("fmt")
         .to_string();
     assert_eq!(text.matches("| origin | src |").count(), 2, "{text}");
+}
+
+/// `minOffsetsPerTrigger` holds a batch back until that many offsets wait, or until
+/// `maxTriggerDelay` has passed since the last trigger (Spark's rule).
+#[test]
+fn min_offsets_per_trigger_waits_for_enough_records_or_the_max_delay() {
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    broker.create_topic("few", 1);
+    broker.create_topic("many", 1);
+    let s = Session::builder().build().expect("session");
+    let start = |topic: &str, delay: &str| {
+        let rows = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, usize)>::new()));
+        let rows2 = std::sync::Arc::clone(&rows);
+        let q = s
+            .read_stream()
+            .format("kafka")
+            .option("kafka.bootstrap.servers", &bs)
+            .option("subscribe", topic)
+            .option("startingOffsets", "earliest")
+            .option("minOffsetsPerTrigger", 50)
+            .option("maxTriggerDelay", delay)
+            .load_default()
+            .expect("load")
+            .write_stream()
+            .foreach_batch(move |id, b| {
+                let n = b.iter().map(|b| b.num_rows()).sum();
+                rows2.lock().expect("lock").push((id, n));
+                Ok(())
+            })
+            .start()
+            .expect("start");
+        (q, rows)
+    };
+    let rec = |i: i64| {
+        (
+            0,
+            format!("k{i}"),
+            format!("{{\"a\":{i}}}"),
+            (BASE + i) * 1000,
+        )
+    };
+
+    // 10 records < 50: no batch until maxTriggerDelay (2 s) after the query's start
+    let t0 = std::time::Instant::now();
+    let (q, rows) = start("few", "2 seconds");
+    produce(&bs, "few", &(0..10).map(rec).collect::<Vec<_>>());
+    wait_until("the delayed batch", Duration::from_secs(60), || {
+        rows.lock()
+            .expect("lock")
+            .iter()
+            .map(|r| r.1)
+            .sum::<usize>()
+            == 10
+    });
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "the batch of 10 came {:?} after start, before maxTriggerDelay",
+        t0.elapsed()
+    );
+    q.stop();
+
+    // 60 records >= 50: a batch without waiting for maxTriggerDelay (here 60 s)
+    let (q, rows) = start("many", "60 seconds");
+    let t1 = std::time::Instant::now();
+    produce(&bs, "many", &(0..60).map(rec).collect::<Vec<_>>());
+    wait_until("a batch of at least 50", Duration::from_secs(50), || {
+        rows.lock().expect("lock").iter().any(|r| r.1 >= 50)
+    });
+    assert!(t1.elapsed() < Duration::from_secs(50));
+    q.stop();
 }

@@ -1,11 +1,13 @@
 //! Stateful SQL beyond the golden query: aliases, reordered GROUP BY, HAVING, sliding windows,
 //! a CTE over the stream, a filter on the window column, and the DataFrame API's group_by/agg.
-//! Complete mode into a memory table; expected rows are worked out by hand in the comments.
+//! Complete mode into a memory table; expected rows are worked out by hand in the comments and
+//! compared as Arrow values (each expected cell is parsed into its column's type; `NULL` is a
+//! null), so a null or a wrong type cannot hide in a printed table.
 
 mod common;
 
-use arrow::util::pretty::pretty_format_batches;
 use common::*;
+use sluice::datafusion::scalar::ScalarValue;
 use sluice::prelude::*;
 
 const EVENTS: &str = "\
@@ -16,7 +18,7 @@ const EVENTS: &str = "\
 {\"event_time\":\"2025-01-01T00:02:30Z\",\"action\":\"b\",\"value\":16.0}
 ";
 
-fn run(sql: &str, order_by: &str) -> Vec<String> {
+fn run(sql: &str, order_by: &str) -> Rows {
     let w = workdir();
     let input = w.path().join("in");
     // two files, so that state is merged across batches
@@ -50,23 +52,86 @@ fn run(sql: &str, order_by: &str) -> Vec<String> {
     table_rows(&s, &format!("SELECT * FROM result ORDER BY {order_by}"))
 }
 
-/// The rows of a query over the memory tables, one line each: cells joined by commas.
-fn table_rows(s: &Session, sql: &str) -> Vec<String> {
-    let rows = s.sql(sql).expect("sql").collect().expect("collect");
-    pretty_format_batches(&rows)
-        .expect("fmt")
-        .to_string()
-        .lines()
-        .skip(3)
-        .filter(|l| !l.starts_with('+'))
-        .map(|l| {
-            l.split('|')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect::<Vec<_>>()
-                .join(",")
+/// The rows of a query over the memory tables, each cell as an Arrow scalar.
+struct Rows {
+    schema: arrow::datatypes::SchemaRef,
+    rows: Vec<Vec<ScalarValue>>,
+}
+
+fn table_rows(s: &Session, sql: &str) -> Rows {
+    let df = s.sql(sql).expect("sql");
+    let batches = df.collect().expect("collect");
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+    let mut rows = Vec::new();
+    for b in &batches {
+        for i in 0..b.num_rows() {
+            rows.push(
+                b.columns()
+                    .iter()
+                    .map(|c| ScalarValue::try_from_array(c, i).expect("scalar"))
+                    .collect(),
+            );
+        }
+    }
+    Rows { schema, rows }
+}
+
+impl PartialEq<Vec<&str>> for Rows {
+    /// Each expected line holds one cell per column, comma-separated, parsed into the column's
+    /// type (`NULL`: a null of that type).
+    fn eq(&self, expected: &Vec<&str>) -> bool {
+        if self.rows.len() != expected.len() {
+            return false;
+        }
+        self.rows.iter().zip(expected).all(|(row, line)| {
+            let cells: Vec<&str> = line.split(',').collect();
+            cells.len() == row.len()
+                && row
+                    .iter()
+                    .zip(&cells)
+                    .zip(self.schema.fields())
+                    .all(|((got, want), f)| {
+                        let want = if *want == "NULL" {
+                            ScalarValue::try_from(f.data_type()).expect("null")
+                        } else {
+                            match ScalarValue::from(*want).cast_to(f.data_type()) {
+                                Ok(v) => v,
+                                Err(_) => return false,
+                            }
+                        };
+                        *got == want
+                    })
         })
-        .collect()
+    }
+}
+
+impl std::fmt::Debug for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let types: Vec<String> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect();
+        writeln!(f, "[{}]", types.join(", "))?;
+        for r in &self.rows {
+            let cells: Vec<String> = r
+                .iter()
+                .map(|v| {
+                    if v.is_null() {
+                        "NULL".into()
+                    } else {
+                        v.to_string()
+                    }
+                })
+                .collect();
+            writeln!(f, "  {}", cells.join(","))?;
+        }
+        Ok(())
+    }
 }
 
 #[test]
@@ -160,15 +225,19 @@ fn dataframe_sliding_windows_match_the_sql_ones() {
         .start()
         .expect("start");
     q.await_termination().expect("done");
-    let got = table_rows(&s, "SELECT * FROM sliding ORDER BY s");
+    let got = table_rows(
+        &s,
+        "SELECT get_field(\"window\", 'start') AS ws, get_field(\"window\", 'end') AS we, s \
+         FROM sliding ORDER BY s",
+    );
     // as sliding_windows_put_a_row_in_every_window_covering_it
     assert_eq!(
         got,
         vec![
-            "{start: 2024-12-31T23:59:00Z, end: 2025-01-01T00:01:00Z},3.0",
-            "{start: 2025-01-01T00:00:00Z, end: 2025-01-01T00:02:00Z},15.0",
-            "{start: 2025-01-01T00:02:00Z, end: 2025-01-01T00:04:00Z},16.0",
-            "{start: 2025-01-01T00:01:00Z, end: 2025-01-01T00:03:00Z},28.0",
+            "2024-12-31T23:59:00Z,2025-01-01T00:01:00Z,3.0",
+            "2025-01-01T00:00:00Z,2025-01-01T00:02:00Z,15.0",
+            "2025-01-01T00:02:00Z,2025-01-01T00:04:00Z,16.0",
+            "2025-01-01T00:01:00Z,2025-01-01T00:03:00Z,28.0",
         ]
     );
 }
@@ -227,20 +296,13 @@ fn dataframe_group_by_agg_and_non_windowed_aggregation() {
         .start()
         .expect("start");
     q.await_termination().expect("done");
-    let rows = s
-        .sql("SELECT action, n, biggest, mean FROM per_action ORDER BY action")
-        .expect("sql")
-        .collect()
-        .expect("c");
-    let text = pretty_format_batches(&rows).expect("fmt").to_string();
     // a: 1, 4, 8 -> n 3, max 8, avg 13/3; b: 2, 16 -> n 2, max 16, avg 9
-    assert!(
-        text.contains("| a      | 3 | 8.0     | 4.333333333333333 |"),
-        "{text}"
-    );
-    assert!(
-        text.contains("| b      | 2 | 16.0    | 9.0               |"),
-        "{text}"
+    assert_eq!(
+        table_rows(
+            &s,
+            "SELECT action, n, biggest, mean FROM per_action ORDER BY action"
+        ),
+        vec!["a,3,8.0,4.333333333333333", "b,2,16.0,9.0"]
     );
     // append without a watermark is refused with the reason
     let err = s
@@ -304,15 +366,11 @@ fn restarting_with_an_incompatible_aggregation_is_refused() {
 
 /// Runs `sql` in update mode over `files` (one batch each), restarting the query on the same
 /// checkpoint after `restart_after` files; returns the last row emitted per first column.
-fn run_with_restart(
-    sql: &str,
-    files: &[&str],
-    restart_after: usize,
-    mode: OutputMode,
-) -> Vec<String> {
+fn run_with_restart(sql: &str, files: &[&str], restart_after: usize, mode: OutputMode) -> Rows {
     let w = workdir();
     let input = w.path().join("in");
-    let mut last: std::collections::BTreeMap<String, String> = Default::default();
+    let mut last: std::collections::BTreeMap<String, Vec<ScalarValue>> = Default::default();
+    let mut schema = None;
     for (phase, range) in [(0, 0..restart_after), (1, restart_after..files.len())] {
         for i in range {
             put_file(&input, &format!("{i}.json"), files[i], i as u64);
@@ -337,26 +395,20 @@ fn run_with_restart(
             .start()
             .expect("start");
         q.await_termination().expect("done");
-        let rows = s
-            .sql("SELECT * FROM result")
-            .expect("sql")
-            .collect()
-            .expect("collect");
-        let text = pretty_format_batches(&rows).expect("fmt").to_string();
+        let got = table_rows(&s, "SELECT * FROM result");
         if mode == OutputMode::Complete {
             last.clear();
         }
-        for l in text.lines().skip(3).filter(|l| !l.starts_with('+')) {
-            let cells: Vec<&str> = l
-                .split('|')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect();
-            last.insert(cells[0].to_string(), cells.join(","));
+        for row in got.rows {
+            last.insert(row[0].to_string(), row);
         }
+        schema = Some(got.schema);
         assert!(phase < 2);
     }
-    last.into_values().collect()
+    Rows {
+        schema: schema.expect("ran"),
+        rows: last.into_values().collect(),
+    }
 }
 
 #[test]
@@ -496,26 +548,46 @@ fn session_windows_in_append_mode_close_with_the_watermark() {
         .start()
         .expect("start");
     q.await_termination().expect("done");
-    let rows = s
-        .sql("SELECT action, CAST(get_field(session_window, 'end') AS VARCHAR) AS e, n, total FROM sessions ORDER BY action")
-        .expect("sql")
-        .collect()
-        .expect("collect");
-    let text = pretty_format_batches(&rows).expect("fmt").to_string();
     // final watermark 00:02:30: the sessions ending 00:02:20 and 00:01:50 are closed and emitted
     // once; b's session [00:02:30, 00:03:30) is still open
-    assert!(
-        text.contains("| a      | 2025-01-01T00:02:20Z | 3 | 13.0  |"),
-        "{text}"
+    assert_eq!(
+        table_rows(
+            &s,
+            "SELECT action, CAST(get_field(session_window, 'end') AS VARCHAR) AS e, n, total \
+             FROM sessions ORDER BY action"
+        ),
+        vec![
+            "a,2025-01-01T00:02:20Z,3,13.0",
+            "b,2025-01-01T00:01:50Z,1,2.0"
+        ]
     );
-    assert!(
-        text.contains("| b      | 2025-01-01T00:01:50Z | 1 | 2.0   |"),
-        "{text}"
+}
+
+/// A null in a result column is a null, not a missing cell that shifts the others.
+#[test]
+fn a_null_cell_is_compared_as_a_null() {
+    let got = run(
+        "SELECT window.start AS ws, CASE WHEN action = 'a' THEN NULL ELSE action END AS act, \
+         count(*) AS n FROM events GROUP BY window(event_time, '1 minute'), action",
+        "ws, act",
     );
     assert_eq!(
-        rows.iter().map(|b| b.num_rows()).sum::<usize>(),
-        2,
-        "{text}"
+        got,
+        vec![
+            "2025-01-01T00:00:00Z,b,1",
+            "2025-01-01T00:00:00Z,NULL,1",
+            "2025-01-01T00:01:00Z,NULL,2",
+            "2025-01-01T00:02:00Z,b,1"
+        ]
+    );
+    assert_ne!(
+        got,
+        vec![
+            "2025-01-01T00:00:00Z,b,1",
+            "2025-01-01T00:00:00Z,1",
+            "2025-01-01T00:01:00Z,2",
+            "2025-01-01T00:02:00Z,b,1"
+        ]
     );
 }
 

@@ -85,13 +85,22 @@ pub struct StateOperatorProgress {
     pub num_rows_updated: u64,
     /// Keys removed.
     pub num_rows_removed: u64,
-    /// Partially aggregated rows dropped as late.
+    /// Rows dropped as late, counted as Spark does: for an aggregation, the partially
+    /// aggregated rows (one per late group of the batch), not the input rows; for
+    /// deduplication and session windows, the input rows.
     pub num_rows_dropped_by_watermark: u64,
     /// Memory used by the store.
     pub memory_used_bytes: u64,
     /// Time of the state commit, ms.
     pub commit_time_ms: u64,
+    /// Spark's `customMetrics`; Sluice adds `numLateInputRows`, the input rows the batch
+    /// dropped as late (what a late-data sink receives).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub custom_metrics: std::collections::BTreeMap<String, u64>,
 }
+
+/// The `customMetrics` key of the late input rows of a batch.
+pub const NUM_LATE_INPUT_ROWS: &str = "numLateInputRows";
 
 /// The aggregation operator.
 pub struct AggregateOp {

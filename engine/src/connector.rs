@@ -165,6 +165,12 @@ pub trait Source: Send {
     fn backlog(&self) -> Option<u64> {
         None
     }
+
+    /// Other figures for the progress report's `sources[].metrics` (Spark's map of strings),
+    /// e.g. how the file source learns of new files (`watch` = `inotify` or `poll`).
+    fn metrics(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
 }
 
 /// Creates sources of one or more formats.
@@ -298,9 +304,11 @@ pub trait SinkFactory: Send + Sync {
     /// Checks the options (user errors name the option).
     fn validate(&self, spec: &SinkSpec) -> Result<()>;
 
-    /// Checks that the external system is reachable (connects, asks for metadata), for
-    /// `sluice validate`; never writes. External errors say what could not be reached.
-    fn check_reachable(&self, _spec: &SinkSpec) -> Result<()> {
+    /// For `sluice validate`: checks that the external system is reachable (connects, asks for
+    /// metadata) and that an existing target fits the rows `ctx` describes (columns, the keys an
+    /// upsert needs). Must not create or change anything. External errors say what could not
+    /// be reached; a target that does not fit is the user's error.
+    fn check_reachable(&self, _spec: &SinkSpec, _ctx: &SinkContext) -> Result<()> {
         Ok(())
     }
 
@@ -313,6 +321,8 @@ pub trait SinkFactory: Send + Sync {
 pub struct ConnectorRegistry {
     sources: BTreeMap<String, Arc<dyn SourceFactory>>,
     sinks: BTreeMap<String, Arc<dyn SinkFactory>>,
+    /// Formats left out of this build, with the Cargo feature that brings them.
+    missing: BTreeMap<String, String>,
 }
 
 impl ConnectorRegistry {
@@ -335,29 +345,72 @@ impl ConnectorRegistry {
         }
     }
 
-    /// The source factory for `format`, or a user error listing the known formats.
-    pub fn source(&self, format: &str) -> Result<Arc<dyn SourceFactory>> {
-        self.sources
+    /// Records that `format` exists but was left out of this build (its Cargo `feature` is
+    /// off), so that asking for it says how to get it.
+    pub fn add_missing_feature(&mut self, format: &str, feature: &str) {
+        if !self.sources.contains_key(format) && !self.sinks.contains_key(format) {
+            self.missing.insert(format.to_string(), feature.to_string());
+        }
+    }
+
+    /// The formats sources can be read from, sorted.
+    pub fn source_formats(&self) -> Vec<String> {
+        self.sources.keys().cloned().collect()
+    }
+
+    /// The formats sinks can write, sorted.
+    pub fn sink_formats(&self) -> Vec<String> {
+        self.sinks.keys().cloned().collect()
+    }
+
+    fn not_built(&self, kind: &str, format: &str) -> Option<EngineError> {
+        self.missing
             .get(&format.to_ascii_lowercase())
-            .cloned()
-            .ok_or_else(|| {
+            .map(|feature| {
                 EngineError::user(format!(
-                    "unknown source format '{format}'; available: {}",
-                    self.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                    "{kind} format '{format}' is not in this build of Sluice: it needs the Cargo \
+                 feature `{feature}` of the `sluice` crate (on by default; this build was made \
+                 without it)"
                 ))
             })
     }
 
+    /// The source factory for `format`, or a user error listing the known formats.
+    pub fn source(&self, format: &str) -> Result<Arc<dyn SourceFactory>> {
+        if let Some(f) = self.sources.get(&format.to_ascii_lowercase()) {
+            return Ok(Arc::clone(f));
+        }
+        Err(self.not_built("source", format).unwrap_or_else(|| {
+            EngineError::user(format!(
+                "unknown source format '{format}'; available: {}",
+                self.source_formats().join(", ")
+            ))
+        }))
+    }
+
     /// The sink factory for `format`, or a user error listing the known formats.
+    /// `foreach_batch` is not a format one can name: it takes a function
+    /// ([`crate::DataStreamWriter::foreach_batch`]), so a pipeline file cannot use it.
     pub fn sink(&self, format: &str) -> Result<Arc<dyn SinkFactory>> {
-        self.sinks
-            .get(&format.to_ascii_lowercase())
-            .cloned()
-            .ok_or_else(|| {
-                EngineError::user(format!(
-                    "unknown sink format '{format}'; available: {}, foreach_batch",
-                    self.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
-                ))
-            })
+        if let Some(f) = self.sinks.get(&format.to_ascii_lowercase()) {
+            return Ok(Arc::clone(f));
+        }
+        if format.eq_ignore_ascii_case("foreach_batch")
+            || format.eq_ignore_ascii_case("foreachBatch")
+        {
+            return Err(EngineError::user(format!(
+                "sink format '{format}' takes a function, so it exists only in a program \
+                 (`write_stream().foreach_batch(|batch_id, batches| ...)`), not as a format name \
+                 nor in a pipeline file; sink formats: {}",
+                self.sink_formats().join(", ")
+            )));
+        }
+        Err(self.not_built("sink", format).unwrap_or_else(|| {
+            EngineError::user(format!(
+                "unknown sink format '{format}'; available: {} (and, in a program, \
+                 foreach_batch(f))",
+                self.sink_formats().join(", ")
+            ))
+        }))
     }
 }

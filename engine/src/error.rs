@@ -12,6 +12,16 @@ pub enum EngineError {
     /// An external system failed (disk, network, broker, database); retrying may help.
     #[error("{0}")]
     External(String),
+    /// A source needs a schema the user did not give. Kept apart so that each front end says
+    /// how to give one (`.schema(..)` in a program, `schema = ".."` in a pipeline file).
+    #[error(
+        "{what} needs a schema: call .schema(\"col TYPE, ...\") (or set option inferSchema=true \
+         to sample the files already there)"
+    )]
+    MissingSchema {
+        /// The source, e.g. `the json source at 'in'`.
+        what: String,
+    },
     /// An invariant of Sluice was broken.
     #[error("internal error (a bug in Sluice): {0}")]
     Bug(String),
@@ -31,7 +41,7 @@ impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         use datafusion::error::DataFusionError as D;
         match self {
-            EngineError::User(_) => ErrorKind::User,
+            EngineError::User(_) | EngineError::MissingSchema { .. } => ErrorKind::User,
             EngineError::External(_) => ErrorKind::External,
             EngineError::Bug(_) => ErrorKind::Bug,
             EngineError::State(e) => e.kind(),
@@ -60,6 +70,24 @@ impl EngineError {
     /// Shorthand for a bug.
     pub fn bug(msg: impl Into<String>) -> Self {
         EngineError::Bug(msg.into())
+    }
+
+    /// The same error, its message prefixed with where it happened (`query 'q': ...`); who must
+    /// act does not change.
+    pub fn context(self, ctx: &str) -> Self {
+        match self {
+            EngineError::User(m) => EngineError::User(format!("{ctx}: {m}")),
+            EngineError::External(m) => EngineError::External(format!("{ctx}: {m}")),
+            EngineError::Bug(m) => EngineError::Bug(format!("{ctx}: {m}")),
+            other => {
+                let msg = format!("{ctx}: {other}");
+                match other.kind() {
+                    ErrorKind::User => EngineError::User(msg),
+                    ErrorKind::External => EngineError::External(msg),
+                    ErrorKind::Bug => EngineError::Bug(msg),
+                }
+            }
+        }
     }
 
     /// An I/O error on `path` (external: the disk or file system must be fixed).

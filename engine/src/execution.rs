@@ -17,7 +17,7 @@ use sluice_state::{
     StartDecision, StateRecovery,
 };
 
-use crate::aggregate::StateOperatorProgress;
+use crate::aggregate::{StateOperatorProgress, NUM_LATE_INPUT_ROWS};
 use crate::clock::BatchClock;
 use crate::connector::{Offset, ReadLimit, Sink, Source};
 use crate::error::{EngineError, ErrorKind, Result};
@@ -25,56 +25,42 @@ use crate::fault::crash_point;
 use crate::plan::StreamPlan;
 use crate::progress::{DurationMs, QueryProgress, SinkProgress, SourceProgress};
 use crate::query::{QueryError, QueryShared, StreamingQueryListener};
+use crate::retry::{retry, RetryPolicy};
 use crate::watermark::{advance_watermark, WatermarkPolicy, POLICY_CONF};
 use crate::writer::Trigger;
-
-/// How a failing sink is retried.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt before the query fails.
-    pub max_retries: u32,
-    /// First backoff; doubled after each failure up to `max_backoff`.
-    pub initial_backoff: Duration,
-    /// Longest backoff.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_retries: 10,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Calls a source, retrying External failures (a broker or disk away) with backoff until they
 /// pass or the query is stopped: a source outage makes the query wait, visibly, not fail.
 fn retry_source<T>(
     shared: &QueryShared,
     policy: &RetryPolicy,
-    mut f: impl FnMut() -> Result<T>,
+    f: impl FnMut() -> Result<T>,
 ) -> Result<T> {
-    let mut backoff = policy.initial_backoff;
-    let mut attempt = 0u64;
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if e.kind() == ErrorKind::External && !shared.stop_requested() => {
-                attempt += 1;
-                tracing::warn!(attempt, "source failed, retrying in {backoff:?}: {e}");
-                shared.set_status(
-                    &format!("Waiting for a source (attempt {attempt}) after: {e}"),
-                    false,
-                    true,
-                );
-                shared.notifier.wait(Some(backoff));
-                backoff = (backoff * 2).min(policy.max_backoff);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let r = retry(
+        &policy.unbounded(),
+        &shared.notifier,
+        &|| shared.stop_requested(),
+        |a| {
+            tracing::warn!(
+                attempt = a.attempt,
+                "source failed, retrying in {:?}: {}",
+                a.wait,
+                a.error
+            );
+            shared.set_retrying(true);
+            shared.set_status(
+                &format!(
+                    "Waiting for a source (attempt {}, next in {:?}) after: {}",
+                    a.attempt, a.wait, a.error
+                ),
+                false,
+                true,
+            );
+        },
+        f,
+    );
+    shared.set_retrying(false);
+    r
 }
 
 /// When no source can watch for new data, how often to look.
@@ -107,6 +93,8 @@ pub(crate) struct Execution {
     late_sink: Option<Box<dyn Sink>>,
     next_batch: u64,
     last_trigger: Option<Instant>,
+    /// Whether the listeners were told the query is idle since its last batch.
+    idle: bool,
 }
 
 impl Execution {
@@ -147,6 +135,7 @@ impl Execution {
             late_sink,
             next_batch: 0,
             last_trigger: None,
+            idle: false,
         }
     }
 
@@ -261,6 +250,17 @@ impl Execution {
                 match self.trigger {
                     Trigger::Once | Trigger::AvailableNow => return Ok(()),
                     Trigger::ProcessingTime(iv) => {
+                        if !self.idle {
+                            // Spark's onQueryIdle: a trigger found no new data (told once per
+                            // idle period: after the last batch, or at start)
+                            self.idle = true;
+                            let ts = chrono::DateTime::from_timestamp_millis(ts_ms)
+                                .unwrap_or_default()
+                                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                            for l in &self.listeners {
+                                l.on_query_idle(&self.shared.id, &self.shared.run_id, &ts);
+                            }
+                        }
                         self.shared
                             .set_status("Waiting for data to arrive", false, false);
                         let timeout = if watched {
@@ -274,6 +274,7 @@ impl Execution {
                 }
             }
             self.last_trigger = Some(trigger_start);
+            self.idle = false;
             let batch = self.next_batch;
             let entry = OffsetsEntry {
                 batch_id: batch,
@@ -476,6 +477,7 @@ impl Execution {
             state_has_batch,
         )?;
         drop(inputs);
+        let late_input_rows: u64 = output.late_rows.iter().map(|b| b.num_rows() as u64).sum();
         let output_rows: u64 = output.rows.iter().map(|b| b.num_rows() as u64).sum();
         if !state_has_batch {
             if self.late_sink.is_some() {
@@ -501,6 +503,7 @@ impl Execution {
                     num_rows_dropped_by_watermark: output.dropped_by_watermark,
                     memory_used_bytes: stats.memory_used_bytes,
                     commit_time_ms: stats.commit_ms,
+                    custom_metrics: [(NUM_LATE_INPUT_ROWS.to_string(), late_input_rows)].into(),
                 });
             }
         }
@@ -602,10 +605,13 @@ impl Execution {
                     num_input_rows: source_rows[i],
                     input_rows_per_second: per_sec(source_rows[i], since_last_ms),
                     processed_rows_per_second: per_sec(source_rows[i], total_ms),
-                    metrics: s
-                        .backlog()
-                        .map(|b| [("backlog".to_string(), b.to_string())].into())
-                        .unwrap_or_default(),
+                    metrics: {
+                        let mut m = s.metrics();
+                        if let Some(b) = s.backlog() {
+                            m.insert("backlog".to_string(), b.to_string());
+                        }
+                        m
+                    },
                 })
                 .collect(),
             sink: SinkProgress {
@@ -676,58 +682,64 @@ impl Execution {
 
     /// Hands the late rows to the late-data sink, retried like the main sink.
     fn write_to_late_sink(&mut self, batch: u64, rows: &[RecordBatch]) -> Result<()> {
-        let mut backoff = self.retry.initial_backoff;
-        let mut attempt = 0;
-        loop {
-            let Some(late) = self.late_sink.as_mut() else {
-                return Ok(());
-            };
-            match late.add_batch(batch, rows) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::External && attempt < self.retry.max_retries => {
-                    attempt += 1;
-                    tracing::warn!(
-                        batch,
-                        attempt,
-                        "late-data sink failed, retrying in {backoff:?}: {e}"
-                    );
-                    self.shared.notifier.wait(Some(backoff));
-                    backoff = (backoff * 2).min(self.retry.max_backoff);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let Some(late) = self.late_sink.as_mut() else {
+            return Ok(());
+        };
+        let shared = &self.shared;
+        let r = retry(
+            &self.retry,
+            &shared.notifier,
+            &|| shared.stop_requested(),
+            |a| {
+                tracing::warn!(
+                    batch,
+                    attempt = a.attempt,
+                    "late-data sink failed, retrying in {:?}: {}",
+                    a.wait,
+                    a.error
+                );
+                shared.set_retrying(true);
+            },
+            || late.add_batch(batch, rows),
+        );
+        shared.set_retrying(false);
+        r
     }
 
     /// Hands the batch to the sink, retrying external failures with backoff; never skips it.
     fn write_to_sink(&mut self, batch: u64, output: &[RecordBatch]) -> Result<()> {
-        let mut backoff = self.retry.initial_backoff;
-        let mut attempt = 0;
-        loop {
-            match self.sink.add_batch(batch, output) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::External && attempt < self.retry.max_retries => {
-                    attempt += 1;
-                    self.shared
-                        .sink_retries
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(
-                        batch,
-                        attempt,
-                        "sink {} failed, retrying in {backoff:?}: {e}",
-                        self.sink.description()
-                    );
-                    self.shared.set_status(
-                        &format!("Retrying the sink (attempt {attempt}) after: {e}"),
-                        true,
-                        true,
-                    );
-                    self.shared.notifier.wait(Some(backoff));
-                    backoff = (backoff * 2).min(self.retry.max_backoff);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let shared = &self.shared;
+        let sink = &mut self.sink;
+        let description = sink.description();
+        let r = retry(
+            &self.retry,
+            &shared.notifier,
+            &|| shared.stop_requested(),
+            |a| {
+                shared
+                    .sink_retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    batch,
+                    attempt = a.attempt,
+                    "sink {description} failed, retrying in {:?}: {}",
+                    a.wait,
+                    a.error
+                );
+                shared.set_retrying(true);
+                shared.set_status(
+                    &format!(
+                        "Retrying the sink (attempt {}, next in {:?}) after: {}",
+                        a.attempt, a.wait, a.error
+                    ),
+                    true,
+                    true,
+                );
+            },
+            || sink.add_batch(batch, output),
+        );
+        shared.set_retrying(false);
+        r
     }
 }
 

@@ -375,6 +375,37 @@ mod tests {
     use super::*;
     use arrow::datatypes::Int64Type;
 
+    /// The JSON timestamp forms the README documents, each read as the instant it names.
+    #[test]
+    fn timestamp_forms() {
+        use arrow::datatypes::TimestampMicrosecondType;
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("t", crate::ddl::timestamp_type(), true),
+        ]));
+        let midnight = 1_735_689_600_000_000i64; // 2025-01-01T00:00:00Z in µs
+        let table = [
+            (r#""2025-01-01T00:00:00Z""#, midnight),
+            (r#""2025-01-01T00:00:00.123456Z""#, midnight + 123_456),
+            (r#""2025-01-01T00:00:00.123456789Z""#, midnight + 123_456),
+            (r#""2025-01-01T02:00:00+02:00""#, midnight),
+            (r#""2024-12-31T19:00:00-05:00""#, midnight),
+            (r#""2025-01-01 00:00:00""#, midnight),
+            (r#""2025-01-01T00:00:00""#, midnight),
+            (r#""2025-01-01""#, midnight),
+            // a number: microseconds for now (Spark: seconds)
+            ("1735689600000000", midnight),
+        ];
+        for (text, want) in table {
+            let line = format!("{{\"t\": {text}}}");
+            let b = decode_json(&schema, line.as_bytes(), 16).expect(text);
+            let got = b[0]
+                .column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(0);
+            assert_eq!(got, want, "{text}");
+        }
+    }
+
     #[test]
     fn parses_good_values_and_nulls_bad_ones() {
         let fields = schema_fields("a BIGINT, b STRING").expect("ddl");

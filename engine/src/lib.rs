@@ -13,6 +13,7 @@
 //! | [`query`]       | [`StreamingQuery`], the handle of a running query; [`StreamingQueryListener`] |
 //! | [`plan`]        | [`StreamPlan`]: the DataFusion logical plan translated once into streaming operators (scans, filters, projections, UNION ALL of streams, one stateful operator) |
 //! | [`execution`]   | the micro-batch loop: offsets log → read → plan → sink → commit log → progress |
+//! | [`retry`]       | [`RetryPolicy`]: the one backoff policy of source, sink and query restarts |
 //! | [`connector`]   | [`Source`], [`Sink`], their factories, [`ConnectorRegistry`], [`Notifier`] |
 //! | [`aggregate`]   | the streaming aggregation operator (windows, watermark, output modes, state) |
 //! | [`dedup`]       | `drop_duplicates` / `drop_duplicates_within_watermark` |
@@ -42,6 +43,7 @@ pub mod plan;
 pub mod progress;
 pub mod query;
 pub mod reader;
+pub mod retry;
 pub mod session;
 pub mod sql;
 pub mod watermark;
@@ -60,6 +62,7 @@ pub use plan::StreamPlan;
 pub use progress::{QueryProgress, QueryStatus};
 pub use query::{QueryError, StreamingQuery, StreamingQueryListener};
 pub use reader::{DataStreamReader, IntoSchema};
+pub use retry::RetryPolicy;
 pub use session::{Session, SessionBuilder};
 pub use writer::{DataStreamWriter, PreparedQuery, Trigger};
 

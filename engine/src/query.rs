@@ -29,6 +29,9 @@ pub trait StreamingQueryListener: Send + Sync {
     fn on_query_started(&self, _id: &str, _run_id: &str, _name: Option<&str>) {}
     /// A batch was committed.
     fn on_query_progress(&self, _progress: &QueryProgress) {}
+    /// A trigger found no new data and the query waits for some (Spark's `onQueryIdle`); told
+    /// once per idle period, with the trigger's time (ISO-8601).
+    fn on_query_idle(&self, _id: &str, _run_id: &str, _timestamp: &str) {}
     /// A query stopped (with its error, if it failed).
     fn on_query_terminated(&self, _id: &str, _run_id: &str, _error: Option<&QueryError>) {}
 }
@@ -51,6 +54,8 @@ pub(crate) struct QueryShared {
     pub(crate) notifier: Notifier,
     /// Sink retries after external failures, since the query started.
     pub(crate) sink_retries: std::sync::atomic::AtomicU64,
+    /// Whether the query is waiting to retry a source or sink after an external failure.
+    pub(crate) retrying: AtomicBool,
     state: Mutex<QueryState>,
     done: Condvar,
 }
@@ -64,6 +69,7 @@ impl QueryShared {
             stop: AtomicBool::new(false),
             notifier: Notifier::new(),
             sink_retries: std::sync::atomic::AtomicU64::new(0),
+            retrying: AtomicBool::new(false),
             state: Mutex::new(QueryState {
                 active: true,
                 status: QueryStatus {
@@ -84,6 +90,10 @@ impl QueryShared {
 
     pub(crate) fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_retrying(&self, on: bool) {
+        self.retrying.store(on, Ordering::SeqCst);
     }
 
     pub(crate) fn set_status(&self, message: &str, data: bool, trigger: bool) {
@@ -168,7 +178,12 @@ impl StreamingQuery {
         self.shared.lock().error.clone()
     }
 
-    /// How many times the sink was retried after an external failure since the query started.
+    /// Whether the query is waiting to retry a source or its sink after an external failure.
+    pub fn is_retrying(&self) -> bool {
+        self.shared.retrying.load(Ordering::SeqCst)
+    }
+
+    /// Sink retries after external failures since this run started.
     pub fn sink_retries(&self) -> u64 {
         self.shared.sink_retries.load(Ordering::Relaxed)
     }

@@ -9,10 +9,11 @@ use arrow::record_batch::RecordBatch;
 use crate::clock::BatchClock;
 use crate::connector::{OutputMode, Sink, SinkContext, SinkSpec, SourceContext};
 use crate::error::{EngineError, Result};
-use crate::execution::{Execution, RetryPolicy};
+use crate::execution::Execution;
 use crate::options::{parse_duration, Options};
 use crate::plan::StreamPlan;
 use crate::query::{QueryShared, StreamingQuery};
+use crate::retry::{RetryPolicy, INITIAL_BACKOFF_CONF, MAX_BACKOFF_CONF, MAX_RETRIES_CONF};
 use crate::session::{MIN_BATCHES_TO_RETAIN_CONF, MIN_DELTAS_FOR_SNAPSHOT_CONF};
 use crate::watermark::{WatermarkPolicy, POLICY_CONF};
 use crate::DataFrame;
@@ -187,9 +188,205 @@ impl DataStreamWriter {
     /// Everything `start()` does except starting the query's thread: for a daemon that must check
     /// all its queries before running any.
     pub fn prepare(mut self) -> Result<PreparedQuery> {
+        let Checked {
+            session,
+            clock,
+            mut plan,
+            retry,
+            store_options,
+            watermark_policy,
+            factory,
+            spec,
+            checkpoint_dir,
+        } = self.checked()?;
+        let checkpoint = CheckpointDir::open(&checkpoint_dir)?;
+        let provider = RocksStateStoreProvider {
+            options: store_options,
+        };
+        for (i, _name) in plan.state_operators() {
+            let dir = checkpoint.root().join("state").join(i.to_string());
+            check_state_fingerprint(
+                &checkpoint,
+                i,
+                &plan.state_fingerprint(i)?,
+                &plan.legacy_state_fingerprint(i)?,
+            )?;
+            plan.set_state_store(i, provider.open(&dir)?)?;
+        }
+        let late_sink = match self.late_data.take() {
+            None => None,
+            Some((format, options)) => {
+                let Some(schema) = plan.late_rows_schema() else {
+                    return Err(EngineError::user(
+                        "a late-data sink needs a watermarked window aggregation: only it drops late rows",
+                    ));
+                };
+                let f = session.registry().sink(&format)?;
+                let spec = SinkSpec {
+                    format,
+                    options,
+                    output_mode: OutputMode::Append,
+                };
+                f.validate(&spec)?;
+                Some(f.create(
+                    &spec,
+                    &SinkContext {
+                        // its own id: exactly-once sinks key their markers / transactional ids
+                        // on it, and must not mistake the main sink's batches for its own
+                        query_id: format!("{}-late", checkpoint.query_id()),
+                        query_name: self.query_name.as_ref().map(|n| format!("{n}_late")),
+                        schema,
+                        key_columns: None,
+                        checkpoint_dir: checkpoint.root().to_path_buf(),
+                        session: session.context().clone(),
+                    },
+                )?)
+            }
+        };
+        let shared = QueryShared::new(checkpoint.query_id().to_string(), self.query_name.clone());
+
+        let mut sources = Vec::new();
+        for (i, t) in plan.sources.iter().enumerate() {
+            let f = session.registry().source(&t.spec.format)?;
+            let ctx = SourceContext {
+                query_id: shared.id.clone(),
+                index: i,
+                checkpoint_dir: checkpoint.source_dir(i)?,
+            };
+            sources.push(f.create(&t.spec, Arc::clone(&t.schema), &ctx)?);
+        }
+        // sources that can skip decoding the columns the query never reads do so
+        for (i, s) in sources.iter_mut().enumerate() {
+            if let Some(cols) = plan.source_columns(i) {
+                if cols.len() < s.schema().fields().len() && s.project(&cols)? {
+                    plan.source_projected(i, &cols)?;
+                }
+            }
+        }
+        let sink: Box<dyn Sink> = match (factory, self.foreach.take()) {
+            (_, Some(f)) => Box::new(ForeachBatchSink { f }),
+            (Some(factory), None) => factory.create(
+                &spec,
+                &SinkContext {
+                    query_id: shared.id.clone(),
+                    query_name: self.query_name.clone(),
+                    schema: Arc::clone(&plan.output_schema),
+                    key_columns: plan.key_columns.clone(),
+                    checkpoint_dir: checkpoint.root().to_path_buf(),
+                    session: session.context().clone(),
+                },
+            )?,
+            (None, None) => return Err(EngineError::bug("no sink factory")),
+        };
+
+        let progress_log = match &self.progress_log {
+            Some(p) => Some({
+                if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
+                }
+
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| EngineError::io(p, e))?
+            }),
+            None => None,
+        };
+
+        let exec = Execution::new(
+            Arc::clone(&shared),
+            plan,
+            sources,
+            sink,
+            checkpoint,
+            self.trigger,
+            clock,
+            session.listeners(),
+            progress_log,
+            retry,
+            late_sink,
+            watermark_policy,
+            store_options.min_batches_to_retain,
+        );
+        Ok(PreparedQuery {
+            exec,
+            shared,
+            session,
+        })
+    }
+
+    /// Checks the query as [`DataStreamWriter::start`] would — the plan, the output mode, every
+    /// option, the sink's options and, with `reachable`, whether the sink's and the late-data
+    /// sink's external systems answer and an existing target fits — without creating or
+    /// changing anything: no checkpoint, no output directory, no table. For `sluice validate`.
+    pub fn validate(mut self, reachable: bool) -> Result<QueryCheck> {
+        let c = self.checked()?;
+        let id = CheckpointDir::peek_query_id(&c.checkpoint_dir)?;
+        if let Some(late) = &self.late_data {
+            let Some(schema) = c.plan.late_rows_schema() else {
+                return Err(EngineError::user(
+                    "a late-data sink needs a watermarked window aggregation: only it drops late rows",
+                ));
+            };
+            let f = c.session.registry().sink(&late.0)?;
+            let spec = SinkSpec {
+                format: late.0.clone(),
+                options: late.1.clone(),
+                output_mode: OutputMode::Append,
+            };
+            f.validate(&spec)?;
+            if reachable {
+                let ctx = SinkContext {
+                    query_id: format!("{}-late", id.as_deref().unwrap_or("new")),
+                    query_name: self.query_name.as_ref().map(|n| format!("{n}_late")),
+                    schema,
+                    key_columns: None,
+                    checkpoint_dir: c.checkpoint_dir.clone(),
+                    session: c.session.context().clone(),
+                };
+                f.check_reachable(&spec, &ctx)
+                    .map_err(|e| e.context("late-data sink"))?;
+            }
+        }
+        if reachable {
+            for t in &c.plan.sources {
+                c.session
+                    .registry()
+                    .source(&t.spec.format)?
+                    .check_reachable(&t.spec)
+                    .map_err(|e| e.context(&format!("source {}", t.spec.format)))?;
+            }
+            if let Some(f) = &c.factory {
+                let ctx = SinkContext {
+                    query_id: id.clone().unwrap_or_else(|| "new".into()),
+                    query_name: self.query_name.clone(),
+                    schema: Arc::clone(&c.plan.output_schema),
+                    key_columns: c.plan.key_columns.clone(),
+                    checkpoint_dir: c.checkpoint_dir.clone(),
+                    session: c.session.context().clone(),
+                };
+                f.check_reachable(&c.spec, &ctx).map_err(|e| {
+                    if e.kind() == crate::error::ErrorKind::External {
+                        e.context("sink not reachable")
+                    } else {
+                        e.context("sink")
+                    }
+                })?;
+            }
+        }
+        Ok(QueryCheck {
+            id,
+            checkpoint: c.checkpoint_dir,
+            output_schema: Arc::clone(&c.plan.output_schema),
+        })
+    }
+
+    /// What `prepare` and `validate` both check; touches nothing on disk.
+    fn checked(&mut self) -> Result<Checked> {
         let session = self.df.session().clone();
         let clock = BatchClock::new();
-        let mut plan = StreamPlan::build(
+        let plan = StreamPlan::build(
             self.df.logical_plan(),
             &session.context().state(),
             &clock,
@@ -209,12 +406,41 @@ impl DataStreamWriter {
         if let Some(v) = self.options.remove("queryName") {
             self.query_name.get_or_insert(v);
         }
+        // the query's one retry policy: session settings, then the writer's options
         let mut retry = RetryPolicy::default();
+        let conf_duration = |key: &str| -> Result<Option<std::time::Duration>> {
+            session
+                .conf(key)
+                .map(|v| {
+                    crate::options::parse_duration(&v)
+                        .map_err(|e| EngineError::user(format!("{key}: {e}")))
+                })
+                .transpose()
+        };
+        if let Some(d) = conf_duration(INITIAL_BACKOFF_CONF)? {
+            retry.initial_backoff = d;
+        }
+        if let Some(d) = conf_duration(MAX_BACKOFF_CONF)? {
+            retry.max_backoff = d;
+        }
+        if let Some(v) = session.conf(MAX_RETRIES_CONF) {
+            retry.max_retries = Some(v.trim().parse().map_err(|_| {
+                EngineError::user(format!(
+                    "{MAX_RETRIES_CONF} must be a whole number, got '{v}'"
+                ))
+            })?);
+        }
         if let Some(n) = self.options.get_u64("sinkMaxRetries")? {
-            retry.max_retries = n as u32;
+            retry.max_retries = Some(
+                u32::try_from(n)
+                    .map_err(|_| EngineError::user(format!("sinkMaxRetries {n} is too large")))?,
+            );
         }
         if let Some(d) = self.options.get_duration("sinkRetryBackoff")? {
             retry.initial_backoff = d;
+        }
+        if retry.max_backoff < retry.initial_backoff {
+            retry.max_backoff = retry.initial_backoff;
         }
         // Spark's retention settings: writer option, else the session's spark.sql.streaming.*
         let setting = |opt: &str, conf: &str| -> Result<Option<u64>> {
@@ -300,118 +526,42 @@ impl DataStreamWriter {
             )))
             }
         };
-        let checkpoint = CheckpointDir::open(&checkpoint_dir)?;
-        let provider = RocksStateStoreProvider {
-            options: store_options,
-        };
-        for (i, _name) in plan.state_operators() {
-            let dir = checkpoint.root().join("state").join(i.to_string());
-            check_state_fingerprint(
-                &checkpoint,
-                i,
-                &plan.state_fingerprint(i)?,
-                &plan.legacy_state_fingerprint(i)?,
-            )?;
-            plan.set_state_store(i, provider.open(&dir)?)?;
-        }
-        let late_sink = match self.late_data.take() {
-            None => None,
-            Some((format, options)) => {
-                let Some(schema) = plan.late_rows_schema() else {
-                    return Err(EngineError::user(
-                        "a late-data sink needs a watermarked window aggregation: only it drops late rows",
-                    ));
-                };
-                let f = session.registry().sink(&format)?;
-                let spec = SinkSpec {
-                    format,
-                    options,
-                    output_mode: OutputMode::Append,
-                };
-                f.validate(&spec)?;
-                Some(f.create(
-                    &spec,
-                    &SinkContext {
-                        // its own id: exactly-once sinks key their markers / transactional ids
-                        // on it, and must not mistake the main sink's batches for its own
-                        query_id: format!("{}-late", checkpoint.query_id()),
-                        query_name: self.query_name.as_ref().map(|n| format!("{n}_late")),
-                        schema,
-                        key_columns: None,
-                        checkpoint_dir: checkpoint.root().to_path_buf(),
-                        session: session.context().clone(),
-                    },
-                )?)
-            }
-        };
-        let shared = QueryShared::new(checkpoint.query_id().to_string(), self.query_name.clone());
-
-        let mut sources = Vec::new();
-        for (i, t) in plan.sources.iter().enumerate() {
-            let f = session.registry().source(&t.spec.format)?;
-            let ctx = SourceContext {
-                query_id: shared.id.clone(),
-                index: i,
-                checkpoint_dir: checkpoint.source_dir(i)?,
-            };
-            sources.push(f.create(&t.spec, Arc::clone(&t.schema), &ctx)?);
-        }
-        // sources that can skip decoding the columns the query never reads do so
-        for (i, s) in sources.iter_mut().enumerate() {
-            if let Some(cols) = plan.source_columns(i) {
-                if cols.len() < s.schema().fields().len() && s.project(&cols)? {
-                    plan.source_projected(i, &cols)?;
-                }
-            }
-        }
-        let sink: Box<dyn Sink> = match (factory, self.foreach.take()) {
-            (_, Some(f)) => Box::new(ForeachBatchSink { f }),
-            (Some(factory), None) => factory.create(
-                &spec,
-                &SinkContext {
-                    query_id: shared.id.clone(),
-                    query_name: self.query_name.clone(),
-                    schema: Arc::clone(&plan.output_schema),
-                    key_columns: plan.key_columns.clone(),
-                    checkpoint_dir: checkpoint.root().to_path_buf(),
-                    session: session.context().clone(),
-                },
-            )?,
-            (None, None) => return Err(EngineError::bug("no sink factory")),
-        };
-
-        let progress_log = match &self.progress_log {
-            Some(p) => Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| EngineError::io(p, e))?,
-            ),
-            None => None,
-        };
-
-        let exec = Execution::new(
-            Arc::clone(&shared),
-            plan,
-            sources,
-            sink,
-            checkpoint,
-            self.trigger,
-            clock,
-            session.listeners(),
-            progress_log,
-            retry,
-            late_sink,
-            watermark_policy,
-            store_options.min_batches_to_retain,
-        );
-        Ok(PreparedQuery {
-            exec,
-            shared,
+        Ok(Checked {
             session,
+            clock,
+            plan,
+            retry,
+            store_options,
+            watermark_policy,
+            factory,
+            spec,
+            checkpoint_dir,
         })
     }
+}
+
+/// What [`DataStreamWriter::validate`] found.
+#[derive(Debug, Clone)]
+pub struct QueryCheck {
+    /// The query id recorded in an existing checkpoint (`None`: a new checkpoint would be made).
+    pub id: Option<String>,
+    /// The checkpoint location.
+    pub checkpoint: PathBuf,
+    /// The schema of the rows the sink would receive.
+    pub output_schema: arrow::datatypes::SchemaRef,
+}
+
+/// The checked parts of a query, before anything is opened.
+struct Checked {
+    session: crate::Session,
+    clock: BatchClock,
+    plan: StreamPlan,
+    retry: RetryPolicy,
+    store_options: StoreOptions,
+    watermark_policy: WatermarkPolicy,
+    factory: Option<Arc<dyn crate::connector::SinkFactory>>,
+    spec: SinkSpec,
+    checkpoint_dir: PathBuf,
 }
 
 /// A query checked and opened but not running yet ([`DataStreamWriter::prepare`]).

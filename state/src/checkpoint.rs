@@ -71,6 +71,30 @@ pub struct CheckpointDir {
 }
 
 impl CheckpointDir {
+    /// The query id of the checkpoint at `root` without creating or changing anything:
+    /// `None` when there is no checkpoint there yet (no directory, or an empty one); an error
+    /// when the directory holds something that is not a Sluice checkpoint.
+    pub fn peek_query_id(root: &Path) -> Result<Option<String>> {
+        let meta_path = root.join("metadata");
+        match fs::read(&meta_path) {
+            Ok(bytes) => Ok(Some(parse_entry::<QueryMetadata>(&meta_path, &bytes)?.id)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match first_visible_entry(root)? {
+                    None => Ok(None),
+                    Some(other) => Err(StateError::Inconsistent {
+                        dir: root.to_path_buf(),
+                        reason: format!(
+                            "the directory is not empty ({} exists) but has no Sluice `metadata` file; \
+                             it is not a Sluice checkpoint or its metadata was deleted",
+                            other.display()
+                        ),
+                    }),
+                }
+            }
+            Err(e) => Err(StateError::io(&meta_path, e)),
+        }
+    }
+
     /// Opens the checkpoint at `root`, creating it (with a new query id) if it does not exist or
     /// is empty. A non-empty directory without Sluice metadata is refused: it is someone else's.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {

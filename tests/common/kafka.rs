@@ -1,12 +1,10 @@
-//! Kafka for the tests: a real `tansu` broker process per test (fresh directory, own port,
-//! SQLite storage), librdkafka's mock cluster in a helper process (`sluice mock-kafka`, for
-//! transactions), and a producer / reader built on rdkafka.
+//! Kafka for the tests: a real broker process per test (noida-db's Kafka service: fresh
+//! directory, own port), and a producer / reader built on rdkafka.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice::connectors::rdkafka::consumer::{BaseConsumer, Consumer};
@@ -14,30 +12,38 @@ use sluice::connectors::rdkafka::error::KafkaError;
 use sluice::connectors::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sluice::connectors::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-/// A tansu broker (Kafka protocol) on 127.0.0.1.
-pub struct Tansu {
+/// A Kafka-protocol broker process on 127.0.0.1: noida-db 0.2.3 (PyPI; `scripts/test` installs
+/// it into `~/.cache/sluice-venv`) with only its Kafka service, in a fresh data directory on its
+/// own port. It commits and aborts transactions, writes control records and hides aborted
+/// records from read_committed consumers (tests/kafka.rs checks all of that first).
+pub struct Broker {
     pub dir: tempfile::TempDir,
     pub port: u16,
     child: Option<Child>,
 }
 
-fn tansu_bin() -> String {
-    std::env::var("SLUICE_TEST_TANSU").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        let cargo_bin = format!("{home}/.cargo/bin/tansu");
-        if std::path::Path::new(&cargo_bin).exists() {
-            cargo_bin
-        } else {
-            "tansu".into()
-        }
-    })
+/// The noida-db binary: SLUICE_TEST_NOIDA, else the one in the venv scripts/test makes.
+fn noida_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_TEST_NOIDA") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let lib = PathBuf::from(home).join(".cache/sluice-venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("site-packages/noida_db/noida-db"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("noida-db"))
 }
 
-impl Tansu {
+impl Broker {
     /// Starts a broker in a fresh directory.
     pub fn start() -> Self {
         let dir = tempfile::Builder::new()
-            .prefix("sluice-tansu-")
+            .prefix("sluice-kafka-")
             .tempdir()
             .expect("tempdir");
         let port = super::db::free_port();
@@ -56,37 +62,44 @@ impl Tansu {
     }
 
     fn log(&self) -> PathBuf {
-        self.dir.path().join("tansu.log")
+        self.dir.path().join("broker.log")
+    }
+
+    /// What the broker process printed.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
     }
 
     /// (Re)starts the broker process on the same port and storage.
     pub fn start_broker(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::create(self.log()).expect("log");
-        let child = Command::new(tansu_bin())
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("log");
+        let child = Command::new(noida_bin())
             .current_dir(self.dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["start", "--only", "kafka", "--host", "127.0.0.1"])
+            .args(["--kafka-port", &self.port.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("start {} (scripts/test installs it): {e}", tansu_bin()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {} (scripts/test installs noida-db): {e}",
+                    noida_bin().display()
+                )
+            });
         self.child = Some(child);
         let start = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(self.log()).unwrap_or_default();
-            if text.contains("ready in") {
-                break;
-            }
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "tansu did not start: {text}"
+                "the broker did not start: {}",
+                std::fs::read_to_string(self.log()).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -107,79 +120,67 @@ impl Tansu {
         }
     }
 
-    /// Creates a topic with `partitions` partitions.
+    /// Creates a topic with `partitions` partitions that keeps its records forever
+    /// (`retention.ms = -1`: the tests' records carry 2025 timestamps, which the broker's
+    /// default 7-day retention deletes, as Kafka's does), and waits until its metadata shows
+    /// them.
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        let o = Command::new(tansu_bin())
-            .args([
-                "topic",
-                "create",
-                name,
-                "--partitions",
-                &partitions.to_string(),
-            ])
-            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-            .output()
-            .expect("tansu topic create");
-        assert!(
-            o.status.success(),
-            "create topic: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        self.create_topic_with(name, partitions, &[("retention.ms", "-1")]);
+    }
+
+    /// Creates a topic with topic configs (CreateTopics through librdkafka's admin client).
+    pub fn create_topic_with(&self, name: &str, partitions: u32, config: &[(&str, &str)]) {
+        use sluice::connectors::rdkafka::admin::{
+            AdminClient, AdminOptions, NewTopic, TopicReplication,
+        };
+        use sluice::connectors::rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("admin client");
+        let mut topic = NewTopic::new(name, partitions as i32, TopicReplication::Fixed(1));
+        for (k, v) in config {
+            topic = topic.set(k, v);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let r = rt
+            .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+            .expect("create topics");
+        for t in r {
+            t.unwrap_or_else(|(n, e)| panic!("create topic {n}: {e}"));
+        }
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("consumer");
+        let start = Instant::now();
+        loop {
+            let n = c
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .ok()
+                .and_then(|m| m.topics().first().map(|t| t.partitions().len()))
+                .unwrap_or(0);
+            if n == partitions as usize {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "topic {name}: {n} partitions"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
-impl Drop for Tansu {
+impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// librdkafka's mock cluster in a helper process (`sluice mock-kafka`): it lives while this
-/// handle does, independent of the query processes the test kills.
-pub struct MockKafka {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    pub bootstrap: String,
-}
-
-impl MockKafka {
-    pub fn start() -> Self {
-        let mut child = Command::new(super::sluice_bin())
-            .arg("mock-kafka")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sluice mock-kafka");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("bootstrap line");
-        Self {
-            child,
-            stdin,
-            stdout,
-            bootstrap: line.trim().to_string(),
-        }
-    }
-
-    pub fn create_topic(&mut self, name: &str, partitions: u32) {
-        writeln!(self.stdin, "create_topic {name} {partitions}").expect("command");
-        self.stdin.flush().expect("flush");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("answer");
-        assert_eq!(line.trim(), "ok", "create_topic {name}");
-    }
-}
-
-impl Drop for MockKafka {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

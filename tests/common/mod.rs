@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 
 use std::fs;

@@ -272,10 +272,9 @@ impl SourceFactory for FileSourceFactory {
         }
         let infer = spec.options.get_bool("inferSchema", false)? || format == FileFormat::Parquet;
         if !infer {
-            return Err(EngineError::user(format!(
-                "{what} at '{path}' needs a schema: call .schema(\"col TYPE, ...\") \
-                 (or set option inferSchema=true to sample the files already there)"
-            )));
+            return Err(EngineError::MissingSchema {
+                what: format!("{what} at '{path}'"),
+            });
         }
         let Some(first) = Self::first_file(&loc)? else {
             return Err(EngineError::user(format!(
@@ -382,6 +381,7 @@ impl SourceFactory for FileSourceFactory {
                 }
             },
             watcher: None,
+            watch_kind: None,
             backlog: 0,
         }))
     }
@@ -474,6 +474,9 @@ pub struct FileSource {
     available_now: Option<HashSet<String>>,
     watch_poll: Option<Duration>,
     watcher: Option<Box<dyn Watcher + Send>>,
+    /// How new files are learnt of once watching: `inotify`, or `poll` (asked for, or the
+    /// fallback when inotify cannot watch); reported in progress as `metrics.watch`.
+    watch_kind: Option<&'static str>,
     backlog: u64,
 }
 
@@ -748,6 +751,11 @@ impl Source for FileSource {
         } else {
             notify::RecursiveMode::NonRecursive
         };
+        self.watch_kind = Some(if self.watch_poll.is_some() {
+            "poll"
+        } else {
+            "inotify"
+        });
         let mut watcher: Box<dyn Watcher + Send> = match self.watch_poll {
             None => match notify::recommended_watcher(handler) {
                 Ok(w) => Box::new(w),
@@ -756,6 +764,7 @@ impl Source for FileSource {
                         "cannot watch {} ({e}); polling every second",
                         self.loc.base.display()
                     );
+                    self.watch_kind = Some("poll");
                     let n3 = notifier.clone();
                     Box::new(
                         notify::PollWatcher::new(
@@ -784,6 +793,12 @@ impl Source for FileSource {
 
     fn backlog(&self) -> Option<u64> {
         Some(self.backlog)
+    }
+
+    fn metrics(&self) -> std::collections::BTreeMap<String, String> {
+        self.watch_kind
+            .map(|k| [("watch".to_string(), k.to_string())].into())
+            .unwrap_or_default()
     }
 }
 

@@ -26,6 +26,7 @@
 
 pub mod config;
 pub mod encode;
+mod table;
 pub mod types;
 
 use arrow::datatypes::SchemaRef;
@@ -53,24 +54,9 @@ impl SinkFactory for JdbcSinkFactory {
     fn validate(&self, spec: &SinkSpec) -> Result<()> {
         JdbcConfig::from_options(&spec.options, spec.output_mode).map(|_| ())
     }
-    fn check_reachable(&self, spec: &SinkSpec) -> Result<()> {
+    fn check_reachable(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<()> {
         let cfg = JdbcConfig::from_options(&spec.options, spec.output_mode)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| EngineError::external(e.to_string()))?;
-        let _guard = rt.enter();
-        let what = format!("connecting to {}", cfg.target.display());
-        match open_pool(&cfg)? {
-            Db::Pg(p) => rt
-                .block_on(sqlx::query("SELECT 1").execute(&p))
-                .map(|_| ())
-                .map_err(|e| classify(Dialect::Postgres, &what, e)),
-            Db::My(p) => rt
-                .block_on(sqlx::query("SELECT 1").execute(&p))
-                .map(|_| ())
-                .map_err(|e| classify(Dialect::MySql, &what, e)),
-        }
+        JdbcSink::new(cfg, ctx)?.check_existing()
     }
     fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
         let cfg = JdbcConfig::from_options(&spec.options, spec.output_mode)?;
@@ -191,237 +177,6 @@ impl JdbcSink {
             .map(|f| f.name().clone())
             .filter(|n| !self.keys.contains(n))
             .collect()
-    }
-
-    fn create_table_sql(&self) -> Result<String> {
-        let d = self.cfg.target.dialect;
-        let mut cols = Vec::new();
-        for f in self.schema.fields() {
-            let ty = match self.cfg.column_types.get(f.name()) {
-                Some(t) => t.clone(),
-                None => types::sql_type(
-                    d,
-                    f.data_type(),
-                    self.keys.contains(f.name()),
-                    self.cfg.string_key_length,
-                )?,
-            };
-            let not_null = if self.keys.contains(f.name()) && self.cfg.mode != OutputMode::Append {
-                " NOT NULL"
-            } else {
-                ""
-            };
-            cols.push(format!("{} {ty}{not_null}", self.q(f.name())));
-        }
-        if !self.keys.is_empty() && self.cfg.mode != OutputMode::Append {
-            cols.push(format!(
-                "PRIMARY KEY ({})",
-                self.keys
-                    .iter()
-                    .map(|k| self.q(k))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        Ok(format!(
-            "CREATE TABLE IF NOT EXISTS {} ({}) {}",
-            self.table_sql(),
-            cols.join(", "),
-            self.cfg.create_table_options
-        ))
-    }
-
-    fn marker_sql(&self) -> String {
-        let ts = match self.cfg.target.dialect {
-            Dialect::Postgres => "TIMESTAMPTZ NOT NULL DEFAULT now()",
-            Dialect::MySql => "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
-        };
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} (query_id VARCHAR(64) NOT NULL, table_name VARCHAR(255) NOT NULL, \
-             batch_id BIGINT NOT NULL, committed_at {ts}, PRIMARY KEY (query_id, table_name))",
-            self.cfg.marker_table.sql(self.cfg.target.dialect)
-        )
-    }
-
-    fn err(&self, what: &str, e: sqlx::Error) -> EngineError {
-        classify(
-            self.cfg.target.dialect,
-            &format!("{what} ({})", self.description()),
-            e,
-        )
-    }
-
-    /// Creates the marker table and the output table if missing; checks an existing one fits.
-    fn prepare(&mut self) -> Result<()> {
-        if self.prepared {
-            return Ok(());
-        }
-        let marker = self.marker_sql();
-        let create = self.create_table_sql()?;
-        let schema_name = self.cfg.table.schema.clone();
-        let table_name = self.cfg.table.name.clone();
-        let (columns, uniques) = match &self.db {
-            Db::Pg(pool) => self.rt.block_on(async {
-                sqlx::query(safe(marker.clone()))
-                    .execute(pool)
-                    .await
-                    .map_err(|e| self.err("creating the marker table", e))?;
-                let cols: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT column_name::text, data_type::text FROM information_schema.columns \
-                     WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2 \
-                     ORDER BY ordinal_position",
-                )
-                .bind(&schema_name)
-                .bind(&table_name)
-                .fetch_all(pool)
-                .await
-                .map_err(|e| self.err("reading the table's columns", e))?;
-                Ok::<_, EngineError>((cols, None))
-            })?,
-            Db::My(pool) => self.rt.block_on(async {
-                sqlx::query(safe(marker.clone()))
-                    .execute(pool)
-                    .await
-                    .map_err(|e| self.err("creating the marker table", e))?;
-                let cols: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR) FROM information_schema.COLUMNS \
-                     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-                )
-                .bind(&schema_name)
-                .bind(&table_name)
-                .fetch_all(pool)
-                .await
-                .map_err(|e| self.err("reading the table's columns", e))?;
-                let uniques: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT CAST(tc.CONSTRAINT_NAME AS CHAR), CAST(k.COLUMN_NAME AS CHAR) \
-                     FROM information_schema.TABLE_CONSTRAINTS tc JOIN information_schema.KEY_COLUMN_USAGE k \
-                     ON tc.CONSTRAINT_NAME = k.CONSTRAINT_NAME AND tc.TABLE_SCHEMA = k.TABLE_SCHEMA \
-                     AND tc.TABLE_NAME = k.TABLE_NAME \
-                     WHERE tc.CONSTRAINT_TYPE IN ('PRIMARY KEY', 'UNIQUE') \
-                     AND tc.TABLE_SCHEMA = COALESCE(?, DATABASE()) AND tc.TABLE_NAME = ?",
-                )
-                .bind(&schema_name)
-                .bind(&table_name)
-                .fetch_all(pool)
-                .await
-                .map_err(|e| self.err("reading the table's keys", e))?;
-                Ok::<_, EngineError>((cols, Some(uniques)))
-            })?,
-        };
-        // a marker row exists before the first batch, so that its `SELECT ... FOR UPDATE`
-        // serialises a zombie and a restarted instance even for batch 0
-        let marker_table = self.cfg.marker_table.sql(self.cfg.target.dialect);
-        let seed = match self.cfg.target.dialect {
-            Dialect::Postgres => format!(
-                "INSERT INTO {marker_table} (query_id, table_name, batch_id) VALUES ($1, $2, -1) \
-                 ON CONFLICT (query_id, table_name) DO NOTHING"
-            ),
-            Dialect::MySql => format!(
-                "INSERT IGNORE INTO {marker_table} (query_id, table_name, batch_id) VALUES (?, ?, -1)"
-            ),
-        };
-        let table_display = self.cfg.table.display();
-        match &self.db {
-            Db::Pg(pool) => self
-                .rt
-                .block_on(
-                    sqlx::query(safe(seed))
-                        .bind(&self.query_id)
-                        .bind(&table_display)
-                        .execute(pool),
-                )
-                .map(|_| ()),
-            Db::My(pool) => self
-                .rt
-                .block_on(
-                    sqlx::query(safe(seed))
-                        .bind(&self.query_id)
-                        .bind(&table_display)
-                        .execute(pool),
-                )
-                .map(|_| ()),
-        }
-        .map_err(|e| self.err("writing the first batch marker", e))?;
-        if columns.is_empty() {
-            tracing::info!(
-                "jdbc sink: creating table {}: {create}",
-                self.cfg.table.display()
-            );
-            match &self.db {
-                Db::Pg(pool) => self
-                    .rt
-                    .block_on(sqlx::query(safe(create.clone())).execute(pool))
-                    .map(|_| ()),
-                Db::My(pool) => self
-                    .rt
-                    .block_on(sqlx::query(safe(create.clone())).execute(pool))
-                    .map(|_| ()),
-            }
-            .map_err(|e| self.err("creating the table", e))?;
-        } else {
-            self.check_fit(&columns)?;
-            if let (Some(uniques), OutputMode::Update) = (uniques, self.cfg.mode) {
-                self.check_unique(&uniques)?;
-            }
-        }
-        self.prepared = true;
-        Ok(())
-    }
-
-    fn check_fit(&self, columns: &[(String, String)]) -> Result<()> {
-        let table = self.cfg.table.display();
-        for f in self.schema.fields() {
-            let Some((_, ty)) = columns
-                .iter()
-                .find(|(c, _)| c.eq_ignore_ascii_case(f.name()))
-            else {
-                return Err(EngineError::user(format!(
-                    "table {table} has no column '{}' (the stream's column {} of type {}); its columns are {}. \
-                     Add the column, or write to a new table",
-                    f.name(),
-                    f.name(),
-                    f.data_type(),
-                    columns.iter().map(|(c, t)| format!("{c} {t}")).collect::<Vec<_>>().join(", ")
-                )));
-            };
-            if !types::fits(f.data_type(), ty) {
-                return Err(EngineError::user(format!(
-                    "table {table}: column '{}' has type {ty}, which cannot hold the stream's {} values \
-                     (a new table would use {})",
-                    f.name(),
-                    f.data_type(),
-                    types::sql_type(self.cfg.target.dialect, f.data_type(), false, self.cfg.string_key_length)
-                        .unwrap_or_else(|_| "?".into())
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    fn check_unique(&self, uniques: &[(String, String)]) -> Result<()> {
-        let mut by_name: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-        for (name, col) in uniques {
-            by_name
-                .entry(name)
-                .or_default()
-                .push(col.to_ascii_lowercase());
-        }
-        let mut want: Vec<String> = self.keys.iter().map(|k| k.to_ascii_lowercase()).collect();
-        want.sort();
-        let ok = by_name.values_mut().any(|cols| {
-            cols.sort();
-            *cols == want
-        });
-        if ok {
-            Ok(())
-        } else {
-            Err(EngineError::user(format!(
-                "table {} has no PRIMARY KEY or UNIQUE key on exactly ({}), which update mode upserts on; \
-                 add one, or set option 'keys' to the columns of an existing key",
-                self.cfg.table.display(),
-                self.keys.join(", ")
-            )))
-        }
     }
 
     /// Writes one batch in one transaction; `Ok(false)` when the marker says it is already in.
@@ -716,16 +471,40 @@ fn column_list(schema: &SchemaRef) -> String {
         .join(", ")
 }
 
+/// How to connect, per dialect.
+enum ConnectOptions {
+    Pg(PgConnectOptions),
+    My(MySqlConnectOptions),
+}
+
 fn open_pool(cfg: &JdbcConfig) -> Result<Db> {
-    let t = &cfg.target;
     let acquire = cfg.connect_timeout;
+    Ok(match connect_options(cfg)? {
+        ConnectOptions::Pg(o) => Db::Pg(
+            PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(acquire)
+                .connect_lazy_with(o),
+        ),
+        ConnectOptions::My(o) => Db::My(
+            MySqlPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(acquire)
+                .connect_lazy_with(o),
+        ),
+    })
+}
+
+fn connect_options(cfg: &JdbcConfig) -> Result<ConnectOptions> {
+    let t = &cfg.target;
     match t.dialect {
         Dialect::Postgres => {
             let mut o = PgConnectOptions::new()
                 .host(&t.host)
                 .port(t.port)
                 .database(&t.database)
-                .options([("TimeZone", "UTC")]);
+                // UTC timestamps; notices (e.g. "... already exists, skipping") are not errors
+                .options([("TimeZone", "UTC"), ("client_min_messages", "warning")]);
             if let Some(u) = &t.user {
                 o = o.username(u);
             }
@@ -744,12 +523,7 @@ fn open_pool(cfg: &JdbcConfig) -> Result<Db> {
                     _ => tracing::warn!("jdbc url: parameter '{k}' is not used by Sluice"),
                 }
             }
-            Ok(Db::Pg(
-                PgPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(acquire)
-                    .connect_lazy_with(o),
-            ))
+            Ok(ConnectOptions::Pg(o))
         }
         Dialect::MySql => {
             let mut o = MySqlConnectOptions::new()
@@ -766,12 +540,7 @@ fn open_pool(cfg: &JdbcConfig) -> Result<Db> {
             for (k, _) in &t.params {
                 tracing::warn!("jdbc url: parameter '{k}' is not used by Sluice");
             }
-            Ok(Db::My(
-                MySqlPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(acquire)
-                    .connect_lazy_with(o),
-            ))
+            Ok(ConnectOptions::My(o))
         }
     }
 }
@@ -824,8 +593,32 @@ pub fn is_transient(d: Dialect, e: &sqlx::Error) -> bool {
     }
 }
 
+/// A database error as the user needs it: the server's message, its SQLSTATE (or MySQL error
+/// number), and PostgreSQL's detail and hint — not sqlx's wrapping nor the server's own source
+/// file and line. Other errors (I/O, pool, TLS) as sqlx says them.
+pub fn describe(e: &sqlx::Error) -> String {
+    use sqlx::postgres::PgDatabaseError;
+    let sqlx::Error::Database(db) = e else {
+        return e.to_string();
+    };
+    if let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() {
+        let mut m = format!("{} (SQLSTATE {})", pg.message(), pg.code());
+        if let Some(d) = pg.detail() {
+            m.push_str(&format!("; detail: {d}"));
+        }
+        if let Some(h) = pg.hint() {
+            m.push_str(&format!("; hint: {h}"));
+        }
+        return m;
+    }
+    if let Some(my) = db.try_downcast_ref::<MySqlDatabaseError>() {
+        return format!("{} (error {})", my.message(), my.number());
+    }
+    db.message().to_string()
+}
+
 fn classify(d: Dialect, what: &str, e: sqlx::Error) -> EngineError {
-    let msg = format!("{} failed {what}: {e}", d.name());
+    let msg = format!("{} failed {what}: {}", d.name(), describe(&e));
     if is_transient(d, &e) {
         EngineError::external(msg)
     } else {

@@ -47,7 +47,7 @@ impl SinkFactory for KafkaSinkFactory {
         guarantee(spec.options.get("deliveryGuarantee"))?;
         Ok(())
     }
-    fn check_reachable(&self, spec: &SinkSpec) -> Result<()> {
+    fn check_reachable(&self, spec: &SinkSpec, _ctx: &SinkContext) -> Result<()> {
         super::source::check_broker(&spec.options)
     }
     fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
@@ -426,6 +426,13 @@ impl KafkaSink {
                     .payload(value.as_str());
                 p.send(rec)
                     .map_err(|(e, _)| kafka_err("producing the batch marker", e))
+            });
+            // the records reach the broker inside the open transaction (the commit would flush
+            // them anyway): a crash here leaves an open transaction the next producer aborts
+            let marker = marker.and_then(|_| {
+                self.producer()?
+                    .flush(timeout)
+                    .map_err(|e| kafka_err("sending the batch", e))
             });
             crash_point("mid-sink", batch_id);
             let committed = marker.and_then(|_| {

@@ -1009,7 +1009,11 @@ impl Source for KafkaSource {
             format!("{}-watch", self.cfg.get("group.id").unwrap_or("sluice")),
         );
         cfg.set("enable.partition.eof", "false");
-        cfg.set("auto.offset.reset", "latest");
+        // a reset of the watcher's position (e.g. the broker restarted and briefly answered
+        // "offset out of range") must not silently skip the records it would have woken the
+        // query for: it surfaces as an error, the watcher re-parks at the end and wakes the
+        // query, which reads from its own offsets
+        cfg.set("auto.offset.reset", "error");
         cfg.set("fetch.wait.max.ms", "10");
         cfg.set("fetch.error.backoff.ms", "10");
         let watcher: BaseConsumer = cfg
@@ -1036,8 +1040,15 @@ impl Source for KafkaSource {
                 let mut last_refresh = Instant::now();
                 let mut last_tick = Instant::now();
                 while !stop2.load(Ordering::SeqCst) {
-                    if let Some(Ok(_)) = watcher.poll(Duration::from_millis(100)) {
-                        notifier.notify();
+                    match watcher.poll(Duration::from_millis(100)) {
+                        Some(Ok(_)) => notifier.notify(),
+                        Some(Err(KafkaError::MessageConsumption(
+                            RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                        ))) => {
+                            assign(&known);
+                            notifier.notify();
+                        }
+                        _ => {}
                     }
                     if tick.is_some_and(|t| last_tick.elapsed() >= t) {
                         last_tick = Instant::now();

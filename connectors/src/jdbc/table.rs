@@ -1,0 +1,328 @@
+//! The JDBC sink's tables: the marker table and the output table are created when missing, and
+//! an existing output table is checked against the stream (every column with a type that can
+//! hold it; in update mode a PRIMARY KEY or UNIQUE key on exactly the upsert keys, without which
+//! PostgreSQL refuses `ON CONFLICT` and MariaDB's `ON DUPLICATE KEY` would add rows).
+//! [`JdbcSink::check_existing`] runs the same checks without creating anything, for
+//! `sluice validate`.
+
+use sluice_engine::{EngineError, OutputMode, Result};
+
+use super::config::Dialect;
+use super::{safe, types, Db, JdbcSink};
+
+/// What the database says about the output table: its columns (name, type) and its PRIMARY
+/// KEY / UNIQUE constraints (constraint name, column), empty when the table does not exist.
+struct TableInfo {
+    columns: Vec<(String, String)>,
+    uniques: Vec<(String, String)>,
+}
+
+impl JdbcSink {
+    /// A database error of `what`, classified (transient: external; else the user's).
+    pub(super) fn err(&self, what: &str, e: sqlx::Error) -> EngineError {
+        super::classify(
+            self.cfg.target.dialect,
+            &format!("{what} ({})", sluice_engine::Sink::description(self)),
+            e,
+        )
+    }
+
+    fn create_table_sql(&self) -> Result<String> {
+        let d = self.cfg.target.dialect;
+        let mut cols = Vec::new();
+        for f in self.schema.fields() {
+            let ty = match self.cfg.column_types.get(f.name()) {
+                Some(t) => t.clone(),
+                None => types::sql_type(
+                    d,
+                    f.data_type(),
+                    self.keys.contains(f.name()),
+                    self.cfg.string_key_length,
+                )?,
+            };
+            let not_null = if self.keys.contains(f.name()) && self.cfg.mode != OutputMode::Append {
+                " NOT NULL"
+            } else {
+                ""
+            };
+            cols.push(format!("{} {ty}{not_null}", self.q(f.name())));
+        }
+        if !self.keys.is_empty() && self.cfg.mode != OutputMode::Append {
+            cols.push(format!(
+                "PRIMARY KEY ({})",
+                self.keys
+                    .iter()
+                    .map(|k| self.q(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(format!(
+            "CREATE TABLE IF NOT EXISTS {} ({}) {}",
+            self.table_sql(),
+            cols.join(", "),
+            self.cfg.create_table_options
+        ))
+    }
+
+    fn marker_sql(&self) -> String {
+        let ts = match self.cfg.target.dialect {
+            Dialect::Postgres => "TIMESTAMPTZ NOT NULL DEFAULT now()",
+            Dialect::MySql => "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
+        };
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (query_id VARCHAR(64) NOT NULL, table_name VARCHAR(255) NOT NULL, \
+             batch_id BIGINT NOT NULL, committed_at {ts}, PRIMARY KEY (query_id, table_name))",
+            self.cfg.marker_table.sql(self.cfg.target.dialect)
+        )
+    }
+
+    /// Runs one statement (DDL or a seed row) with optional text binds.
+    fn execute(&self, what: &str, sql: String, binds: &[&str]) -> Result<()> {
+        match &self.db {
+            Db::Pg(pool) => self.rt.block_on(async {
+                let mut q = sqlx::query(safe(sql));
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                q.execute(pool).await.map(|_| ())
+            }),
+            Db::My(pool) => self.rt.block_on(async {
+                let mut q = sqlx::query(safe(sql));
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                q.execute(pool).await.map(|_| ())
+            }),
+        }
+        .map_err(|e| self.err(what, e))
+    }
+
+    /// The columns and keys of table `schema.name` (empty when it does not exist).
+    fn table_info(&self, schema: &Option<String>, name: &str) -> Result<TableInfo> {
+        const PG_COLUMNS: &str = "SELECT column_name::text, data_type::text \
+            FROM information_schema.columns \
+            WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2 \
+            ORDER BY ordinal_position";
+        const PG_UNIQUES: &str = "SELECT tc.constraint_name::text, k.column_name::text \
+            FROM information_schema.table_constraints tc \
+            JOIN information_schema.key_column_usage k \
+            ON tc.constraint_name = k.constraint_name AND tc.table_schema = k.table_schema \
+            AND tc.table_name = k.table_name \
+            WHERE tc.constraint_type IN ('PRIMARY KEY', 'UNIQUE') \
+            AND tc.table_schema = COALESCE($1, current_schema()) AND tc.table_name = $2";
+        const MY_COLUMNS: &str = "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR) \
+            FROM information_schema.COLUMNS \
+            WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+            ORDER BY ORDINAL_POSITION";
+        const MY_UNIQUES: &str =
+            "SELECT CAST(tc.CONSTRAINT_NAME AS CHAR), CAST(k.COLUMN_NAME AS CHAR) \
+            FROM information_schema.TABLE_CONSTRAINTS tc \
+            JOIN information_schema.KEY_COLUMN_USAGE k \
+            ON tc.CONSTRAINT_NAME = k.CONSTRAINT_NAME AND tc.TABLE_SCHEMA = k.TABLE_SCHEMA \
+            AND tc.TABLE_NAME = k.TABLE_NAME \
+            WHERE tc.CONSTRAINT_TYPE IN ('PRIMARY KEY', 'UNIQUE') \
+            AND tc.TABLE_SCHEMA = COALESCE(?, DATABASE()) AND tc.TABLE_NAME = ?";
+        let pairs = |sql: &'static str| -> Result<Vec<(String, String)>> {
+            match &self.db {
+                Db::Pg(pool) => self
+                    .rt
+                    .block_on(sqlx::query_as(sql).bind(schema).bind(name).fetch_all(pool)),
+                Db::My(pool) => self
+                    .rt
+                    .block_on(sqlx::query_as(sql).bind(schema).bind(name).fetch_all(pool)),
+            }
+            .map_err(|e| self.err(&format!("reading the layout of table {name}"), e))
+        };
+        let (columns, uniques) = match self.cfg.target.dialect {
+            Dialect::Postgres => (pairs(PG_COLUMNS)?, pairs(PG_UNIQUES)?),
+            Dialect::MySql => (pairs(MY_COLUMNS)?, pairs(MY_UNIQUES)?),
+        };
+        Ok(TableInfo { columns, uniques })
+    }
+
+    /// Creates the marker table and the output table if missing (each only after checking it is
+    /// missing, so that PostgreSQL's "already exists, skipping" notice is not logged on every
+    /// start); checks an existing one fits.
+    pub(super) fn prepare(&mut self) -> Result<()> {
+        if self.prepared {
+            return Ok(());
+        }
+        let marker = self.cfg.marker_table.clone();
+        if self
+            .table_info(&marker.schema, &marker.name)?
+            .columns
+            .is_empty()
+        {
+            self.execute("creating the marker table", self.marker_sql(), &[])?;
+        }
+        // a marker row exists before the first batch, so that its `SELECT ... FOR UPDATE`
+        // serialises a zombie and a restarted instance even for batch 0
+        let marker_table = marker.sql(self.cfg.target.dialect);
+        let seed = match self.cfg.target.dialect {
+            Dialect::Postgres => format!(
+                "INSERT INTO {marker_table} (query_id, table_name, batch_id) VALUES ($1, $2, -1) \
+                 ON CONFLICT (query_id, table_name) DO NOTHING"
+            ),
+            Dialect::MySql => format!(
+                "INSERT IGNORE INTO {marker_table} (query_id, table_name, batch_id) VALUES (?, ?, -1)"
+            ),
+        };
+        let table_display = self.cfg.table.display();
+        self.execute(
+            "writing the first batch marker",
+            seed,
+            &[&self.query_id, &table_display],
+        )?;
+        let info = self.table_info(&self.cfg.table.schema, &self.cfg.table.name)?;
+        if info.columns.is_empty() {
+            let create = self.create_table_sql()?;
+            tracing::info!("jdbc sink: creating table {table_display}: {create}");
+            self.execute("creating the table", create, &[])?;
+        } else {
+            self.check_fit(&info)?;
+        }
+        self.prepared = true;
+        Ok(())
+    }
+
+    /// For `sluice validate`: connects and, when the output table exists, checks that it fits;
+    /// creates and writes nothing.
+    pub(super) fn check_existing(&self) -> Result<()> {
+        self.ping()?;
+        let info = self.table_info(&self.cfg.table.schema, &self.cfg.table.name)?;
+        if info.columns.is_empty() {
+            return Ok(());
+        }
+        self.check_fit(&info)
+    }
+
+    /// Opens one connection (not through the pool, whose timeout hides why a connection
+    /// failed), within the connect timeout.
+    fn ping(&self) -> Result<()> {
+        use sqlx::Connection as _;
+        let what = format!("connecting to {}", self.cfg.target.display());
+        let d = self.cfg.target.dialect;
+        let timeout = self.cfg.connect_timeout;
+        let r = self.rt.block_on(async {
+            let connect = async {
+                match super::connect_options(&self.cfg)? {
+                    super::ConnectOptions::Pg(o) => sqlx::PgConnection::connect_with(&o)
+                        .await
+                        .map(|c| drop(c.close()))
+                        .map_err(|e| super::classify(d, &what, e)),
+                    super::ConnectOptions::My(o) => sqlx::MySqlConnection::connect_with(&o)
+                        .await
+                        .map(|c| drop(c.close()))
+                        .map_err(|e| super::classify(d, &what, e)),
+                }
+            };
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(r) => r,
+                Err(_) => Err(EngineError::external(format!(
+                    "{} failed {what}: no answer within {timeout:?}",
+                    d.name()
+                ))),
+            }
+        });
+        r
+    }
+
+    fn check_fit(&self, info: &TableInfo) -> Result<()> {
+        let table = self.cfg.table.display();
+        let columns = &info.columns;
+        for f in self.schema.fields() {
+            let Some((_, ty)) = columns
+                .iter()
+                .find(|(c, _)| c.eq_ignore_ascii_case(f.name()))
+            else {
+                return Err(EngineError::user(format!(
+                    "table {table} has no column '{}' (the stream's column {} of type {}); its columns are {}. \
+                     Add the column, or write to a new table",
+                    f.name(),
+                    f.name(),
+                    f.data_type(),
+                    columns.iter().map(|(c, t)| format!("{c} {t}")).collect::<Vec<_>>().join(", ")
+                )));
+            };
+            if !types::fits(f.data_type(), ty) {
+                return Err(EngineError::user(format!(
+                    "table {table}: column '{}' has type {ty}, which cannot hold the stream's {} values \
+                     (a new table would use {})",
+                    f.name(),
+                    f.data_type(),
+                    types::sql_type(self.cfg.target.dialect, f.data_type(), false, self.cfg.string_key_length)
+                        .unwrap_or_else(|_| "?".into())
+                )));
+            }
+        }
+        if self.cfg.mode == OutputMode::Update {
+            check_unique(&table, &self.keys, &info.uniques)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether some PRIMARY KEY or UNIQUE constraint of `uniques` (constraint name, column) covers
+/// exactly `keys` (case-insensitive, any order). Pure; table-tested.
+fn has_key_on(keys: &[String], uniques: &[(String, String)]) -> bool {
+    let mut by_name: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for (name, col) in uniques {
+        by_name
+            .entry(name)
+            .or_default()
+            .push(col.to_ascii_lowercase());
+    }
+    let mut want: Vec<String> = keys.iter().map(|k| k.to_ascii_lowercase()).collect();
+    want.sort();
+    by_name.values_mut().any(|cols| {
+        cols.sort();
+        *cols == want
+    })
+}
+
+fn check_unique(table: &str, keys: &[String], uniques: &[(String, String)]) -> Result<()> {
+    if has_key_on(keys, uniques) {
+        return Ok(());
+    }
+    Err(EngineError::user(format!(
+        "table {table} has no PRIMARY KEY or UNIQUE key on exactly ({}), which update mode upserts \
+         on; add one (e.g. ALTER TABLE {table} ADD PRIMARY KEY ({})), or set option 'keys' to the \
+         columns of an existing key",
+        keys.join(", "),
+        keys.join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_key_on;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_key_must_cover_exactly_the_upsert_keys() {
+        let keys = vec!["action".to_string(), "window_start".to_string()];
+        // (constraints, expected)
+        let table = [
+            (pairs(&[]), false),
+            (pairs(&[("pk", "window_start"), ("pk", "ACTION")]), true),
+            (pairs(&[("pk", "window_start")]), false),
+            (
+                pairs(&[("pk", "id"), ("u", "action"), ("u", "window_start")]),
+                true,
+            ),
+            (
+                pairs(&[("u", "action"), ("u", "window_start"), ("u", "x")]),
+                false,
+            ),
+        ];
+        for (uniques, want) in table {
+            assert_eq!(has_key_on(&keys, &uniques), want, "{uniques:?}");
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The daemon's HTTP endpoint (axum), off unless `sluice run --http ADDR`: status API, query
+//! stop, Prometheus metrics, health. A non-loopback address needs `--auth-token` (sent as
+//! `Authorization: Bearer TOKEN`) or an explicit `--insecure`.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` | the live dashboard (`/?query=NAME` for one query) |
+//! | `GET /healthz` | 200 `ok`, or 503 naming the queries that failed for good |
+//! | `GET /api/queries` | id, name, status, active, last progress, exception of every query |
+//! | `GET /api/queries/{name}/progress?limit=N` | the last N progress reports (default 100) |
+//! | `POST /api/queries/{name}/stop` | stops the query (202), the others go on |
+//! | `GET /metrics` | Prometheus text, label `query` ([`metrics`]) |
+//!
+//! The bearer token is checked by one middleware layer over the API and metrics routes; the
+//! dashboard page, its static files and `/healthz` need none (the page sends the token from
+//! `#token=` with its API calls).
+
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+pub use metrics::{Metrics, QueryState};
+
+use crate::{EngineError, Result, StreamingQuery};
+
+/// What the server serves.
+pub struct Server {
+    queries: Mutex<Vec<StreamingQuery>>,
+    /// What the daemon decided about queries that ended (by id): restarting or failed for good.
+    daemon_states: Mutex<BTreeMap<String, QueryState>>,
+    metrics: Arc<Metrics>,
+    token: Option<String>,
+}
+
+impl Server {
+    /// A server over `queries`, with the metrics listener that the session reports to.
+    pub fn new(metrics: Arc<Metrics>, token: Option<String>) -> Arc<Self> {
+        Arc::new(Self {
+            queries: Mutex::new(Vec::new()),
+            daemon_states: Mutex::new(BTreeMap::new()),
+            metrics,
+            token,
+        })
+    }
+
+    /// Adds a started query (replacing an earlier run of the same query).
+    pub fn add(&self, q: StreamingQuery) {
+        self.set_daemon_state(q.id(), None);
+        let mut v = self.queries.lock().unwrap_or_else(|e| e.into_inner());
+        match v.iter().position(|o| o.id() == q.id()) {
+            Some(i) => v[i] = q,
+            None => v.push(q),
+        }
+    }
+
+    /// The daemon tells what it does with a query that ended: `Retrying` (it will be restarted
+    /// after a backoff) or `Failed` (for good); `None` clears it.
+    pub fn set_daemon_state(&self, id: &str, state: Option<QueryState>) {
+        let mut m = self.daemon_states.lock().unwrap_or_else(|e| e.into_inner());
+        match state {
+            Some(s) => m.insert(id.to_string(), s),
+            None => m.remove(id),
+        };
+    }
+
+    /// The state of a query: what the daemon decided, else what its handle says.
+    pub fn state_of(&self, q: &StreamingQuery) -> QueryState {
+        let decided = self
+            .daemon_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(q.id())
+            .copied();
+        query_state(
+            decided,
+            q.is_active(),
+            q.is_retrying(),
+            q.exception().is_some(),
+        )
+    }
+
+    fn all(&self) -> Vec<StreamingQuery> {
+        self.queries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn find(&self, name: &str) -> Option<StreamingQuery> {
+        self.all()
+            .into_iter()
+            .find(|q| q.name() == Some(name) || q.id() == name)
+    }
+}
+
+/// A query's state from the daemon's decision (if any) and its handle. Pure; table-tested.
+pub fn query_state(
+    decided: Option<QueryState>,
+    active: bool,
+    retrying: bool,
+    failed: bool,
+) -> QueryState {
+    match (decided, active, retrying, failed) {
+        (Some(s), false, _, _) => s,
+        (_, true, true, _) => QueryState::Retrying,
+        (_, true, false, _) => QueryState::Running,
+        (None, false, _, true) => QueryState::Failed,
+        (None, false, _, false) => QueryState::Stopped,
+    }
+}
+
+/// Refuses a non-loopback address without a token, unless `insecure`. Pure; unit-tested.
+pub fn check_bind(addr: &SocketAddr, token: Option<&str>, insecure: bool) -> Result<()> {
+    if addr.ip().is_loopback() || token.is_some() || insecure {
+        Ok(())
+    } else {
+        Err(EngineError::user(format!(
+            "--http {addr} is not a loopback address: give --auth-token TOKEN (clients send \
+             `Authorization: Bearer TOKEN`), or --insecure to serve it without authentication"
+        )))
+    }
+}
+
+fn authorized(s: &Server, h: &HeaderMap) -> bool {
+    match &s.token {
+        None => true,
+        Some(t) => h
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == format!("Bearer {t}")),
+    }
+}
+
+/// The one place the bearer token is checked (a layer over the API and metrics routes).
+async fn require_token(State(s): State<Arc<Server>>, req: Request, next: Next) -> Response {
+    if authorized(&s, req.headers()) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "missing or wrong bearer token"})),
+        )
+            .into_response()
+    }
+}
+
+fn query_json(q: &StreamingQuery, state: QueryState) -> serde_json::Value {
+    let st = q.status();
+    json!({
+        "id": q.id(),
+        "runId": q.run_id(),
+        "name": q.name(),
+        "active": q.is_active(),
+        "status": {
+            "message": st.message,
+            "isDataAvailable": st.is_data_available,
+            "isTriggerActive": st.is_trigger_active,
+        },
+        "lastProgress": q.last_progress(),
+        "state": state.name(),
+        "exception": q.exception().map(|e| json!({"message": e.message, "kind": format!("{:?}", e.kind)})),
+        "sinkRetries": q.sink_retries(),
+    })
+}
+
+async fn queries(State(s): State<Arc<Server>>) -> Response {
+    let list: Vec<serde_json::Value> = s
+        .all()
+        .iter()
+        .map(|q| query_json(q, s.state_of(q)))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn progress(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Response {
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "limit must be a non-negative integer"})),
+            )
+                .into_response()
+        }
+    };
+    match s.find(&name) {
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no query named {name}")})),
+        )
+            .into_response(),
+        Some(q) => {
+            let all = q.recent_progress();
+            let from = all.len().saturating_sub(limit);
+            Json(all[from..].to_vec()).into_response()
+        }
+    }
+}
+
+async fn stop(State(s): State<Arc<Server>>, Path(name): Path<String>) -> Response {
+    match s.find(&name) {
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no query named {name}")})),
+        )
+            .into_response(),
+        Some(q) => {
+            tracing::info!(
+                "query '{}' stop requested through the HTTP API",
+                q.name().unwrap_or(q.id())
+            );
+            q.request_stop();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"stopping": q.name().unwrap_or(q.id())})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The Prometheus text of all queries.
+pub fn metrics_text(s: &Server) -> String {
+    let qs: Vec<(StreamingQuery, QueryState)> = s
+        .all()
+        .into_iter()
+        .map(|q| {
+            let st = s.state_of(&q);
+            (q, st)
+        })
+        .collect();
+    s.metrics.render(&qs)
+}
+
+async fn metrics(State(s): State<Arc<Server>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        metrics_text(&s),
+    )
+        .into_response()
+}
+
+/// `ok` while no query has failed for good; else 503 naming the failed queries.
+async fn healthz(State(s): State<Arc<Server>>) -> Response {
+    let failed: Vec<String> = s
+        .all()
+        .iter()
+        .filter(|q| s.state_of(q) == QueryState::Failed)
+        .map(metrics::label)
+        .collect();
+    if failed.is_empty() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("failed: {}", failed.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+/// The dashboard: plain HTML and uPlot (MIT, vendored in src/dashboard), no build step. It reads
+/// the status API (with the bearer token from `#token=` when the daemon wants one).
+async fn dashboard() -> Response {
+    (
+        [("content-type", "text/html; charset=utf-8")],
+        include_str!("dashboard/index.html"),
+    )
+        .into_response()
+}
+
+async fn uplot_js() -> Response {
+    (
+        [("content-type", "application/javascript")],
+        include_str!("dashboard/uPlot.iife.min.js"),
+    )
+        .into_response()
+}
+
+async fn uplot_css() -> Response {
+    (
+        [("content-type", "text/css")],
+        include_str!("dashboard/uPlot.min.css"),
+    )
+        .into_response()
+}
+
+/// Serves `server` on `addr` from a thread of its own; returns the bound address.
+pub fn spawn(addr: SocketAddr, server: Arc<Server>) -> Result<SocketAddr> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| EngineError::external(format!("cannot start the HTTP runtime: {e}")))?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|e| EngineError::user(format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| EngineError::external(e.to_string()))?;
+    let protected = Router::new()
+        .route("/api/queries", get(queries))
+        .route("/api/queries/{name}/progress", get(progress))
+        .route("/api/queries/{name}/stop", post(stop))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&server),
+            require_token,
+        ));
+    let app = Router::new()
+        .route("/", get(dashboard))
+        .route("/static/uPlot.iife.min.js", get(uplot_js))
+        .route("/static/uPlot.min.css", get(uplot_css))
+        .route("/healthz", get(healthz))
+        .merge(protected)
+        .with_state(server);
+    std::thread::Builder::new()
+        .name("sluice-http".into())
+        .spawn(move || {
+            if let Err(e) = rt.block_on(async move { axum::serve(listener, app).await }) {
+                tracing::error!("HTTP server stopped: {e}");
+            }
+        })
+        .map_err(|e| EngineError::external(format!("cannot start the HTTP thread: {e}")))?;
+    tracing::info!("serving the status API and metrics on http://{bound}");
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_loopback_needs_a_token_or_insecure() {
+        let lo: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let any: SocketAddr = "0.0.0.0:8080".parse().expect("addr");
+        assert!(check_bind(&lo, None, false).is_ok());
+        assert!(check_bind(&any, None, false).is_err());
+        assert!(check_bind(&any, Some("t"), false).is_ok());
+        assert!(check_bind(&any, None, true).is_ok());
+    }
+
+    #[test]
+    fn query_states() {
+        use QueryState::*;
+        // (daemon's decision, active, retrying, failed) -> state
+        let table = [
+            (None, true, false, false, Running),
+            (None, true, true, false, Retrying),
+            (None, false, false, false, Stopped),
+            (None, false, false, true, Failed),
+            (Some(Retrying), false, false, true, Retrying),
+            (Some(Failed), false, false, true, Failed),
+            // a restarted query runs again whatever was decided about its last run
+            (Some(Retrying), true, false, false, Running),
+        ];
+        for (decided, active, retrying, failed, want) in table {
+            assert_eq!(
+                query_state(decided, active, retrying, failed),
+                want,
+                "{decided:?} {active} {retrying} {failed}"
+            );
+        }
+    }
+}

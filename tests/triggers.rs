@@ -1,0 +1,335 @@
+//! Paths the other suites did not reach: a trigger interval, the listener's events (Spark's
+//! started / progress / idle / terminated), the retry waits of a failing sink (the whole
+//! announced wait, even while new files keep waking the query), inotify as the way file arrival
+//! is learnt of, `cleanSource = delete`, and `fileNameOnly`.
+
+mod common;
+
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use common::*;
+use sluice::prelude::*;
+use sluice::{QueryError, QueryProgress, StreamingQueryListener};
+
+const SCHEMA: &str = "event_time TIMESTAMP, action STRING, user_id BIGINT";
+
+fn event(user: i64) -> String {
+    format!("{{\"event_time\":\"2025-01-01T00:00:00Z\",\"action\":\"a\",\"user_id\":{user}}}\n")
+}
+
+fn session() -> Session {
+    Session::builder().build().expect("session")
+}
+
+fn stream(s: &Session, dir: &std::path::Path, opts: &[(&str, &str)]) -> DataFrame {
+    let mut r = s.read_stream().schema(SCHEMA);
+    for (k, v) in opts {
+        r = r.option(k, *v);
+    }
+    r.json(dir.to_str().expect("path")).expect("load")
+}
+
+fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+fn batch_ms(p: &QueryProgress) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(&p.timestamp)
+        .expect("timestamp")
+        .timestamp_millis()
+}
+
+#[test]
+fn a_processing_time_interval_spaces_the_batches() {
+    let w = workdir();
+    let input = w.path().join("in");
+    for i in 0..4 {
+        put_file(&input, &format!("{i}.json"), &event(i), i as u64);
+    }
+    let s = session();
+    let seen = Arc::new(Mutex::new(0usize));
+    let seen2 = Arc::clone(&seen);
+    let q = stream(&s, &input, &[("maxFilesPerTrigger", "1")])
+        .write_stream()
+        .foreach_batch(move |_, b| {
+            *seen2.lock().expect("lock") += rows(b);
+            Ok(())
+        })
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(700)))
+        .start()
+        .expect("start");
+    wait_until("four batches", Duration::from_secs(30), || {
+        *seen.lock().expect("lock") == 4
+    });
+    q.stop();
+    let p = q.recent_progress();
+    assert_eq!(p.len(), 4, "one file per batch");
+    for pair in p.windows(2) {
+        let gap = batch_ms(&pair[1]) - batch_ms(&pair[0]);
+        assert!(
+            gap >= 700,
+            "batches {} and {} only {gap} ms apart (interval 700 ms)",
+            pair[0].batch_id,
+            pair[1].batch_id
+        );
+    }
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl StreamingQueryListener for Recorder {
+    fn on_query_started(&self, _id: &str, _run_id: &str, name: Option<&str>) {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("started {}", name.unwrap_or("")));
+    }
+    fn on_query_progress(&self, p: &QueryProgress) {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("progress {} rows {}", p.batch_id, p.num_input_rows));
+    }
+    fn on_query_idle(&self, _id: &str, _run_id: &str, timestamp: &str) {
+        assert!(timestamp.ends_with('Z'), "{timestamp}");
+        self.0.lock().expect("lock").push("idle".into());
+    }
+    fn on_query_terminated(&self, _id: &str, _run_id: &str, error: Option<&QueryError>) {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("terminated {}", error.is_some()));
+    }
+}
+
+#[test]
+fn the_listener_hears_started_progress_idle_and_terminated() {
+    let w = workdir();
+    let input = w.path().join("in");
+    put_file(&input, "0.json", &(event(1) + &event(2)), 0);
+    let s = session();
+    let rec = Arc::new(Recorder::default());
+    s.add_listener(rec.clone());
+    let q = stream(&s, &input, &[])
+        .write_stream()
+        .format("memory")
+        .query_name("heard")
+        .start()
+        .expect("start");
+    let events = || rec.0.lock().expect("lock").clone();
+    wait_until(
+        "idle after the first batch",
+        Duration::from_secs(30),
+        || events().iter().filter(|e| *e == "idle").count() == 1,
+    );
+    put_file(&input, "1.json", &event(3), 1);
+    wait_until(
+        "idle again after the second batch",
+        Duration::from_secs(30),
+        || events().iter().filter(|e| *e == "idle").count() == 2,
+    );
+    q.stop();
+    assert_eq!(
+        events(),
+        [
+            "started heard",
+            "progress 0 rows 2",
+            "idle",
+            "progress 1 rows 1",
+            "idle",
+            "terminated false"
+        ]
+    );
+}
+
+#[test]
+fn a_sink_retry_waits_as_long_as_it_says_while_files_keep_arriving() {
+    let w = workdir();
+    let input = w.path().join("in");
+    put_file(&input, "0.json", &event(1), 0);
+    let s = session();
+    let calls: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let calls2 = Arc::clone(&calls);
+    let q = stream(&s, &input, &[("maxFilesPerTrigger", "1")])
+        .write_stream()
+        .foreach_batch(move |batch_id, _| {
+            let mut c = calls2.lock().expect("lock");
+            c.push(Instant::now());
+            if batch_id == 0 && c.len() < 3 {
+                Err(sluice::EngineError::external("the sink is down"))
+            } else {
+                Ok(())
+            }
+        })
+        .option("sinkRetryBackoff", "600 milliseconds")
+        .start()
+        .expect("start");
+    // new files wake the query all the time (each is a notification)
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let dir = input.clone();
+    let writer = std::thread::spawn(move || {
+        let mut i = 1u64;
+        while !stop2.load(Ordering::SeqCst) {
+            put_file(&dir, &format!("n{i}.json"), &event(i as i64), i);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    wait_until(
+        "batch 0 written after two retries",
+        Duration::from_secs(30),
+        || calls.lock().expect("lock").len() >= 3,
+    );
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    q.stop();
+    let c = calls.lock().expect("lock").clone();
+    let first = c[1] - c[0];
+    let second = c[2] - c[1];
+    assert!(
+        first >= Duration::from_millis(600),
+        "first retry after {first:?}, announced 600ms"
+    );
+    assert!(
+        second >= Duration::from_millis(1200),
+        "second retry after {second:?}, announced 1.2s"
+    );
+    assert_eq!(q.sink_retries(), 2);
+}
+
+#[test]
+fn file_arrival_is_learnt_of_through_inotify() {
+    let w = workdir();
+    for (mode, want) in [(None, "inotify"), (Some("poll"), "poll")] {
+        let input = w.path().join(format!("in-{want}"));
+        fs::create_dir_all(&input).expect("mkdir");
+        let s = session();
+        let opts: Vec<(&str, &str)> = match mode {
+            Some(m) => vec![("watchMode", m), ("pollInterval", "100 milliseconds")],
+            None => vec![],
+        };
+        let q = stream(&s, &input, &opts)
+            .write_stream()
+            .format("memory")
+            .query_name(&format!("arrivals_{want}"))
+            .start()
+            .expect("start");
+        wait_until("waiting for data", Duration::from_secs(30), || {
+            q.status().message == "Waiting for data to arrive"
+        });
+        put_file(&input, "a.json", &event(1), 0);
+        wait_until("the file's batch", Duration::from_secs(30), || {
+            q.last_progress().is_some()
+        });
+        q.stop();
+        let p = q.last_progress().expect("progress");
+        assert_eq!(
+            p.sources[0].metrics.get("watch").map(String::as_str),
+            Some(want),
+            "{mode:?}: {}",
+            p.json()
+        );
+    }
+}
+
+#[test]
+fn clean_source_delete_removes_only_the_files_of_committed_batches() {
+    let w = workdir();
+    let input = w.path().join("in");
+    for i in 0..3 {
+        put_file(&input, &format!("{i}.json"), &event(i), i as u64);
+    }
+    let s = session();
+    // batch 1 fails for good: batch 0 is committed, batch 1 is not
+    let q = stream(
+        &s,
+        &input,
+        &[("maxFilesPerTrigger", "1"), ("cleanSource", "delete")],
+    )
+    .write_stream()
+    .foreach_batch(|batch_id, _| {
+        if batch_id == 1 {
+            Err(sluice::EngineError::user("stop here"))
+        } else {
+            Ok(())
+        }
+    })
+    .trigger(Trigger::AvailableNow)
+    .checkpoint_location(w.path().join("chk"))
+    .start()
+    .expect("start");
+    assert!(q.await_termination().is_err());
+    let mut left: Vec<String> = fs::read_dir(&input)
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["1.json", "2.json"], "only batch 0's file is deleted");
+
+    // the rest, on restart: every file read once, then deleted
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = Arc::clone(&seen);
+    let q = stream(
+        &s,
+        &input,
+        &[("maxFilesPerTrigger", "1"), ("cleanSource", "delete")],
+    )
+    .write_stream()
+    .foreach_batch(move |id, b| {
+        seen2.lock().expect("lock").push((id, rows(b)));
+        Ok(())
+    })
+    .trigger(Trigger::AvailableNow)
+    .checkpoint_location(w.path().join("chk"))
+    .start()
+    .expect("start");
+    q.await_termination().expect("done");
+    assert_eq!(*seen.lock().expect("lock"), [(1, 1), (2, 1)]);
+    assert_eq!(fs::read_dir(&input).expect("ls").count(), 0);
+}
+
+#[test]
+fn file_name_only_takes_a_name_seen_in_another_folder_as_seen() {
+    let w = workdir();
+    put_file(&w.path().join("in/a"), "x.json", &event(1), 0);
+    let run = |name_only: bool, chk: &str| -> usize {
+        let s = session();
+        let seen = Arc::new(Mutex::new(0usize));
+        let seen2 = Arc::clone(&seen);
+        let glob = w.path().join("in/*/*.json");
+        let q = s
+            .read_stream()
+            .schema(SCHEMA)
+            .option("fileNameOnly", name_only)
+            .json(glob.to_str().expect("glob"))
+            .expect("load")
+            .write_stream()
+            .foreach_batch(move |_, b| {
+                *seen2.lock().expect("lock") += rows(b);
+                Ok(())
+            })
+            .trigger(Trigger::AvailableNow)
+            .checkpoint_location(w.path().join(chk))
+            .start()
+            .expect("start");
+        q.await_termination().expect("done");
+        let n = *seen.lock().expect("lock");
+        n
+    };
+    assert_eq!(run(true, "chk-name"), 1);
+    assert_eq!(run(false, "chk-path"), 1);
+    // the same name in another folder
+    put_file(&w.path().join("in/b"), "x.json", &event(2), 1);
+    assert_eq!(
+        run(true, "chk-name"),
+        0,
+        "fileNameOnly: b/x.json was seen as a/x.json"
+    );
+    assert_eq!(run(false, "chk-path"), 1, "by path: b/x.json is new");
+}
