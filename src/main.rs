@@ -396,6 +396,15 @@ fn run(
                 let Some(idx) = queries.iter().position(|r| r.name == name) else {
                     continue;
                 };
+                let id = queries[idx].query.id().to_string();
+                if server.as_ref().is_some_and(|s| s.take_stop_request(&id)) {
+                    running -= 1;
+                    tracing::info!(
+                        "query '{name}' stopped through the HTTP API while waiting to restart; {}",
+                        left(running)
+                    );
+                    continue;
+                }
                 let relaunched = pipeline
                     .prepare_with(&session, &base, std::slice::from_ref(&name), trigger)
                     .and_then(|mut p| match p.pop() {

@@ -210,16 +210,24 @@ fn stop_and_restart(name: &str) {
     assert!(progress_lines(w.path()).len() <= files + 1);
 }
 
-/// Every folder of tests/golden with a pipeline file, sorted: discovered, so that a new case
-/// cannot be left out of the runs below.
+/// Every folder of tests/golden, sorted: discovered, so that a new case cannot be left out of
+/// the runs below; a folder that is not a complete case fails the tests.
 fn cases() -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(common::repo_dir().join("tests/golden"))
         .expect("tests/golden")
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("pipeline.toml").is_file())
+        .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     v.sort();
+    for c in &v {
+        for part in ["pipeline.toml", "expected.csv", "input"] {
+            assert!(
+                golden_dir(c).join(part).exists(),
+                "tests/golden/{c} has no {part}: every folder there is a golden case"
+            );
+        }
+    }
     v
 }
 

@@ -304,6 +304,14 @@ pub trait SinkFactory: Send + Sync {
     /// Checks the options (user errors name the option).
     fn validate(&self, spec: &SinkSpec) -> Result<()>;
 
+    /// What [`SinkFactory::create`] would refuse about the rows `ctx` describes (partition or
+    /// key columns missing, a column of the wrong type, keys needed by the mode), without any
+    /// side effect: no connection, no file. Called by `create` implementations and by
+    /// `sluice validate`.
+    fn check(&self, _spec: &SinkSpec, _ctx: &SinkContext) -> Result<()> {
+        Ok(())
+    }
+
     /// For `sluice validate`: checks that the external system is reachable (connects, asks for
     /// metadata) and that an existing target fits the rows `ctx` describes (columns, the keys an
     /// upsert needs). Must not create or change anything. External errors say what could not

@@ -148,6 +148,15 @@ impl Execution {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()));
         let error = match outcome {
             Ok(Ok(())) => None,
+            // stopped while waiting to retry a source or sink: a stop, not a failure; the batch
+            // in flight was not committed and runs again on restart
+            Ok(Err(e)) if shared.stop_requested() && e.kind() == ErrorKind::External => {
+                tracing::info!(
+                    query = ?shared.name,
+                    "stopped while waiting to retry ({e}); the batch in flight runs again on restart"
+                );
+                None
+            }
             Ok(Err(e)) => {
                 tracing::error!(query = ?shared.name, id = %shared.id, "query failed: {e}");
                 Some(QueryError {

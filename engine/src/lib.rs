@@ -26,6 +26,7 @@
 //! | [`ddl`]         | Spark DDL schema strings → Arrow schemas |
 //! | [`options`]     | case-insensitive [`Options`], durations and sizes |
 //! | [`fault`]       | `SLUICE_CRASH_AT` crash points for exactly-once tests |
+//! | `fingerprint`   | what a checkpoint's state means; a changed aggregation is refused |
 //! | [`error`]       | [`EngineError`]: every error says whether the user, an external system or a bug must act |
 
 pub mod aggregate;
@@ -37,6 +38,7 @@ pub mod dedup;
 pub mod error;
 pub mod execution;
 pub mod fault;
+mod fingerprint;
 pub mod json_fn;
 pub mod options;
 pub mod plan;

@@ -10,6 +10,7 @@ use crate::clock::BatchClock;
 use crate::connector::{OutputMode, Sink, SinkContext, SinkSpec, SourceContext};
 use crate::error::{EngineError, Result};
 use crate::execution::Execution;
+use crate::fingerprint::{check_state_fingerprint, verify_state_fingerprint};
 use crate::options::{parse_duration, Options};
 use crate::plan::StreamPlan;
 use crate::query::{QueryShared, StreamingQuery};
@@ -323,6 +324,16 @@ impl DataStreamWriter {
     pub fn validate(mut self, reachable: bool) -> Result<QueryCheck> {
         let c = self.checked()?;
         let id = CheckpointDir::peek_query_id(&c.checkpoint_dir)?;
+        if id.is_some() {
+            for (i, _) in c.plan.state_operators() {
+                verify_state_fingerprint(
+                    &c.checkpoint_dir,
+                    i,
+                    &c.plan.state_fingerprint(i)?,
+                    &c.plan.legacy_state_fingerprint(i)?,
+                )?;
+            }
+        }
         if let Some(late) = &self.late_data {
             let Some(schema) = c.plan.late_rows_schema() else {
                 return Err(EngineError::user(
@@ -336,18 +347,31 @@ impl DataStreamWriter {
                 output_mode: OutputMode::Append,
             };
             f.validate(&spec)?;
+            let ctx = SinkContext {
+                query_id: format!("{}-late", id.as_deref().unwrap_or("new")),
+                query_name: self.query_name.as_ref().map(|n| format!("{n}_late")),
+                schema,
+                key_columns: None,
+                checkpoint_dir: c.checkpoint_dir.clone(),
+                session: c.session.context().clone(),
+            };
+            f.check(&spec, &ctx)
+                .map_err(|e| e.context("late-data sink"))?;
             if reachable {
-                let ctx = SinkContext {
-                    query_id: format!("{}-late", id.as_deref().unwrap_or("new")),
-                    query_name: self.query_name.as_ref().map(|n| format!("{n}_late")),
-                    schema,
-                    key_columns: None,
-                    checkpoint_dir: c.checkpoint_dir.clone(),
-                    session: c.session.context().clone(),
-                };
                 f.check_reachable(&spec, &ctx)
                     .map_err(|e| e.context("late-data sink"))?;
             }
+        }
+        let sink_ctx = SinkContext {
+            query_id: id.clone().unwrap_or_else(|| "new".into()),
+            query_name: self.query_name.clone(),
+            schema: Arc::clone(&c.plan.output_schema),
+            key_columns: c.plan.key_columns.clone(),
+            checkpoint_dir: c.checkpoint_dir.clone(),
+            session: c.session.context().clone(),
+        };
+        if let Some(f) = &c.factory {
+            f.check(&c.spec, &sink_ctx).map_err(|e| e.context("sink"))?;
         }
         if reachable {
             for t in &c.plan.sources {
@@ -358,15 +382,7 @@ impl DataStreamWriter {
                     .map_err(|e| e.context(&format!("source {}", t.spec.format)))?;
             }
             if let Some(f) = &c.factory {
-                let ctx = SinkContext {
-                    query_id: id.clone().unwrap_or_else(|| "new".into()),
-                    query_name: self.query_name.clone(),
-                    schema: Arc::clone(&c.plan.output_schema),
-                    key_columns: c.plan.key_columns.clone(),
-                    checkpoint_dir: c.checkpoint_dir.clone(),
-                    session: c.session.context().clone(),
-                };
-                f.check_reachable(&c.spec, &ctx).map_err(|e| {
+                f.check_reachable(&c.spec, &sink_ctx).map_err(|e| {
                     if e.kind() == crate::error::ErrorKind::External {
                         e.context("sink not reachable")
                     } else {
@@ -608,42 +624,5 @@ impl Sink for ForeachBatchSink {
     }
     fn exactly_once(&self) -> bool {
         false
-    }
-}
-
-/// Records what operator `index`'s state means the first time, and refuses to start when the
-/// query changed so that the stored state would be read wrongly (other keys or aggregates).
-fn check_state_fingerprint(
-    checkpoint: &CheckpointDir,
-    index: usize,
-    fingerprint: &str,
-    legacy: &str,
-) -> Result<()> {
-    let dir = checkpoint.root().join("state");
-    sluice_state::atomic::ensure_dir(&dir)?;
-    let path = dir.join(format!("{index}.schema"));
-    match std::fs::read_to_string(&path) {
-        Ok(found) => {
-            let found = found.strip_prefix("v1\n").unwrap_or(&found);
-            if found == legacy && found != fingerprint {
-                // written before key expressions were recorded: same types, take it as ours
-                sluice_state::atomic::write_atomic(&path, format!("v1\n{fingerprint}").as_bytes())?;
-                return Ok(());
-            }
-            if found != fingerprint {
-                return Err(EngineError::user(format!(
-                    "the state in {} was written by a different aggregation (group keys, window or \
-                     aggregates changed): it holds {found}, this query needs {fingerprint}. \
-                     Restarting on it would give wrong results; use a new checkpoint location",
-                    dir.display()
-                )));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            sluice_state::atomic::write_atomic(&path, format!("v1\n{fingerprint}").as_bytes())?;
-            Ok(())
-        }
-        Err(e) => Err(EngineError::io(&path, e)),
     }
 }

@@ -229,6 +229,26 @@ pub fn backlog(p: &QueryProgress) -> u64 {
 }
 
 impl Metrics {
+    /// Adds the sink retries of `q`'s run not counted yet (at each scrape, and when a restarted
+    /// query's handle replaces the old run's, so that no retry is lost).
+    pub fn count_retries(&self, q: &StreamingQuery) {
+        let retries = q.sink_retries();
+        let mut seen = self.retries_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let before = seen.entry(q.run_id().to_string()).or_insert(0);
+        self.sink_retries
+            .with_label_values(&[label(q).as_str()])
+            .inc_by(retries.saturating_sub(*before));
+        *before = (*before).max(retries);
+    }
+
+    /// Forgets the bookkeeping of a run that will not be seen again.
+    pub fn forget_run(&self, run_id: &str) {
+        self.retries_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(run_id);
+    }
+
     /// The Prometheus text of `queries` (each with its state).
     pub fn render(&self, queries: &[(StreamingQuery, QueryState)]) -> String {
         for (q, state) in queries {
@@ -239,15 +259,7 @@ impl Metrics {
             self.dropped_by_watermark.with_label_values(&l);
             self.late_input_rows.with_label_values(&l);
             self.batch_duration.with_label_values(&l);
-            let retries = q.sink_retries();
-            {
-                let mut seen = self.retries_seen.lock().unwrap_or_else(|e| e.into_inner());
-                let before = seen.entry(q.run_id().to_string()).or_insert(0);
-                self.sink_retries
-                    .with_label_values(&l)
-                    .inc_by(retries.saturating_sub(*before));
-                *before = (*before).max(retries);
-            }
+            self.count_retries(q);
             let last = q.last_progress();
             self.processed_rate
                 .with_label_values(&l)

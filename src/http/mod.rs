@@ -38,6 +38,8 @@ pub struct Server {
     queries: Mutex<Vec<StreamingQuery>>,
     /// What the daemon decided about queries that ended (by id): restarting or failed for good.
     daemon_states: Mutex<BTreeMap<String, QueryState>>,
+    /// Stops asked for through the API while a query waited to be restarted (by id).
+    stop_requests: Mutex<std::collections::BTreeSet<String>>,
     metrics: Arc<Metrics>,
     token: Option<String>,
 }
@@ -48,19 +50,34 @@ impl Server {
         Arc::new(Self {
             queries: Mutex::new(Vec::new()),
             daemon_states: Mutex::new(BTreeMap::new()),
+            stop_requests: Mutex::new(std::collections::BTreeSet::new()),
             metrics,
             token,
         })
     }
 
-    /// Adds a started query (replacing an earlier run of the same query).
+    /// Adds a started query (replacing an earlier run of the same query, whose last sink
+    /// retries are counted first).
     pub fn add(&self, q: StreamingQuery) {
         self.set_daemon_state(q.id(), None);
         let mut v = self.queries.lock().unwrap_or_else(|e| e.into_inner());
         match v.iter().position(|o| o.id() == q.id()) {
-            Some(i) => v[i] = q,
+            Some(i) => {
+                self.metrics.count_retries(&v[i]);
+                self.metrics.forget_run(v[i].run_id());
+                v[i] = q;
+            }
             None => v.push(q),
         }
+    }
+
+    /// Whether a stop was asked for through the API while the query waited to be restarted
+    /// (the daemon then does not restart it); clears the request.
+    pub fn take_stop_request(&self, id: &str) -> bool {
+        self.stop_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
     }
 
     /// The daemon tells what it does with a query that ended: `Retrying` (it will be restarted
@@ -85,7 +102,7 @@ impl Server {
             decided,
             q.is_active(),
             q.is_retrying(),
-            q.exception().is_some(),
+            q.exception().map(|e| e.kind),
         )
     }
 
@@ -103,19 +120,23 @@ impl Server {
     }
 }
 
-/// A query's state from the daemon's decision (if any) and its handle. Pure; table-tested.
+/// A query's state from the daemon's decision (if any) and its handle (the kind of error it
+/// ended with). Pure; table-tested.
 pub fn query_state(
     decided: Option<QueryState>,
     active: bool,
     retrying: bool,
-    failed: bool,
+    error: Option<crate::ErrorKind>,
 ) -> QueryState {
-    match (decided, active, retrying, failed) {
+    use crate::ErrorKind::External;
+    match (decided, active, retrying, error) {
         (Some(s), false, _, _) => s,
         (_, true, true, _) => QueryState::Retrying,
         (_, true, false, _) => QueryState::Running,
-        (None, false, _, true) => QueryState::Failed,
-        (None, false, _, false) => QueryState::Stopped,
+        // an external failure the daemon has not decided on yet: it restarts those
+        (None, false, _, Some(External)) => QueryState::Retrying,
+        (None, false, _, Some(_)) => QueryState::Failed,
+        (None, false, _, None) => QueryState::Stopped,
     }
 }
 
@@ -224,6 +245,14 @@ async fn stop(State(s): State<Arc<Server>>, Path(name): Path<String>) -> Respons
                 "query '{}' stop requested through the HTTP API",
                 q.name().unwrap_or(q.id())
             );
+            if !q.is_active() && s.state_of(&q) == QueryState::Retrying {
+                // waiting to be restarted: the daemon will not restart it
+                s.stop_requests
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(q.id().to_string());
+                s.set_daemon_state(q.id(), Some(QueryState::Stopped));
+            }
             q.request_stop();
             (
                 StatusCode::ACCEPTED,
@@ -357,23 +386,28 @@ mod tests {
 
     #[test]
     fn query_states() {
+        use crate::ErrorKind::{Bug, External, User};
         use QueryState::*;
-        // (daemon's decision, active, retrying, failed) -> state
+        // (daemon's decision, active, retrying, error kind) -> state
         let table = [
-            (None, true, false, false, Running),
-            (None, true, true, false, Retrying),
-            (None, false, false, false, Stopped),
-            (None, false, false, true, Failed),
-            (Some(Retrying), false, false, true, Retrying),
-            (Some(Failed), false, false, true, Failed),
+            (None, true, false, None, Running),
+            (None, true, true, None, Retrying),
+            (None, false, false, None, Stopped),
+            (None, false, false, Some(User), Failed),
+            (None, false, false, Some(Bug), Failed),
+            // the daemon restarts external failures: not failed while it has not said so
+            (None, false, false, Some(External), Retrying),
+            (Some(Retrying), false, false, Some(External), Retrying),
+            (Some(Failed), false, false, Some(External), Failed),
+            (Some(Stopped), false, false, Some(External), Stopped),
             // a restarted query runs again whatever was decided about its last run
-            (Some(Retrying), true, false, false, Running),
+            (Some(Retrying), true, false, None, Running),
         ];
-        for (decided, active, retrying, failed, want) in table {
+        for (decided, active, retrying, error, want) in table {
             assert_eq!(
-                query_state(decided, active, retrying, failed),
+                query_state(decided, active, retrying, error),
                 want,
-                "{decided:?} {active} {retrying} {failed}"
+                "{decided:?} {active} {retrying} {error:?}"
             );
         }
     }

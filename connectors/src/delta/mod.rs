@@ -91,6 +91,38 @@ fn caused_by_storage(e: &(dyn std::error::Error + 'static)) -> bool {
 #[derive(Debug, Default)]
 pub struct DeltaSinkFactory;
 
+/// The partition and MERGE key columns of a delta sink, checked against the rows it gets.
+fn target_columns(spec: &SinkSpec, ctx: &SinkContext) -> Result<(Vec<String>, Vec<String>)> {
+    let schema = &ctx.schema;
+    let partition_by = list(spec.options.get("partitionBy"));
+    for p in &partition_by {
+        if schema.field_with_name(p).is_err() {
+            return Err(EngineError::user(format!(
+                "delta sink: partitionBy column '{p}' is not in the output ({})",
+                names(schema).join(", ")
+            )));
+        }
+    }
+    let keys = match spec.options.get("keys") {
+        Some(k) => list(Some(k)),
+        None => ctx.key_columns.clone().unwrap_or_default(),
+    };
+    for k in &keys {
+        if schema.field_with_name(k).is_err() {
+            return Err(EngineError::user(format!(
+                "delta sink: key column '{k}' is not in the output ({})",
+                names(schema).join(", ")
+            )));
+        }
+    }
+    if spec.output_mode == OutputMode::Update && keys.is_empty() {
+        return Err(EngineError::user(
+            "delta sink in update mode needs keys to MERGE on: set option 'keys' or write an aggregation",
+        ));
+    }
+    Ok((partition_by, keys))
+}
+
 fn list(v: Option<&str>) -> Vec<String> {
     v.map(|s| {
         s.split(',')
@@ -122,36 +154,14 @@ impl SinkFactory for DeltaSinkFactory {
         spec.options.get_u64("checkpointInterval")?;
         Ok(())
     }
+    fn check(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<()> {
+        target_columns(spec, ctx).map(|_| ())
+    }
     fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
         self.validate(spec)?;
         let path = spec.options.get("path").unwrap_or_default().to_string();
         let schema = Arc::clone(&ctx.schema);
-        let partition_by = list(spec.options.get("partitionBy"));
-        for p in &partition_by {
-            if schema.field_with_name(p).is_err() {
-                return Err(EngineError::user(format!(
-                    "delta sink: partitionBy column '{p}' is not in the output ({})",
-                    names(&schema).join(", ")
-                )));
-            }
-        }
-        let keys = match spec.options.get("keys") {
-            Some(k) => list(Some(k)),
-            None => ctx.key_columns.clone().unwrap_or_default(),
-        };
-        for k in &keys {
-            if schema.field_with_name(k).is_err() {
-                return Err(EngineError::user(format!(
-                    "delta sink: key column '{k}' is not in the output ({})",
-                    names(&schema).join(", ")
-                )));
-            }
-        }
-        if spec.output_mode == OutputMode::Update && keys.is_empty() {
-            return Err(EngineError::user(
-                "delta sink in update mode needs keys to MERGE on: set option 'keys' or write an aggregation",
-            ));
-        }
+        let (partition_by, keys) = target_columns(spec, ctx)?;
         let rt = runtime()?;
         let url = table_url(&path)?;
         Ok(Box::new(DeltaSink {

@@ -307,22 +307,7 @@ impl SourceFactory for FileSourceFactory {
         let path = spec.path.clone().unwrap_or_default();
         let loc = Location::new(&path)?;
         let o = &spec.options;
-        let clean = match o.get("cleanSource").map(|s| s.to_ascii_lowercase()) {
-            None => CleanSource::Off,
-            Some(s) if s == "off" => CleanSource::Off,
-            Some(s) if s == "delete" => CleanSource::Delete,
-            Some(s) if s == "archive" => {
-                let dir = o.get("sourceArchiveDir").ok_or_else(|| {
-                    EngineError::user("cleanSource=archive needs option sourceArchiveDir")
-                })?;
-                CleanSource::Archive(PathBuf::from(dir))
-            }
-            Some(s) => {
-                return Err(EngineError::user(format!(
-                    "option 'cleanSource' must be off, archive or delete, got '{s}'"
-                )))
-            }
-        };
+        let clean = clean_source(o)?;
         let log: VersionedLog<Vec<FileEntry>> = VersionedLog::open(&ctx.checkpoint_dir)?;
         let mut seen = HashSet::new();
         let mut max_mtime = i64::MIN;
@@ -391,7 +376,28 @@ fn unreachable_text() -> Result<arrow::datatypes::Schema> {
     Ok(formats::text::schema().as_ref().clone())
 }
 
+/// `cleanSource` (with `sourceArchiveDir` for archive).
+fn clean_source(o: &Options) -> Result<CleanSource> {
+    Ok(match o.get("cleanSource").map(|s| s.to_ascii_lowercase()) {
+        None => CleanSource::Off,
+        Some(s) if s == "off" => CleanSource::Off,
+        Some(s) if s == "delete" => CleanSource::Delete,
+        Some(s) if s == "archive" => {
+            let dir = o.get("sourceArchiveDir").ok_or_else(|| {
+                EngineError::user("cleanSource=archive needs option sourceArchiveDir")
+            })?;
+            CleanSource::Archive(PathBuf::from(dir))
+        }
+        Some(s) => {
+            return Err(EngineError::user(format!(
+                "option 'cleanSource' must be off, archive or delete, got '{s}'"
+            )))
+        }
+    })
+}
+
 fn validate_options(o: &Options) -> Result<()> {
+    clean_source(o)?;
     o.get_u64("maxFilesPerTrigger")?;
     o.get_bytes("maxBytesPerTrigger")?;
     o.get_bool("latestFirst", false)?;

@@ -54,6 +54,11 @@ impl SinkFactory for JdbcSinkFactory {
     fn validate(&self, spec: &SinkSpec) -> Result<()> {
         JdbcConfig::from_options(&spec.options, spec.output_mode).map(|_| ())
     }
+    fn check(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<()> {
+        // JdbcSink::new checks keys and column types and opens nothing (its pool is lazy)
+        let cfg = JdbcConfig::from_options(&spec.options, spec.output_mode)?;
+        JdbcSink::new(cfg, ctx).map(|_| ())
+    }
     fn check_reachable(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<()> {
         let cfg = JdbcConfig::from_options(&spec.options, spec.output_mode)?;
         JdbcSink::new(cfg, ctx)?.check_existing()

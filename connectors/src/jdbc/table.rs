@@ -104,13 +104,16 @@ impl JdbcSink {
             FROM information_schema.columns \
             WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2 \
             ORDER BY ordinal_position";
-        const PG_UNIQUES: &str = "SELECT tc.constraint_name::text, k.column_name::text \
-            FROM information_schema.table_constraints tc \
-            JOIN information_schema.key_column_usage k \
-            ON tc.constraint_name = k.constraint_name AND tc.table_schema = k.table_schema \
-            AND tc.table_name = k.table_name \
-            WHERE tc.constraint_type IN ('PRIMARY KEY', 'UNIQUE') \
-            AND tc.table_schema = COALESCE($1, current_schema()) AND tc.table_name = $2";
+        // unique indexes as ON CONFLICT can use them: PRIMARY KEY, UNIQUE constraints and
+        // CREATE UNIQUE INDEX alike, but not partial, expression or deferrable ones
+        const PG_UNIQUES: &str = "SELECT i.indexrelid::regclass::text, a.attname::text \
+            FROM pg_index i \
+            JOIN pg_class c ON c.oid = i.indrelid \
+            JOIN pg_namespace n ON n.oid = c.relnamespace \
+            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) \
+            WHERE i.indisunique AND i.indimmediate AND i.indpred IS NULL \
+            AND i.indexprs IS NULL \
+            AND n.nspname = COALESCE($1, current_schema()) AND c.relname = $2";
         const MY_COLUMNS: &str = "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR) \
             FROM information_schema.COLUMNS \
             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
@@ -207,14 +210,18 @@ impl JdbcSink {
         let r = self.rt.block_on(async {
             let connect = async {
                 match super::connect_options(&self.cfg)? {
-                    super::ConnectOptions::Pg(o) => sqlx::PgConnection::connect_with(&o)
-                        .await
-                        .map(|c| drop(c.close()))
-                        .map_err(|e| super::classify(d, &what, e)),
-                    super::ConnectOptions::My(o) => sqlx::MySqlConnection::connect_with(&o)
-                        .await
-                        .map(|c| drop(c.close()))
-                        .map_err(|e| super::classify(d, &what, e)),
+                    super::ConnectOptions::Pg(o) => {
+                        let c = sqlx::PgConnection::connect_with(&o)
+                            .await
+                            .map_err(|e| super::classify(d, &what, e))?;
+                        c.close().await.map_err(|e| super::classify(d, &what, e))
+                    }
+                    super::ConnectOptions::My(o) => {
+                        let c = sqlx::MySqlConnection::connect_with(&o)
+                            .await
+                            .map_err(|e| super::classify(d, &what, e))?;
+                        c.close().await.map_err(|e| super::classify(d, &what, e))
+                    }
                 }
             };
             match tokio::time::timeout(timeout, connect).await {

@@ -50,45 +50,19 @@ impl SinkFactory for KafkaSinkFactory {
     fn check_reachable(&self, spec: &SinkSpec, _ctx: &SinkContext) -> Result<()> {
         super::source::check_broker(&spec.options)
     }
+    fn check(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<()> {
+        columns(spec, ctx).map(|_| ())
+    }
     fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
         self.validate(spec)?;
-        let schema = &ctx.schema;
-        let topic_col = schema.index_of("topic").ok();
         let topic = spec.options.get("topic").map(str::to_string);
-        if topic.is_none() && topic_col.is_none() {
-            return Err(EngineError::user(
-                "the kafka sink needs option 'topic' or a 'topic' column",
-            ));
-        }
-        let col_of =
-            |name: &str, ok: &dyn Fn(&DataType) -> bool, want: &str| -> Result<Option<usize>> {
-                match schema.index_of(name) {
-                    Ok(i) if ok(schema.field(i).data_type()) => Ok(Some(i)),
-                    Ok(i) => Err(EngineError::user(format!(
-                        "kafka sink: column '{name}' must be {want}, is {}",
-                        schema.field(i).data_type()
-                    ))),
-                    Err(_) => Ok(None),
-                }
-            };
-        let bytes = |t: &DataType| {
-            matches!(
-                t,
-                DataType::Utf8
-                    | DataType::LargeUtf8
-                    | DataType::Utf8View
-                    | DataType::Binary
-                    | DataType::LargeBinary
-            )
-        };
-        let key_col = col_of("key", &bytes, "STRING or BINARY")?;
-        let value_col = col_of("value", &bytes, "STRING or BINARY")?;
-        let partition_col = col_of("partition", &|t| t.is_integer(), "an integer")?;
-        let headers_col = col_of(
-            "headers",
-            &|t| matches!(t, DataType::List(f) if matches!(f.data_type(), DataType::Struct(s) if s.len() == 2)),
-            "ARRAY<STRUCT<key: STRING, value: BINARY>>",
-        )?;
+        let Columns {
+            topic_col,
+            key_col,
+            value_col,
+            partition_col,
+            headers_col,
+        } = columns(spec, ctx)?;
         let exactly_once = guarantee(spec.options.get("deliveryGuarantee"))?;
         let mut cfg = client_config(&spec.options)?;
         let commit_topic = spec
@@ -120,6 +94,59 @@ impl SinkFactory for KafkaSinkFactory {
                 .unwrap_or(Duration::from_secs(30)),
         }))
     }
+}
+
+/// Where the sink finds each part of a record among the rows it gets.
+struct Columns {
+    topic_col: Option<usize>,
+    key_col: Option<usize>,
+    value_col: Option<usize>,
+    partition_col: Option<usize>,
+    headers_col: Option<usize>,
+}
+
+/// The record's columns, checked: a topic (option or column), and `key`, `value`,
+/// `partition`, `headers` of the right types when present.
+fn columns(spec: &SinkSpec, ctx: &SinkContext) -> Result<Columns> {
+    let schema = &ctx.schema;
+    let topic_col = schema.index_of("topic").ok();
+    if spec.options.get("topic").is_none() && topic_col.is_none() {
+        return Err(EngineError::user(
+            "the kafka sink needs option 'topic' or a 'topic' column",
+        ));
+    }
+    let col_of =
+        |name: &str, ok: &dyn Fn(&DataType) -> bool, want: &str| -> Result<Option<usize>> {
+            match schema.index_of(name) {
+                Ok(i) if ok(schema.field(i).data_type()) => Ok(Some(i)),
+                Ok(i) => Err(EngineError::user(format!(
+                    "kafka sink: column '{name}' must be {want}, is {}",
+                    schema.field(i).data_type()
+                ))),
+                Err(_) => Ok(None),
+            }
+        };
+    let bytes = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Binary
+                | DataType::LargeBinary
+        )
+    };
+    Ok(Columns {
+        topic_col,
+        key_col: col_of("key", &bytes, "STRING or BINARY")?,
+        value_col: col_of("value", &bytes, "STRING or BINARY")?,
+        partition_col: col_of("partition", &|t| t.is_integer(), "an integer")?,
+        headers_col: col_of(
+            "headers",
+            &|t| matches!(t, DataType::List(f) if matches!(f.data_type(), DataType::Struct(s) if s.len() == 2)),
+            "ARRAY<STRUCT<key: STRING, value: BINARY>>",
+        )?,
+    })
 }
 
 fn guarantee(v: Option<&str>) -> Result<bool> {

@@ -1009,17 +1009,25 @@ impl Source for KafkaSource {
             format!("{}-watch", self.cfg.get("group.id").unwrap_or("sluice")),
         );
         cfg.set("enable.partition.eof", "false");
-        // a reset of the watcher's position (e.g. the broker restarted and briefly answered
-        // "offset out of range") must not silently skip the records it would have woken the
-        // query for: it surfaces as an error, the watcher re-parks at the end and wakes the
+        // a reset of the watcher's position must not silently skip the records it would have
+        // woken the query for: it surfaces as an error, and the watcher re-parks and wakes the
         // query, which reads from its own offsets
         cfg.set("auto.offset.reset", "error");
         cfg.set("fetch.wait.max.ms", "10");
         cfg.set("fetch.error.backoff.ms", "10");
+        // after a broker outage, be back within a second or so
+        if cfg.get("reconnect.backoff.max.ms").is_none() {
+            cfg.set("reconnect.backoff.max.ms", "1000");
+        }
         let watcher: BaseConsumer = cfg
             .create()
             .map_err(|e| kafka_err("creating the watcher", e))?;
         let parts = self.topic_partitions().unwrap_or_default();
+        // park at each partition's end as it is now, by offset: librdkafka resolves a symbolic
+        // END later, and a record produced before that (or across a broker outage) would then
+        // lie behind the watcher and never wake the query. This runs before the first
+        // latest_offset, so every later record is at or after these positions.
+        let positions = parked_positions(&watcher, &parts, self.s.timeout, &[]);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
         let sub = self.s.sub.clone();
@@ -1028,24 +1036,25 @@ impl Source for KafkaSource {
         let thread = std::thread::Builder::new()
             .name("kafka-watch".into())
             .spawn(move || {
-                let assign = |parts: &[(String, i32)]| {
+                let assign = |positions: &[(String, i32, KOffset)]| {
                     let mut tpl = TopicPartitionList::new();
-                    for (t, p) in parts {
-                        let _ = tpl.add_partition_offset(t, *p, KOffset::End);
+                    for (t, p, o) in positions {
+                        let _ = tpl.add_partition_offset(t, *p, *o);
                     }
                     let _ = watcher.assign(&tpl);
                 };
-                assign(&parts);
+                assign(&positions);
                 let mut known = parts;
                 let mut last_refresh = Instant::now();
                 let mut last_tick = Instant::now();
+                let mut reachable = true;
                 while !stop2.load(Ordering::SeqCst) {
                     match watcher.poll(Duration::from_millis(100)) {
                         Some(Ok(_)) => notifier.notify(),
                         Some(Err(KafkaError::MessageConsumption(
                             RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
                         ))) => {
-                            assign(&known);
+                            assign(&parked_positions(&watcher, &known, timeout, &[]));
                             notifier.notify();
                         }
                         _ => {}
@@ -1055,14 +1064,25 @@ impl Source for KafkaSource {
                         notifier.notify();
                     }
                     if last_refresh.elapsed() > Duration::from_secs(2) {
-                        // new partitions or topics: watch them too, and wake the query
                         last_refresh = Instant::now();
                         let now = partitions_for(&watcher, &sub, timeout);
-                        if !now.is_empty() && now != known {
-                            assign(&now);
+                        if now.is_empty() {
+                            reachable = false;
+                            continue;
+                        }
+                        if now != known {
+                            // new partitions or topics: watch them from their beginning (the
+                            // query reads them from there too), and wake the query
+                            let new: Vec<(String, i32)> =
+                                now.iter().filter(|x| !known.contains(x)).cloned().collect();
+                            assign(&parked_positions(&watcher, &now, timeout, &new));
                             known = now;
                             notifier.notify();
+                        } else if !reachable {
+                            // back after an outage: whatever arrived meanwhile is looked at
+                            notifier.notify();
                         }
+                        reachable = true;
                     }
                 }
             })
@@ -1077,6 +1097,30 @@ impl Source for KafkaSource {
     fn backlog(&self) -> Option<u64> {
         self.backlog
     }
+}
+
+/// Where the watcher parks on each partition: its current end, by offset (`from_start`
+/// partitions: their beginning); the symbolic end when the broker cannot say.
+fn parked_positions(
+    c: &BaseConsumer,
+    parts: &[(String, i32)],
+    timeout: Duration,
+    from_start: &[(String, i32)],
+) -> Vec<(String, i32, KOffset)> {
+    parts
+        .iter()
+        .map(|(t, p)| {
+            let o = if from_start.iter().any(|(ft, fp)| ft == t && fp == p) {
+                KOffset::Beginning
+            } else {
+                match c.fetch_watermarks(t, *p, timeout) {
+                    Ok((_, high)) => KOffset::Offset(high),
+                    Err(_) => KOffset::End,
+                }
+            };
+            (t.clone(), *p, o)
+        })
+        .collect()
 }
 
 fn partitions_for(c: &BaseConsumer, sub: &Subscription, timeout: Duration) -> Vec<(String, i32)> {
