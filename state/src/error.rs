@@ -33,7 +33,7 @@ pub enum StateError {
         reason: String,
     },
     /// A checkpoint file was written by something else or by an unknown format version.
-    #[error("checkpoint file {path} has format {found:?}, expected {expected:?}: this directory was not written by this version of Sluice (or not by Sluice at all); use another checkpoint location or move this one away")]
+    #[error("checkpoint file {path} has format {found:?}, expected {expected:?}: it was not written by this version of Sluice (or not by Sluice at all); if this is the query's checkpoint, run it with the Sluice version that wrote it (a new checkpoint location would give the query a new id, and its exactly-once sinks would not recognise its batches)")]
     Foreign {
         /// The file.
         path: PathBuf,
@@ -48,6 +48,14 @@ pub enum StateError {
         /// The checkpoint directory.
         dir: PathBuf,
         /// What does not fit.
+        reason: String,
+    },
+    /// An invariant of Sluice's was broken (e.g. RocksDB refused an argument Sluice passed).
+    #[error("internal error (a bug in Sluice) in {dir}: {reason}")]
+    Bug {
+        /// The directory involved.
+        dir: PathBuf,
+        /// What went wrong.
         reason: String,
     },
     /// An entry that must not exist twice was written again with other content.
@@ -65,7 +73,7 @@ impl StateError {
             StateError::Io { .. } => ErrorKind::External,
             StateError::Corrupt { .. } | StateError::Foreign { .. } => ErrorKind::User,
             StateError::Inconsistent { .. } => ErrorKind::User,
-            StateError::Conflict { .. } => ErrorKind::Bug,
+            StateError::Conflict { .. } | StateError::Bug { .. } => ErrorKind::Bug,
         }
     }
 

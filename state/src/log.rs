@@ -131,6 +131,12 @@ impl<T: Serialize + DeserializeOwned> VersionedLog<T> {
 
 /// Parses one entry: version line, then JSON.
 pub fn parse_entry<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
+    if bytes.is_empty() {
+        return Err(StateError::Corrupt {
+            path: path.to_path_buf(),
+            reason: truncated_reason(path, bytes.len()),
+        });
+    }
     let text = std::str::from_utf8(bytes).map_err(|_| StateError::Corrupt {
         path: path.to_path_buf(),
         reason: "not UTF-8 text".into(),
@@ -145,8 +151,39 @@ pub fn parse_entry<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> 
     }
     serde_json::from_str(rest).map_err(|e| StateError::Corrupt {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: if e.is_eof() {
+            truncated_reason(path, bytes.len())
+        } else {
+            e.to_string()
+        },
     })
+}
+
+/// What to say about a log entry cut short (a crash of the machine or file system while it was
+/// written): which entry it is and how to recover, without a new checkpoint location (that
+/// would give the query a new id, and its exactly-once sinks would not recognise its batches).
+fn truncated_reason(path: &Path, len: usize) -> String {
+    let entry = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let log = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let how = match log.as_str() {
+        "offsets" => format!(
+            "batch {entry} was planned but never committed; remove this file and start again: \
+             the batch is planned anew (its sink has not committed it)"
+        ),
+        "commits" => format!(
+            "batch {entry} reached its sink; remove this file and start again: the batch runs \
+             again and its exactly-once sink skips it"
+        ),
+        _ => "remove this entry if it is the last of its log, and start again".to_string(),
+    };
+    format!("the file is truncated ({len} bytes): {how}. Keep the checkpoint location: a new one gives the query a new id")
 }
 
 #[cfg(test)]
@@ -167,6 +204,33 @@ mod tests {
         assert_eq!(log.latest().expect("latest"), Some((10, vec![2])));
         log.purge_before(3).expect("purge");
         assert_eq!(log.ids().expect("ids"), vec![10]);
+    }
+
+    #[test]
+    fn a_truncated_entry_says_which_batch_and_how_to_recover() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let offsets = dir.path().join("offsets");
+        std::fs::create_dir_all(&offsets).expect("dir");
+        // (file content, what the message says)
+        let table: [(&[u8], &str); 3] = [
+            (b"", "truncated (0 bytes)"),
+            (b"v1\n{\"batchId\": 10, \"sour", "truncated (24 bytes)"),
+            (
+                b"v1\n{\"batchId\": 10, \"sour",
+                "batch 10 was planned but never committed; remove this file",
+            ),
+        ];
+        for (bytes, needle) in table {
+            let p = offsets.join("10");
+            let e = parse_entry::<serde_json::Value>(&p, bytes).expect_err("truncated");
+            let msg = e.to_string();
+            assert!(msg.contains(needle), "{msg}");
+            assert!(!msg.contains("use another checkpoint location"), "{msg}");
+            assert_eq!(e.kind(), crate::ErrorKind::User);
+        }
+        let e = parse_entry::<serde_json::Value>(&dir.path().join("commits").join("7"), b"")
+            .expect_err("truncated");
+        assert!(e.to_string().contains("batch 7 reached its sink"), "{e}");
     }
 
     #[test]

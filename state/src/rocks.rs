@@ -23,7 +23,7 @@ use std::time::Instant;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 use crate::store::{CommitStats, ScanFn, StateChanges, StateStore, StateStoreProvider};
-use crate::{Result, StateError};
+use crate::{ErrorKind, Result, StateError};
 
 const META_CF: &str = "sluice_meta";
 const DATA_CF: &str = "default";
@@ -225,10 +225,39 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| StateError::io(path, e))
 }
 
+/// A RocksDB error, classified by its cause: a corrupt or missing database needs the user
+/// (restore the state, or a new checkpoint location), never a retry; an invalid argument is a
+/// bug of Sluice's; I/O, busy and timed-out errors are external and may pass.
 fn rocks_err(dir: &Path, e: rocksdb::Error) -> StateError {
-    StateError::Io {
-        path: dir.to_path_buf(),
-        source: std::io::Error::other(e.into_string()),
+    match rocks_kind(e.kind()) {
+        ErrorKind::User => StateError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "RocksDB: {}; restore the state directory from a copy, or remove it to \
+                 rebuild it from the snapshots and logs (sluice checkpoint inspect shows them)",
+                e.into_string()
+            ),
+        },
+        ErrorKind::Bug => StateError::Bug {
+            dir: dir.to_path_buf(),
+            reason: format!("RocksDB: {}", e.into_string()),
+        },
+        ErrorKind::External => StateError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(e.into_string()),
+        },
+    }
+}
+
+/// Who must act on a RocksDB error of this kind. Pure; table-tested.
+fn rocks_kind(kind: rocksdb::ErrorKind) -> ErrorKind {
+    use rocksdb::ErrorKind as K;
+    match kind {
+        K::Corruption | K::NotFound => ErrorKind::User,
+        K::InvalidArgument | K::NotSupported | K::MergeInProgress | K::ColumnFamilyDropped => {
+            ErrorKind::Bug
+        }
+        _ => ErrorKind::External,
     }
 }
 
@@ -812,6 +841,27 @@ impl StateStore for RocksStateStore {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn rocksdb_errors_by_cause() {
+        use rocksdb::ErrorKind as K;
+        // (RocksDB's kind, who must act)
+        let table = [
+            (K::Corruption, ErrorKind::User),
+            (K::NotFound, ErrorKind::User),
+            (K::IOError, ErrorKind::External),
+            (K::Busy, ErrorKind::External),
+            (K::TimedOut, ErrorKind::External),
+            (K::TryAgain, ErrorKind::External),
+            (K::InvalidArgument, ErrorKind::Bug),
+            (K::NotSupported, ErrorKind::Bug),
+        ];
+        for (k, want) in table {
+            let name = format!("{k:?}");
+            assert_eq!(super::rocks_kind(k), want, "{name}");
+        }
+    }
+
     use super::*;
 
     fn put(s: &mut RocksStateStore, batch: u64, key: &str) {
