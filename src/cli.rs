@@ -40,7 +40,7 @@ pub fn validate(path: &Path) -> Result<String> {
         let df = session.sql(&q.sql)?;
         let _ = writeln!(
             out,
-            "query {name} ({}): {} mode into {}, trigger {}\n{}",
+            "query {name} ({}): {} mode into {}, trigger {}\n  guarantee: {} ({})\n{}",
             match &c.id {
                 Some(id) => format!("id {id}, checkpoint {}", c.checkpoint.display()),
                 None => format!(
@@ -51,6 +51,8 @@ pub fn validate(path: &Path) -> Result<String> {
             q.output_mode.as_deref().unwrap_or("append"),
             q.sink.format,
             q.trigger.as_deref().unwrap_or("as soon as data arrives"),
+            c.guarantee.0,
+            c.guarantee.1,
             df.logical_plan().display_indent()
         );
     }

@@ -41,8 +41,8 @@ pub use datafusion;
 pub use sluice_connectors as connectors;
 pub use sluice_engine::{
     functions, ConnectorRegistry, DataFrame, DataStreamReader, DataStreamWriter, EngineError,
-    ErrorKind, OutputMode, PreparedQuery, QueryError, QueryProgress, QueryStatus, Result,
-    RetryPolicy, StreamingQuery, StreamingQueryListener, Trigger,
+    ErrorKind, Guarantee, OutputMode, PreparedQuery, QueryError, QueryProgress, QueryStatus,
+    Result, RetryPolicy, StreamingQuery, StreamingQueryListener, Trigger,
 };
 pub use sluice_engine::{Session as EngineSession, SessionBuilder as EngineSessionBuilder};
 

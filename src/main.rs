@@ -82,6 +82,10 @@ enum Command {
         /// 5 min) and a query failing on a user error stops alone, while the others go on.
         #[arg(long)]
         fail_fast: bool,
+        /// On SIGTERM/SIGINT, how long the batches in flight may take to finish before the
+        /// daemon exits without them (they run again on restart).
+        #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+        stop_timeout: f64,
     },
     /// Parses a pipeline file, registers its sources and plans every query without running
     /// anything; prints the plans. Exit status 2 with a message naming the problem.
@@ -210,7 +214,12 @@ fn main() -> ExitCode {
             auth_token,
             insecure,
             fail_fast,
+            stop_timeout,
         } => {
+            let Ok(stop_timeout) = std::time::Duration::try_from_secs_f64(stop_timeout) else {
+                eprintln!("error: --stop-timeout {stop_timeout}: not a number of seconds");
+                return ExitCode::from(2);
+            };
             if let Some(addr) = &http {
                 if let Err(e) = sluice::http::check_bind(addr, auth_token.as_deref(), insecure) {
                     eprintln!("error: {e}");
@@ -223,6 +232,7 @@ fn main() -> ExitCode {
                 available_now,
                 http.map(|a| (a, auth_token)),
                 fail_fast,
+                stop_timeout,
             )
         }
         Command::Validate { pipeline } => report(sluice::cli::validate(&pipeline)),
@@ -249,6 +259,7 @@ fn run(
     available_now: bool,
     http: Option<(std::net::SocketAddr, Option<String>)>,
     fail_fast: bool,
+    stop_timeout: std::time::Duration,
 ) -> ExitCode {
     let (pipeline, base) = match Pipeline::load(&path) {
         Ok(p) => p,
@@ -276,7 +287,9 @@ fn run(
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            // a checkpoint that cannot be used fails the query (1), as it would at run time;
+            // 2 is for the pipeline file and the command line
+            return ExitCode::from(if e.is_checkpoint() { 1 } else { 2 });
         }
     };
     spawn_signal_thread(tx.clone());
@@ -340,18 +353,32 @@ fn run(
     while running > 0 {
         match rx.recv() {
             Ok(Event::Signal(sig)) => {
-                tracing::info!("{sig}: finishing the batches in flight, then stopping");
-                for r in &queries {
-                    r.query.stop();
-                }
-                tracing::info!("every query stopped; exiting");
+                tracing::info!(
+                    "{sig}: finishing the batches in flight (for at most {}s), then stopping",
+                    stop_timeout.as_secs_f64()
+                );
+                let abandoned = stop_all(&queries, stop_timeout);
                 let failed =
                     failed_for_good || queries.iter().any(|r| r.query.exception().is_some());
-                return if failed {
-                    ExitCode::from(1)
-                } else {
-                    ExitCode::SUCCESS
-                };
+                let code = i32::from(failed);
+                if abandoned.is_empty() {
+                    tracing::info!("every query stopped; exiting");
+                    return ExitCode::from(code as u8);
+                }
+                tracing::warn!(
+                    "{} did not finish the batch in flight within {}s (a sink or source that \
+                     does not answer); exiting without it: that batch runs again on restart \
+                     and its exactly-once sink keeps it once",
+                    abandoned
+                        .iter()
+                        .map(|n| format!("query '{n}'"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    stop_timeout.as_secs_f64()
+                );
+                // the abandoned query threads are still inside their sink: end the process
+                // under them, as a crash would (recovery re-runs the batch)
+                std::process::exit(code)
             }
             Ok(Event::Terminated(id, error)) => {
                 let Some(idx) = queries.iter().position(|r| r.query.id() == id) else {
@@ -448,6 +475,23 @@ fn run(
     }
 }
 
+/// Asks every query to stop, then waits for them until `timeout` has passed in all; the names
+/// of those still running then (blocked in a sink or source that does not answer).
+fn stop_all(queries: &[Running], timeout: std::time::Duration) -> Vec<String> {
+    for r in queries {
+        r.query.request_stop();
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    queries
+        .iter()
+        .filter(|r| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            matches!(r.query.await_termination_timeout(left), Ok(false))
+        })
+        .map(|r| r.name.clone())
+        .collect()
+}
+
 fn spawn_signal_thread(tx: mpsc::Sender<Event>) {
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread()
@@ -486,7 +530,8 @@ fn report(r: sluice::Result<String>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            // one code per class: a checkpoint that cannot be read is 1, as for `sluice run`
+            ExitCode::from(if e.is_checkpoint() { 1 } else { 2 })
         }
     }
 }

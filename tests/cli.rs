@@ -45,6 +45,12 @@ fn validate_prints_the_plan_and_names_what_is_wrong() {
     assert!(out.contains("query sliding"), "{out}");
     assert!(out.contains("Aggregate:"), "the plan is printed: {out}");
     assert!(out.contains("EventTimeWatermark"), "{out}");
+    assert!(
+        out.contains(
+            "guarantee: exactly-once (replayable sources (json) and an idempotent csv sink)"
+        ),
+        "{out}"
+    );
 
     // a missing file
     let o = sluice(&["validate", w.path().join("nope.toml").to_str().expect("p")]);
@@ -157,11 +163,11 @@ fn checkpoint_inspect_and_state_on_good_and_broken_checkpoints() {
         "{out}"
     );
 
-    // a corrupt offsets entry: the error names the file
+    // a corrupt offsets entry: the error names the file (exit 1: the checkpoint, as for run)
     let bad = chk.join("offsets").join(last.to_string());
     fs::write(&bad, "v1\n{not json").expect("corrupt");
     let o = sluice(&["checkpoint", "inspect", chk_s]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     assert!(
         text(&o).1.contains(bad.to_str().expect("p")),
         "{}",
@@ -315,6 +321,17 @@ fn foreach_batch_in_a_pipeline_file_says_it_needs_a_program() {
         !err.contains("available: ") || !err.contains(", foreach_batch"),
         "foreach_batch is not offered as a format: {err}"
     );
+    // a console sink: at-least-once, and validate says why
+    let (_w2, p2) = pipeline_file(&format!(
+        "{SOURCE}[query.q]\nsql = \"SELECT a FROM events\"\nsink = {{ format = \"console\" }}\n"
+    ));
+    let o = sluice(&["validate", p2.to_str().expect("p")]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        out.contains("guarantee: at-least-once (the console sink writes a re-run batch again)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -395,6 +412,11 @@ fn logs_on_a_redirected_stderr_have_no_colours_and_say_when_the_daemon_exits() {
         err.contains("query 'sliding' stopped; no query left running"),
         "{err}"
     );
+    // the run's first line for the query says its guarantee
+    assert!(
+        err.contains("starting query sliding: exactly-once"),
+        "{err}"
+    );
     assert!(err.contains("every query is done; exiting"), "{err}");
 }
 
@@ -469,4 +491,53 @@ fn run_help_lists_every_source_and_sink_format() {
         );
     }
     assert!(out.contains("foreach_batch is a function"), "{out}");
+}
+
+/// A checkpoint file cut to 0 bytes (a crash of the file system), in whichever log: the run
+/// fails with exit 1 (one class, one code), says the file is truncated and how to recover —
+/// and following that advice recovers the query.
+#[test]
+fn a_truncated_checkpoint_file_exits_1_saying_how_to_recover() {
+    let (w, p) = stage();
+    let o = run_pipeline(&p, &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let chk = w.path().join("chk/sliding");
+    let last_of = |dir: &str| -> std::path::PathBuf {
+        let d = chk.join(dir);
+        let mut ids: Vec<u64> = fs::read_dir(&d)
+            .expect("log")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        ids.sort();
+        d.join(ids.last().expect("an entry").to_string())
+    };
+    for (log, needle) in [
+        (
+            "offsets",
+            "was planned but never committed; remove this file",
+        ),
+        ("commits", "reached its sink; remove this file"),
+        ("sources/0", "truncated"),
+    ] {
+        let f = last_of(log);
+        let saved = fs::read(&f).expect("entry");
+        fs::write(&f, b"").expect("truncate");
+        let o = run_pipeline(&p, &[]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{log}: {err}");
+        assert!(err.contains("is truncated (0 bytes)"), "{log}: {err}");
+        assert!(err.contains(needle), "{log}: {err}");
+        assert!(
+            err.contains(f.to_str().expect("p")),
+            "names the file: {err}"
+        );
+        assert!(!err.contains("use another checkpoint location"), "{err}");
+        fs::write(&f, saved).expect("restore");
+    }
+    // the advice for the last commit entry: remove it, and the query goes on
+    let f = last_of("commits");
+    fs::write(&f, b"").expect("truncate");
+    fs::remove_file(&f).expect("remove as told");
+    let o = run_pipeline(&p, &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
 }

@@ -636,6 +636,87 @@ fn sink_modes_partitioning_schema_checks_and_history() {
     );
 }
 
+/// The seed's query — a `window` struct among the grouping keys — into Delta in update mode:
+/// MERGE matches on the struct's fields, and a NULL group key is one row updated in place, as
+/// in Spark's result. Read back by the independent reader.
+#[test]
+fn update_mode_merges_on_a_window_struct_and_a_null_key() {
+    let w = workdir();
+    let input = w.path().join("in");
+    put_file(
+        &input,
+        "1.json",
+        &(ev("00:00:00", "click", 1, 1.0) + &ev("00:10:00", "view", 2, 1.0)),
+        0,
+    );
+    let no_action =
+        |t: &str| format!("{{\"event_time\":\"2025-01-01T{t}Z\",\"user_id\":9,\"value\":1.0}}\n");
+    put_file(
+        &input,
+        "2.json",
+        &(ev("00:20:00", "click", 1, 1.0) + &no_action("00:30:00")),
+        1,
+    );
+    put_file(
+        &input,
+        "3.json",
+        &(no_action("00:40:00") + &ev("01:05:00", "click", 3, 1.0)),
+        2,
+    );
+    let s = session();
+    json_stream(&s, &input)
+        .create_or_replace_temp_view("events")
+        .expect("view");
+    let table = w.path().join("counts");
+    run_to_end(
+        s.sql("SELECT action, window, count(*) AS n FROM events GROUP BY action, window(event_time, '1 hour')")
+            .expect("sql")
+            .write_stream()
+            .format("delta")
+            .option("path", table.to_str().expect("p"))
+            .output_mode(OutputMode::Update)
+            .checkpoint_location(w.path().join("chk"))
+            .trigger(Trigger::AvailableNow)
+            .start()
+            .expect("start"),
+    );
+    let ops: Vec<String> = log(&table).into_iter().map(|(_, op, _)| op).collect();
+    assert_eq!(ops, ["CREATE TABLE", "MERGE", "MERGE", "MERGE"]);
+    let script = r#"
+import os, sys
+from deltalake import DeltaTable
+for r in DeltaTable(sys.argv[1]).to_pyarrow_table().to_pylist():
+    w = r['window']
+    print(f"{w['start'].strftime('%H:%M')}-{w['end'].strftime('%H:%M')}|{r['action']}|{r['n']}")
+sys.stdout.flush()
+os._exit(0)
+"#;
+    let o = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(&table)
+        .output()
+        .unwrap_or_else(|e| panic!("run {} (scripts/test installs it): {e}", python()));
+    assert!(
+        o.status.success(),
+        "python deltalake: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut got: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "00:00-01:00|None|2",
+            "00:00-01:00|click|2",
+            "00:00-01:00|view|1",
+            "01:00-02:00|click|1",
+        ]
+    );
+}
+
 #[test]
 fn source_reads_new_commits_with_limits_and_starting_version_and_refuses_rewrites() {
     let w = workdir();
@@ -715,9 +796,15 @@ fn source_reads_new_commits_with_limits_and_starting_version_and_refuses_rewrite
             .expect("start"),
     );
     assert_eq!(rows(&other, &[]).len(), 4, "a stream copy of the table");
+    let first_user;
     {
         use sluice::connectors::deltalake;
         let first = read_table(other.to_str().expect("p")).expect("read")[0].slice(0, 1);
+        first_user = first
+            .column_by_name("user_id")
+            .expect("user_id")
+            .as_primitive::<Int64Type>()
+            .value(0);
         let rt = tokio::runtime::Runtime::new().expect("rt");
         rt.block_on(async {
             let url = deltalake::ensure_table_uri(other.to_str().expect("p")).expect("url");
@@ -752,6 +839,16 @@ fn source_reads_new_commits_with_limits_and_starting_version_and_refuses_rewrite
     assert!(err.to_string().contains("skipChangeCommits"), "{err}");
     read_other(&[("skipChangeCommits", "true")], "skipping").expect("skips the rewrite");
     assert_eq!(users("skipping"), [0, 1, 2, 3]);
+    // ignoreChanges (Spark's meaning): the rewrite's added file is read again
+    read_other(&[("ignoreChanges", "true")], "changes").expect("reads the rewrite");
+    let mut again = users("changes");
+    again.sort();
+    let mut want = vec![0, 1, 2, 3, first_user];
+    want.sort();
+    assert_eq!(
+        again, want,
+        "the four appends, then the rewritten table's one row"
+    );
 }
 
 /// The medallion pipeline at the daemon's default log level: Sluice's own lines (batches, the

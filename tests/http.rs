@@ -161,6 +161,7 @@ fn status_api_metrics_and_stop() {
     );
     assert!(q["lastProgress"]["numInputRows"].is_u64(), "{q}");
     assert!(q["exception"].is_null());
+    assert_eq!(q["guarantee"], "at-least-once", "a console sink: {q}");
 
     let (code, body) = http(port, "GET", "/api/queries/counts/progress?limit=1", None);
     assert_eq!(code, 200);
@@ -173,6 +174,15 @@ fn status_api_metrics_and_stop() {
         400
     );
 
+    // the watermark is set by the batch after the first (Spark's no-data batch): until then
+    // there is no watermark to lag behind
+    wait_until("a watermark", Duration::from_secs(30), || {
+        metric(
+            &http(port, "GET", "/metrics", None).1,
+            "sluice_watermark_lag_seconds",
+        )
+        .is_some()
+    });
     let (code, m1) = http(port, "GET", "/metrics", None);
     assert_eq!(code, 200);
     for name in [

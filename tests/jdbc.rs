@@ -10,6 +10,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::db::{Maria, Pg, PrivatePg};
@@ -189,7 +192,8 @@ fn postgres_seed_pipeline_update_mode_killed_at_random_points_equals_uninterrupt
     let pk = pg.query(
         &db_clean,
         "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
-         AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'counts'::regclass AND i.indisprimary ORDER BY 1",
+         AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'counts'::regclass AND i.indisunique \
+         AND i.indnullsnotdistinct ORDER BY 1",
     );
     assert_eq!(pk, ["action", "window_end", "window_start"]);
     // the marker row names the last batch
@@ -229,7 +233,8 @@ fn mariadb_seed_pipeline_update_mode_killed_at_random_points_equals_uninterrupte
     ));
     let uninterrupted = sorted(m.query(&db_clean, select));
     assert_eq!(uninterrupted, expected);
-    // string keys are VARCHAR (TEXT cannot be a key on MariaDB)
+    // string keys are VARCHAR; the upsert key is a generated hash of the group key, unique and
+    // NULL-safe (a NULL group key is a row of its own, as in Spark)
     assert_eq!(
         m.query(
             &db_clean,
@@ -237,10 +242,11 @@ fn mariadb_seed_pipeline_update_mode_killed_at_random_points_equals_uninterrupte
              WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'counts' ORDER BY ORDINAL_POSITION"
         ),
         [
-            "window_start:datetime(6):PRI",
-            "window_end:datetime(6):PRI",
-            "action:varchar(255):PRI",
-            "count:bigint(20):"
+            "window_start:datetime(6):",
+            "window_end:datetime(6):",
+            "action:varchar(255):",
+            "count:bigint(20):",
+            "_sluice_key:binary(32):UNI"
         ]
     );
 
@@ -741,4 +747,164 @@ fn spark_options_column_types_table_options_isolation_truncate_and_explicit_keys
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("batchsise"));
+}
+
+/// Spark allows a null group key; so does the table Sluice creates: two batches with events
+/// that have no action upsert one row with a NULL key (PostgreSQL: UNIQUE NULLS NOT DISTINCT;
+/// MariaDB: a generated key column), on both databases, across a restart.
+#[test]
+fn a_null_group_key_is_a_row_of_its_own_in_update_mode() {
+    let pg = Pg::shared();
+    let m = Maria::shared();
+    let pg_db = pg.new_db("nullkey");
+    let my_db = m.new_db("nullkey");
+    for (url, is_pg) in [(pg.jdbc_url(&pg_db), true), (m.jdbc_url(&my_db), false)] {
+        let w = workdir();
+        let ev = |action: Option<&str>| {
+            format!(
+                "{{\"event_time\":\"2025-01-01T00:00:00Z\"{},\"user_id\":1,\"value\":1.0,\"country\":\"DE\"}}\n",
+                action.map(|a| format!(",\"action\":\"{a}\"")).unwrap_or_default()
+            )
+        };
+        put_file(
+            &w.path().join("in"),
+            "0.json",
+            &(ev(None) + &ev(Some("click"))),
+            0,
+        );
+        let p = pipeline(
+            w.path(),
+            "SELECT action, count(*) AS n FROM events GROUP BY action",
+            "update",
+            &url,
+            "counts",
+        );
+        run_ok(&p);
+        put_file(&w.path().join("in"), "1.json", &(ev(None) + &ev(None)), 1);
+        run_ok(&p);
+        let sql = "SELECT COALESCE(action, '<null>'), n FROM counts ORDER BY 1";
+        let rows = if is_pg {
+            pg.query(&pg_db, sql)
+        } else {
+            m.query(&my_db, sql)
+        };
+        let rows: Vec<String> = rows.iter().map(|r| r.replace('\t', "|")).collect();
+        assert_eq!(rows, ["<null>|3", "click|1"], "{url}");
+    }
+}
+
+/// A row the database refuses (a NOT NULL column, a value too long) fails the batch with an
+/// error naming the batch and the row, and the query stops on the user's error.
+#[test]
+fn a_row_the_database_rejects_is_named_with_its_batch() {
+    let pg = Pg::shared();
+    let m = Maria::shared();
+    let pg_db = pg.new_db("rejects");
+    let my_db = m.new_db("rejects");
+    pg.query(
+        &pg_db,
+        "CREATE TABLE refused (action TEXT NOT NULL, n BIGINT)",
+    );
+    m.query(&my_db, "CREATE TABLE refused (action VARCHAR(5), n BIGINT)");
+    let cases = [
+        (
+            pg.jdbc_url(&pg_db),
+            "line 2",
+            "null value in column \"action\"",
+        ),
+        (m.jdbc_url(&my_db), "rows 1..=3 of the batch", "at row 2"),
+    ];
+    for (url, row, why) in cases {
+        let w = workdir();
+        let ev = |action: Option<&str>| {
+            format!(
+                "{{\"event_time\":\"2025-01-01T00:00:00Z\"{},\"user_id\":1,\"value\":1.0}}\n",
+                action
+                    .map(|a| format!(",\"action\":\"{a}\""))
+                    .unwrap_or_default()
+            )
+        };
+        let second = if url.contains("postgresql") {
+            ev(None)
+        } else {
+            ev(Some("much-too-long"))
+        };
+        put_file(
+            &w.path().join("in"),
+            "0.json",
+            &(ev(Some("a")) + &second + &ev(Some("c"))),
+            0,
+        );
+        let p = pipeline(
+            w.path(),
+            "SELECT action, user_id AS n FROM events",
+            "append",
+            &url,
+            "refused",
+        );
+        let o = run_pipeline(&p, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("batch 0"), "names the batch: {err}");
+        assert!(err.contains(row), "names the row ({row}): {err}");
+        assert!(err.contains(why), "{err}");
+    }
+}
+
+/// SIGTERM while the sink hangs (a database that accepts the connection and never answers,
+/// with a connection timeout of 5 minutes): the daemon exits within --stop-timeout, says that
+/// the batch in flight runs again on restart, and commits nothing.
+#[test]
+fn sigterm_while_the_sink_hangs_exits_within_the_stop_timeout() {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = hole.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        let mut keep = Vec::new();
+        for c in hole.incoming().flatten() {
+            keep.push(c);
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let w = workdir();
+    stage_events(w.path());
+    let url = format!("jdbc:postgresql://127.0.0.1:{port}/db?user=u&password=p");
+    let p = pipeline_with(
+        w.path(),
+        APPEND_SQL,
+        "append",
+        &url,
+        "out",
+        ", connectTimeout = \"300 seconds\"",
+    );
+    let mut child = Command::new(sluice_bin())
+        .arg("run")
+        .arg(&p)
+        .args(["--stop-timeout", "1"])
+        .env("SLUICE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_until("the sink to connect", Duration::from_secs(60), || {
+        accepted.load(Ordering::SeqCst) > 0
+    });
+    signal(&child, "TERM");
+    // the sink alone would hold the daemon for 300 s
+    wait_until("the daemon to exit", Duration::from_secs(60), || {
+        child.try_wait().expect("wait").is_some()
+    });
+    let o = child.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("query 'q' did not finish the batch in flight within 1s"),
+        "{err}"
+    );
+    assert!(err.contains("that batch runs again on restart"), "{err}");
+    assert!(
+        !w.path().join("chk/commits/0").exists(),
+        "nothing committed"
+    );
 }

@@ -353,6 +353,49 @@ fn exactly_once_sink_killed_inside_open_transactions_delivers_each_row_once() {
     assert_eq!(batches, ["0", "1", "2", "3", "4"]);
 }
 
+/// A commit topic named by the user that does not exist yet is created by the exactly-once
+/// sink (not retried until it gives up); a subscribed topic that does not exist is named by
+/// `sluice validate`.
+#[test]
+fn a_missing_commit_topic_is_created_and_validate_names_a_missing_source_topic() {
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    broker.create_topic("in", 2);
+    broker.create_topic("out", 1);
+    produce_copy_input(&bs);
+    let w = workdir();
+    let p = copy_pipeline(w.path(), &bs);
+    let text = fs::read_to_string(&p).expect("pipeline").replace(
+        "topic = \"out\"",
+        "topic = \"out\", commitTopic = \"team_commits\"",
+    );
+    fs::write(&p, text).expect("write");
+    let o = run_pipeline(&p, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read_all(&bs, "out", 1, "read_committed").len(), 1000);
+    let markers: Vec<String> = read_all(&bs, "team_commits", 1, "read_committed")
+        .iter()
+        .map(|m| m.3.clone().expect("v"))
+        .collect();
+    assert_eq!(markers, ["0", "1", "2", "3", "4"]);
+
+    let text = fs::read_to_string(&p)
+        .expect("pipeline")
+        .replace("subscribe = \"in\"", "subscribe = \"inn\"");
+    fs::write(&p, text).expect("write");
+    let o = std::process::Command::new(sluice_bin())
+        .arg("validate")
+        .arg(&p)
+        .output()
+        .expect("validate");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("topic(s) inn do not exist on the brokers"),
+        "{err}"
+    );
+}
+
 fn produce_copy_input(bs: &str) {
     let recs: Vec<_> = (0..1000i64)
         .map(|i| {
@@ -822,6 +865,17 @@ sink = {{ format = "csv", path = "{}" }}
     assert_eq!(
         lines(),
         ["g0,grow,0,0", "g1,grow,0,2", "g2,grow,1,0", "n0,grown,0,0"]
+    );
+    // where each partition that appeared while running started is in the checkpoint, so a
+    // re-run of the batch that first read it reads the same range
+    let starts: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(w.path().join("chk-grow/sources/0/partition-starts.json"))
+            .expect("partition-starts.json"),
+    )
+    .expect("json");
+    assert_eq!(
+        starts,
+        serde_json::json!({"grow": {"1": 0}, "grown": {"0": 0}})
     );
 
     // assign: only the listed partitions

@@ -68,6 +68,21 @@ fn a_processing_time_interval_spaces_the_batches() {
     q.stop();
     let p = q.recent_progress();
     assert_eq!(p.len(), 4, "one file per batch");
+    // Spark's rates: input rows over the time since the previous trigger started (none before
+    // batch 0), processed rows over the batch's own duration
+    assert_eq!(p[0].input_rows_per_second, 0.0);
+    for b in &p[1..] {
+        assert!(
+            b.input_rows_per_second <= 1000.0 / 695.0,
+            "one row per >= 0.7 s: {}",
+            b.json()
+        );
+        assert!(
+            b.input_rows_per_second < b.processed_rows_per_second,
+            "{}",
+            b.json()
+        );
+    }
     for pair in p.windows(2) {
         // batch timestamps are wall-clock ms; the interval is kept on the monotonic clock
         let gap = batch_ms(&pair[1]) - batch_ms(&pair[0]);
@@ -381,4 +396,224 @@ fn file_name_only_takes_a_name_seen_in_another_folder_as_seen() {
         "fileNameOnly: b/x.json was seen as a/x.json"
     );
     assert_eq!(run(false, "chk-path"), 1, "by path: b/x.json is new");
+}
+
+/// CPU time (user + system) the process has used, in clock ticks (/proc/PID/stat).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // the fields after the command name (which may hold spaces) in parentheses
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the state field
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// A daemon with nothing to do uses no CPU: its event-driven watchers (a file directory, a
+/// Delta log) wake on events that can mean new data, not on the query's own listing.
+#[cfg(feature = "delta")]
+#[test]
+fn an_idle_daemon_uses_no_cpu() {
+    let w = workdir();
+    put_file(&w.path().join("in"), "0.json", &event(1), 0);
+    let p = w.path().join("p.toml");
+    fs::write(
+        &p,
+        format!(
+            r#"[source.raw]
+format = "json"
+path = "in"
+schema = "{SCHEMA}"
+
+[source.bronze]
+format = "delta"
+path = "bronze"
+schema = "{SCHEMA}"
+
+[query.to_bronze]
+sql = "SELECT * FROM raw"
+checkpoint = "chk/bronze"
+sink = {{ format = "delta", path = "bronze" }}
+
+[query.from_bronze]
+sql = "SELECT user_id FROM bronze"
+checkpoint = "chk/silver"
+sink = {{ format = "csv", path = "silver" }}
+"#
+        ),
+    )
+    .expect("pipeline");
+    let child = spawn_pipeline(&p, &[]);
+    let silver = w.path().join("silver");
+    wait_until(
+        "the row through both stages",
+        Duration::from_secs(60),
+        || {
+            fs::metadata(silver.join("_sluice_metadata")).is_ok()
+                && committed_lines(&silver, false).len() == 1
+        },
+    );
+    // settle, then measure three idle seconds
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks(child.id()) - before;
+    signal(&child, "TERM");
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // clock ticks are 10 ms: 3 idle seconds may cost a few (RocksDB, the HTTP-less runtime),
+    // the busy loop this guards against cost ~200
+    assert!(used <= 5, "{used} ticks of CPU in 3 idle seconds");
+}
+
+/// The body of a GET to the daemon's HTTP endpoint ("" while it does not answer).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// A pipeline file reading `in/` as JSON into a CSV sink, with `extra` source options.
+fn csv_pipeline(dir: &std::path::Path, trigger: &str, extra: &str) -> std::path::PathBuf {
+    let p = dir.join("p.toml");
+    fs::write(
+        &p,
+        format!(
+            r#"[source.events]
+format = "json"
+path = "in"
+schema = "{SCHEMA}"
+options = {{ {extra} }}
+
+[query.copy]
+sql = "SELECT user_id FROM events"
+trigger = "{trigger}"
+checkpoint = "chk"
+sink = {{ format = "csv", path = "out" }}
+"#
+        ),
+    )
+    .expect("pipeline");
+    p
+}
+
+/// A file written in place, slowly (5 lines, a pause, 6 more), while the query waits for
+/// arrivals: it is taken once it is complete (closed after writing), with all its lines.
+#[test]
+fn a_file_written_in_place_slowly_is_read_whole() {
+    use std::io::Write;
+    let w = workdir();
+    fs::create_dir_all(w.path().join("in")).expect("in");
+    let p = csv_pipeline(w.path(), "file-arrival", "");
+    let port = common::db::free_port();
+    let child = std::process::Command::new(sluice_bin())
+        .arg("run")
+        .arg(&p)
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_until(
+        "the query to wait for files",
+        Duration::from_secs(30),
+        || http_get(port, "/api/queries").contains("Waiting for data to arrive"),
+    );
+    {
+        let mut f = fs::File::create(w.path().join("in/slow.json")).expect("create");
+        for i in 0..5 {
+            f.write_all(event(i).as_bytes()).expect("write");
+        }
+        f.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(400));
+        for i in 5..11 {
+            f.write_all(event(i).as_bytes()).expect("write");
+        }
+    } // closed: complete
+    let out = w.path().join("out");
+    wait_until("the file's rows", Duration::from_secs(30), || {
+        fs::metadata(out.join("_sluice_metadata")).is_ok()
+            && !committed_lines(&out, false).is_empty()
+    });
+    // one more file, then stop: the slow file was taken once, whole
+    put_file(&w.path().join("in"), "next.json", &event(99), 100);
+    wait_until("the next file", Duration::from_secs(30), || {
+        committed_lines(&out, false).len() >= 12
+    });
+    signal(&child, "TERM");
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut rows: Vec<i64> = committed_lines(&out, false)
+        .iter()
+        .map(|l| l.parse().expect("user_id"))
+        .collect();
+    rows.sort();
+    let mut want: Vec<i64> = (0..11).collect();
+    want.push(99);
+    assert_eq!(rows, want);
+}
+
+/// A batch re-run after a crash reads exactly the bytes its offsets recorded, even when the
+/// file grew in between (with a warning naming it), on the event-driven watcher.
+#[test]
+fn a_rerun_batch_reads_the_bytes_it_recorded() {
+    let w = workdir();
+    let lines: String = (0..3).map(event).collect();
+    put_file(&w.path().join("in"), "a.json", &lines, 0);
+    let p = csv_pipeline(w.path(), "file-arrival", "");
+    let o = run_pipeline_args(&p, &[], &[("SLUICE_CRASH_AT", "after-offsets@0")]);
+    assert!(killed(&o), "{}", String::from_utf8_lossy(&o.stderr));
+    // the file grows in place after batch 0 recorded it
+    let grown: String = (0..5).map(event).collect();
+    fs::write(w.path().join("in/a.json"), grown).expect("append");
+    let child = spawn_pipeline(&p, &[("SLUICE_LOG", "warn")]);
+    let out = w.path().join("out");
+    wait_until("batch 0 re-run", Duration::from_secs(30), || {
+        fs::metadata(out.join("_sluice_metadata")).is_ok()
+            && !committed_lines(&out, false).is_empty()
+    });
+    signal(&child, "TERM");
+    let o = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(committed_lines(&out, false), ["0", "1", "2"], "{err}");
+    assert!(
+        err.contains("a.json grew after it was taken into a batch"),
+        "{err}"
+    );
+}
+
+/// A file deleted after its batch was planned: the re-run fails naming it and the way out;
+/// with ignoreMissingFiles it is skipped with a warning and the query goes on.
+#[test]
+fn a_file_deleted_after_its_batch_was_planned() {
+    let w = workdir();
+    put_file(&w.path().join("in"), "gone.json", &event(1), 0);
+    let p = csv_pipeline(w.path(), "available-now", "");
+    let o = run_pipeline_args(&p, &[], &[("SLUICE_CRASH_AT", "after-offsets@0")]);
+    assert!(killed(&o));
+    fs::remove_file(w.path().join("in/gone.json")).expect("rm");
+    let o = run_pipeline_args(&p, &[], &[]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("gone.json was deleted after it was taken into a batch"),
+        "{err}"
+    );
+    assert!(err.contains("ignoreMissingFiles=true"), "{err}");
+    let p = csv_pipeline(w.path(), "available-now", "ignoreMissingFiles = true");
+    put_file(&w.path().join("in"), "next.json", &event(2), 1);
+    let o = run_pipeline_args(&p, &[], &[]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("skipped (ignoreMissingFiles)"), "{err}");
+    assert_eq!(committed_lines(&w.path().join("out"), false), ["2"]);
 }

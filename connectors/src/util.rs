@@ -78,3 +78,53 @@ mod tests {
         assert_eq!(v, vec![3, 4, 5]);
     }
 }
+
+/// Whether a file-system event can mean a new file to read: a file created, renamed into
+/// place, or closed after writing (or, from the polling watcher, any change it saw). Opening,
+/// reading or listing a directory is not: the query's own listing opens the directory, and
+/// waking on that made an idle query list it again and again. Pure; table-tested.
+pub fn may_mean_new_file(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+    use notify::EventKind as E;
+    match kind {
+        E::Create(CreateKind::File | CreateKind::Any | CreateKind::Other) => true,
+        E::Create(CreateKind::Folder) => true, // a partition directory (`a=1/`) may hold files
+        E::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both | RenameMode::Any)) => true,
+        E::Modify(ModifyKind::Data(_) | ModifyKind::Any) => true,
+        E::Access(AccessKind::Close(AccessMode::Write)) => true,
+        // the polling watcher reports what it cannot tell apart as Any
+        E::Any => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::may_mean_new_file;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+    use notify::EventKind as E;
+
+    #[test]
+    fn only_events_that_can_mean_a_new_file_wake_the_query() {
+        // (event, wakes)
+        let table = [
+            (E::Create(CreateKind::File), true),
+            (E::Modify(ModifyKind::Name(RenameMode::To)), true),
+            (E::Modify(ModifyKind::Name(RenameMode::Both)), true),
+            (E::Modify(ModifyKind::Name(RenameMode::From)), false),
+            (E::Access(AccessKind::Close(AccessMode::Write)), true),
+            (E::Modify(ModifyKind::Data(DataChange::Any)), true),
+            (E::Access(AccessKind::Open(AccessMode::Any)), false),
+            (E::Access(AccessKind::Read), false),
+            (E::Access(AccessKind::Close(AccessMode::Read)), false),
+            (E::Modify(ModifyKind::Metadata(MetadataKind::Any)), false),
+            (E::Remove(RemoveKind::File), false),
+        ];
+        for (k, want) in table {
+            assert_eq!(may_mean_new_file(&k), want, "{k:?}");
+        }
+    }
+}

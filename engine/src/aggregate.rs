@@ -315,6 +315,7 @@ impl AggregateOp {
             None => (None, vec![0; n]),
             Some(w) => {
                 let ts = event_micros(&w.time.evaluate(&batch)?.into_array(n)?)?;
+                crate::window::check_event_times(&ts)?;
                 let tumbling = w.spec.slide_us == w.spec.size_us;
                 if tumbling && ts.null_count() == 0 {
                     // one window per row: no expansion, no copy

@@ -182,6 +182,13 @@ pub trait SourceFactory: Send + Sync {
     /// checkpoint is known). Errors are user errors naming the option, file or format.
     fn resolve_schema(&self, spec: &SourceSpec) -> Result<SchemaRef>;
 
+    /// Whether reading the same offsets again gives the same rows, so that a batch re-run
+    /// after a crash reads what the first attempt read. A source must claim it; the default
+    /// is no.
+    fn replayable(&self, _spec: &SourceSpec) -> bool {
+        false
+    }
+
     /// Checks that the external system is reachable, for `sluice validate`; never reads data.
     fn check_reachable(&self, _spec: &SourceSpec) -> Result<()> {
         Ok(())
@@ -277,11 +284,6 @@ pub trait Sink: Send {
     /// Writes the rows of batch `batch_id`.
     fn add_batch(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()>;
 
-    /// Whether a re-run batch is written only once.
-    fn exactly_once(&self) -> bool {
-        true
-    }
-
     /// The query stops (cleanly or not); release resources.
     fn close(&mut self) -> Result<()> {
         Ok(())
@@ -295,6 +297,13 @@ pub trait SinkFactory: Send + Sync {
 
     /// Output modes the sink supports.
     fn supported_modes(&self, format: &str) -> Vec<OutputMode>;
+
+    /// Whether writing a batch id the sink already has leaves its output as if the batch were
+    /// written once (and the output is durable): the query is then exactly-once, given
+    /// replayable sources. A sink must claim it; the default is no.
+    fn exactly_once(&self, _spec: &SinkSpec) -> bool {
+        false
+    }
 
     /// Whether the sink needs an explicit checkpoint location (durable sinks do).
     fn requires_checkpoint(&self, _format: &str) -> bool {

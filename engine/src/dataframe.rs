@@ -106,6 +106,17 @@ impl DataFrame {
             .schema()
             .qualified_field_with_unqualified_name(column)
             .map_err(|_| EngineError::user(format!("with_watermark: no column '{column}'")))?;
+        if !matches!(
+            col.1.data_type(),
+            arrow::datatypes::DataType::Timestamp(_, _)
+        ) {
+            // Spark: "Event time must be defined on a window or a timestamp"
+            return Err(EngineError::user(format!(
+                "with_watermark: event time must be defined on a timestamp, but '{column}' is of \
+                 type {}; declare it TIMESTAMP in the schema (or CAST it to one)",
+                col.1.data_type()
+            )));
+        }
         let column = datafusion::common::Column::from(col);
         let plan = crate::watermark::WatermarkNode::plan(plan, column, delay.as_millis() as i64);
         Ok(Self {

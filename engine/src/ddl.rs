@@ -23,6 +23,7 @@ pub fn parse_ddl_schema(ddl: &str) -> Result<Schema> {
         tokens,
         pos: 0,
         src: ddl,
+        depth: 0,
     };
     let mut fields = Vec::new();
     loop {
@@ -123,7 +124,13 @@ struct Parser<'a> {
     tokens: Vec<Tok>,
     pos: usize,
     src: &'a str,
+    /// Nesting of ARRAY / MAP / STRUCT types being parsed.
+    depth: usize,
 }
+
+/// How deeply types may nest (`ARRAY<ARRAY<...>>`): Spark has no fixed limit, but a schema
+/// string is read recursively and must not exhaust the stack.
+const MAX_TYPE_DEPTH: usize = 64;
 
 impl Parser<'_> {
     fn error(&self, msg: &str) -> EngineError {
@@ -183,6 +190,16 @@ impl Parser<'_> {
         Ok(Field::new(name, dt, nullable))
     }
     fn data_type(&mut self) -> Result<DataType> {
+        self.depth += 1;
+        let r = if self.depth > MAX_TYPE_DEPTH {
+            Err(self.error(&format!("types nest deeper than {MAX_TYPE_DEPTH} levels")))
+        } else {
+            self.data_type_inner()
+        };
+        self.depth -= 1;
+        r
+    }
+    fn data_type_inner(&mut self) -> Result<DataType> {
         let word = match self.next() {
             Some(Tok::Word(w)) => w.to_ascii_uppercase(),
             Some(t) => return Err(self.error(&format!("expected a type, found {t}"))),

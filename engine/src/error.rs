@@ -34,26 +34,27 @@ pub enum EngineError {
     /// Arrow failed on data.
     #[error("{0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// An error with where it happened (`query 'q'`); who must act is the inner error's.
+    #[error("{ctx}: {source}")]
+    Context {
+        /// Where.
+        ctx: String,
+        /// What.
+        source: Box<EngineError>,
+    },
 }
 
 impl EngineError {
     /// Who must act on this error.
     pub fn kind(&self) -> ErrorKind {
-        use datafusion::error::DataFusionError as D;
         match self {
             EngineError::User(_) | EngineError::MissingSchema { .. } => ErrorKind::User,
             EngineError::External(_) => ErrorKind::External,
             EngineError::Bug(_) => ErrorKind::Bug,
             EngineError::State(e) => e.kind(),
-            EngineError::DataFusion(e) => match e {
-                D::IoError(_) | D::ObjectStore(_) | D::ResourcesExhausted(_) => ErrorKind::External,
-                D::Internal(_) => ErrorKind::Bug,
-                _ => ErrorKind::User,
-            },
-            EngineError::Arrow(e) => match e {
-                arrow::error::ArrowError::IoError(..) => ErrorKind::External,
-                _ => ErrorKind::User,
-            },
+            EngineError::DataFusion(e) => datafusion_kind(e),
+            EngineError::Arrow(e) => arrow_kind(e),
+            EngineError::Context { source, .. } => source.kind(),
         }
     }
 
@@ -73,20 +74,21 @@ impl EngineError {
     }
 
     /// The same error, its message prefixed with where it happened (`query 'q': ...`); who must
-    /// act does not change.
+    /// act, and what the error is, do not change.
     pub fn context(self, ctx: &str) -> Self {
+        EngineError::Context {
+            ctx: ctx.to_string(),
+            source: Box::new(self),
+        }
+    }
+
+    /// Whether the checkpoint directory or state store is what failed (corrupt, foreign,
+    /// inconsistent, or its disk): the query fails, the pipeline file is not at fault.
+    pub fn is_checkpoint(&self) -> bool {
         match self {
-            EngineError::User(m) => EngineError::User(format!("{ctx}: {m}")),
-            EngineError::External(m) => EngineError::External(format!("{ctx}: {m}")),
-            EngineError::Bug(m) => EngineError::Bug(format!("{ctx}: {m}")),
-            other => {
-                let msg = format!("{ctx}: {other}");
-                match other.kind() {
-                    ErrorKind::User => EngineError::User(msg),
-                    ErrorKind::External => EngineError::External(msg),
-                    ErrorKind::Bug => EngineError::Bug(msg),
-                }
-            }
+            EngineError::State(_) => true,
+            EngineError::Context { source, .. } => source.is_checkpoint(),
+            _ => false,
         }
     }
 
@@ -96,5 +98,113 @@ impl EngineError {
     }
 }
 
+/// Who must act on a DataFusion error, by its cause: I/O and object-store failures (also
+/// wrapped in context, shared, or external errors) are external; internal errors are bugs;
+/// plans, schemas, SQL and data are the user's. Pure; table-tested.
+pub fn datafusion_kind(e: &datafusion::error::DataFusionError) -> ErrorKind {
+    use datafusion::error::DataFusionError as D;
+    match e {
+        D::IoError(_) | D::ObjectStore(_) | D::ResourcesExhausted(_) => ErrorKind::External,
+        D::Internal(_) => ErrorKind::Bug,
+        D::ArrowError(a, _) => arrow_kind(a),
+        D::Context(_, inner) | D::Diagnostic(_, inner) => datafusion_kind(inner),
+        D::Shared(inner) => datafusion_kind(inner),
+        D::External(inner) => external_kind(inner.as_ref()),
+        D::Collection(all) => all.first().map_or(ErrorKind::User, datafusion_kind),
+        _ => ErrorKind::User,
+    }
+}
+
+/// Who must act on an Arrow error: I/O is external, the rest is about data or types.
+pub fn arrow_kind(e: &arrow::error::ArrowError) -> ErrorKind {
+    use arrow::error::ArrowError as A;
+    match e {
+        A::IoError(..) => ErrorKind::External,
+        A::ExternalError(inner) => external_kind(inner.as_ref()),
+        _ => ErrorKind::User,
+    }
+}
+
+fn external_kind(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorKind {
+    if let Some(d) = e.downcast_ref::<datafusion::error::DataFusionError>() {
+        datafusion_kind(d)
+    } else if let Some(a) = e.downcast_ref::<arrow::error::ArrowError>() {
+        arrow_kind(a)
+    } else if let Some(s) = e.downcast_ref::<EngineError>() {
+        s.kind()
+    } else if e.downcast_ref::<std::io::Error>().is_some() {
+        ErrorKind::External
+    } else {
+        ErrorKind::User
+    }
+}
+
 /// Result type of the engine.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::error::DataFusionError as D;
+
+    #[test]
+    fn errors_are_classified_by_cause() {
+        let io = || std::io::Error::other("disk gone");
+        // (error, who must act)
+        let table: Vec<(EngineError, ErrorKind)> = vec![
+            (EngineError::user("bad option"), ErrorKind::User),
+            (EngineError::external("broker down"), ErrorKind::External),
+            (EngineError::bug("invariant"), ErrorKind::Bug),
+            (D::IoError(io()).into(), ErrorKind::External),
+            (D::Plan("no column x".into()).into(), ErrorKind::User),
+            (D::Internal("oops".into()).into(), ErrorKind::Bug),
+            (
+                D::Context("reading".into(), Box::new(D::IoError(io()))).into(),
+                ErrorKind::External,
+            ),
+            (D::External(Box::new(io())).into(), ErrorKind::External),
+            (
+                D::ArrowError(
+                    Box::new(arrow::error::ArrowError::IoError("x".into(), io())),
+                    None,
+                )
+                .into(),
+                ErrorKind::External,
+            ),
+            (
+                D::ArrowError(
+                    Box::new(arrow::error::ArrowError::CastError("not a number".into())),
+                    None,
+                )
+                .into(),
+                ErrorKind::User,
+            ),
+            (
+                sluice_state::StateError::Corrupt {
+                    path: "x".into(),
+                    reason: "y".into(),
+                }
+                .into(),
+                ErrorKind::User,
+            ),
+            // context keeps who must act
+            (
+                D::IoError(io()).into_engine().context("query 'q'"),
+                ErrorKind::External,
+            ),
+            (EngineError::bug("b").context("query 'q'"), ErrorKind::Bug),
+        ];
+        for (e, want) in table {
+            assert_eq!(e.kind(), want, "{e}");
+        }
+    }
+
+    trait IntoEngine {
+        fn into_engine(self) -> EngineError;
+    }
+    impl IntoEngine for D {
+        fn into_engine(self) -> EngineError {
+            self.into()
+        }
+    }
+}

@@ -23,7 +23,9 @@ use crate::connector::{Offset, ReadLimit, Sink, Source};
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::fault::crash_point;
 use crate::plan::StreamPlan;
-use crate::progress::{DurationMs, QueryProgress, SinkProgress, SourceProgress};
+use crate::progress::{
+    event_time_progress, rates, DurationMs, QueryProgress, SinkProgress, SourceProgress,
+};
 use crate::query::{QueryError, QueryShared, StreamingQueryListener};
 use crate::retry::{retry, RetryPolicy};
 use crate::watermark::{advance_watermark, WatermarkPolicy, POLICY_CONF};
@@ -43,7 +45,8 @@ fn retry_source<T>(
         |a| {
             tracing::warn!(
                 attempt = a.attempt,
-                "source failed, retrying in {:?}: {}",
+                "source failed after {:.1?}, retrying in {:?}: {}",
+                a.took,
                 a.wait,
                 a.error
             );
@@ -282,7 +285,7 @@ impl Execution {
                     }
                 }
             }
-            self.last_trigger = Some(trigger_start);
+            let previous_trigger = self.last_trigger.replace(trigger_start);
             self.idle = false;
             let batch = self.next_batch;
             let entry = OffsetsEntry {
@@ -303,7 +306,13 @@ impl Execution {
             }
             let wal_ms = t.elapsed().as_millis() as u64;
             crash_point("after-offsets", batch);
-            self.run_batch(&entry, trigger_start, latest_offset_ms, wal_ms)?;
+            self.run_batch(
+                &entry,
+                trigger_start,
+                previous_trigger,
+                latest_offset_ms,
+                wal_ms,
+            )?;
             if self.trigger == Trigger::Once {
                 return Ok(());
             }
@@ -313,7 +322,14 @@ impl Execution {
     /// Applies the start decision: where to resume, and the re-run of an uncommitted batch.
     fn recover(&mut self) -> Result<()> {
         let decision = self.checkpoint.start_decision()?;
-        tracing::info!(id = %self.shared.id, ?decision, "starting query");
+        tracing::info!(
+            id = %self.shared.id,
+            ?decision,
+            "starting query {}: {} ({})",
+            self.shared.name.as_deref().unwrap_or(""),
+            self.shared.guarantee.0,
+            self.shared.guarantee.1
+        );
         if let Some(snapshots) = self.plan.state_snapshots()? {
             let state_batch = self.plan.state_batch();
             let oldest = self.checkpoint.offsets().ids()?.first().copied();
@@ -384,7 +400,7 @@ impl Execution {
                     batch,
                     "re-running the uncommitted batch with its recorded offsets"
                 );
-                self.run_batch(&entry, Instant::now(), 0, 0)?;
+                self.run_batch(&entry, Instant::now(), None, 0, 0)?;
             }
         }
         Ok(())
@@ -465,6 +481,7 @@ impl Execution {
         &mut self,
         entry: &OffsetsEntry,
         trigger_start: Instant,
+        previous_trigger: Option<Instant>,
         latest_offset_ms: u64,
         wal_ms: u64,
     ) -> Result<()> {
@@ -567,17 +584,8 @@ impl Execution {
 
         let total_ms = trigger_start.elapsed().as_millis() as u64;
         let input_rows: u64 = source_rows.iter().sum();
-        let per_sec = |rows: u64, ms: u64| {
-            if ms == 0 {
-                rows as f64 * 1000.0
-            } else {
-                rows as f64 * 1000.0 / ms as f64
-            }
-        };
-        let since_last_ms = self
-            .last_trigger
-            .map(|l| l.elapsed().as_millis() as u64)
-            .unwrap_or(total_ms);
+        // the time since the previous trigger with data started: input rows arrived over it
+        let input_ms = previous_trigger.map(|p| (trigger_start - p).as_millis() as u64);
         let progress = QueryProgress {
             id: self.shared.id.clone(),
             run_id: self.shared.run_id.clone(),
@@ -587,8 +595,8 @@ impl Execution {
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             batch_id: batch,
             num_input_rows: input_rows,
-            input_rows_per_second: per_sec(input_rows, since_last_ms),
-            processed_rows_per_second: per_sec(input_rows, total_ms),
+            input_rows_per_second: rates(input_rows, total_ms, input_ms).0,
+            processed_rows_per_second: rates(input_rows, total_ms, input_ms).1,
             duration_ms: DurationMs {
                 latest_offset: latest_offset_ms,
                 get_batch: get_batch_ms,
@@ -612,8 +620,8 @@ impl Execution {
                     start_offset: starts[i].clone(),
                     end_offset: entry.sources[i].clone(),
                     num_input_rows: source_rows[i],
-                    input_rows_per_second: per_sec(source_rows[i], since_last_ms),
-                    processed_rows_per_second: per_sec(source_rows[i], total_ms),
+                    input_rows_per_second: rates(source_rows[i], total_ms, input_ms).0,
+                    processed_rows_per_second: rates(source_rows[i], total_ms, input_ms).1,
                     metrics: {
                         let mut m = s.metrics();
                         if let Some(b) = s.backlog() {
@@ -703,7 +711,8 @@ impl Execution {
                 tracing::warn!(
                     batch,
                     attempt = a.attempt,
-                    "late-data sink failed, retrying in {:?}: {}",
+                    "late-data sink failed after {:.1?}, retrying in {:?}: {}",
+                    a.took,
                     a.wait,
                     a.error
                 );
@@ -731,7 +740,8 @@ impl Execution {
                 tracing::warn!(
                     batch,
                     attempt = a.attempt,
-                    "sink {description} failed, retrying in {:?}: {}",
+                    "sink {description} failed after {:.1?}, retrying in {:?}: {}",
+                    a.took,
                     a.wait,
                     a.error
                 );
@@ -750,29 +760,4 @@ impl Execution {
         shared.set_retrying(false);
         r
     }
-}
-
-/// Spark's `eventTime` progress map: `min`, `max`, `avg` of the event times the first watermark
-/// operator with rows saw in the batch (Spark's `headOption`) and the `watermark` the batch ran
-/// with, as ISO-8601.
-fn event_time_progress(
-    watermarked: bool,
-    watermark_ms: i64,
-    stats: &[Option<crate::plan::EventTimeStats>],
-) -> std::collections::BTreeMap<String, String> {
-    let iso = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms)
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    };
-    let mut out = std::collections::BTreeMap::new();
-    if let Some(all) = stats.iter().flatten().next() {
-        out.insert("min".to_string(), iso(all.min.div_euclid(1000)));
-        out.insert("max".to_string(), iso(all.max.div_euclid(1000)));
-        out.insert("avg".to_string(), iso(all.avg().div_euclid(1000)));
-    }
-    if watermarked {
-        out.insert("watermark".to_string(), iso(watermark_ms));
-    }
-    out
 }

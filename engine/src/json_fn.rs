@@ -132,6 +132,22 @@ pub fn decode_json(
     text: &[u8],
     batch_rows: usize,
 ) -> Result<Vec<RecordBatch>, String> {
+    // JSON numbers in timestamp columns are epoch seconds (Spark): only text that has one
+    // takes the slower path
+    let ts_cols = crate::json_epoch::timestamp_columns(schema);
+    if !ts_cols.is_empty() {
+        let names: Vec<&str> = ts_cols
+            .iter()
+            .map(|i| schema.field(*i).name().as_str())
+            .collect();
+        if crate::json_epoch::has_bare_number(text, &names) {
+            let as_text = crate::json_epoch::as_text(schema, &ts_cols);
+            return decode_json_as(&as_text, text, batch_rows)?
+                .into_iter()
+                .map(|b| crate::json_epoch::convert(b, schema, &ts_cols))
+                .collect();
+        }
+    }
     // UTC timestamps are decoded as timestamps without a zone (arrow-json then parses them
     // with chrono's `Utc`, not with a time-zone database lookup per value: same instants, as
     // an offset in the text is honoured either way), and tagged UTC again without a copy
@@ -196,6 +212,8 @@ fn decode_json_as(
 ) -> Result<Vec<RecordBatch>, String> {
     let mut decoder = ReaderBuilder::new(Arc::clone(schema))
         .with_batch_size(batch_rows)
+        // a number or boolean into a STRING column is kept as its text, as Spark does
+        .with_coerce_primitive(true)
         .build_decoder()
         .map_err(|e| e.to_string())?;
     let mut batches = Vec::new();
@@ -392,8 +410,9 @@ mod tests {
             (r#""2025-01-01 00:00:00""#, midnight),
             (r#""2025-01-01T00:00:00""#, midnight),
             (r#""2025-01-01""#, midnight),
-            // a number: microseconds for now (Spark: seconds)
-            ("1735689600000000", midnight),
+            // a number: seconds since the epoch (Spark), fractions allowed
+            ("1735689600", midnight),
+            ("1735689600.25", midnight + 250_000),
         ];
         for (text, want) in table {
             let line = format!("{{\"t\": {text}}}");

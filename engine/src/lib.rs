@@ -17,7 +17,8 @@
 //! | [`connector`]   | [`Source`], [`Sink`], their factories, [`ConnectorRegistry`], [`Notifier`] |
 //! | [`aggregate`]   | the streaming aggregation operator (windows, watermark, output modes, state) |
 //! | [`dedup`]       | `drop_duplicates` / `drop_duplicates_within_watermark` |
-//! | [`json_fn`]     | `from_json` / `to_json` (Spark's), for the DataFrame API and SQL |
+//! | [`json_fn`]     | `from_json` / `to_json` (Spark's), for the DataFrame API and SQL; the one JSON decoding loop |
+//! | `json_epoch`    | JSON numbers in timestamp columns read as epoch seconds (Spark) |
 //! | [`window`]      | `window` / `session_window`: the window functions and their shapes |
 //! | [`watermark`]   | `with_watermark`: the event-time watermark node; the multiple-watermark policy (min/max) as a pure function |
 //! | [`sql`]         | Spark's `window.start` syntax rewritten in the parsed statement |
@@ -26,6 +27,7 @@
 //! | [`ddl`]         | Spark DDL schema strings → Arrow schemas |
 //! | [`options`]     | case-insensitive [`Options`], durations and sizes |
 //! | [`fault`]       | `SLUICE_CRASH_AT` crash points for exactly-once tests |
+//! | [`guarantee`]   | [`Guarantee`]: exactly-once or at-least-once, the weakest of sources and sink |
 //! | `fingerprint`   | what a checkpoint's state means; a changed aggregation is refused |
 //! | [`error`]       | [`EngineError`]: every error says whether the user, an external system or a bug must act |
 
@@ -39,6 +41,8 @@ pub mod error;
 pub mod execution;
 pub mod fault;
 mod fingerprint;
+pub mod guarantee;
+mod json_epoch;
 pub mod json_fn;
 pub mod options;
 pub mod plan;
@@ -59,6 +63,7 @@ pub use connector::{
 pub use dataframe::{DataFrame, GroupedData};
 pub use ddl::{parse_ddl_schema, timestamp_type};
 pub use error::{EngineError, ErrorKind, Result};
+pub use guarantee::Guarantee;
 pub use options::{parse_duration, Options};
 pub use plan::StreamPlan;
 pub use progress::{QueryProgress, QueryStatus};

@@ -180,9 +180,22 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         if unit.is_empty() && !rest.is_empty() {
             return Err(err());
         }
-        total += Duration::from_secs_f64(n * secs);
+        let too_long = || format!("'{text}' is longer than {MAX_DURATION_YEARS} years");
+        let part = Duration::try_from_secs_f64(n * secs).map_err(|_| too_long())?;
+        total = total.checked_add(part).ok_or_else(too_long)?;
+        if total > max_duration() {
+            return Err(too_long());
+        }
     }
     Ok(total)
+}
+
+/// The longest duration Sluice takes (trigger intervals, watermark delays, windows): enough for
+/// any real use, and small enough that every time computed with it fits in microseconds.
+pub const MAX_DURATION_YEARS: u64 = 1000;
+
+fn max_duration() -> Duration {
+    Duration::from_secs(MAX_DURATION_YEARS * 365 * 86_400)
 }
 
 #[cfg(test)]

@@ -1017,12 +1017,14 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                 .as_any()
                 .downcast_ref::<DedupNode>()
                 .ok_or_else(|| EngineError::bug("dedup node"))?;
+            let pre = translate(&d.input, ctx)?;
+            // checked after the input is translated: a stateful operator below sets ctx.agg
             if ctx.agg.is_some() {
                 return Err(EngineError::user(
-                    "unsupported construct in streaming query: more than one stateful operator in one query",
+                    "unsupported construct in streaming query: more than one stateful operator in one query \
+                     (a deduplication over an aggregation or deduplication)",
                 ));
             }
-            let pre = translate(&d.input, ctx)?;
             let in_df = d.input.schema();
             let in_schema: SchemaRef = Arc::new(in_df.as_arrow().clone());
             let mut keys = Vec::new();
@@ -1091,12 +1093,14 @@ fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
             })
         }
         LogicalPlan::Aggregate(a) => {
+            let pre = translate(&a.input, ctx)?;
+            // checked after the input is translated: a stateful operator below sets ctx.agg
             if ctx.agg.is_some() {
                 return Err(EngineError::user(
-                    "unsupported construct in streaming query: more than one aggregation in one query",
+                    "unsupported construct in streaming query: more than one stateful operator in one query \
+                     (an aggregation over an aggregation or deduplication)",
                 ));
             }
-            let pre = translate(&a.input, ctx)?;
             let in_df = a.input.schema();
             let in_schema: SchemaRef = Arc::new(in_df.as_arrow().clone());
             let mut window = None;

@@ -105,3 +105,60 @@ pub struct QueryStatus {
     /// Whether a trigger is running.
     pub is_trigger_active: bool,
 }
+
+/// Spark's rates of a batch of `rows`: input rows per second over the time since the previous
+/// trigger with data started (`input_ms`; none before the first batch: 0 rows/s), processed
+/// rows per second over the batch's own duration (at least 1 ms). Pure; table-tested.
+pub(crate) fn rates(rows: u64, processing_ms: u64, input_ms: Option<u64>) -> (f64, f64) {
+    let input = match input_ms {
+        Some(ms) if ms > 0 => rows as f64 * 1000.0 / ms as f64,
+        Some(_) => rows as f64 * 1000.0,
+        None => 0.0,
+    };
+    let processed = rows as f64 * 1000.0 / processing_ms.max(1) as f64;
+    (input, processed)
+}
+
+/// Spark's `eventTime` progress map: `min`, `max`, `avg` of the event times the first watermark
+/// operator with rows saw in the batch (Spark's `headOption`) and the `watermark` the batch ran
+/// with, as ISO-8601.
+pub(crate) fn event_time_progress(
+    watermarked: bool,
+    watermark_ms: i64,
+    stats: &[Option<crate::plan::EventTimeStats>],
+) -> std::collections::BTreeMap<String, String> {
+    let iso = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(all) = stats.iter().flatten().next() {
+        out.insert("min".to_string(), iso(all.min.div_euclid(1000)));
+        out.insert("max".to_string(), iso(all.max.div_euclid(1000)));
+        out.insert("avg".to_string(), iso(all.avg().div_euclid(1000)));
+    }
+    if watermarked {
+        out.insert("watermark".to_string(), iso(watermark_ms));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rates;
+
+    #[test]
+    fn input_and_processing_rates_as_spark() {
+        // (rows, processing ms, ms since the previous trigger started) -> (input/s, processed/s)
+        let table = [
+            (100, 50, None, (0.0, 2000.0)),
+            (100, 50, Some(1000), (100.0, 2000.0)),
+            (100, 0, Some(500), (200.0, 100_000.0)),
+            (0, 10, Some(1000), (0.0, 0.0)),
+        ];
+        for (rows, p, i, want) in table {
+            assert_eq!(rates(rows, p, i), want, "{rows} {p} {i:?}");
+        }
+    }
+}

@@ -56,12 +56,18 @@ pub(crate) struct QueryShared {
     pub(crate) sink_retries: std::sync::atomic::AtomicU64,
     /// Whether the query is waiting to retry a source or sink after an external failure.
     pub(crate) retrying: AtomicBool,
+    /// The delivery guarantee, and why.
+    pub(crate) guarantee: (crate::guarantee::Guarantee, String),
     state: Mutex<QueryState>,
     done: Condvar,
 }
 
 impl QueryShared {
-    pub(crate) fn new(id: String, name: Option<String>) -> Arc<Self> {
+    pub(crate) fn new(
+        id: String,
+        name: Option<String>,
+        guarantee: (crate::guarantee::Guarantee, String),
+    ) -> Arc<Self> {
         Arc::new(Self {
             id,
             run_id: uuid::Uuid::new_v4().to_string(),
@@ -70,6 +76,7 @@ impl QueryShared {
             notifier: Notifier::new(),
             sink_retries: std::sync::atomic::AtomicU64::new(0),
             retrying: AtomicBool::new(false),
+            guarantee,
             state: Mutex::new(QueryState {
                 active: true,
                 status: QueryStatus {
@@ -176,6 +183,11 @@ impl StreamingQuery {
     /// The error the query stopped with, if any.
     pub fn exception(&self) -> Option<QueryError> {
         self.shared.lock().error.clone()
+    }
+
+    /// The query's delivery guarantee (the weakest of its sources and sink), and why.
+    pub fn guarantee(&self) -> (crate::guarantee::Guarantee, &str) {
+        (self.shared.guarantee.0, &self.shared.guarantee.1)
     }
 
     /// Whether the query is waiting to retry a source or its sink after an external failure.

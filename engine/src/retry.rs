@@ -103,6 +103,9 @@ pub fn wait_for(notifier: &Notifier, wait: Duration, stopped: &dyn Fn() -> bool)
 pub struct Attempt<'a> {
     /// The retry about to happen (1 = the first).
     pub attempt: u32,
+    /// How long the failed call took (a connection timeout can make it long: the log says
+    /// so, so that the wait announced is the wait that follows it).
+    pub took: Duration,
     /// How long it waits first.
     pub wait: Duration,
     /// The failure that caused it.
@@ -121,6 +124,7 @@ pub fn retry<T>(
 ) -> Result<T> {
     let mut attempt = 0u32;
     loop {
+        let started = Instant::now();
         match f() {
             Ok(v) => return Ok(v),
             Err(e)
@@ -130,6 +134,7 @@ pub fn retry<T>(
                 let wait = policy.backoff(attempt);
                 on_retry(&Attempt {
                     attempt,
+                    took: started.elapsed(),
                     wait,
                     error: &e,
                 });

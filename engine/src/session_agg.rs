@@ -53,6 +53,7 @@ impl AggregateOp {
         let n = batch.num_rows();
         let mut out = AggOutput::default();
         let ts = event_micros(&w.time.evaluate(&batch)?.into_array(n)?)?;
+        crate::window::check_event_times(&ts)?;
 
         // late rows: their own session [ts, ts + gap) ended at or before the previous watermark
         let watermarked = self.drops_late();

@@ -84,6 +84,43 @@ impl WindowSpec {
     }
 }
 
+/// The longest window, slide or start offset, µs (1000 years, as durations).
+const MAX_INTERVAL_US: i64 = 1000 * 365 * 86_400_000_000;
+
+/// The most windows one row may fall in (`window(ts, size, slide)`: ⌈size / slide⌉); more is
+/// refused rather than multiplying every row that many times.
+pub const MAX_WINDOWS_PER_ROW: i64 = 10_000;
+
+/// Event times windows are computed for: Spark's timestamp range, 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59.999999Z, in µs. Within it, with durations of at most 1000 years, window
+/// arithmetic cannot overflow.
+pub const MIN_EVENT_TIME_US: i64 = -62_135_596_800_000_000;
+/// See [`MIN_EVENT_TIME_US`].
+pub const MAX_EVENT_TIME_US: i64 = 253_402_300_799_999_999;
+
+/// Refuses event times outside [`MIN_EVENT_TIME_US`]..=[`MAX_EVENT_TIME_US`] (checked on the
+/// batch's minimum and maximum, then the first offending row is named).
+pub fn check_event_times(ts: &arrow::array::TimestampMicrosecondArray) -> DfResult<()> {
+    let (Some(min), Some(max)) = (arrow::compute::min(ts), arrow::compute::max(ts)) else {
+        return Ok(());
+    };
+    if min >= MIN_EVENT_TIME_US && max <= MAX_EVENT_TIME_US {
+        return Ok(());
+    }
+    let (row, t) = ts
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| {
+            t.filter(|t| !(MIN_EVENT_TIME_US..=MAX_EVENT_TIME_US).contains(t))
+                .map(|t| (i, t))
+        })
+        .unwrap_or((0, min));
+    exec_err!(
+        "event time {t} µs of row {row} of the batch is outside the range windows are computed \
+         for (0001-01-01 to 9999-12-31, as Spark's timestamps)"
+    )
+}
+
 fn interval_us(v: &ScalarValue, what: &str) -> DfResult<i64> {
     match v {
         ScalarValue::Utf8(Some(s))
@@ -91,12 +128,16 @@ fn interval_us(v: &ScalarValue, what: &str) -> DfResult<i64> {
         | ScalarValue::Utf8View(Some(s)) => parse_duration(s)
             .map(|d| d.as_micros() as i64)
             .or_else(|e| plan_err!("{what}: {e}")),
-        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
-            Ok(i.days as i64 * 86_400_000_000 + i.nanoseconds / 1000)
-        }
-        ScalarValue::IntervalDayTime(Some(i)) => {
-            Ok(i.days as i64 * 86_400_000_000 + i.milliseconds as i64 * 1000)
-        }
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => (i.days as i64)
+            .checked_mul(86_400_000_000)
+            .and_then(|d| d.checked_add(i.nanoseconds / 1000))
+            .filter(|us| us.unsigned_abs() <= MAX_INTERVAL_US as u64)
+            .map_or_else(|| plan_err!("{what} {v} is too long"), Ok),
+        ScalarValue::IntervalDayTime(Some(i)) => (i.days as i64)
+            .checked_mul(86_400_000_000)
+            .and_then(|d| d.checked_add(i.milliseconds as i64 * 1000))
+            .filter(|us| us.unsigned_abs() <= MAX_INTERVAL_US as u64)
+            .map_or_else(|| plan_err!("{what} {v} is too long"), Ok),
         other => plan_err!("{what} must be a literal duration such as '10 minutes', got {other}"),
     }
 }
@@ -140,6 +181,13 @@ pub fn spec_of_args(kind: WindowKind, args: &[Expr]) -> DfResult<WindowSpec> {
             if slide <= 0 || slide > size {
                 return plan_err!(
                     "the slide duration must be positive and at most the window duration"
+                );
+            }
+            let per_row = (size + slide - 1) / slide;
+            if per_row > MAX_WINDOWS_PER_ROW {
+                return plan_err!(
+                    "a window of {size} µs sliding every {slide} µs puts every row in {per_row} \
+                     windows; at most {MAX_WINDOWS_PER_ROW} are allowed: use a longer slide"
                 );
             }
             let offset = if args.len() == 4 {
@@ -221,6 +269,7 @@ impl ScalarUDFImpl for WindowUdf {
             .as_any()
             .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
             .ok_or_else(|| datafusion::error::DataFusionError::Internal("timestamp cast".into()))?;
+        check_event_times(ts)?;
         let starts: TimestampMicrosecondArray = ts
             .iter()
             .map(|v| v.map(|t| spec.last_start(t)))

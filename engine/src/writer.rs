@@ -11,6 +11,7 @@ use crate::connector::{OutputMode, Sink, SinkContext, SinkSpec, SourceContext};
 use crate::error::{EngineError, Result};
 use crate::execution::Execution;
 use crate::fingerprint::{check_state_fingerprint, verify_state_fingerprint};
+use crate::guarantee::Guarantee;
 use crate::options::{parse_duration, Options};
 use crate::plan::StreamPlan;
 use crate::query::{QueryShared, StreamingQuery};
@@ -199,6 +200,7 @@ impl DataStreamWriter {
             factory,
             spec,
             checkpoint_dir,
+            guarantee,
         } = self.checked()?;
         let checkpoint = CheckpointDir::open(&checkpoint_dir)?;
         let provider = RocksStateStoreProvider {
@@ -244,7 +246,11 @@ impl DataStreamWriter {
                 )?)
             }
         };
-        let shared = QueryShared::new(checkpoint.query_id().to_string(), self.query_name.clone());
+        let shared = QueryShared::new(
+            checkpoint.query_id().to_string(),
+            self.query_name.clone(),
+            guarantee,
+        );
 
         let mut sources = Vec::new();
         for (i, t) in plan.sources.iter().enumerate() {
@@ -395,6 +401,7 @@ impl DataStreamWriter {
             id,
             checkpoint: c.checkpoint_dir,
             output_schema: Arc::clone(&c.plan.output_schema),
+            guarantee: c.guarantee,
         })
     }
 
@@ -530,6 +537,16 @@ impl DataStreamWriter {
         if let Some(f) = &factory {
             f.validate(&spec)?;
         }
+        let mut sources = Vec::new();
+        for t in &plan.sources {
+            let replayable = session
+                .registry()
+                .source(&t.spec.format)?
+                .replayable(&t.spec);
+            sources.push((t.spec.format.as_str(), replayable));
+        }
+        let sink_exactly_once = factory.as_ref().is_some_and(|f| f.exactly_once(&spec));
+        let guarantee = crate::guarantee::of_query(&sources, (&format, sink_exactly_once));
 
         let checkpoint_dir = match &self.checkpoint {
             Some(d) => d.clone(),
@@ -552,6 +569,7 @@ impl DataStreamWriter {
             factory,
             spec,
             checkpoint_dir,
+            guarantee,
         })
     }
 }
@@ -565,6 +583,8 @@ pub struct QueryCheck {
     pub checkpoint: PathBuf,
     /// The schema of the rows the sink would receive.
     pub output_schema: arrow::datatypes::SchemaRef,
+    /// The query's delivery guarantee (the weakest of its sources and sink), and why.
+    pub guarantee: (Guarantee, String),
 }
 
 /// The checked parts of a query, before anything is opened.
@@ -578,6 +598,8 @@ struct Checked {
     factory: Option<Arc<dyn crate::connector::SinkFactory>>,
     spec: SinkSpec,
     checkpoint_dir: PathBuf,
+    /// The delivery guarantee, and why.
+    guarantee: (Guarantee, String),
 }
 
 /// A query checked and opened but not running yet ([`DataStreamWriter::prepare`]).
@@ -621,8 +643,5 @@ impl Sink for ForeachBatchSink {
     }
     fn add_batch(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
         (self.f)(batch_id, batches)
-    }
-    fn exactly_once(&self) -> bool {
-        false
     }
 }

@@ -11,6 +11,7 @@
 //! | `sluice_state_rows`, `sluice_state_bytes` | gauge | state store size |
 //! | `sluice_state_rows_dropped_by_watermark_total` | counter | Spark's `numRowsDroppedByWatermark`: partially aggregated rows (one per late group and batch) |
 //! | `sluice_late_input_rows_total` | counter | input rows dropped as late (what a late-data sink receives) |
+//! | `sluice_malformed_records_total` | counter | malformed input records the sources met |
 //! | `sluice_sink_retries_total` | counter | sink retries after external failures |
 //! | `sluice_source_backlog` | gauge | input waiting in the sources (files, Kafka offsets) |
 //! | `sluice_query_state` | gauge | 1 for the query's state (`running`, `retrying`, `failed`, `stopped`), 0 for the others |
@@ -76,6 +77,7 @@ pub struct Metrics {
     batch_duration: HistogramVec,
     dropped_by_watermark: IntCounterVec,
     late_input_rows: IntCounterVec,
+    malformed: IntCounterVec,
     sink_retries: IntCounterVec,
     processed_rate: GaugeVec,
     watermark_lag: GaugeVec,
@@ -126,6 +128,11 @@ impl Default for Metrics {
         let late_input_rows = counter(
             "sluice_late_input_rows_total",
             "Input rows dropped as later than the watermark (what a late-data sink receives).",
+        );
+        let malformed = counter(
+            "sluice_malformed_records_total",
+            "Malformed input records (kept with nulls, dropped, or failing the query per the \
+             source's mode), counted by the sources.",
         );
         let sink_retries = counter(
             "sluice_sink_retries_total",
@@ -181,6 +188,7 @@ impl Default for Metrics {
             batch_duration,
             dropped_by_watermark,
             late_input_rows,
+            malformed,
             sink_retries,
             processed_rate,
             watermark_lag,
@@ -214,6 +222,12 @@ impl StreamingQueryListener for Metrics {
             .with_label_values(&l)
             .inc_by(dropped);
         self.late_input_rows.with_label_values(&l).inc_by(late);
+        let malformed: u64 = p
+            .sources
+            .iter()
+            .filter_map(|s| s.metrics.get("numMalformedRecords")?.parse::<u64>().ok())
+            .sum();
+        self.malformed.with_label_values(&l).inc_by(malformed);
         self.batch_duration
             .with_label_values(&l)
             .observe(p.duration_ms.trigger_execution as f64 / 1000.0);
@@ -258,6 +272,7 @@ impl Metrics {
             self.input_rows.with_label_values(&l);
             self.dropped_by_watermark.with_label_values(&l);
             self.late_input_rows.with_label_values(&l);
+            self.malformed.with_label_values(&l);
             self.batch_duration.with_label_values(&l);
             self.count_retries(q);
             let last = q.last_progress();

@@ -189,6 +189,8 @@ fn query_json(q: &StreamingQuery, state: QueryState) -> serde_json::Value {
         },
         "lastProgress": q.last_progress(),
         "state": state.name(),
+        "guarantee": q.guarantee().0.name(),
+        "guaranteeReason": q.guarantee().1,
         "exception": q.exception().map(|e| json!({"message": e.message, "kind": format!("{:?}", e.kind)})),
         "sinkRetries": q.sink_retries(),
     })

@@ -18,10 +18,12 @@ use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use deltalake::datafusion::common::Column;
-use deltalake::datafusion::prelude::{col, SessionContext};
+use deltalake::datafusion::functions::core::expr_ext::FieldAccessor;
+use deltalake::datafusion::logical_expr::{binary_expr, Operator};
+use deltalake::datafusion::prelude::{col, Expr, SessionContext};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
 use deltalake::kernel::{StructType, Transaction};
@@ -123,6 +125,43 @@ fn target_columns(spec: &SinkSpec, ctx: &SinkContext) -> Result<(Vec<String>, Ve
     Ok((partition_by, keys))
 }
 
+/// The MERGE condition on `keys`: NULL-safe equality (a NULL group key is a row of its own, as
+/// in Spark's result), and a struct key (a `window`) compared field by field — delta-rs cannot
+/// write a struct comparison into its commit log, and the fields say the same.
+fn merge_predicate(schema: &Schema, keys: &[String]) -> Result<Expr> {
+    fn equal(target: Expr, source: Expr, dt: &DataType, out: &mut Vec<Expr>) {
+        match dt {
+            DataType::Struct(fields) => {
+                for f in fields {
+                    equal(
+                        target.clone().field(f.name().as_str()),
+                        source.clone().field(f.name().as_str()),
+                        f.data_type(),
+                        out,
+                    );
+                }
+            }
+            _ => out.push(binary_expr(target, Operator::IsNotDistinctFrom, source)),
+        }
+    }
+    let mut parts = Vec::new();
+    for k in keys {
+        let f = schema.field_with_name(k).map_err(|_| {
+            EngineError::bug(format!("merge key '{k}' is not in the sink's schema"))
+        })?;
+        equal(
+            col(Column::new(Some("target"), k.as_str())),
+            col(Column::new(Some("source"), k.as_str())),
+            f.data_type(),
+            &mut parts,
+        );
+    }
+    parts
+        .into_iter()
+        .reduce(|a, b| a.and(b))
+        .ok_or_else(|| EngineError::bug("merge without keys"))
+}
+
 fn list(v: Option<&str>) -> Vec<String> {
     v.map(|s| {
         s.split(',')
@@ -156,6 +195,9 @@ impl SinkFactory for DeltaSinkFactory {
     }
     fn check(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<()> {
         target_columns(spec, ctx).map(|_| ())
+    }
+    fn exactly_once(&self, _spec: &SinkSpec) -> bool {
+        true // every commit carries the application transaction (query id, batch id)
     }
     fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
         self.validate(spec)?;
@@ -373,15 +415,7 @@ impl DeltaSink {
                     .read_batch(source)
                     .map_err(|e| EngineError::bug(format!("delta merge source: {e}")))?;
                 let cols = names(&self.schema);
-                let pred = self
-                    .keys
-                    .iter()
-                    .map(|k| {
-                        col(Column::new(Some("target"), k.as_str()))
-                            .eq(col(Column::new(Some("source"), k.as_str())))
-                    })
-                    .reduce(|a, b| a.and(b))
-                    .ok_or_else(|| EngineError::bug("merge without keys"))?;
+                let pred = merge_predicate(&self.schema, &self.keys)?;
                 let (t, _metrics) = t
                     .merge(df, pred)
                     .with_source_alias("source")

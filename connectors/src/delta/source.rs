@@ -6,7 +6,9 @@
 //! `maxBytesPerTrigger` (at least one file), so a re-run batch reads exactly the same files.
 //! Commits that only rearrange files (`OPTIMIZE`: no `dataChange`) are passed over. Commits that
 //! remove data (overwrite, delete, merge) fail the query with the version and operation, unless
-//! `ignoreDeletes=true` (commits that only remove files are passed over) or
+//! `ignoreDeletes=true` (commits that only remove files are passed over),
+//! `ignoreChanges=true` (Spark's meaning: the files a rewriting commit adds are read — rows it
+//! did not change are read again — and its removes are passed over), or
 //! `skipChangeCommits=true` (any commit removing data is passed over, its added files too).
 //! `startingVersion` = a version or `latest`; by default the table is read from version 0 (the
 //! whole history of appends; Spark starts from a snapshot of the latest version, which for an
@@ -85,6 +87,9 @@ impl SourceFactory for DeltaSourceFactory {
         vec!["delta"]
     }
 
+    fn replayable(&self, _spec: &SourceSpec) -> bool {
+        true // table versions and file indices in the offsets log
+    }
     fn resolve_schema(&self, spec: &SourceSpec) -> Result<SchemaRef> {
         spec.options.check_known("the delta source", OPTIONS, &[])?;
         spec.options.get_u64("maxFilesPerTrigger")?;
@@ -158,8 +163,8 @@ impl SourceFactory for DeltaSourceFactory {
                 .max(1),
             max_bytes: spec.options.get_bytes("maxBytesPerTrigger")?,
             ignore_deletes: spec.options.get_bool("ignoreDeletes", false)?,
-            skip_changes: spec.options.get_bool("skipChangeCommits", false)?
-                || spec.options.get_bool("ignoreChanges", false)?,
+            skip_changes: spec.options.get_bool("skipChangeCommits", false)?,
+            ignore_changes: spec.options.get_bool("ignoreChanges", false)?,
             commits: BTreeMap::new(),
             latest_seen: None,
             watcher: None,
@@ -187,6 +192,7 @@ pub struct DeltaSource {
     max_bytes: Option<u64>,
     ignore_deletes: bool,
     skip_changes: bool,
+    ignore_changes: bool,
     /// Commits read so far, by version (`None`: not committed yet).
     commits: BTreeMap<u64, Commit>,
     latest_seen: Option<u64>,
@@ -267,7 +273,13 @@ impl DeltaSource {
                     _ => {}
                 }
             }
-            let commit = match decide(removes, files.is_empty(), self.ignore_deletes, self.skip_changes) {
+            let commit = match decide(
+                removes,
+                files.is_empty(),
+                self.ignore_deletes,
+                self.skip_changes,
+                self.ignore_changes,
+            ) {
                 CommitUse::Take => Commit { files },
                 CommitUse::Skip => {
                     tracing::info!(version = v, "delta source: passing over {op} commit");
@@ -416,10 +428,18 @@ pub enum CommitUse {
 
 /// The source's rule for one commit (pure; table-tested): `removes` = it removes files with
 /// `dataChange`, `no_adds` = it adds no data file.
-pub fn decide(removes: bool, no_adds: bool, ignore_deletes: bool, skip_changes: bool) -> CommitUse {
+pub fn decide(
+    removes: bool,
+    no_adds: bool,
+    ignore_deletes: bool,
+    skip_changes: bool,
+    ignore_changes: bool,
+) -> CommitUse {
     match (removes, no_adds) {
         (false, _) => CommitUse::Take,
         (true, _) if skip_changes => CommitUse::Skip,
+        // the rewritten files are read again (their unchanged rows too), as Spark does
+        (true, _) if ignore_changes => CommitUse::Take,
         (true, true) if ignore_deletes => CommitUse::Skip,
         (true, _) => CommitUse::Fail,
     }
@@ -503,7 +523,7 @@ impl Source for DeltaSource {
         let log_dir = self.dir.join("_delta_log");
         std::fs::create_dir_all(&log_dir).map_err(|e| EngineError::io(&log_dir, e))?;
         let mut w = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
-            if r.is_ok() {
+            if r.is_ok_and(|e| crate::util::may_mean_new_file(&e.kind)) {
                 notifier.notify();
             }
         })
@@ -528,18 +548,21 @@ mod tests {
     #[test]
     fn which_commits_the_source_reads() {
         use CommitUse::*;
-        // (removes, no adds, ignoreDeletes, skipChangeCommits) -> use
+        // (removes, no adds, ignoreDeletes, skipChangeCommits, ignoreChanges) -> use
         let table = [
-            ((false, false, false, false), Take), // append
-            ((false, true, false, false), Take),  // txn-only / optimize (no data change)
-            ((true, true, false, false), Fail),   // delete
-            ((true, true, true, false), Skip),    // delete, ignoreDeletes
-            ((true, false, true, false), Fail),   // merge/overwrite: ignoreDeletes is not enough
-            ((true, false, false, true), Skip),   // merge/overwrite, skipChangeCommits
-            ((true, true, false, true), Skip),
+            ((false, false, false, false, false), Take), // append
+            ((false, true, false, false, false), Take),  // txn-only / optimize (no data change)
+            ((true, true, false, false, false), Fail),   // delete
+            ((true, true, true, false, false), Skip),    // delete, ignoreDeletes
+            ((true, false, true, false, false), Fail), // merge/overwrite: ignoreDeletes is not enough
+            ((true, false, false, true, false), Skip), // merge/overwrite, skipChangeCommits
+            ((true, true, false, true, false), Skip),
+            ((true, false, false, false, true), Take), // merge/overwrite, ignoreChanges: re-read
+            ((true, true, false, false, true), Take),  // delete, ignoreChanges: nothing added
+            ((true, false, false, true, true), Skip),  // skipChangeCommits wins
         ];
-        for ((r, n, i, s), want) in table {
-            assert_eq!(decide(r, n, i, s), want, "{r} {n} {i} {s}");
+        for ((r, n, i, s, c), want) in table {
+            assert_eq!(decide(r, n, i, s, c), want, "{r} {n} {i} {s} {c}");
         }
     }
 

@@ -8,6 +8,7 @@
 //! directory is watched with inotify (or polled, `watchMode = poll`), so an idle query sleeps
 //! and a new file starts a batch within milliseconds.
 
+mod arrival;
 mod pool;
 
 use std::collections::HashSet;
@@ -27,6 +28,9 @@ use sluice_state::VersionedLog;
 
 use crate::formats::{self, csv::CsvOptions, ParseSettings};
 
+/// The progress metric (`sources[].metrics`) of the malformed records of a batch.
+pub const MALFORMED_METRIC: &str = "numMalformedRecords";
+
 /// Options every file source accepts.
 const COMMON_OPTIONS: &[&str] = &[
     "maxFilesPerTrigger",
@@ -38,6 +42,8 @@ const COMMON_OPTIONS: &[&str] = &[
     "sourceArchiveDir",
     "watchMode",
     "pollInterval",
+    "minFileAge",
+    "ignoreMissingFiles",
 ];
 const LINE_OPTIONS: &[&str] = &["mode", "columnNameOfCorruptRecord", "inferSchema"];
 const CSV_OPTIONS: &[&str] = &[
@@ -240,6 +246,9 @@ impl SourceFactory for FileSourceFactory {
         vec!["json", "csv", "parquet", "text"]
     }
 
+    fn replayable(&self, _spec: &SourceSpec) -> bool {
+        true // a batch's files are in the source's log
+    }
     fn resolve_schema(&self, spec: &SourceSpec) -> Result<SchemaRef> {
         let format = FileFormat::parse(&spec.format)?;
         let what = format!("the {} source", spec.format);
@@ -275,6 +284,30 @@ impl SourceFactory for FileSourceFactory {
             return Err(EngineError::MissingSchema {
                 what: format!("{what} at '{path}'"),
             });
+        }
+        // Parquet's mergeSchema (Spark's meaning): the union of the columns of every file
+        // present now, instead of the first file's
+        if format == FileFormat::Parquet && spec.options.get_bool("mergeSchema", false)? {
+            let files = loc.list()?;
+            if files.is_empty() {
+                return Err(EngineError::user(format!(
+                    "cannot infer a schema for {what}: no file in '{path}' yet; give a schema"
+                )));
+            }
+            let mut schemas = Vec::with_capacity(files.len());
+            for f in &files {
+                let bytes =
+                    std::fs::read(&f.path).map_err(|e| EngineError::io(Path::new(&f.path), e))?;
+                schemas.push(formats::parquet::infer(bytes).map_err(|e| {
+                    EngineError::user(format!("cannot infer a schema from {}: {e}", f.path))
+                })?);
+            }
+            let merged = arrow::datatypes::Schema::try_merge(schemas).map_err(|e| {
+                EngineError::user(format!(
+                    "mergeSchema: the Parquet files in '{path}' have incompatible columns: {e}"
+                ))
+            })?;
+            return Ok(Arc::new(merged));
         }
         let Some(first) = Self::first_file(&loc)? else {
             return Err(EngineError::user(format!(
@@ -335,6 +368,7 @@ impl SourceFactory for FileSourceFactory {
                 parse,
                 csv,
                 options: o.clone(),
+                ignore_missing: o.get_bool("ignoreMissingFiles", false)?,
             }),
             pool: None,
             next_files: Vec::new(),
@@ -368,6 +402,11 @@ impl SourceFactory for FileSourceFactory {
             watcher: None,
             watch_kind: None,
             backlog: 0,
+            min_file_age: o.get_duration(arrival::MIN_FILE_AGE)?,
+            completed: arrival::Completed::default(),
+            wakeup: arrival::Wakeup::default(),
+            notifier: None,
+            malformed: 0,
         }))
     }
 }
@@ -404,6 +443,8 @@ fn validate_options(o: &Options) -> Result<()> {
     o.get_duration("maxFileAge")?;
     o.get_bool("fileNameOnly", false)?;
     o.get_duration("pollInterval")?;
+    o.get_duration(arrival::MIN_FILE_AGE)?;
+    o.get_bool("ignoreMissingFiles", false)?;
     formats::Mode::from_options(o)?;
     Ok(())
 }
@@ -439,6 +480,8 @@ struct FileReader {
     csv: Option<CsvOptions>,
     /// The source's options (the parse settings are rebuilt from them for a projection).
     options: Options,
+    /// `ignoreMissingFiles`: a file deleted after it was taken is skipped with a warning.
+    ignore_missing: bool,
 }
 
 /// Batches with at least this many bytes of input are parsed on all cores (smaller ones on the
@@ -484,33 +527,51 @@ pub struct FileSource {
     /// fallback when inotify cannot watch); reported in progress as `metrics.watch`.
     watch_kind: Option<&'static str>,
     backlog: u64,
+    /// `minFileAge` as given (the default depends on whether the query waits for arrivals).
+    min_file_age: Option<Duration>,
+    /// Files the watcher saw completed (closed after writing, renamed into place).
+    completed: arrival::Completed,
+    /// The timer that wakes the query when a file left for later is due.
+    wakeup: arrival::Wakeup,
+    /// Set by `watch`: the query waits for files to arrive.
+    notifier: Option<Notifier>,
+    /// Malformed records in the files of the last batch read.
+    malformed: u64,
+}
+
+/// One file parsed: its rows and how many of its records were malformed.
+#[derive(Debug, Default)]
+pub(super) struct Parsed {
+    batches: Vec<RecordBatch>,
+    malformed: u64,
 }
 
 impl FileReader {
-    fn read_file(&self, f: &FileEntry) -> Result<Vec<RecordBatch>> {
+    fn read_file(&self, f: &FileEntry) -> Result<Parsed> {
+        formats::take_malformed(); // this thread's count starts at this file
+        let batches = self.read_batches(f)?;
+        Ok(Parsed {
+            batches,
+            malformed: formats::take_malformed(),
+        })
+    }
+
+    fn read_batches(&self, f: &FileEntry) -> Result<Vec<RecordBatch>> {
         let path = Path::new(&f.path);
-        let read_err = |e: std::io::Error| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                EngineError::user(format!(
-                    "input file {} was deleted after it was taken into a batch; the batch cannot be read again",
-                    f.path
-                ))
-            } else {
-                EngineError::io(path, e)
-            }
-        };
         if self.format == FileFormat::Parquet {
-            let bytes = std::fs::read(path).map_err(read_err)?;
+            let mut bytes = Vec::new();
+            if !arrival::read_recorded(f, &mut bytes, false, self.ignore_missing)? {
+                return Ok(Vec::new());
+            }
             return formats::parquet::read(path, bytes, &self.schema);
         }
         // text formats are decoded from a buffer each parser thread reuses (no fresh pages to
         // fault in for every file)
         READ_BUF.with(|cell| {
             let mut bytes = cell.borrow_mut();
-            bytes.clear();
-            std::fs::File::open(path)
-                .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut bytes))
-                .map_err(read_err)?;
+            if !arrival::read_recorded(f, &mut bytes, true, self.ignore_missing)? {
+                return Ok(Vec::new());
+            }
             let out = match self.format {
                 FileFormat::Json => formats::json::read(path, &bytes, self.settings()?),
                 FileFormat::Csv => {
@@ -557,6 +618,19 @@ impl FileSource {
                 .max(self.max_mtime);
             let cutoff = newest.saturating_sub(age.as_millis() as i64);
             files.retain(|f| f.mtime_ms >= cutoff);
+        }
+        // files still being written wait (a query waiting for arrivals only)
+        let min_age = self.min_file_age.unwrap_or(if self.notifier.is_some() {
+            arrival::DEFAULT_MIN_FILE_AGE
+        } else {
+            Duration::ZERO
+        });
+        if !min_age.is_zero() {
+            let (ready, due) = arrival::split_ready(files, &self.completed, min_age);
+            if let (Some(due), Some(n)) = (due, &self.notifier) {
+                self.wakeup.at(due, n);
+            }
+            files = ready;
         }
         files.sort_by(|a, b| (a.mtime_ms, &a.path).cmp(&(b.mtime_ms, &b.path)));
         if self.latest_first {
@@ -658,6 +732,7 @@ impl Source for FileSource {
         for f in &take {
             self.max_mtime = self.max_mtime.max(f.mtime_ms);
             self.seen.insert(key(&f.path, self.file_name_only));
+            self.completed.forget(Path::new(&f.path));
         }
         self.latest_log = Some(next);
         Ok(Some(serde_json::json!({ "logOffset": next })))
@@ -699,6 +774,7 @@ impl Source for FileSource {
                 .map(|f| self.reader.read_file(f))
                 .collect::<Result<Vec<_>>>()?,
         };
+        self.malformed = parsed.iter().map(|p| p.malformed).sum();
         if let Some(p) = &self.pool {
             if next_bytes >= PARALLEL_PARSE_BYTES {
                 p.look_ahead(&self.next_files);
@@ -706,7 +782,7 @@ impl Source for FileSource {
                 p.look_ahead(&[]);
             }
         }
-        Ok(parsed.into_iter().flatten().collect())
+        Ok(parsed.into_iter().flat_map(|p| p.batches).collect())
     }
 
     fn project(&mut self, columns: &[usize]) -> Result<bool> {
@@ -746,10 +822,15 @@ impl Source for FileSource {
     }
 
     fn watch(&mut self, notifier: Notifier) -> Result<bool> {
+        self.notifier = Some(notifier.clone());
         let n2 = notifier.clone();
+        let completed = self.completed.clone();
         let handler = move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                n2.notify();
+            if let Ok(e) = res {
+                completed.observe(&e);
+                if crate::util::may_mean_new_file(&e.kind) {
+                    n2.notify();
+                }
             }
         };
         let mode = if self.loc.pattern.is_some() {
@@ -802,9 +883,12 @@ impl Source for FileSource {
     }
 
     fn metrics(&self) -> std::collections::BTreeMap<String, String> {
-        self.watch_kind
-            .map(|k| [("watch".to_string(), k.to_string())].into())
-            .unwrap_or_default()
+        let mut m = std::collections::BTreeMap::new();
+        if let Some(k) = self.watch_kind {
+            m.insert("watch".to_string(), k.to_string());
+        }
+        m.insert(MALFORMED_METRIC.to_string(), self.malformed.to_string());
+        m
     }
 }
 

@@ -7,10 +7,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use arrow::record_batch::RecordBatch;
 use sluice_engine::{EngineError, Result};
 
-use super::{FileEntry, FileReader};
+use super::{FileEntry, FileReader, Parsed};
 
 /// A file as parsed: its path, modification time and size.
 pub(super) fn file_key(f: &FileEntry) -> String {
@@ -24,7 +23,7 @@ struct State {
     /// Files a thread is parsing.
     in_flight: HashSet<String>,
     /// Parsed files.
-    done: HashMap<String, Result<Vec<RecordBatch>>>,
+    done: HashMap<String, Result<Parsed>>,
     shutdown: bool,
 }
 
@@ -100,7 +99,7 @@ impl ParsePool {
 
     /// The parsed batches of `files`, in order. Files not parsed or queued yet go to the front
     /// of the queue; the calling thread parses queued files too while it waits.
-    pub(super) fn get(&self, files: &[FileEntry]) -> Result<Vec<Vec<RecordBatch>>> {
+    pub(super) fn get(&self, files: &[FileEntry]) -> Result<Vec<Parsed>> {
         let keys: Vec<String> = files.iter().map(file_key).collect();
         {
             let mut st = self.shared.lock();

@@ -176,6 +176,7 @@ pub fn read(
     settings: &ParseSettings,
     opts: &CsvOptions,
 ) -> Result<Vec<RecordBatch>> {
+    let bytes = super::strip_bom(bytes);
     let data = &settings.data_schema;
     let texts = text_schema(data);
     if let Ok(b) =

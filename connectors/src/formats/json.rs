@@ -37,6 +37,7 @@ pub fn line_decoder(
 
 /// Reads one JSON-lines file.
 pub fn read(path: &Path, bytes: &[u8], settings: &ParseSettings) -> Result<Vec<RecordBatch>> {
+    let bytes = super::strip_bom(bytes);
     if let Ok(batches) = decode(&settings.data_schema, bytes) {
         return batches
             .into_iter()

@@ -4,7 +4,10 @@
 //! column) are handled per the `mode` option: PERMISSIVE keeps the row with nulls and the raw
 //! text in the corrupt-record column (if the schema has one), DROPMALFORMED drops it, FAILFAST
 //! fails naming the file and line. The fast path decodes a whole file at once; only a file
-//! with bad records is bisected to find them, so clean input pays nothing.
+//! with bad records is bisected to find them, so clean input pays nothing. Every malformed
+//! record is counted ([`take_malformed`], reported in progress as the source's
+//! `numMalformedRecords`), and the first of each file (or Kafka partition read) is logged with
+//! its line (or offset) and what became of it: nothing disappears without a trace.
 
 pub mod csv;
 pub mod json;
@@ -17,6 +20,22 @@ use std::sync::Arc;
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use sluice_engine::{EngineError, Options, Result};
+
+thread_local! {
+    /// Malformed records this thread decoded since [`take_malformed`] was last called (a file
+    /// is parsed on one thread, so its reader takes the count after parsing it).
+    static MALFORMED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The malformed records this thread decoded since the last call.
+pub fn take_malformed() -> u64 {
+    MALFORMED.with(|c| c.replace(0))
+}
+
+/// Removes a UTF-8 byte order mark from the start of a file (Spark ignores it too).
+pub fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
 
 /// What to do with a malformed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +135,8 @@ pub fn decode_records(
     decode: &LineDecoder<'_>,
 ) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
-    bisect((what, unit), lines, settings, decode, &mut out)?;
+    let logged = std::cell::Cell::new(false);
+    bisect((what, unit), lines, settings, decode, &mut out, &logged)?;
     Ok(out)
 }
 
@@ -126,6 +146,7 @@ fn bisect(
     settings: &ParseSettings,
     decode: &LineDecoder<'_>,
     out: &mut Vec<RecordBatch>,
+    logged: &std::cell::Cell<bool>,
 ) -> Result<()> {
     if lines.is_empty() {
         return Ok(());
@@ -138,6 +159,29 @@ fn bisect(
         }
         Err(reason) if lines.len() == 1 => {
             let (line_no, text) = lines[0];
+            if settings.mode != Mode::FailFast {
+                MALFORMED.with(|c| c.set(c.get() + 1));
+                if !logged.replace(true) {
+                    let fate = match (settings.mode, settings.corrupt_index) {
+                        (Mode::DropMalformed, _) => "dropped (mode DROPMALFORMED)".to_string(),
+                        (_, Some(i)) => format!(
+                            "kept with nulls, its text in column '{}'",
+                            settings.schema.field(i).name()
+                        ),
+                        (_, None) => "kept with nulls (add a _corrupt_record STRING column to \
+                                      the schema to keep its text)"
+                            .to_string(),
+                    };
+                    tracing::warn!(
+                        "malformed record in {} {} {line_no}: {reason}; {fate}; record: {} \
+                         (the first of this input; all are counted in progress as \
+                         numMalformedRecords)",
+                        path.0,
+                        path.1,
+                        preview(text)
+                    );
+                }
+            }
             match settings.mode {
                 Mode::FailFast => Err(EngineError::user(format!(
                     "malformed record in {} {} {line_no}: {reason}; record: {}",
@@ -169,8 +213,8 @@ fn bisect(
         }
         Err(_) => {
             let mid = lines.len() / 2;
-            bisect(path, &lines[..mid], settings, decode, out)?;
-            bisect(path, &lines[mid..], settings, decode, out)
+            bisect(path, &lines[..mid], settings, decode, out, logged)?;
+            bisect(path, &lines[mid..], settings, decode, out, logged)
         }
     }
 }

@@ -13,7 +13,7 @@ pub fn schema() -> SchemaRef {
 
 /// Reads one text file (lines end with `\n` or `\r\n`; a final newline adds no empty row).
 pub fn read(bytes: &[u8], schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
-    let text = String::from_utf8_lossy(bytes);
+    let text = String::from_utf8_lossy(super::strip_bom(bytes));
     let mut lines: Vec<&str> = text
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))

@@ -51,6 +51,9 @@ impl SinkFactory for JdbcSinkFactory {
     fn supported_modes(&self, _format: &str) -> Vec<OutputMode> {
         vec![OutputMode::Append, OutputMode::Update, OutputMode::Complete]
     }
+    fn exactly_once(&self, _spec: &SinkSpec) -> bool {
+        true // rows and the batch marker in one transaction
+    }
     fn validate(&self, spec: &SinkSpec) -> Result<()> {
         JdbcConfig::from_options(&spec.options, spec.output_mode).map(|_| ())
     }
@@ -198,6 +201,7 @@ impl JdbcSink {
             Db::Pg(pool) => self.rt.block_on(self.write_pg(pool, batch_id, &flat)),
             Db::My(pool) => self.rt.block_on(self.write_mysql(pool, batch_id, &flat)),
         }
+        .map_err(|e| e.context(&format!("batch {batch_id}")))
     }
 
     async fn write_pg(
@@ -388,6 +392,8 @@ impl JdbcSink {
             String::new()
         };
         let opts = Encoder::options(Dialect::MySql);
+        // rows are numbered from 1 across the batch, as a user reads them
+        let mut base = 0;
         for b in batches {
             let enc = Encoder::new(b, &opts)?;
             let mut start = 0;
@@ -408,12 +414,21 @@ impl JdbcSink {
                     }
                 });
                 qb.push(&suffix);
-                qb.build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(e("inserting rows"))?;
+                qb.build().execute(&mut *tx).await.map_err(|err| {
+                    self.err(
+                        &format!(
+                            "inserting rows {}..={} of the batch (the server's 'row N' counts \
+                             from {})",
+                            base + start + 1,
+                            base + end,
+                            base + start + 1
+                        ),
+                        err,
+                    )
+                })?;
                 start = end;
             }
+            base += enc.rows();
         }
         crash_point("mid-sink", batch_id);
         sqlx::query(safe(format!(
@@ -613,6 +628,10 @@ pub fn describe(e: &sqlx::Error) -> String {
         }
         if let Some(h) = pg.hint() {
             m.push_str(&format!("; hint: {h}"));
+        }
+        // COPY names the line (= the row of the batch, from 1) and the column
+        if let Some(w) = pg.r#where() {
+            m.push_str(&format!("; where: {w}"));
         }
         return m;
     }

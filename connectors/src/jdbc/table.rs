@@ -8,6 +8,9 @@
 use sluice_engine::{EngineError, OutputMode, Result};
 
 use super::config::Dialect;
+
+/// The generated column MySQL/MariaDB tables made by Sluice upsert on (see `create_table_sql`).
+pub(super) const MYSQL_KEY_COLUMN: &str = "_sluice_key";
 use super::{safe, types, Db, JdbcSink};
 
 /// What the database says about the output table: its columns (name, type) and its PRIMARY
@@ -27,8 +30,15 @@ impl JdbcSink {
         )
     }
 
-    fn create_table_sql(&self) -> Result<String> {
+    /// The output table. Upsert keys may be NULL, as Spark's group keys may: on PostgreSQL
+    /// 15+ they are one UNIQUE NULLS NOT DISTINCT constraint (older servers: a PRIMARY KEY,
+    /// which refuses NULL keys); on MySQL/MariaDB, whose unique keys never treat NULLs as
+    /// equal, a generated column `_sluice_key` (a SHA-256 of the keys, NULL told apart from
+    /// every value) carries the UNIQUE key `ON DUPLICATE KEY UPDATE` upserts on.
+    fn create_table_sql(&self, pg_version: u32) -> Result<String> {
         let d = self.cfg.target.dialect;
+        let keyed = !self.keys.is_empty() && self.cfg.mode != OutputMode::Append;
+        let nulls_not_distinct = d == Dialect::Postgres && pg_version >= 150_000;
         let mut cols = Vec::new();
         for f in self.schema.fields() {
             let ty = match self.cfg.column_types.get(f.name()) {
@@ -40,22 +50,43 @@ impl JdbcSink {
                     self.cfg.string_key_length,
                 )?,
             };
-            let not_null = if self.keys.contains(f.name()) && self.cfg.mode != OutputMode::Append {
+            let not_null = if keyed
+                && self.keys.contains(f.name())
+                && d == Dialect::Postgres
+                && !nulls_not_distinct
+            {
                 " NOT NULL"
             } else {
                 ""
             };
             cols.push(format!("{} {ty}{not_null}", self.q(f.name())));
         }
-        if !self.keys.is_empty() && self.cfg.mode != OutputMode::Append {
-            cols.push(format!(
-                "PRIMARY KEY ({})",
-                self.keys
-                    .iter()
-                    .map(|k| self.q(k))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+        let key_list = self
+            .keys
+            .iter()
+            .map(|k| self.q(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if keyed {
+            match d {
+                Dialect::Postgres if nulls_not_distinct => {
+                    cols.push(format!("UNIQUE NULLS NOT DISTINCT ({key_list})"))
+                }
+                Dialect::Postgres => cols.push(format!("PRIMARY KEY ({key_list})")),
+                Dialect::MySql => {
+                    let parts = self
+                        .keys
+                        .iter()
+                        .map(|k| format!("IFNULL(CONCAT('v', CAST({} AS CHAR)), 'n')", self.q(k)))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    cols.push(format!(
+                        "{} BINARY(32) AS (UNHEX(SHA2(CONCAT_WS(CHAR(31), {parts}), 256))) STORED",
+                        self.q(MYSQL_KEY_COLUMN)
+                    ));
+                    cols.push(format!("UNIQUE KEY ({})", self.q(MYSQL_KEY_COLUMN)));
+                }
+            }
         }
         Ok(format!(
             "CREATE TABLE IF NOT EXISTS {} ({}) {}",
@@ -179,7 +210,7 @@ impl JdbcSink {
         )?;
         let info = self.table_info(&self.cfg.table.schema, &self.cfg.table.name)?;
         if info.columns.is_empty() {
-            let create = self.create_table_sql()?;
+            let create = self.create_table_sql(self.pg_version()?)?;
             tracing::info!("jdbc sink: creating table {table_display}: {create}");
             self.execute("creating the table", create, &[])?;
         } else {
@@ -187,6 +218,18 @@ impl JdbcSink {
         }
         self.prepared = true;
         Ok(())
+    }
+
+    /// PostgreSQL's `server_version_num` (0 for MySQL/MariaDB).
+    fn pg_version(&self) -> Result<u32> {
+        let Db::Pg(pool) = &self.db else {
+            return Ok(0);
+        };
+        let v: (String,) = self
+            .rt
+            .block_on(sqlx::query_as("SHOW server_version_num").fetch_one(pool))
+            .map_err(|e| self.err("reading the server version", e))?;
+        Ok(v.0.trim().parse().unwrap_or(0))
     }
 
     /// For `sluice validate`: connects and, when the output table exists, checks that it fits;
@@ -289,7 +332,7 @@ fn has_key_on(keys: &[String], uniques: &[(String, String)]) -> bool {
 }
 
 fn check_unique(table: &str, keys: &[String], uniques: &[(String, String)]) -> Result<()> {
-    if has_key_on(keys, uniques) {
+    if has_key_on(keys, uniques) || has_key_on(&[MYSQL_KEY_COLUMN.to_string()], uniques) {
         return Ok(());
     }
     Err(EngineError::user(format!(

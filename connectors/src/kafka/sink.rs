@@ -4,7 +4,8 @@
 //! Exactly-once (`deliveryGuarantee = exactly-once`, the default) through Kafka transactions:
 //! each batch is one transaction holding its records and a marker record
 //! `key = <query id>, value = <batch id>` in the Sluice-owned topic `commitTopic` (default
-//! `_sluice_commits`, created compacted when missing). When the sink opens it reads the last
+//! `_sluice_commits`, created compacted when missing, with one partition and the broker's default
+//! replication factor unless `commitTopicReplicationFactor` says otherwise). When the sink opens it reads the last
 //! committed marker of its query (read_committed); a re-run batch at or below it is skipped. The
 //! `transactional.id` is derived from the query id, so a restarted query fences its zombie and
 //! aborts its open transaction. `at-least-once`: an idempotent producer, each batch flushed and
@@ -27,7 +28,13 @@ use sluice_engine::{EngineError, OutputMode, Result, Sink, SinkContext, SinkFact
 
 use super::source::{client_config, kafka_err};
 
-const OPTIONS: &[&str] = &["topic", "deliveryGuarantee", "commitTopic", "kafkaTimeout"];
+const OPTIONS: &[&str] = &[
+    "topic",
+    "deliveryGuarantee",
+    "commitTopic",
+    "commitTopicReplicationFactor",
+    "kafkaTimeout",
+];
 
 /// Creates Kafka sinks.
 #[derive(Debug, Default)]
@@ -48,10 +55,14 @@ impl SinkFactory for KafkaSinkFactory {
         Ok(())
     }
     fn check_reachable(&self, spec: &SinkSpec, _ctx: &SinkContext) -> Result<()> {
-        super::source::check_broker(&spec.options)
+        super::source::check_broker(&spec.options).map(|_| ())
     }
     fn check(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<()> {
         columns(spec, ctx).map(|_| ())
+    }
+    fn exactly_once(&self, spec: &SinkSpec) -> bool {
+        // transactions with a marker per batch; at-least-once writes a re-run batch again
+        guarantee(spec.options.get("deliveryGuarantee")).unwrap_or(false)
     }
     fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
         self.validate(spec)?;
@@ -85,6 +96,15 @@ impl SinkFactory for KafkaSinkFactory {
             headers_col,
             exactly_once,
             commit_topic,
+            commit_replication: match spec.options.get_u64("commitTopicReplicationFactor")? {
+                None => -1,
+                Some(n @ 1..=32767) => n as i32,
+                Some(n) => {
+                    return Err(EngineError::user(format!(
+                        "kafka sink: commitTopicReplicationFactor {n} must be between 1 and 32767"
+                    )))
+                }
+            },
             query_id: ctx.query_id.clone(),
             producer: None,
             last_committed: None,
@@ -190,6 +210,8 @@ pub struct KafkaSink {
     headers_col: Option<usize>,
     exactly_once: bool,
     commit_topic: String,
+    /// Replication factor of a commit topic the sink creates (-1: the broker's default).
+    commit_replication: i32,
     query_id: String,
     producer: Option<BaseProducer<Ctx>>,
     /// The last batch id committed by this query (exactly-once), read when the sink opens.
@@ -230,31 +252,70 @@ impl KafkaSink {
             .ok_or_else(|| EngineError::bug("kafka producer"))
     }
 
-    fn ensure_commit_topic(&self) {
+    /// Creates the commit topic when it is missing and waits until the broker's metadata lists
+    /// it (a topic just created answers UnknownPartition for a moment).
+    fn ensure_commit_topic(&self) -> Result<()> {
         let mut cfg = self.cfg.clone();
         cfg.remove("transactional.id");
         cfg.set("allow.auto.create.topics", "false");
-        if let Ok(c) = cfg.create::<BaseConsumer>() {
-            if let Ok(md) = c.fetch_metadata(Some(&self.commit_topic), self.timeout) {
-                if md
-                    .topics()
-                    .iter()
-                    .any(|t| t.error().is_none() && !t.partitions().is_empty())
-                {
-                    return;
-                }
-            }
-        }
-        let Ok(admin) = self.cfg.create::<AdminClient<DefaultClientContext>>() else {
-            return;
+        let c: BaseConsumer = cfg
+            .create()
+            .map_err(|e| kafka_err("creating a metadata client", e))?;
+        let exists = || {
+            c.fetch_metadata(Some(&self.commit_topic), self.timeout)
+                .is_ok_and(|md| {
+                    md.topics()
+                        .iter()
+                        .any(|t| t.error().is_none() && !t.partitions().is_empty())
+                })
         };
-        let t = NewTopic::new(&self.commit_topic, 1, TopicReplication::Fixed(1))
-            .set("cleanup.policy", "compact");
+        if exists() {
+            return Ok(());
+        }
+        let admin = self
+            .cfg
+            .create::<AdminClient<DefaultClientContext>>()
+            .map_err(|e| kafka_err("creating an admin client", e))?;
+        let t = NewTopic::new(
+            &self.commit_topic,
+            1,
+            TopicReplication::Fixed(self.commit_replication),
+        )
+        .set("cleanup.policy", "compact");
         let opts = AdminOptions::new()
             .operation_timeout(Some(self.timeout))
             .request_timeout(Some(self.timeout));
-        // exists already, or the broker creates topics itself: either is fine
-        let _ = futures::executor::block_on(admin.create_topics([&t], &opts));
+        let results =
+            futures::executor::block_on(admin.create_topics([&t], &opts)).map_err(|e| {
+                kafka_err(
+                    &format!("creating the commit topic {}", self.commit_topic),
+                    e,
+                )
+            })?;
+        for r in results {
+            match r {
+                Ok(_) => tracing::info!("kafka: created the commit topic {}", self.commit_topic),
+                // created meanwhile by another query: fine
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(kafka_err(
+                        &format!("creating the commit topic {}", self.commit_topic),
+                        KafkaError::AdminOp(code),
+                    ))
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + self.timeout;
+        while !exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(EngineError::external(format!(
+                    "kafka: the commit topic {} was created but the brokers do not list it yet",
+                    self.commit_topic
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// The last batch id this query committed, from the markers in the commit topic.
@@ -425,7 +486,7 @@ impl KafkaSink {
     fn write(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<bool> {
         if self.exactly_once {
             if self.last_committed.is_none() {
-                self.ensure_commit_topic();
+                self.ensure_commit_topic()?;
                 self.producer()?;
                 self.last_committed = Some(self.read_last_committed()?);
             }
@@ -529,10 +590,6 @@ impl Sink for KafkaSink {
             );
         }
         Ok(())
-    }
-
-    fn exactly_once(&self) -> bool {
-        self.exactly_once
     }
 
     fn close(&mut self) -> Result<()> {

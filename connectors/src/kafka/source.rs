@@ -6,7 +6,8 @@
 //! latest (default) | JSON, -2 = earliest, -1 = latest) or `startingOffsetsByTimestamp`, resolved
 //! once and recorded in the source's checkpoint folder, so a re-run reads the same range.
 //! Partitions that appear later (new partitions, topics matching `subscribePattern`) start at
-//! their earliest offset. `maxOffsetsPerTrigger` is split across partitions in proportion to their
+//! their earliest offset, recorded in the checkpoint (`partition-starts.json`) before the batch
+//! that first reads them is planned, so a re-run of that batch reads the same range. `maxOffsetsPerTrigger` is split across partitions in proportion to their
 //! lag (Spark's rule); `minOffsetsPerTrigger` holds a batch back until that many offsets wait or
 //! `maxTriggerDelay` has passed. `failOnDataLoss` (default true): offsets that are gone (retention,
 //! deleted records) fail the query naming the partition and the range; false: logged, skipped.
@@ -134,8 +135,9 @@ pub fn client_config(o: &Options) -> Result<ClientConfig> {
     Ok(cfg)
 }
 
-/// Asks the brokers of `kafka.bootstrap.servers` for their metadata (for `sluice validate`).
-pub fn check_broker(o: &Options) -> Result<()> {
+/// Asks the brokers of `kafka.bootstrap.servers` for their metadata (for `sluice validate`):
+/// the topics that exist.
+pub fn check_broker(o: &Options) -> Result<Vec<String>> {
     let cfg = client_config(o)?;
     let c: BaseConsumer = cfg
         .create()
@@ -144,9 +146,15 @@ pub fn check_broker(o: &Options) -> Result<()> {
         .get("kafka.bootstrap.servers")
         .unwrap_or_default()
         .to_string();
-    c.fetch_metadata(None, Duration::from_secs(5))
-        .map(|_| ())
-        .map_err(|e| kafka_err(&format!("reaching the brokers {servers}"), e))
+    let md = c
+        .fetch_metadata(None, Duration::from_secs(5))
+        .map_err(|e| kafka_err(&format!("reaching the brokers {servers}"), e))?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.name().to_string())
+        .collect())
 }
 
 /// Maps an rdkafka error: the broker or network (retry) or the user.
@@ -154,11 +162,11 @@ pub fn kafka_err(what: &str, e: KafkaError) -> EngineError {
     let code = e.rdkafka_error_code();
     let msg = format!("kafka: {what}: {e}");
     match code {
-        Some(
-            RDKafkaErrorCode::UnknownTopicOrPartition
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::InvalidConfig,
-        ) => EngineError::user(msg),
+        // UnknownTopicOrPartition is retriable in Kafka's protocol (a topic being created, a
+        // leader moving): retried, visibly; `sluice validate` names a topic that does not exist
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::InvalidConfig) => {
+            EngineError::user(msg)
+        }
         _ => match e {
             KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => EngineError::user(msg),
             _ => EngineError::external(msg),
@@ -259,9 +267,30 @@ impl SourceFactory for KafkaSourceFactory {
     }
 
     fn check_reachable(&self, spec: &SourceSpec) -> Result<()> {
-        check_broker(&spec.options)
+        let topics = check_broker(&spec.options)?;
+        // a subscribed topic that does not exist: the query would wait for it (its errors are
+        // retried, as Kafka says): most often a typo, so validate names it
+        if let Subscription::Topics(ts) = &settings(&spec.options)?.sub {
+            let missing: Vec<&str> = ts
+                .iter()
+                .filter(|t| !topics.contains(t))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(EngineError::user(format!(
+                    "kafka source: topic(s) {} do not exist on the brokers (a query would wait \
+                     for them); existing: {}",
+                    missing.join(", "),
+                    topics.join(", ")
+                )));
+            }
+        }
+        Ok(())
     }
 
+    fn replayable(&self, _spec: &SourceSpec) -> bool {
+        true // offset ranges in the offsets log
+    }
     fn resolve_schema(&self, spec: &SourceSpec) -> Result<SchemaRef> {
         let s = settings(&spec.options)?;
         match &spec.schema {
@@ -359,10 +388,13 @@ impl SourceFactory for KafkaSourceFactory {
             schema,
             initial: None,
             initial_path: ctx.checkpoint_dir.join("initial-offsets.json"),
+            new_starts: None,
+            new_starts_path: ctx.checkpoint_dir.join("partition-starts.json"),
             last_trigger: Instant::now(),
             parse,
             watcher: None,
             backlog: None,
+            malformed: 0,
             available_now: None,
         }))
     }
@@ -396,10 +428,15 @@ pub struct KafkaSource {
     schema: SchemaRef,
     initial: Option<Offsets>,
     initial_path: PathBuf,
+    /// Where each partition that appeared after the first batch started (read lazily).
+    new_starts: Option<Offsets>,
+    new_starts_path: PathBuf,
     last_trigger: Instant,
     parse: Option<Shortcut>,
     watcher: Option<Watcher>,
     backlog: Option<u64>,
+    /// Malformed values in the last batch read (the JSON shortcut).
+    malformed: u64,
     /// `Trigger::AvailableNow`: the end offsets when the query started; never read past them.
     available_now: Option<Offsets>,
 }
@@ -561,6 +598,42 @@ impl KafkaSource {
         sluice_state::atomic::write_atomic(&self.initial_path, text.as_bytes())?;
         self.initial = Some(o.clone());
         Ok(o)
+    }
+
+    /// Partitions that appeared after the first batch, and the offset each started from.
+    fn new_starts(&mut self) -> Result<&Offsets> {
+        if self.new_starts.is_none() {
+            let o = match std::fs::read_to_string(&self.new_starts_path) {
+                Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                    EngineError::user(format!(
+                        "kafka source: corrupt {}: {e}",
+                        self.new_starts_path.display()
+                    ))
+                })?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Offsets::new(),
+                Err(e) => return Err(EngineError::io(&self.new_starts_path, e)),
+            };
+            self.new_starts = Some(o);
+        }
+        self.new_starts
+            .as_ref()
+            .ok_or_else(|| EngineError::bug("kafka partition starts"))
+    }
+
+    /// The offset a partition seen for the first time starts from: the one recorded when a
+    /// batch was first planned with it (a re-planned batch gets the same), else its earliest
+    /// offset now, recorded before the batch's offsets are.
+    fn start_of_new_partition(&mut self, t: &str, p: i32, low: i64) -> Result<i64> {
+        if let Some(b) = self.new_starts()?.get(t).and_then(|x| x.get(&p)) {
+            return Ok(*b);
+        }
+        tracing::info!("kafka: new partition {t}-{p}, reading from its earliest offset {low}");
+        let mut all = self.new_starts()?.clone();
+        all.entry(t.to_string()).or_default().insert(p, low);
+        let text = serde_json::to_string(&all).map_err(|e| EngineError::bug(e.to_string()))?;
+        sluice_state::atomic::write_atomic(&self.new_starts_path, text.as_bytes())?;
+        self.new_starts = Some(all);
+        Ok(low)
     }
 
     fn offsets_of(&mut self, o: Option<&Offset>) -> Result<Offsets> {
@@ -892,12 +965,7 @@ impl Source for KafkaSource {
             let (low, high) = self.watermarks(&t, p)?;
             let begin = match from.get(&t).and_then(|m| m.get(&p)) {
                 Some(b) => *b,
-                None => {
-                    tracing::info!(
-                        "kafka: new partition {t}-{p}, reading from its earliest offset {low}"
-                    );
-                    low
-                }
+                None => self.start_of_new_partition(&t, p, low)?,
             };
             let begin = if begin < low {
                 self.data_loss(&t, p, begin, low)?;
@@ -970,13 +1038,18 @@ impl Source for KafkaSource {
         let mut ranges = Vec::new();
         for (t, m) in &until {
             for (p, e) in m {
-                let mut s = from.get(t).and_then(|x| x.get(p)).copied().unwrap_or(0);
+                // a partition new in this batch starts where its planning recorded
+                let recorded = match from.get(t).and_then(|x| x.get(p)) {
+                    Some(b) => Some(*b),
+                    None => self.new_starts()?.get(t).and_then(|x| x.get(p)).copied(),
+                };
+                let mut s = recorded.unwrap_or(0);
                 if s >= *e {
                     continue; // nothing to read (a partition that did not move, or vanished)
                 }
                 let (low, _) = self.watermarks(t, *p)?;
                 if s < low {
-                    if from.get(t).and_then(|x| x.get(p)).is_some() {
+                    if recorded.is_some() {
                         self.data_loss(t, *p, s, low)?;
                     }
                     s = low;
@@ -987,7 +1060,12 @@ impl Source for KafkaSource {
         let recs = self.read(&ranges)?;
         let batch = match &self.parse {
             None => self.raw_batch(&recs)?,
-            Some(sc) => self.parsed_batch(sc, &recs)?,
+            Some(sc) => {
+                crate::formats::take_malformed();
+                let b = self.parsed_batch(sc, &recs)?;
+                self.malformed = crate::formats::take_malformed();
+                b
+            }
         };
         Ok(vec![batch])
     }
@@ -1049,7 +1127,8 @@ impl Source for KafkaSource {
                 let mut last_tick = Instant::now();
                 let mut reachable = true;
                 while !stop2.load(Ordering::SeqCst) {
-                    match watcher.poll(Duration::from_millis(100)) {
+                    // a long poll: an idle watcher wakes twice a second, not ten times
+                    match watcher.poll(Duration::from_millis(500)) {
                         Some(Ok(_)) => notifier.notify(),
                         Some(Err(KafkaError::MessageConsumption(
                             RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
@@ -1096,6 +1175,17 @@ impl Source for KafkaSource {
 
     fn backlog(&self) -> Option<u64> {
         self.backlog
+    }
+
+    fn metrics(&self) -> std::collections::BTreeMap<String, String> {
+        if self.parse.is_none() {
+            return Default::default();
+        }
+        [(
+            crate::file::MALFORMED_METRIC.to_string(),
+            self.malformed.to_string(),
+        )]
+        .into()
     }
 }
 

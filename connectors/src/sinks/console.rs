@@ -113,9 +113,6 @@ impl Sink for ConsoleSink {
         let _ = out.flush();
         Ok(())
     }
-    fn exactly_once(&self) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]

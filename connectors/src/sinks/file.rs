@@ -68,6 +68,9 @@ impl SinkFactory for FileSinkFactory {
     fn supported_modes(&self, _format: &str) -> Vec<OutputMode> {
         vec![OutputMode::Append]
     }
+    fn exactly_once(&self, _spec: &SinkSpec) -> bool {
+        true // a batch is published by its manifest entry; a re-run one is skipped
+    }
     fn validate(&self, spec: &SinkSpec) -> Result<()> {
         let known: &[&str] = match spec.format.as_str() {
             "csv" => &["path", "header", "sep", "delimiter"],

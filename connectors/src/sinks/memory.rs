@@ -73,7 +73,4 @@ impl Sink for MemorySink {
         self.last_batch = Some(batch_id);
         Ok(())
     }
-    fn exactly_once(&self) -> bool {
-        false // the table lives in this process only
-    }
 }

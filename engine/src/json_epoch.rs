@@ -1,0 +1,164 @@
+//! JSON numbers in `TIMESTAMP` columns are seconds since the epoch, fractional allowed, as in
+//! Spark (`{"time": 1469501107}` is 2016-07-26T02:45:07Z; arrow-json alone would read the
+//! number in the column's unit, microseconds, and land in 1970).
+//!
+//! The common case stays on arrow-json's fast path: the text is searched (memchr's SIMD
+//! search) for a timestamp field whose value starts like a number; only then are those
+//! columns decoded as text and converted here, numbers as seconds and strings as arrow-json
+//! would parse them. Top-level columns only: a timestamp nested in a struct keeps arrow-json's
+//! reading.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+/// The top-level timestamp (µs) columns of `schema`.
+pub(crate) fn timestamp_columns(schema: &Schema) -> Vec<usize> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.data_type(), DataType::Timestamp(TimeUnit::Microsecond, _)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Whether some `"name":` of `names` in `text` is followed by a value that starts like a JSON
+/// number (a digit or `-`). A key followed by anything else (a string, null) does not count.
+pub(crate) fn has_bare_number(text: &[u8], names: &[&str]) -> bool {
+    names.iter().any(|name| {
+        let key = format!("\"{name}\"");
+        let finder = memchr::memmem::Finder::new(key.as_bytes());
+        finder.find_iter(text).any(|at| {
+            let mut rest = text[at + key.len()..]
+                .iter()
+                .skip_while(|b| b.is_ascii_whitespace());
+            rest.next() == Some(&b':')
+                && rest
+                    .find(|b| !b.is_ascii_whitespace())
+                    .is_some_and(|b| b.is_ascii_digit() || *b == b'-')
+        })
+    })
+}
+
+/// `schema` with the columns `cols` as text (what arrow-json decodes them into first).
+pub(crate) fn as_text(schema: &Schema, cols: &[usize]) -> SchemaRef {
+    Arc::new(Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                if cols.contains(&i) {
+                    Field::new(f.name(), DataType::Utf8, true)
+                } else {
+                    f.as_ref().clone()
+                }
+            })
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
+/// One JSON value of a timestamp column, as text (a number's digits, or a string's
+/// content), in µs. Pure; table-tested.
+pub(crate) fn micros_of(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let numeric = t
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b == b'-')
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || b"-+.eE".contains(&b));
+    if numeric {
+        if let Ok(secs) = t.parse::<i64>() {
+            return secs
+                .checked_mul(1_000_000)
+                .ok_or_else(|| format!("{t} seconds since the epoch is out of range"));
+        }
+        if let Ok(secs) = t.parse::<f64>() {
+            let us = secs * 1_000_000.0;
+            // truncated toward zero, as Spark casts a double to a timestamp
+            if us.is_finite() && us.abs() < 9.2e18 {
+                return Ok(us as i64);
+            }
+            return Err(format!("{t} seconds since the epoch is out of range"));
+        }
+    }
+    arrow::compute::kernels::cast_utils::string_to_datetime(&chrono::Utc, t)
+        .map(|d| d.timestamp_micros())
+        .map_err(|e| format!("failed to parse \"{t}\" as a timestamp: {e}"))
+}
+
+/// Converts the text columns `cols` of `batch` (decoded as text) into the timestamp types of
+/// `schema`; a value that is neither a number nor a timestamp is an error (the record is
+/// malformed).
+pub(crate) fn convert(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    cols: &[usize],
+) -> Result<RecordBatch, String> {
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    for &i in cols {
+        let text = columns[i].as_string::<i32>();
+        let mut out = Vec::with_capacity(text.len());
+        for v in text.iter() {
+            out.push(v.map(micros_of).transpose()?);
+        }
+        let DataType::Timestamp(_, tz) = schema.field(i).data_type() else {
+            return Err("not a timestamp column".into());
+        };
+        columns[i] = Arc::new(TimestampMicrosecondArray::from(out).with_timezone_opt(tz.clone()));
+    }
+    RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_seconds_strings_are_timestamps() {
+        let s = 1_469_501_107_000_000i64; // 2016-07-26T02:45:07Z
+                                          // (text, µs)
+        let table: &[(&str, Result<i64, ()>)] = &[
+            ("1469501107", Ok(s)),
+            ("1469501107.5", Ok(s + 500_000)),
+            ("-1", Ok(-1_000_000)),
+            ("0", Ok(0)),
+            ("2016-07-26T02:45:07Z", Ok(s)),
+            ("2016-07-26 02:45:07", Ok(s)),
+            ("99999999999999999999", Err(())),
+            ("1e300", Err(())),
+            ("soon", Err(())),
+        ];
+        for (t, want) in table {
+            assert_eq!(micros_of(t).map_err(|_| ()), *want, "{t}");
+        }
+    }
+
+    #[test]
+    fn bare_numbers_are_found_per_field() {
+        let names = ["time"];
+        assert!(has_bare_number(
+            br#"{"time":1469501107,"action":"Open"}"#,
+            &names
+        ));
+        assert!(has_bare_number(br#"{"a":1, "time" :  -5}"#, &names));
+        assert!(!has_bare_number(
+            br#"{"time":"2016-07-26T02:45:07Z","n":5}"#,
+            &names
+        ));
+        assert!(!has_bare_number(
+            br#"{"time":null,"x":{"time2":5}}"#,
+            &names
+        ));
+        assert!(!has_bare_number(br#"{"other":1}"#, &names));
+    }
+}
