@@ -940,6 +940,24 @@ sink = {{ format = "kafka", options = {{ "kafka.bootstrap.servers" = "{bs}", del
         serde_json::from_str(got[0].1.as_deref().expect("value")).expect("json");
     assert_eq!(v["n10"], 10, "the row as JSON: {v}");
     assert_eq!(v["topic"], "routed");
+    // Spark's rule: a 'topic' option overrides the topic column
+    broker.create_topic("override", 1);
+    let text = fs::read_to_string(&p)
+        .expect("pipeline")
+        .replace("checkpoint = \"chk\"", "checkpoint = \"chk2\"")
+        .replace(
+            "deliveryGuarantee = \"at-least-once\"",
+            "deliveryGuarantee = \"at-least-once\", topic = \"override\"",
+        );
+    fs::write(&p, text).expect("write");
+    let o = run_pipeline(&p, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read_all(&bs, "override", 1, "read_uncommitted").len(), 2);
+    assert_eq!(
+        read_all(&bs, "routed", 1, "read_uncommitted").len(),
+        2,
+        "none added"
+    );
     // the header arrived: read it with includeHeaders
     let s = Session::builder().build().expect("session");
     let q = s

@@ -470,3 +470,132 @@ progress_log = "progress.jsonl"
         );
     }
 }
+
+/// Session settings: Sluice's own (`sluice.retry.*`) and Spark's are taken, anything else is
+/// refused naming the key — never a panic (an unknown DataFusion key used to panic in the
+/// builder).
+#[test]
+fn session_settings_are_taken_or_refused_by_name() {
+    let s = sluice::Session::builder()
+        .config("sluice.retry.maxRetries", "2")
+        .config("datafusion.execution.batch_size", "4096")
+        .build()
+        .expect("known settings");
+    assert_eq!(s.conf("sluice.retry.maxRetries").as_deref(), Some("2"));
+    for bad in [
+        "nonsense.key",
+        "datafusion.execution.nope",
+        "sluice.retry.nope",
+        "spark.sql.nope",
+    ] {
+        let e = sluice::Session::builder()
+            .config(bad, "1")
+            .build()
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"))
+            .to_string();
+        assert!(e.contains(bad), "{e}");
+    }
+}
+
+/// librdkafka settings Sluice owns are refused with the reason, whatever the prefix's case —
+/// not silently overwritten.
+#[cfg(feature = "kafka")]
+#[test]
+fn kafka_settings_sluice_owns_are_refused_with_the_reason() {
+    let s = session();
+    for (key, why) in [
+        ("kafka.auto.offset.reset", "use startingOffsets"),
+        ("Kafka.enable.auto.commit", "kept in the checkpoint"),
+    ] {
+        let e = s
+            .read_stream()
+            .format("kafka")
+            .option("kafka.bootstrap.servers", "127.0.0.1:9")
+            .option("subscribe", "t")
+            .option(key, "x")
+            .load_default()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(key) && e.contains(why), "{key}: {e}");
+    }
+}
+
+/// Options that used to be accepted and then had no effect are refused, naming the option.
+#[test]
+fn options_without_effect_are_refused_by_name() {
+    let w = workdir();
+    let input = w.path().join("in");
+    fs::create_dir_all(&input).expect("in");
+    let s = session();
+    let df = || {
+        s.read_stream()
+            .schema("a BIGINT")
+            .json(input.to_str().expect("p"))
+            .expect("load")
+    };
+    let start_err = |r: sluice::Result<sluice::StreamingQuery>| -> String {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    // the csv sink's separator is one character, as the csv source's
+    let e = start_err(
+        df().write_stream()
+            .format("csv")
+            .option("path", w.path().join("o").to_str().expect("p"))
+            .option("sep", "ab")
+            .checkpoint_location(w.path().join("c1"))
+            .start(),
+    );
+    assert!(e.contains("option 'sep' must be a single character"), "{e}");
+    // a file source flag is checked whether or not it is used
+    let e = s
+        .read_stream()
+        .schema("a BIGINT")
+        .option("mergeSchema", "banana")
+        .parquet(input.to_str().expect("p"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("mergeSchema"), "{e}");
+    #[cfg(feature = "jdbc")]
+    {
+        let e = start_err(
+            df().write_stream()
+                .format("jdbc")
+                .option("url", "jdbc:postgresql://127.0.0.1:9/db")
+                .option("dbtable", "t")
+                .option("driver", "com.mysql.cj.jdbc.Driver")
+                .checkpoint_location(w.path().join("c2"))
+                .start(),
+        );
+        assert!(e.contains("option 'driver'"), "{e}");
+    }
+    #[cfg(feature = "kafka")]
+    {
+        let kafka = |opts: &[(&str, &str)], schema: Option<&str>| -> String {
+            let mut r = s
+                .read_stream()
+                .format("kafka")
+                .option("kafka.bootstrap.servers", "127.0.0.1:9")
+                .option("subscribe", "t");
+            if let Some(sc) = schema {
+                r = r.schema(sc);
+            }
+            for (k, v) in opts {
+                r = r.option(k, *v);
+            }
+            r.load_default()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let e = kafka(&[("mode", "FAILFAST")], None);
+        assert!(
+            e.contains("option 'mode' applies to values parsed with a schema"),
+            "{e}"
+        );
+        let e = kafka(&[("includeHeaders", "true")], Some("n BIGINT"));
+        assert!(e.contains("includeHeaders with a value schema"), "{e}");
+    }
+}

@@ -54,16 +54,22 @@ impl SessionBuilder {
             .set_str("datafusion.execution.time_zone", "UTC");
         let mut spark_conf = std::collections::BTreeMap::new();
         for (k, v) in &self.config {
-            if k.starts_with("spark.") {
-                if !SPARK_CONF_KEYS.contains(&k.as_str()) {
+            if k.starts_with("spark.") || k.starts_with("sluice.") {
+                if !SPARK_CONF_KEYS.contains(&k.as_str()) && !SLUICE_CONF_KEYS.contains(&k.as_str())
+                {
                     return Err(EngineError::user(format!(
-                        "unknown setting '{k}': Sluice honours {}",
-                        SPARK_CONF_KEYS.join(", ")
+                        "unknown setting '{k}': Sluice honours {}, {} (and DataFusion's \
+                         datafusion.* settings)",
+                        SPARK_CONF_KEYS.join(", "),
+                        SLUICE_CONF_KEYS.join(", ")
                     )));
                 }
                 spark_conf.insert(k.clone(), v.clone());
             } else {
-                config = config.set_str(k, v);
+                config
+                    .options_mut()
+                    .set(k, v)
+                    .map_err(|e| EngineError::user(format!("setting '{k}' = '{v}': {e}")))?;
             }
         }
         let ctx = SessionContext::new_with_config(config);
@@ -108,6 +114,13 @@ pub const MIN_BATCHES_TO_RETAIN_CONF: &str = "spark.sql.streaming.minBatchesToRe
 /// A state snapshot every this many batches (default 10; 0 never).
 pub const MIN_DELTAS_FOR_SNAPSHOT_CONF: &str =
     "spark.sql.streaming.stateStore.minDeltasForSnapshot";
+
+/// Sluice's own session settings (the query's retry policy).
+pub const SLUICE_CONF_KEYS: &[&str] = &[
+    crate::retry::INITIAL_BACKOFF_CONF,
+    crate::retry::MAX_BACKOFF_CONF,
+    crate::retry::MAX_RETRIES_CONF,
+];
 
 /// The Spark settings a session takes through [`SessionBuilder::config`] (a writer option
 /// without the `spark.sql.streaming.` prefix overrides them per query).

@@ -445,6 +445,8 @@ fn validate_options(o: &Options) -> Result<()> {
     o.get_duration("pollInterval")?;
     o.get_duration(arrival::MIN_FILE_AGE)?;
     o.get_bool("ignoreMissingFiles", false)?;
+    o.get_bool("mergeSchema", false)?;
+    o.get_bool("inferSchema", false)?;
     formats::Mode::from_options(o)?;
     Ok(())
 }

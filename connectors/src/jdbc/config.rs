@@ -343,6 +343,26 @@ impl JdbcConfig {
             )
         })?;
         let target = parse_target(url, o.get("user"), o.get("password"))?;
+        // Spark's `driver` names a JDBC class; here the URL picks the client, so the option
+        // must agree with it
+        if let Some(d) = o.get("driver") {
+            let fits = match target.dialect {
+                Dialect::Postgres => d == "org.postgresql.Driver",
+                Dialect::MySql => matches!(
+                    d,
+                    "com.mysql.cj.jdbc.Driver"
+                        | "com.mysql.jdbc.Driver"
+                        | "org.mariadb.jdbc.Driver"
+                ),
+            };
+            if !fits {
+                return Err(EngineError::user(format!(
+                    "option 'driver' = '{d}' does not fit the url (a {} database): Sluice \
+                     picks its client from the url; leave 'driver' out",
+                    target.dialect.name()
+                )));
+            }
+        }
         let table = TableName::parse(o.get("dbtable").ok_or_else(|| {
             EngineError::user("the jdbc sink needs option 'dbtable' (the output table)")
         })?)?;

@@ -50,7 +50,12 @@ impl SinkFactory for KafkaSinkFactory {
     fn validate(&self, spec: &SinkSpec) -> Result<()> {
         spec.options
             .check_known("the kafka sink", OPTIONS, &["kafka."])?;
-        client_config(&spec.options)?;
+        let cfg = client_config(&spec.options)?;
+        if cfg.get("group.id").is_some() {
+            return Err(EngineError::user(
+                "kafka sink: option 'kafka.group.id' is not supported: the sink has no consumer group",
+            ));
+        }
         guarantee(spec.options.get("deliveryGuarantee"))?;
         Ok(())
     }
@@ -417,12 +422,13 @@ impl KafkaSink {
                 .map(|i| arrow::compute::cast(b.column(i), &DataType::Int32))
                 .transpose()?;
             for r in 0..b.num_rows() {
+                // Spark: the 'topic' option overrides the topic column
                 let topic = match (topic_col, &default_topic) {
-                    (Some(i), _) if b.column(i).is_valid(r) => {
+                    (_, Some(t)) => t.clone(),
+                    (Some(i), None) if b.column(i).is_valid(r) => {
                         String::from_utf8_lossy(&as_bytes(b.column(i), r).unwrap_or_default())
                             .into_owned()
                     }
-                    (_, Some(t)) => t.clone(),
                     _ => {
                         return Err(EngineError::user(format!(
                             "kafka sink: row {r} has a NULL topic and no 'topic' option is set"

@@ -115,12 +115,44 @@ enum Starting {
     ByTimestamp(Offsets),
 }
 
-/// The librdkafka configuration: `kafka.*` options without the prefix.
+/// librdkafka settings Sluice owns, and why (Spark refuses the same ones for its consumer).
+const OWNED: &[(&str, &str)] = &[
+    (
+        "auto.offset.reset",
+        "use startingOffsets (and failOnDataLoss)",
+    ),
+    (
+        "enable.auto.commit",
+        "offsets are kept in the checkpoint, never committed to Kafka",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are kept in the checkpoint",
+    ),
+    (
+        "enable.partition.eof",
+        "the source needs end-of-partition events",
+    ),
+    (
+        "transactional.id",
+        "the exactly-once sink derives it from the query id (to fence zombies)",
+    ),
+    ("enable.idempotence", "set by deliveryGuarantee"),
+];
+
+/// The librdkafka configuration: `kafka.*` options (the prefix in any case) without the
+/// prefix; a setting Sluice owns is refused with the reason.
 pub fn client_config(o: &Options) -> Result<ClientConfig> {
     let mut cfg = ClientConfig::new();
     let mut servers = false;
     for (k, v) in o.iter() {
-        if let Some(key) = k.strip_prefix("kafka.") {
+        if k.len() > 6 && k.is_char_boundary(6) && k[..6].eq_ignore_ascii_case("kafka.") {
+            let key = &k[6..];
+            if let Some((_, why)) = OWNED.iter().find(|(o, _)| o.eq_ignore_ascii_case(key)) {
+                return Err(EngineError::user(format!(
+                    "kafka: option '{k}' is not supported: {why}"
+                )));
+            }
             if key == "bootstrap.servers" {
                 servers = true;
             }
@@ -295,9 +327,22 @@ impl SourceFactory for KafkaSourceFactory {
         let s = settings(&spec.options)?;
         match &spec.schema {
             None => {
-                Mode::from_options(&spec.options)?;
+                for k in ["mode", "columnNameOfCorruptRecord"] {
+                    if spec.options.get(k).is_some() {
+                        return Err(EngineError::user(format!(
+                            "kafka source: option '{k}' applies to values parsed with a schema; \
+                             without one the rows are the raw records (use from_json(value, ...) \
+                             with a mode, or give the source a schema)"
+                        )));
+                    }
+                }
                 Ok(Arc::new(kafka_schema(s.include_headers)))
             }
+            Some(_) if s.include_headers => Err(EngineError::user(
+                "kafka source: includeHeaders with a value schema is not supported: the parsed \
+                 rows have no headers column. Read without a schema (rows with `headers`) and \
+                 parse with from_json(CAST(value AS STRING), ...)",
+            )),
             Some(user) => {
                 for f in shortcut_meta() {
                     if user.field_with_name(f.name()).is_ok() {
@@ -325,10 +370,14 @@ impl SourceFactory for KafkaSourceFactory {
     ) -> Result<Box<dyn Source>> {
         let s = settings(&spec.options)?;
         let mut cfg = client_config(&spec.options)?;
-        cfg.set(
-            "group.id",
-            format!("sluice-{}-source-{}", ctx.query_id, ctx.index),
-        );
+        // a group id of the user's (Spark's kafka.group.id) is used as given: offsets are never
+        // committed to it
+        if cfg.get("group.id").is_none() {
+            cfg.set(
+                "group.id",
+                format!("sluice-{}-source-{}", ctx.query_id, ctx.index),
+            );
+        }
         cfg.set("enable.auto.commit", "false");
         cfg.set("enable.auto.offset.store", "false");
         cfg.set("enable.partition.eof", "true");

@@ -84,6 +84,9 @@ impl SinkFactory for FileSinkFactory {
                 spec.format
             )));
         }
+        if spec.format == "csv" {
+            crate::formats::csv::CsvOptions::from_options(&spec.options)?;
+        }
         spec.options.get_bool("header", false)?;
         Ok(())
     }
@@ -98,12 +101,7 @@ impl SinkFactory for FileSinkFactory {
         let dir = PathBuf::from(spec.options.get("path").unwrap_or_default());
         fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
         let manifest: VersionedLog<ManifestEntry> = VersionedLog::open(dir.join(MANIFEST_DIR))?;
-        let delimiter = spec
-            .options
-            .get("sep")
-            .or(spec.options.get("delimiter"))
-            .map(|s| s.as_bytes().first().copied().unwrap_or(b','))
-            .unwrap_or(b',');
+        let delimiter = crate::formats::csv::CsvOptions::from_options(&spec.options)?.delimiter;
         let sink = FileSink {
             dir,
             kind,
