@@ -178,7 +178,13 @@ fn batch_timestamps_us(chk: &Path) -> BTreeSet<i64> {
 
 const STAGES: [&str; 3] = ["bronze", "silver", "gold"];
 /// Crash points a Delta batch has (its sink writes and commits in one delta-rs call).
-const POINTS: [&str; 4] = ["after-offsets", "after-sink", "after-state", "after-commit"];
+const POINTS: [&str; 5] = [
+    "after-offsets",
+    "mid-sink",
+    "after-sink",
+    "after-state",
+    "after-commit",
+];
 
 #[test]
 fn medallion_killed_at_random_points_in_every_stage_equals_uninterrupted() {
@@ -328,6 +334,65 @@ fn active_files(path: &Path) -> BTreeSet<String> {
         }
     }
     live
+}
+
+/// Every `.parquet` file in the table directory, relative to it (the log's excepted).
+fn parquet_files_on_disk(dir: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        for e in fs::read_dir(dir).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if !p.ends_with("_delta_log") {
+                    walk(root, &p, out);
+                }
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let rel = p.strip_prefix(root).expect("under the table");
+                out.insert(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// A kill after a batch's Parquet file is written and before its commit (`mid-sink`) leaves a
+/// file no commit references; when the batch runs again the sink removes it (from its journal
+/// of written files), so a plain Parquet reader of the directory sees the table's rows only.
+#[test]
+fn a_killed_batchs_data_files_are_removed_when_it_runs_again() {
+    let w = workdir();
+    let input = w.path().join("in");
+    put_file(&input, "1.json", &ev("00:00:00", "click", 1, 1.0), 0);
+    put_file(&input, "2.json", &ev("00:01:00", "view", 2, 2.0), 1);
+    put_file(&input, "3.json", &ev("00:02:00", "buy", 3, 3.0), 2);
+    let p = w.path().join("p.toml");
+    fs::write(
+        &p,
+        format!(
+            "[source.events]\nformat = \"json\"\npath = \"in\"\nschema = \"{SCHEMA}\"\n\
+             options = {{ maxFilesPerTrigger = 1 }}\n\n[query.copy]\n\
+             sql = \"SELECT * FROM events\"\ntrigger = \"available-now\"\n\
+             checkpoint = \"chk\"\nsink = {{ format = \"delta\", path = \"table\" }}\n"
+        ),
+    )
+    .expect("pipeline");
+    let o = run_pipeline(&p, &[("SLUICE_CRASH_AT", "mid-sink@1")]);
+    assert!(killed(&o), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = w.path().join("table");
+    let orphans: Vec<String> = parquet_files_on_disk(&table)
+        .difference(&active_files(&table))
+        .cloned()
+        .collect();
+    assert_eq!(orphans.len(), 1, "the killed batch's file: {orphans:?}");
+    let o = run_pipeline(&p, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        parquet_files_on_disk(&table),
+        active_files(&table),
+        "no file outside the table"
+    );
+    assert_eq!(rows(&table, &[]).len(), 3, "every row once");
 }
 
 /// `optimizeEvery = 3`: after batches 2 and 5 the sink compacts the table: an OPTIMIZE commit
