@@ -216,8 +216,14 @@ fn main() -> ExitCode {
             fail_fast,
             stop_timeout,
         } => {
-            let Ok(stop_timeout) = std::time::Duration::try_from_secs_f64(stop_timeout) else {
-                eprintln!("error: --stop-timeout {stop_timeout}: not a number of seconds");
+            // at most a day: a bound that is not one is no bound (and would overflow a clock)
+            let Some(stop_timeout) = std::time::Duration::try_from_secs_f64(stop_timeout)
+                .ok()
+                .filter(|d| d.as_secs() <= 86_400)
+            else {
+                eprintln!(
+                    "error: --stop-timeout {stop_timeout}: give a number of seconds from 0 to 86400"
+                );
                 return ExitCode::from(2);
             };
             if let Some(addr) = &http {

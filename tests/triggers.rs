@@ -591,6 +591,49 @@ fn a_rerun_batch_reads_the_bytes_it_recorded() {
     );
 }
 
+/// A file appended to after it was taken (a logger writing to the same file): its new lines
+/// are not read — a file is taken once — and the daemon says so, naming the file, once.
+#[test]
+fn a_file_modified_after_it_was_taken_is_named_in_a_warning() {
+    let w = workdir();
+    let input = w.path().join("in");
+    put_file(&input, "a.json", &event(0), 0);
+    let p = csv_pipeline(w.path(), "file-arrival", "");
+    let child = spawn_pipeline(&p, &[("SLUICE_LOG", "warn")]);
+    let out = w.path().join("out");
+    let rows = || {
+        fs::metadata(out.join("_sluice_metadata"))
+            .map(|_| sorted(committed_lines(&out, false)))
+            .unwrap_or_default()
+    };
+    wait_until("a.json's row", Duration::from_secs(30), || {
+        rows().len() == 1
+    });
+    {
+        use std::io::Write as _;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(input.join("a.json"))
+            .expect("open");
+        f.write_all(event(1).as_bytes()).expect("append");
+    }
+    put_file(&input, "b.json", &event(2), 1);
+    wait_until("b.json's row", Duration::from_secs(30), || {
+        rows().len() == 2
+    });
+    signal(&child, "TERM");
+    let o = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(rows(), ["0", "2"], "the appended line is not read");
+    assert_eq!(
+        err.matches("a.json was modified after it was taken into a batch")
+            .count(),
+        1,
+        "{err}"
+    );
+}
+
 /// A file deleted after its batch was planned: the re-run fails naming it and the way out;
 /// with ignoreMissingFiles it is skipped with a warning and the query goes on.
 #[test]

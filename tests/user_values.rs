@@ -129,44 +129,50 @@ fn two_stateful_operators_are_refused_as_the_users() {
     }
 }
 
-/// An event time past year 9999 fails the batch with a message naming the row, instead of
-/// overflowing the window arithmetic.
+/// A JSON number far outside Spark's timestamp range (milliseconds written where seconds are
+/// read: 3e11 s is the year 11476) is a malformed record, not a batch that fails for good: under
+/// FAILFAST the error names the value and what to do; PERMISSIVE keeps the record in
+/// `_corrupt_record` and the other rows go on.
 #[test]
-fn an_event_time_outside_sparks_range_is_named() {
+fn an_event_time_outside_sparks_range_is_a_malformed_record() {
     let w = workdir();
     let input = w.path().join("in");
     put_file(
         &input,
         "a.json",
-        // a JSON number is seconds since the epoch: 3e11 s is the year 11476
         "{\"ts\": \"2025-01-01T00:00:00Z\"}\n{\"ts\": 300000000000}\n",
         0,
     );
     let s = session();
-    s.read_stream()
-        .schema("ts TIMESTAMP")
-        .json(input.to_str().expect("p"))
-        .and_then(|df| df.with_watermark("ts", "1 minute"))
-        .and_then(|df| df.create_or_replace_temp_view("t").map(|_| df))
-        .expect("view");
-    let q = s
-        .sql("SELECT window.start AS ws, count(*) AS n FROM t GROUP BY window(ts, '1 hour')")
+    let run = |mode: &str, name: &str| {
+        s.read_stream()
+            .schema("ts TIMESTAMP, _corrupt_record STRING")
+            .option("mode", mode)
+            .json(input.to_str().expect("p"))
+            .expect("load")
+            .write_stream()
+            .format("memory")
+            .query_name(name)
+            .trigger(sluice::Trigger::AvailableNow)
+            .checkpoint_location(w.path().join(name))
+            .start()
+            .expect("start")
+            .await_termination()
+    };
+    let e = run("FAILFAST", "strict").expect_err("failfast");
+    assert_eq!(e.kind, sluice::ErrorKind::User, "{e}");
+    assert!(e.message.contains("outside 0001-01-01..9999-12-31"), "{e}");
+    assert!(e.message.contains("milliseconds"), "{e}");
+    run("PERMISSIVE", "kept").expect("permissive");
+    let b = s
+        .sql("SELECT _corrupt_record FROM kept WHERE ts IS NULL")
         .expect("sql")
-        .write_stream()
-        .format("memory")
-        .query_name("far")
-        .trigger(sluice::Trigger::AvailableNow)
-        .checkpoint_location(w.path().join("chk"))
-        .start()
-        .expect("start");
-    let e = q.await_termination().expect_err("out of range");
-    assert_ne!(e.kind, sluice::ErrorKind::Bug, "{e}");
-    assert!(
-        e.message
-            .contains("outside the range windows are computed for"),
-        "{e}"
-    );
-    assert!(e.message.contains("row 1"), "{e}");
+        .collect()
+        .expect("collect");
+    let text = sluice::arrow::util::pretty::pretty_format_batches(&b)
+        .expect("fmt")
+        .to_string();
+    assert!(text.contains("300000000000"), "{text}");
 }
 
 /// A small xorshift generator for the property test below (seeded; SLUICE_TEST_SEED replays).
@@ -598,4 +604,56 @@ fn options_without_effect_are_refused_by_name() {
         let e = kafka(&[("includeHeaders", "true")], Some("n BIGINT"));
         assert!(e.contains("includeHeaders with a value schema"), "{e}");
     }
+}
+
+/// Parquet's `mergeSchema` (Spark's meaning): the union of the columns of every file present,
+/// instead of the first file's.
+#[test]
+fn parquet_merge_schema_takes_the_union_of_the_files_columns() {
+    use std::sync::Arc;
+
+    use parquet::arrow::ArrowWriter;
+    use sluice::arrow::array::{ArrayRef, Int64Array, StringArray};
+    use sluice::arrow::record_batch::RecordBatch;
+
+    let w = workdir();
+    let input = w.path().join("in");
+    fs::create_dir_all(&input).expect("in");
+    let write = |name: &str, batch: RecordBatch, seq: u64| {
+        let tmp = input.join(format!(".{name}"));
+        let f = fs::File::create(&tmp).expect("create");
+        let mut wr = ArrowWriter::try_new(f, batch.schema(), None).expect("writer");
+        wr.write(&batch).expect("write");
+        wr.close().expect("close");
+        let f = fs::File::options().write(true).open(&tmp).expect("open");
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + seq))
+            .expect("mtime");
+        fs::rename(&tmp, input.join(name)).expect("rename");
+    };
+    let a: ArrayRef = Arc::new(Int64Array::from(vec![1]));
+    let b: ArrayRef = Arc::new(StringArray::from(vec!["x"]));
+    write(
+        "1.parquet",
+        RecordBatch::try_from_iter([("a", a.clone())]).expect("batch"),
+        0,
+    );
+    write(
+        "2.parquet",
+        RecordBatch::try_from_iter([("a", a), ("b", b)]).expect("batch"),
+        1,
+    );
+    let s = session();
+    let names = |merge: bool| -> Vec<String> {
+        s.read_stream()
+            .option("mergeSchema", merge.to_string())
+            .parquet(input.to_str().expect("p"))
+            .expect("load")
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    };
+    assert_eq!(names(false), ["a"], "the first file's columns");
+    assert_eq!(names(true), ["a", "b"], "every file's columns");
 }

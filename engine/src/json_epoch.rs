@@ -72,18 +72,28 @@ pub(crate) fn micros_of(text: &str) -> Result<i64, String> {
         && t.bytes()
             .all(|b| b.is_ascii_digit() || b"-+.eE".contains(&b));
     if numeric {
+        // Spark's timestamp range, 0001-01-01 to 9999-12-31: outside it the record is malformed
+        // (a value in milliseconds read as seconds lands far beyond it)
+        const MIN_S: f64 = -62_135_596_800.0;
+        const MAX_S: f64 = 253_402_300_799.0;
+        let out_of_range = || {
+            format!(
+                "{t} seconds since the epoch is outside 0001-01-01..9999-12-31 (JSON numbers are \
+                 seconds, as in Spark; milliseconds need dividing by 1000)"
+            )
+        };
         if let Ok(secs) = t.parse::<i64>() {
-            return secs
-                .checked_mul(1_000_000)
-                .ok_or_else(|| format!("{t} seconds since the epoch is out of range"));
+            if (secs as f64) < MIN_S || (secs as f64) > MAX_S {
+                return Err(out_of_range());
+            }
+            return secs.checked_mul(1_000_000).ok_or_else(out_of_range);
         }
         if let Ok(secs) = t.parse::<f64>() {
-            let us = secs * 1_000_000.0;
-            // truncated toward zero, as Spark casts a double to a timestamp
-            if us.is_finite() && us.abs() < 9.2e18 {
-                return Ok(us as i64);
+            if !secs.is_finite() || !(MIN_S..=MAX_S + 1.0).contains(&secs) {
+                return Err(out_of_range());
             }
-            return Err(format!("{t} seconds since the epoch is out of range"));
+            // truncated toward zero, as Spark casts a double to a timestamp
+            return Ok((secs * 1_000_000.0) as i64);
         }
     }
     arrow::compute::kernels::cast_utils::string_to_datetime(&chrono::Utc, t)
@@ -136,6 +146,8 @@ mod tests {
             ("2016-07-26 02:45:07", Ok(s)),
             ("99999999999999999999", Err(())),
             ("1e300", Err(())),
+            ("300000000000", Err(())), // milliseconds read as seconds: the year 11476
+            ("253402300799", Ok(253_402_300_799_000_000)), // 9999-12-31T23:59:59Z
             ("soon", Err(())),
         ];
         for (t, want) in table {

@@ -546,7 +546,28 @@ impl DataStreamWriter {
             sources.push((t.spec.format.as_str(), replayable));
         }
         let sink_exactly_once = factory.as_ref().is_some_and(|f| f.exactly_once(&spec));
-        let guarantee = crate::guarantee::of_query(&sources, (&format, sink_exactly_once));
+        let mut guarantee = crate::guarantee::of_query(&sources, (&format, sink_exactly_once));
+        // a late-data sink that writes a re-run batch again makes the query's output so too
+        if let Some((late_format, late_options)) = &self.late_data {
+            let late_spec = SinkSpec {
+                format: late_format.clone(),
+                options: late_options.clone(),
+                output_mode: OutputMode::Append,
+            };
+            let late_exactly_once = session
+                .registry()
+                .sink(late_format)
+                .is_ok_and(|f| f.exactly_once(&late_spec));
+            if !late_exactly_once {
+                let why = format!("the {late_format} late-data sink writes a re-run batch again");
+                guarantee = match guarantee {
+                    (crate::guarantee::Guarantee::ExactlyOnce, _) => {
+                        (crate::guarantee::Guarantee::AtLeastOnce, why)
+                    }
+                    (g, before) => (g, format!("{before}; {why}")),
+                };
+            }
+        }
 
         let checkpoint_dir = match &self.checkpoint {
             Some(d) => d.clone(),

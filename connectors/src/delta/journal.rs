@@ -52,12 +52,18 @@ impl Journal {
         if let Some(dir) = self.file.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        let created = !self.file.exists();
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.file)?;
         f.write_all(format!("{path}\n").as_bytes())?;
-        f.sync_data()
+        f.sync_data()?;
+        // a new journal's name must survive a power cut too
+        if let (true, Some(dir)) = (created, self.file.parent()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// The files recorded since the journal was last emptied.

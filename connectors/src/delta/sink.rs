@@ -392,8 +392,9 @@ impl DeltaSink {
             .await
             .map_err(|e| delta_err("reading the application transaction", e))?;
         if done.is_some_and(|v| v >= batch_id as i64) {
-            // committed by an earlier attempt: what the journal holds is the table's now
-            self.journal.clear()?;
+            // committed by an earlier attempt (killed after its commit, perhaps inside the
+            // compaction after it): remove what no commit references, then start afresh
+            self.remove_uncommitted_files(&t, batch_id).await?;
             self.table = Some(t);
             return Ok(false);
         }
@@ -485,6 +486,9 @@ impl DeltaSink {
                 .await
                 .map_err(|e| delta_err("reading the table's log", e))?;
         }
+        // the batch is in the table: its files are the table's. (A compaction's files are
+        // journaled afresh: if it fails or is killed, the next batch removes them.)
+        self.journal.clear()?;
         if let Some(n) = self.optimize_every {
             if (batch_id + 1).is_multiple_of(n) {
                 let mut o = t.clone().optimize().with_max_concurrent_tasks(1);
@@ -500,6 +504,7 @@ impl DeltaSink {
                             m.num_files_added
                         );
                         t = nt;
+                        self.journal.clear()?;
                     }
                     // compaction is an optimisation: a failure is logged, the next one retries
                     Err(e) => {
@@ -508,7 +513,6 @@ impl DeltaSink {
                 }
             }
         }
-        self.journal.clear()?;
         self.table = Some(t);
         Ok(true)
     }

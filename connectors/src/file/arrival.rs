@@ -6,10 +6,15 @@
 //! not read half-written; 0 with once / available-now triggers, which read what is there).
 //! Until then it is left for a later batch, and a timer wakes the query when it is due.
 //!
+//! A Parquet file is taken only once it ends with its footer's magic bytes (`PAR1`): a file
+//! still being written by a Parquet writer has none.
+//!
 //! A batch reads exactly the bytes its source log recorded (the file's size when it was taken):
-//! a re-run after a crash reads the same rows. A file that grew since is read up to the
-//! recorded size, without a partial last line, with a warning naming it; a file now shorter
-//! than recorded cannot give the same rows and fails the batch naming it.
+//! a re-run after a crash reads the same rows, whatever happened to the file since. A file that
+//! grew is read up to the recorded size with a warning naming it (and saying when the recorded
+//! bytes end inside a line: that record was cut while being written); a file now shorter than
+//! recorded cannot give the same rows and fails the batch naming it. A file modified after it
+//! was taken is named in a warning once: Sluice takes a file once, its later content is not read.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -30,7 +35,22 @@ pub(super) const DEFAULT_MIN_FILE_AGE: Duration = Duration::from_secs(1);
 /// Paths the watcher saw completed (closed after writing, renamed into place), shared with the
 /// watcher's callback.
 #[derive(Debug, Default, Clone)]
-pub(super) struct Completed(Arc<Mutex<HashSet<PathBuf>>>);
+pub(super) struct Completed(Arc<Mutex<Paths>>);
+
+#[derive(Debug, Default)]
+pub(super) struct Paths {
+    /// Closed after writing or renamed into place, not taken yet.
+    done: HashSet<PathBuf>,
+    /// Written since the query last looked (to name files modified after they were taken).
+    written: HashSet<PathBuf>,
+}
+
+/// Whether a path's name is one the source ignores (`_x`, `.x`: written, then renamed).
+fn hidden(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') || n.starts_with('_'))
+}
 
 impl Completed {
     /// Records what a file-system event says about its paths.
@@ -41,18 +61,29 @@ impl Completed {
         match ev.kind {
             E::Access(AccessKind::Close(AccessMode::Write))
             | E::Modify(ModifyKind::Name(RenameMode::To)) => {
-                set.extend(ev.paths.iter().cloned());
+                set.done
+                    .extend(ev.paths.iter().filter(|p| !hidden(p)).cloned());
             }
             E::Modify(ModifyKind::Name(RenameMode::Both)) => {
-                // (from, to): the destination is complete
-                if let Some(to) = ev.paths.last() {
-                    set.insert(to.clone());
+                // (from, to): the source is gone, the destination is complete
+                if let Some(from) = ev.paths.first() {
+                    set.done.remove(from);
+                }
+                if let Some(to) = ev.paths.last().filter(|p| !hidden(p)) {
+                    set.done.insert(to.clone());
+                }
+            }
+            E::Modify(ModifyKind::Name(RenameMode::From)) | E::Remove(_) => {
+                for p in &ev.paths {
+                    set.done.remove(p);
+                    set.written.remove(p);
                 }
             }
             E::Modify(ModifyKind::Data(_)) | E::Create(_) => {
                 // being written (again)
-                for p in &ev.paths {
-                    set.remove(p);
+                for p in ev.paths.iter().filter(|p| !hidden(p)) {
+                    set.done.remove(p);
+                    set.written.insert(p.clone());
                 }
             }
             _ => {}
@@ -60,12 +91,39 @@ impl Completed {
     }
 
     fn contains(&self, p: &Path) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(p)
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .done
+            .contains(p)
     }
 
     /// Forgets a path once it is taken (the set stays as small as the files in flight).
     pub(super) fn forget(&self, p: &Path) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(p);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .done
+            .remove(p);
+    }
+
+    /// The paths written since the last call.
+    pub(super) fn take_written(&self) -> HashSet<PathBuf> {
+        std::mem::take(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()).written)
+    }
+}
+
+/// Whether a Parquet file ends with its footer's magic bytes (a file still being written does
+/// not); an unreadable file is left to the reader to report.
+pub(super) fn parquet_complete(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return true;
+    };
+    let mut tail = [0u8; 4];
+    match f.seek(SeekFrom::End(-4)) {
+        Ok(_) => f.read_exact(&mut tail).is_ok() && &tail == b"PAR1",
+        Err(_) => false, // shorter than 4 bytes: not a whole Parquet file yet
     }
 }
 
@@ -84,18 +142,27 @@ pub(super) fn split_ready(
     files: Vec<FileEntry>,
     completed: &Completed,
     min_age: Duration,
+    parquet: bool,
 ) -> (Vec<FileEntry>, Option<i64>) {
     let now_ms = chrono::Utc::now().timestamp_millis();
     let min_age_ms = min_age.as_millis() as i64;
     let mut take = Vec::with_capacity(files.len());
     let mut due: Option<i64> = None;
     for f in files {
-        match ready(
+        let when = ready(
             f.mtime_ms,
             now_ms,
             min_age_ms,
             completed.contains(Path::new(&f.path)),
-        ) {
+        );
+        // a Parquet file without its footer yet: look again a little later
+        let when = match when {
+            None if parquet && !parquet_complete(Path::new(&f.path)) => {
+                Some(now_ms.saturating_add(min_age_ms.max(1000)))
+            }
+            w => w,
+        };
+        match when {
             None => take.push(f),
             Some(d) => due = Some(due.map_or(d, |x: i64| x.min(d))),
         }
@@ -189,24 +256,20 @@ pub(super) fn read_recorded(
         )));
     }
     if len > f.size {
-        let mut dropped = 0;
-        if line_based && buf.last().is_some_and(|b| *b != b'\n') {
-            let keep = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-            dropped = buf.len() - keep;
-            buf.truncate(keep);
-        }
+        // the recorded bytes are read as they are, whatever the file holds now: the first
+        // attempt of this batch read the same ones (cutting here could differ from it)
+        let cut = line_based && buf.last().is_some_and(|b| *b != b'\n');
         tracing::warn!(
             "input file {} grew after it was taken into a batch (recorded {} bytes, now {len}): \
-             only the first {} bytes are read{}; its later rows are not read. Write files \
+             the batch reads the recorded bytes{}; its later rows are not read. Write files \
              elsewhere and rename them into the directory, or leave them unmodified for \
              {MIN_FILE_AGE}",
             f.path,
             f.size,
-            buf.len(),
-            if dropped > 0 {
-                format!(" (a partial last line of {dropped} bytes is left out)")
+            if cut {
+                ", which end inside a line: that record was cut while being written"
             } else {
-                String::new()
+                ""
             }
         );
     }
@@ -245,6 +308,28 @@ mod tests {
     }
 
     #[test]
+    fn a_parquet_file_is_complete_once_it_ends_with_its_magic() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // (content, complete)
+        let table: [(&[u8], bool); 4] = [
+            (b"PAR1 row groups, footer PAR1", true),
+            (b"PAR1 row groups still being writ", false),
+            (b"PA", false),
+            (b"", false),
+        ];
+        for (i, (bytes, want)) in table.iter().enumerate() {
+            let p = dir.path().join(format!("{i}.parquet"));
+            std::fs::write(&p, bytes).expect("write");
+            assert_eq!(
+                parquet_complete(&p),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
     fn a_batch_reads_the_bytes_it_recorded() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("f.json");
@@ -253,10 +338,11 @@ mod tests {
         // recorded all 20 bytes: read as they are (a last line without newline is kept)
         assert!(read_recorded(&entry(&p, 20), &mut buf, true, false).expect("read"));
         assert_eq!(buf.len(), 20);
-        // the file grew: the recorded prefix, without its partial last line
+        // the file grew: exactly the recorded bytes again (a re-run reads what the first
+        // attempt read)
         std::fs::write(&p, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n").expect("write");
         assert!(read_recorded(&entry(&p, 20), &mut buf, true, false).expect("read"));
-        assert_eq!(buf, b"{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(buf, b"{\"a\":1}\n{\"a\":2}\n{\"a\"");
         // shorter than recorded: an error naming the file
         let e = read_recorded(&entry(&p, 99), &mut buf, true, false).expect_err("short");
         assert!(e.to_string().contains("f.json has 24 bytes"), "{e}");

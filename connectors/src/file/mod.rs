@@ -404,6 +404,7 @@ impl SourceFactory for FileSourceFactory {
             backlog: 0,
             min_file_age: o.get_duration(arrival::MIN_FILE_AGE)?,
             completed: arrival::Completed::default(),
+            warned_modified: HashSet::new(),
             wakeup: arrival::Wakeup::default(),
             notifier: None,
             malformed: 0,
@@ -533,6 +534,8 @@ pub struct FileSource {
     min_file_age: Option<Duration>,
     /// Files the watcher saw completed (closed after writing, renamed into place).
     completed: arrival::Completed,
+    /// Files named in a warning for being modified after they were taken.
+    warned_modified: HashSet<String>,
     /// The timer that wakes the query when a file left for later is due.
     wakeup: arrival::Wakeup,
     /// Set by `watch`: the query waits for files to arrive.
@@ -627,8 +630,13 @@ impl FileSource {
         } else {
             Duration::ZERO
         });
-        if !min_age.is_zero() {
-            let (ready, due) = arrival::split_ready(files, &self.completed, min_age);
+        if !min_age.is_zero() || self.reader.format == FileFormat::Parquet {
+            let (ready, due) = arrival::split_ready(
+                files,
+                &self.completed,
+                min_age,
+                self.reader.format == FileFormat::Parquet,
+            );
             if let (Some(due), Some(n)) = (due, &self.notifier) {
                 self.wakeup.at(due, n);
             }
@@ -687,6 +695,18 @@ impl Source for FileSource {
         // unchanged, so the batch holds exactly the files it would have held.
         if self.latest_log.is_some_and(|l| l >= next) {
             return Ok(Some(serde_json::json!({ "logOffset": next })));
+        }
+        // files written after they were taken: their new content is never read; say so once
+        for p in self.completed.take_written() {
+            let k = key(&p.to_string_lossy(), self.file_name_only);
+            if self.seen.contains(&k) && self.warned_modified.insert(k) {
+                tracing::warn!(
+                    "input file {} was modified after it was taken into a batch: a file is taken \
+                     once, what was written to it since is not read. Write new files (write, \
+                     then rename them into the directory) instead of appending",
+                    p.display()
+                );
+            }
         }
         let files = self.new_files()?;
         let mut take = Vec::new();

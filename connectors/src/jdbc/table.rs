@@ -77,11 +77,15 @@ impl JdbcSink {
                     let parts = self
                         .keys
                         .iter()
-                        .map(|k| format!("IFNULL(CONCAT('v', CAST({} AS CHAR)), 'n')", self.q(k)))
+                        .map(|k| {
+                            // length-prefixed, so that no two key tuples give the same text
+                            let v = format!("CAST({} AS CHAR)", self.q(k));
+                            format!("IFNULL(CONCAT(CHAR_LENGTH({v}), ':', {v}), 'n')")
+                        })
                         .collect::<Vec<_>>()
                         .join(", ");
                     cols.push(format!(
-                        "{} BINARY(32) AS (UNHEX(SHA2(CONCAT_WS(CHAR(31), {parts}), 256))) STORED",
+                        "{} BINARY(32) AS (UNHEX(SHA2(CONCAT_WS(',', {parts}), 256))) STORED",
                         self.q(MYSQL_KEY_COLUMN)
                     ));
                     cols.push(format!("UNIQUE KEY ({})", self.q(MYSQL_KEY_COLUMN)));

@@ -673,8 +673,12 @@ impl KafkaSource {
     /// batch was first planned with it (a re-planned batch gets the same), else its earliest
     /// offset now, recorded before the batch's offsets are.
     fn start_of_new_partition(&mut self, t: &str, p: i32, low: i64) -> Result<i64> {
+        // a start recorded for a batch that never took the partition (no later batch has it
+        // in its start offsets, or it would not be new): moved up to what is there now
         if let Some(b) = self.new_starts()?.get(t).and_then(|x| x.get(&p)) {
-            return Ok(*b);
+            if *b >= low {
+                return Ok(*b);
+            }
         }
         tracing::info!("kafka: new partition {t}-{p}, reading from its earliest offset {low}");
         let mut all = self.new_starts()?.clone();
@@ -1056,14 +1060,17 @@ impl Source for KafkaSource {
                 until = rate_limit(&from_all, &until, max);
             }
         }
-        // partitions that vanished (topic deleted): dropped from the offsets, with a warning
+        // partitions the brokers do not list now (a topic deleted, or metadata that failed for
+        // a moment): kept at their offset, so that if they come back nothing is read twice
         let mut end = Offsets::new();
         for (t, m) in &from {
             for (p, o) in m {
-                if until.get(t).is_some_and(|x| x.contains_key(p)) {
-                    end.entry(t.clone()).or_default().insert(*p, *o);
-                } else {
-                    tracing::warn!("kafka: partition {t}-{p} no longer exists (topic deleted?); dropped at offset {o}");
+                end.entry(t.clone()).or_default().insert(*p, *o);
+                if !until.get(t).is_some_and(|x| x.contains_key(p)) {
+                    tracing::warn!(
+                        "kafka: partition {t}-{p} is not listed by the brokers (topic deleted, or \
+                         its metadata failed); kept at offset {o}"
+                    );
                 }
             }
         }
