@@ -221,6 +221,30 @@ mod tests {
         );
     }
 
+    /// A failed call that took long (a connection timeout) is reported with how long it took,
+    /// so that the log's "retrying in 200ms" is not read as the whole wait.
+    #[test]
+    fn each_attempt_reports_how_long_the_failed_call_took() {
+        let mut took = Vec::new();
+        let calls = Cell::new(0);
+        let _ = retry(
+            &fast(Some(1)),
+            &Notifier::new(),
+            &|| false,
+            |a| took.push(a.took),
+            || {
+                calls.set(calls.get() + 1);
+                // the first call stands for a connect that times out
+                if calls.get() == 1 {
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+                Err::<(), _>(EngineError::external("down"))
+            },
+        );
+        assert_eq!(took.len(), 1);
+        assert!(took[0] >= Duration::from_millis(30), "{took:?}");
+    }
+
     #[test]
     fn user_errors_and_exhausted_retries_fail() {
         let calls = Cell::new(0);

@@ -127,10 +127,12 @@ pub(super) fn parquet_complete(path: &Path) -> bool {
     }
 }
 
-/// When a new file may be taken: now, or not before `due_ms` (ms since the epoch). Pure;
-/// table-tested.
+/// When a new file may be taken: now, or not before `due_ms` (ms since the epoch). A
+/// modification time further in the future than `min_age_ms` (a server or archive with another
+/// clock) says nothing about settling: such a file is taken now (and named in a warning by
+/// the caller). Pure; table-tested.
 pub(super) fn ready(mtime_ms: i64, now_ms: i64, min_age_ms: i64, completed: bool) -> Option<i64> {
-    if completed || min_age_ms <= 0 {
+    if completed || min_age_ms <= 0 || mtime_ms > now_ms.saturating_add(min_age_ms) {
         return None;
     }
     let due = mtime_ms.saturating_add(min_age_ms);
@@ -149,6 +151,14 @@ pub(super) fn split_ready(
     let mut take = Vec::with_capacity(files.len());
     let mut due: Option<i64> = None;
     for f in files {
+        if min_age_ms > 0 && f.mtime_ms > now_ms.saturating_add(min_age_ms) {
+            tracing::warn!(
+                "input file {} has a modification time {} s in the future (another clock?): \
+                 taken without waiting for it to settle ({MIN_FILE_AGE} cannot judge it)",
+                f.path,
+                (f.mtime_ms - now_ms) / 1000
+            );
+        }
         let when = ready(
             f.mtime_ms,
             now_ms,
@@ -288,7 +298,8 @@ mod tests {
             (4_500, 5_000, 1_000, false, Some(5_500)),
             (4_500, 5_000, 1_000, true, None),
             (4_500, 5_000, 0, false, None),
-            (i64::MAX, 5_000, 1_000, false, Some(i64::MAX)),
+            (5_900, 5_000, 1_000, false, Some(6_900)), // a little ahead: waits
+            (i64::MAX, 5_000, 1_000, false, None),     // far in the future: taken now
         ];
         for (mtime, now, age, done, want) in table {
             assert_eq!(

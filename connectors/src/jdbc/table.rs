@@ -311,7 +311,7 @@ impl JdbcSink {
             }
         }
         if self.cfg.mode == OutputMode::Update {
-            check_unique(&table, &self.keys, &info.uniques)?;
+            check_unique(&table, &self.keys, &info.uniques, self.cfg.target.dialect)?;
         }
         Ok(())
     }
@@ -335,8 +335,16 @@ fn has_key_on(keys: &[String], uniques: &[(String, String)]) -> bool {
     })
 }
 
-fn check_unique(table: &str, keys: &[String], uniques: &[(String, String)]) -> Result<()> {
-    if has_key_on(keys, uniques) || has_key_on(&[MYSQL_KEY_COLUMN.to_string()], uniques) {
+fn check_unique(
+    table: &str,
+    keys: &[String],
+    uniques: &[(String, String)],
+    dialect: Dialect,
+) -> Result<()> {
+    // the generated key column is Sluice's own on MySQL/MariaDB only
+    let generated =
+        dialect == Dialect::MySql && has_key_on(&[MYSQL_KEY_COLUMN.to_string()], uniques);
+    if has_key_on(keys, uniques) || generated {
         return Ok(());
     }
     Err(EngineError::user(format!(

@@ -168,8 +168,8 @@ pub fn client_config(o: &Options) -> Result<ClientConfig> {
 }
 
 /// Asks the brokers of `kafka.bootstrap.servers` for their metadata (for `sluice validate`):
-/// the topics that exist.
-pub fn check_broker(o: &Options) -> Result<Vec<String>> {
+/// the topics that exist, with their partition counts.
+pub fn check_broker(o: &Options) -> Result<BTreeMap<String, usize>> {
     let cfg = client_config(o)?;
     let c: BaseConsumer = cfg
         .create()
@@ -185,7 +185,7 @@ pub fn check_broker(o: &Options) -> Result<Vec<String>> {
         .topics()
         .iter()
         .filter(|t| t.error().is_none())
-        .map(|t| t.name().to_string())
+        .map(|t| (t.name().to_string(), t.partitions().len()))
         .collect())
 }
 
@@ -302,20 +302,31 @@ impl SourceFactory for KafkaSourceFactory {
         let topics = check_broker(&spec.options)?;
         // a subscribed topic that does not exist: the query would wait for it (its errors are
         // retried, as Kafka says): most often a typo, so validate names it
-        if let Subscription::Topics(ts) = &settings(&spec.options)?.sub {
-            let missing: Vec<&str> = ts
+        let missing: Vec<String> = match &settings(&spec.options)?.sub {
+            Subscription::Topics(ts) => ts
                 .iter()
-                .filter(|t| !topics.contains(t))
-                .map(String::as_str)
-                .collect();
-            if !missing.is_empty() {
-                return Err(EngineError::user(format!(
-                    "kafka source: topic(s) {} do not exist on the brokers (a query would wait \
-                     for them); existing: {}",
-                    missing.join(", "),
-                    topics.join(", ")
-                )));
-            }
+                .filter(|t| !topics.contains_key(*t))
+                .cloned()
+                .collect(),
+            // assigned partitions must exist too
+            Subscription::Assign(a) => a
+                .iter()
+                .flat_map(|(t, ps)| {
+                    let n = topics.get(t).copied().unwrap_or(0);
+                    ps.iter()
+                        .filter(move |p| !usize::try_from(**p).is_ok_and(|p| p < n))
+                        .map(move |p| format!("{t}-{p}"))
+                })
+                .collect(),
+            Subscription::Pattern(_) => Vec::new(),
+        };
+        if !missing.is_empty() {
+            return Err(EngineError::user(format!(
+                "kafka source: topic(s) or partition(s) {} do not exist on the brokers (a query \
+                 would wait for them); existing topics: {}",
+                missing.join(", "),
+                topics.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
         }
         Ok(())
     }
@@ -1307,6 +1318,34 @@ fn partitions_for(c: &BaseConsumer, sub: &Subscription, timeout: Duration) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broker_errors_are_retried_configuration_errors_are_the_users() {
+        use sluice_engine::ErrorKind::{External, User};
+        // (error, who acts)
+        let table = [
+            (
+                KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition),
+                External,
+            ),
+            (
+                KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
+                External,
+            ),
+            (
+                KafkaError::MetadataFetch(RDKafkaErrorCode::TopicAuthorizationFailed),
+                User,
+            ),
+            (
+                KafkaError::MetadataFetch(RDKafkaErrorCode::InvalidConfig),
+                User,
+            ),
+        ];
+        for (e, want) in table {
+            let what = e.to_string();
+            assert_eq!(kafka_err("fetching metadata", e).kind(), want, "{what}");
+        }
+    }
 
     fn offs(v: &[(&str, i32, i64)]) -> Offsets {
         let mut o = Offsets::new();
