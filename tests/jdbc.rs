@@ -492,6 +492,25 @@ fn an_existing_table_that_does_not_fit_is_refused_naming_table_column_and_types(
         );
     }
     assert_eq!(pg.query(&pg_db, "SELECT count(*) FROM counts"), ["0"]);
+    // a unique `_sluice_key` (MariaDB) counts only when it hashes exactly the keys: one over
+    // the action alone would merge the windows of an action into one row
+    let my_db = m.new_db("badhash");
+    m.query(&my_db, "CREATE TABLE counts (window_start DATETIME(6), window_end DATETIME(6), action VARCHAR(20), count BIGINT, \
+         _sluice_key BINARY(32) AS (UNHEX(SHA2(IFNULL(action, 'n'), 256))) STORED, UNIQUE KEY (_sluice_key))");
+    let w = workdir();
+    stage_events(w.path());
+    let p = pipeline(w.path(), SEED_SQL, "update", &m.jdbc_url(&my_db), "counts");
+    let o = std::process::Command::new(sluice_bin())
+        .arg("validate")
+        .arg(&p)
+        .output()
+        .expect("validate");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("_sluice_key column, but it is not generated from exactly the upsert keys (window_start, window_end, action)"),
+        "{err}"
+    );
 }
 
 /// PostgreSQL sends a NOTICE for `CREATE TABLE IF NOT EXISTS` on an existing table; a restart

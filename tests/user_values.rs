@@ -374,7 +374,8 @@ fn every_bad_input_lands_somewhere_visible() {
     );
     put_bytes(
         "epoch.json",
-        b"{\"time\":1469501107,\"action\":\"Open\"}\n",
+        b"{\"time\":1469501107,\"action\":\"Open\"}\n\
+          {\"time\":\"1469501107\",\"action\":\"quoted\"}\n",
         3,
     );
     put_bytes(
@@ -435,8 +436,12 @@ progress_log = "progress.jsonl"
         .collect();
     assert_eq!(
         corrupt.len(),
-        3,
-        "latin-1, an array into a string, not JSON: {rows:?}"
+        4,
+        "latin-1, an array into a string, a quoted number into a timestamp, not JSON: {rows:?}"
+    );
+    assert!(
+        corrupt.iter().any(|c| c.contains("\"quoted\"")),
+        "a quoted number is not a timestamp (Spark): {corrupt:?}"
     );
     assert!(corrupt.iter().any(|c| c.contains("caf")), "{corrupt:?}");
     assert!(corrupt.iter().any(|c| c.contains("[\"x\"]")), "{corrupt:?}");
@@ -446,8 +451,8 @@ progress_log = "progress.jsonl"
     );
     assert_eq!(
         rows.len(),
-        8,
-        "every input record (8 lines in 5 files) is a row: {rows:?}"
+        9,
+        "every input record (9 lines in 5 files) is a row: {rows:?}"
     );
     // counted in progress, logged with the file and line
     let progress = fs::read_to_string(w.path().join("progress.jsonl")).expect("progress");
@@ -468,8 +473,13 @@ progress_log = "progress.jsonl"
                 })
         })
         .sum();
-    assert_eq!(malformed, 3, "{progress}");
-    for (file, line) in [("latin1.json", 1), ("types.json", 3), ("broken.json", 2)] {
+    assert_eq!(malformed, 4, "{progress}");
+    for (file, line) in [
+        ("latin1.json", 1),
+        ("types.json", 3),
+        ("epoch.json", 2),
+        ("broken.json", 2),
+    ] {
         assert!(
             err.contains(&format!("{file} line {line}")),
             "a log line names {file} line {line}: {err}"

@@ -42,6 +42,36 @@ pub(crate) fn has_bare_number(text: &[u8], names: &[&str]) -> bool {
     })
 }
 
+/// Whether some `"name":` of `names` in `text` is followed by a string whose content is a
+/// number (`"1469501107"`). Spark reads such a string as a timestamp text, which it is not, so
+/// the record is malformed; decoded as text beside bare numbers it could not be told from one,
+/// so a chunk with both is decoded record by record (see `decode_json`).
+pub(crate) fn has_quoted_number(text: &[u8], names: &[&str]) -> bool {
+    names.iter().any(|name| {
+        let key = format!("\"{name}\"");
+        let finder = memchr::memmem::Finder::new(key.as_bytes());
+        finder.find_iter(text).any(|at| {
+            let rest = &text[at + key.len()..];
+            let rest = &rest[rest.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
+            let Some(rest) = rest.strip_prefix(b":") else {
+                return false;
+            };
+            let rest = &rest[rest.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
+            let Some(rest) = rest.strip_prefix(b"\"") else {
+                return false;
+            };
+            let Some(end) = memchr::memchr(b'"', rest) else {
+                return false;
+            };
+            let content = &rest[..end];
+            content
+                .first()
+                .is_some_and(|b| b.is_ascii_digit() || *b == b'-')
+                && std::str::from_utf8(content).is_ok_and(|c| c.trim().parse::<f64>().is_ok())
+        })
+    })
+}
+
 /// `schema` with the columns `cols` as text (what arrow-json decodes them into first).
 pub(crate) fn as_text(schema: &Schema, cols: &[usize]) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(
@@ -172,5 +202,29 @@ mod tests {
             &names
         ));
         assert!(!has_bare_number(br#"{"other":1}"#, &names));
+    }
+
+    #[test]
+    fn quoted_numbers_are_found_per_field() {
+        let names = ["time"];
+        // (text, has a quoted number in "time")
+        let table: &[(&[u8], bool)] = &[
+            (br#"{"time":"1469501107"}"#, true),
+            (br#"{"time" : "-5.5","a":1}"#, true),
+            (br#"{"time":"2016-07-26T02:45:07Z"}"#, false),
+            (br#"{"time":"2016-07-26"}"#, false),
+            (br#"{"time":1469501107}"#, false),
+            (br#"{"time":"inf"}"#, false),
+            (br#"{"other":"5"}"#, false),
+            (br#"{"time":""}"#, false),
+        ];
+        for (text, want) in table {
+            assert_eq!(
+                has_quoted_number(text, &names),
+                *want,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
     }
 }

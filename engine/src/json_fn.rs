@@ -141,6 +141,15 @@ pub fn decode_json(
             .map(|i| schema.field(*i).name().as_str())
             .collect();
         if crate::json_epoch::has_bare_number(text, &names) {
+            if crate::json_epoch::has_quoted_number(text, &names) {
+                // as text, "1469501107" and 1469501107 look alike: the caller decodes these
+                // records one by one, where the quoted one is malformed (as in Spark)
+                return Err(format!(
+                    "a quoted number in timestamp column(s) {} is not a timestamp (only a bare \
+                     JSON number is read as seconds, as in Spark)",
+                    names.join(", ")
+                ));
+            }
             let as_text = crate::json_epoch::as_text(schema, &ts_cols);
             return decode_json_as(&as_text, text, batch_rows)?
                 .into_iter()
