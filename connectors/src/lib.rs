@@ -126,7 +126,7 @@ pub fn builtin() -> ConnectorRegistry {
     }
     #[cfg(feature = "kafka")]
     {
-        r.add_source(Arc::new(kafka::source::KafkaSourceFactory));
+        r.add_source(Arc::new(kafka::KafkaSourceFactory));
         r.add_sink(Arc::new(kafka::sink::KafkaSinkFactory));
     }
     #[cfg(feature = "jdbc")]

@@ -26,7 +26,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset as KOffset, TopicPart
 use sluice_engine::fault::crash_point;
 use sluice_engine::{EngineError, OutputMode, Result, Sink, SinkContext, SinkFactory, SinkSpec};
 
-use super::source::{client_config, kafka_err};
+use super::settings::{check_broker, client_config, kafka_err};
 
 const OPTIONS: &[&str] = &[
     "topic",
@@ -60,7 +60,7 @@ impl SinkFactory for KafkaSinkFactory {
         Ok(())
     }
     fn check_reachable(&self, spec: &SinkSpec, _ctx: &SinkContext) -> Result<()> {
-        super::source::check_broker(&spec.options).map(|_| ())
+        check_broker(&spec.options).map(|_| ())
     }
     fn check(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<()> {
         columns(spec, ctx).map(|_| ())
