@@ -274,7 +274,7 @@ pub struct SinkContext {
 /// in the offsets log and before its commit entry is written. What must hold:
 /// - `add_batch` is idempotent per batch id: called again with a batch id it has already
 ///   written (a re-run after a crash), it must leave the output as if it had been called once;
-///   a sink that cannot promise this says so in [`Sink::exactly_once`];
+///   a sink that cannot promise this says so in [`SinkFactory::exactly_once`];
 /// - an error of kind External means "retry": the executor calls `add_batch` again with the same
 ///   batch and rows; an error of kind User fails the query.
 pub trait Sink: Send {

@@ -4,57 +4,64 @@
 //! micro-batch executor. It defines the [`Source`] and [`Sink`] contracts and knows no concrete
 //! connector (they live in `sluice-connectors`); checkpoints come from `sluice-state`.
 //!
-//! | module          | what it holds |
-//! |-----------------|---------------|
-//! | [`session`]     | [`Session`] (as `SparkSession`): `read_stream()`, `sql()`, `table()`, listeners |
-//! | [`reader`]      | [`DataStreamReader`]: `format`, `option(s)`, `schema`, `load`, `json`/`csv`/... |
-//! | [`dataframe`]   | [`DataFrame`]: `select`, `filter`/`where_`, `with_column`, ... over DataFusion plans |
-//! | [`writer`]      | [`DataStreamWriter`], [`Trigger`]: `format`, `output_mode`, `trigger`, `start` |
-//! | [`query`]       | [`StreamingQuery`], the handle of a running query; [`StreamingQueryListener`] |
-//! | [`plan`]        | [`StreamPlan`]: the DataFusion logical plan translated once into streaming operators (scans, filters, projections, UNION ALL of streams, one stateful operator) |
-//! | [`execution`]   | the micro-batch loop: offsets log → read → plan → sink → commit log → progress |
-//! | [`retry`]       | [`RetryPolicy`]: the one backoff policy of source, sink and query restarts |
-//! | [`connector`]   | [`Source`], [`Sink`], their factories, [`ConnectorRegistry`], [`Notifier`] |
-//! | [`aggregate`]   | the streaming aggregation operator (windows, watermark, output modes, state) |
-//! | [`dedup`]       | `drop_duplicates` / `drop_duplicates_within_watermark` |
-//! | [`json_fn`]     | `from_json` / `to_json` (Spark's), for the DataFrame API and SQL; the one JSON decoding loop |
-//! | `json_epoch`    | JSON numbers in timestamp columns read as epoch seconds (Spark) |
-//! | [`window`]      | `window` / `session_window`: the window functions and their shapes |
-//! | [`watermark`]   | `with_watermark`: the event-time watermark node; the multiple-watermark policy (min/max) as a pure function |
-//! | [`sql`]         | Spark's `window.start` syntax rewritten in the parsed statement |
-//! | [`clock`]       | the batch clock behind `now()`/`current_timestamp()` in streaming queries |
-//! | [`progress`]    | [`QueryProgress`] with Spark's field names, [`QueryStatus`] |
-//! | [`ddl`]         | Spark DDL schema strings → Arrow schemas |
-//! | [`options`]     | case-insensitive [`Options`], durations and sizes |
-//! | [`fault`]       | `SLUICE_CRASH_AT` crash points for exactly-once tests |
-//! | [`guarantee`]   | [`Guarantee`]: exactly-once or at-least-once, the weakest of sources and sink |
-//! | `fingerprint`   | what a checkpoint's state means; a changed aggregation is refused |
-//! | [`error`]       | [`EngineError`]: every error says whether the user, an external system or a bug must act |
+//! One batch's path, and the folder each step lives in:
+//!
+//! ```text
+//!  api/  Session ── read_stream() ─▶ DataFrame ── write_stream() ─▶ DataStreamWriter::start
+//!                                                                          │ once per query
+//!  plan/ SQL / DataFrame ─▶ DataFusion logical plan ─▶ StreamPlan (translate) ◀┘
+//!                                                                          │ every batch
+//!  exec/ offsets log ─▶ Source::get_batch ─▶ StreamPlan ─▶ Sink::write ─▶ commit log ─▶ progress
+//!                                          │
+//!  operators/                  filters, projections, watermark, aggregate / dedup (state)
+//! ```
+//!
+//! | module               | what it holds |
+//! |----------------------|---------------|
+//! | `api/` [`session`]   | [`Session`] (as `SparkSession`): `read_stream()`, `sql()`, `table()`, listeners |
+//! | `api/` [`reader`]    | [`DataStreamReader`]: `format`, `option(s)`, `schema`, `load`, `json`/`csv`/... |
+//! | `api/` [`dataframe`] | [`DataFrame`]: `select`, `filter`/`where_`, `with_column`, ... over DataFusion plans |
+//! | `api/` [`writer`]    | [`DataStreamWriter`], [`Trigger`]: `format`, `output_mode`, `trigger`, `start` |
+//! | `api/` [`query`]     | [`StreamingQuery`], the handle of a running query; [`StreamingQueryListener`] |
+//! | `plan/` [`plan`]     | [`StreamPlan`] (`plan/translate.rs`): the DataFusion logical plan translated once into streaming operators (scans, filters, projections, UNION ALL of streams, one stateful operator) |
+//! | `plan/` [`sql`]      | Spark's `window.start` syntax rewritten in the parsed statement |
+//! | `plan/` [`ddl`]      | Spark DDL schema strings → Arrow schemas |
+//! | `plan/` `fingerprint` | what a checkpoint's state means; a changed aggregation is refused |
+//! | `operators/` [`aggregate`] | the streaming aggregation operator (windows, watermark, output modes, state; session windows in `session_agg.rs`) |
+//! | `operators/` [`dedup`] | `drop_duplicates` / `drop_duplicates_within_watermark` |
+//! | `operators/` [`watermark`] | `with_watermark`: the event-time watermark node; the multiple-watermark policy (min/max) as a pure function |
+//! | `operators/` [`window`] | `window` / `session_window`: the window functions and their shapes |
+//! | `operators/` [`json_fn`] | `from_json` / `to_json` (Spark's), for the DataFrame API and SQL; the one JSON decoding loop |
+//! | `operators/` `json_epoch` | JSON numbers in timestamp columns read as epoch seconds (Spark) |
+//! | `exec/` [`execution`] | the micro-batch loop: offsets log → read → plan → sink → commit log → progress |
+//! | `exec/` [`retry`]    | [`RetryPolicy`]: the one backoff policy of source, sink and query restarts |
+//! | `exec/` [`progress`] | [`QueryProgress`] with Spark's field names, [`QueryStatus`] |
+//! | `exec/` [`clock`]    | the batch clock behind `now()`/`current_timestamp()` in streaming queries |
+//! | `exec/` [`fault`]    | `SLUICE_CRASH_AT` crash points for exactly-once tests |
+//! | `exec/` [`guarantee`] | [`Guarantee`]: exactly-once or at-least-once, the weakest of sources and sink |
+//! | [`connector`]        | [`Source`], [`Sink`], their factories, [`ConnectorRegistry`], [`Notifier`] |
+//! | [`options`]          | case-insensitive [`Options`], durations and sizes |
+//! | [`error`]            | [`EngineError`]: every error says whether the user, an external system or a bug must act |
+//!
+//! The modules keep their flat paths (`sluice_engine::session`, `crate::aggregate`) through
+//! re-exports below; imports inside the engine still use them, and do not yet follow the flow
+//! one way (issue 15 reshapes `plan/translate.rs` and `exec/execution.rs`).
 
-pub mod aggregate;
-pub mod clock;
+pub mod api;
 pub mod connector;
-pub mod dataframe;
-pub mod ddl;
-pub mod dedup;
 pub mod error;
-pub mod execution;
-pub mod fault;
-mod fingerprint;
-pub mod guarantee;
-mod json_epoch;
-pub mod json_fn;
+pub mod exec;
+pub mod operators;
 pub mod options;
 pub mod plan;
-pub mod progress;
-pub mod query;
-pub mod reader;
-pub mod retry;
-pub mod session;
-pub mod sql;
-pub mod watermark;
-pub mod window;
-pub mod writer;
+
+// the modules' former flat paths (`sluice_engine::session`, `crate::aggregate`, ...) stay valid
+pub use api::{dataframe, query, reader, session, writer};
+pub use exec::{clock, execution, fault, guarantee, progress, retry};
+pub(crate) use operators::json_epoch;
+pub use operators::{aggregate, dedup, json_fn, watermark, window};
+pub(crate) use plan::fingerprint;
+pub use plan::{ddl, sql};
 
 pub use connector::{
     ConnectorRegistry, Notifier, Offset, OutputMode, ReadLimit, Sink, SinkContext, SinkFactory,

@@ -5,8 +5,8 @@
 //! in memory with DataFusion's vectorised `GroupsAccumulator`s, load the stored states of only
 //! the groups the batch touched (one multi-get), merge, and emit per output mode: update = the
 //! touched groups; append = the groups whose window ended at or before the current watermark
-//! (then dropped from state); complete = every group. The state changes are committed by
-//! [`AggregateOp::commit`] after the sink has the batch, in one synced write with the batch id.
+//! (then dropped from state); complete = every group. The state changes are committed
+//! through the [`StateStore`] after the sink has the batch, in one synced write with the batch id.
 //!
 //! Keys: `window end (8 bytes, order-preserving) ++ arrow-row encoding of the other group keys`,
 //! so that eviction is one range scan from the start. Values: the arrow-row encoding of the
