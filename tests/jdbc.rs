@@ -470,13 +470,8 @@ fn an_existing_table_that_does_not_fit_is_refused_naming_table_column_and_types(
         stage_events(w.path());
         let p = pipeline(w.path(), SEED_SQL, "update", &url, "counts");
         let want = "no PRIMARY KEY or UNIQUE key on exactly (window_start, window_end, action)";
-        let o = std::process::Command::new(sluice_bin())
-            .arg("validate")
-            .arg(&p)
-            .output()
-            .expect("validate");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{url}: {err}");
+        let (code, err) = validate_pipeline(&p);
+        assert_eq!(code, Some(2), "{url}: {err}");
         assert!(err.contains(want), "{url}: {err}");
         assert!(
             !w.path().join("chk").exists(),
@@ -500,13 +495,8 @@ fn an_existing_table_that_does_not_fit_is_refused_naming_table_column_and_types(
     let w = workdir();
     stage_events(w.path());
     let p = pipeline(w.path(), SEED_SQL, "update", &m.jdbc_url(&my_db), "counts");
-    let o = std::process::Command::new(sluice_bin())
-        .arg("validate")
-        .arg(&p)
-        .output()
-        .expect("validate");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = validate_pipeline(&p);
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("_sluice_key column, but it is not generated from exactly the upsert keys (window_start, window_end, action)"),
         "{err}"

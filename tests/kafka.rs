@@ -383,13 +383,8 @@ fn a_missing_commit_topic_is_created_and_validate_names_a_missing_source_topic()
         .expect("pipeline")
         .replace("subscribe = \"in\"", "subscribe = \"inn\"");
     fs::write(&p, text).expect("write");
-    let o = std::process::Command::new(sluice_bin())
-        .arg("validate")
-        .arg(&p)
-        .output()
-        .expect("validate");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = validate_pipeline(&p);
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("topic(s) or partition(s) inn do not exist on the brokers"),
         "{err}"
@@ -399,13 +394,8 @@ fn a_missing_commit_topic_is_created_and_validate_names_a_missing_source_topic()
         .expect("pipeline")
         .replace("subscribe = \"inn\"", "assign = '{\"in\": [0, 5]}'");
     fs::write(&p, text).expect("write");
-    let o = std::process::Command::new(sluice_bin())
-        .arg("validate")
-        .arg(&p)
-        .output()
-        .expect("validate");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = validate_pipeline(&p);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("partition(s) in-5 do not exist"), "{err}");
 }
 

@@ -64,6 +64,19 @@ pub fn run_pipeline(pipeline: &Path, env: &[(&str, &str)]) -> Output {
     c.output().expect("run sluice")
 }
 
+/// Runs `sluice validate <pipeline>`: its exit code and what it wrote to stderr.
+pub fn validate_pipeline(pipeline: &Path) -> (Option<i32>, String) {
+    let o = Command::new(sluice_bin())
+        .arg("validate")
+        .arg(pipeline)
+        .output()
+        .expect("run sluice validate");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// Starts `sluice run <pipeline>` in the background.
 pub fn spawn_pipeline(pipeline: &Path, env: &[(&str, &str)]) -> Child {
     let mut c = Command::new(sluice_bin());

@@ -127,12 +127,18 @@ pub(super) fn parquet_complete(path: &Path) -> bool {
     }
 }
 
+/// Whether a modification time lies further ahead of `now_ms` than the settle time: another
+/// clock wrote it, and waiting for it to age would wait for that clock.
+fn from_the_future(mtime_ms: i64, now_ms: i64, min_age_ms: i64) -> bool {
+    mtime_ms > now_ms.saturating_add(min_age_ms)
+}
+
 /// When a new file may be taken: now, or not before `due_ms` (ms since the epoch). A
 /// modification time further in the future than `min_age_ms` (a server or archive with another
 /// clock) says nothing about settling: such a file is taken now (and named in a warning by
 /// the caller). Pure; table-tested.
 pub(super) fn ready(mtime_ms: i64, now_ms: i64, min_age_ms: i64, completed: bool) -> Option<i64> {
-    if completed || min_age_ms <= 0 || mtime_ms > now_ms.saturating_add(min_age_ms) {
+    if completed || min_age_ms <= 0 || from_the_future(mtime_ms, now_ms, min_age_ms) {
         return None;
     }
     let due = mtime_ms.saturating_add(min_age_ms);
@@ -151,7 +157,7 @@ pub(super) fn split_ready(
     let mut take = Vec::with_capacity(files.len());
     let mut due: Option<i64> = None;
     for f in files {
-        if min_age_ms > 0 && f.mtime_ms > now_ms.saturating_add(min_age_ms) {
+        if min_age_ms > 0 && from_the_future(f.mtime_ms, now_ms, min_age_ms) {
             tracing::warn!(
                 "input file {} has a modification time {} s in the future (another clock?): \
                  taken without waiting for it to settle ({MIN_FILE_AGE} cannot judge it)",

@@ -24,21 +24,27 @@ pub(crate) fn timestamp_columns(schema: &Schema) -> Vec<usize> {
         .collect()
 }
 
+/// Whether `pred` holds for the text after some `"name":` of `names` in `text` (whitespace
+/// around the colon skipped): where a field's value starts. A key not followed by a colon (a
+/// string value equal to a name) is skipped. One SIMD search per name, stopping at the first hit.
+fn any_value(text: &[u8], names: &[&str], pred: impl Fn(&[u8]) -> bool) -> bool {
+    let skip_ws = |r: &[u8]| r.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    names.iter().any(|name| {
+        let key = format!("\"{name}\"");
+        memchr::memmem::find_iter(text, key.as_bytes()).any(|at| {
+            let rest = &text[at + key.len()..];
+            let rest = &rest[skip_ws(rest)..];
+            rest.strip_prefix(b":")
+                .is_some_and(|v| pred(&v[skip_ws(v)..]))
+        })
+    })
+}
+
 /// Whether some `"name":` of `names` in `text` is followed by a value that starts like a JSON
 /// number (a digit or `-`). A key followed by anything else (a string, null) does not count.
 pub(crate) fn has_bare_number(text: &[u8], names: &[&str]) -> bool {
-    names.iter().any(|name| {
-        let key = format!("\"{name}\"");
-        let finder = memchr::memmem::Finder::new(key.as_bytes());
-        finder.find_iter(text).any(|at| {
-            let mut rest = text[at + key.len()..]
-                .iter()
-                .skip_while(|b| b.is_ascii_whitespace());
-            rest.next() == Some(&b':')
-                && rest
-                    .find(|b| !b.is_ascii_whitespace())
-                    .is_some_and(|b| b.is_ascii_digit() || *b == b'-')
-        })
+    any_value(text, names, |v| {
+        v.first().is_some_and(|b| b.is_ascii_digit() || *b == b'-')
     })
 }
 
@@ -47,28 +53,15 @@ pub(crate) fn has_bare_number(text: &[u8], names: &[&str]) -> bool {
 /// the record is malformed; decoded as text beside bare numbers it could not be told from one,
 /// so a chunk with both is decoded record by record (see `decode_json`).
 pub(crate) fn has_quoted_number(text: &[u8], names: &[&str]) -> bool {
-    names.iter().any(|name| {
-        let key = format!("\"{name}\"");
-        let finder = memchr::memmem::Finder::new(key.as_bytes());
-        finder.find_iter(text).any(|at| {
-            let rest = &text[at + key.len()..];
-            let rest = &rest[rest.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
-            let Some(rest) = rest.strip_prefix(b":") else {
-                return false;
-            };
-            let rest = &rest[rest.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
-            let Some(rest) = rest.strip_prefix(b"\"") else {
-                return false;
-            };
-            let Some(end) = memchr::memchr(b'"', rest) else {
-                return false;
-            };
-            let content = &rest[..end];
-            content
-                .first()
-                .is_some_and(|b| b.is_ascii_digit() || *b == b'-')
-                && std::str::from_utf8(content).is_ok_and(|c| c.trim().parse::<f64>().is_ok())
-        })
+    any_value(text, names, |v| {
+        let Some(rest) = v.strip_prefix(b"\"") else {
+            return false;
+        };
+        let content = &rest[..memchr::memchr(b'"', rest).unwrap_or(0)];
+        content
+            .first()
+            .is_some_and(|b| b.is_ascii_digit() || *b == b'-')
+            && std::str::from_utf8(content).is_ok_and(|c| c.trim().parse::<f64>().is_ok())
     })
 }
 
