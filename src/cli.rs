@@ -6,11 +6,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use sluice_state::{
-    CheckpointDir, CommitEntry, OffsetsEntry, RocksStateStore, StateStore, VersionedLog,
+    state_partition_dirs, state_partitions_found, CheckpointDir, CommitEntry, OffsetsEntry,
+    ReadOnlyStore, VersionedLog,
 };
 
 use crate::pipeline::Pipeline;
-use crate::{EngineError, Result, Session};
+use crate::{EngineError, Result};
 
 /// `sluice validate`: parses the file, registers its sources (schemas, options, paths), plans
 /// every query (SQL, output mode, sink options), asks each source's and sink's system whether
@@ -19,7 +20,7 @@ use crate::{EngineError, Result, Session};
 /// report to print.
 pub fn validate(path: &Path) -> Result<String> {
     let (pipeline, base) = Pipeline::load(path)?;
-    let session = Session::builder().app_name("sluice-validate").build()?;
+    let session = pipeline.session("sluice-validate")?;
     let checked = pipeline.validate(&session, &base, true)?;
     let mut out = String::new();
     let _ = writeln!(out, "{}: OK", path.display());
@@ -95,24 +96,14 @@ fn ms_text(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// The state operator directories of a checkpoint: (operator index, path).
-fn operators(dir: &Path) -> Vec<(usize, std::path::PathBuf)> {
-    let mut v: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(dir.join("state"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .parse::<usize>()
-                        .ok()
-                        .map(|i| (i, e.path()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+/// The stateful operators of the checkpoint at `dir`, each with its partition stores' directories
+/// (as the state crate lays them out).
+fn operators(dir: &Path) -> Result<Vec<(usize, Vec<std::path::PathBuf>)>> {
+    let mut out = Vec::new();
+    for (op, partitions) in state_partitions_found(dir)? {
+        out.push((op, state_partition_dirs(dir, op, partitions.max(1))?));
+    }
+    Ok(out)
 }
 
 /// `sluice checkpoint inspect`: query id, last batch and whether it is committed, offsets per
@@ -166,28 +157,40 @@ pub fn inspect(dir: &Path) -> Result<String> {
             }
         }
     }
-    let ops = operators(dir);
+    let ops = operators(dir)?;
     if !ops.is_empty() {
         let _ = writeln!(out, "state");
     }
-    for (i, p) in ops {
-        let size = dir_size(&p);
-        match RocksStateStore::open(&p) {
-            Ok(s) => {
-                let _ = writeln!(
-                    out,
-                    "  operator {i}: {} rows, {size} bytes on disk, at batch {}",
-                    s.rows_total(),
-                    s.committed_batch()
-                        .map_or("none".to_string(), |b| b.to_string())
-                );
+    for (i, parts) in ops {
+        let size: u64 = parts.iter().map(|p| dir_size(p)).sum();
+        let (mut rows, mut batches, mut errors) = (0u64, Vec::new(), Vec::new());
+        for (p, d) in parts.iter().enumerate() {
+            match ReadOnlyStore::open(d) {
+                Ok(s) => {
+                    rows += s.rows_total();
+                    batches.push(s.committed_batch());
+                }
+                Err(e) => errors.push(format!("partition {p}: {e}")),
             }
-            Err(e) => {
-                let _ = writeln!(
-                    out,
-                    "  operator {i}: {size} bytes on disk; cannot open: {e}"
-                );
-            }
+        }
+        batches.dedup();
+        let at = match batches.as_slice() {
+            [one] => one.map_or("none".to_string(), |b| b.to_string()),
+            many => format!(
+                "{} (partitions differ: the next start re-runs the batch in those behind)",
+                many.iter()
+                    .map(|b| b.map_or("none".to_string(), |b| b.to_string()))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "  operator {i}: {} partition(s), {rows} rows, {size} bytes on disk, at batch {at}",
+            parts.len()
+        );
+        for e in errors {
+            let _ = writeln!(out, "    cannot open {e}");
         }
     }
     Ok(out)
@@ -199,9 +202,9 @@ pub fn state_rows(dir: &Path, operator: usize, limit: usize) -> Result<String> {
     if !dir.join("metadata").is_file() {
         return Err(not_a_checkpoint(dir));
     }
-    let p = dir.join("state").join(operator.to_string());
-    if !p.is_dir() {
-        let have: Vec<String> = operators(dir).iter().map(|(i, _)| i.to_string()).collect();
+    let ops = operators(dir)?;
+    let Some((_, parts)) = ops.iter().find(|(i, _)| *i == operator) else {
+        let have: Vec<String> = ops.iter().map(|(i, _)| i.to_string()).collect();
         return Err(EngineError::user(format!(
             "{} has no state operator {operator} (operators: {})",
             dir.display(),
@@ -211,8 +214,11 @@ pub fn state_rows(dir: &Path, operator: usize, limit: usize) -> Result<String> {
                 have.join(", ")
             }
         )));
-    }
-    let store = RocksStateStore::open(&p)?;
+    };
+    let stores = parts
+        .iter()
+        .map(|d| ReadOnlyStore::open(d))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let hex = |b: &[u8]| {
         let mut s: String = b.iter().take(48).map(|x| format!("{x:02x}")).collect();
         if b.len() > 48 {
@@ -220,25 +226,38 @@ pub fn state_rows(dir: &Path, operator: usize, limit: usize) -> Result<String> {
         }
         s
     };
+    let rows: u64 = stores.iter().map(ReadOnlyStore::rows_total).sum();
+    let mut at: Vec<String> = stores
+        .iter()
+        .map(|s| s.committed_batch().map_or("none".into(), |b| b.to_string()))
+        .collect();
+    at.dedup();
     let mut out = format!(
-        "operator {operator}: {} rows at batch {}\n{:<4} | {:<98} | {:>5} | value\n",
-        store.rows_total(),
-        store
-            .committed_batch()
-            .map_or("none".into(), |b| b.to_string()),
+        "operator {operator}: {rows} rows in {} partition(s) at batch {}\n{:<4} | {:>4} | {:<98} | {:>5} | value\n",
+        stores.len(),
+        at.join("/"),
         "#",
+        "part",
         "key (hex)",
         "bytes"
     );
     let mut n = 0usize;
-    store.scan(&[], None, &mut |k: &[u8], v: &[u8]| {
-        if n >= limit {
-            return Ok(false);
-        }
-        let _ = writeln!(out, "{n:<4} | {:<98} | {:>5} | {}", hex(k), v.len(), hex(v));
-        n += 1;
-        Ok(true)
-    })?;
+    for (p, store) in stores.iter().enumerate() {
+        store.scan(&mut |k: &[u8], v: &[u8]| {
+            if n >= limit {
+                return false;
+            }
+            let _ = writeln!(
+                out,
+                "{n:<4} | {p:>4} | {:<98} | {:>5} | {}",
+                hex(k),
+                v.len(),
+                hex(v)
+            );
+            n += 1;
+            true
+        })?;
+    }
     if n == limit {
         let _ = writeln!(out, "(first {limit} rows; --limit N for more)");
     }

@@ -57,7 +57,11 @@ pub struct SessionBuilder(sluice_engine::SessionBuilder);
 impl Session {
     /// A builder with the built-in connectors registered.
     pub fn builder() -> SessionBuilder {
-        SessionBuilder(sluice_engine::Session::builder().connectors(sluice_connectors::builtin()))
+        SessionBuilder(
+            sluice_engine::Session::builder()
+                .connectors(sluice_connectors::builtin())
+                .state_provider(std::sync::Arc::new(sluice_state::RocksStateStoreProvider)),
+        )
     }
 
     /// The engine session.

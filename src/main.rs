@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use sluice::http::QueryState;
 use sluice::pipeline::Pipeline;
-use sluice::{QueryError, RetryPolicy, Session, StreamingQueryListener};
+use sluice::{QueryError, RetryPolicy, StreamingQueryListener};
 
 #[derive(Parser)]
 #[command(
@@ -274,7 +274,7 @@ fn run(
             return ExitCode::from(2);
         }
     };
-    let session = match Session::builder().app_name("sluice").build() {
+    let session = match pipeline.session("sluice") {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

@@ -2,6 +2,10 @@
 //! queries (SQL + sink + trigger + checkpoint). Relative paths are relative to the file.
 //!
 //! ```toml
+//! shuffle_partitions = 4               # optional: state partitions of a new checkpoint
+//!                                      # (spark.sql.shuffle.partitions; default: the cores)
+//! state_worker_threads = 2             # optional: cap on the threads running them
+//!
 //! [source.events]
 //! format = "json"                      # json | csv | parquet | text
 //! path = "in"
@@ -33,6 +37,12 @@ use crate::{DataStreamWriter, EngineError, OutputMode, PreparedQuery, Result, Se
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
+    /// `spark.sql.shuffle.partitions` of the pipeline's session: the state partitions of every
+    /// stateful operator of a new checkpoint (an existing one keeps its own; a different value
+    /// is refused).
+    pub shuffle_partitions: Option<u32>,
+    /// `sluice.state.workerThreads`: a cap on the threads that run the partitions.
+    pub state_worker_threads: Option<u32>,
     /// Sources by name (the SQL view name).
     #[serde(default)]
     pub source: BTreeMap<String, SourceDef>,
@@ -140,6 +150,18 @@ impl Pipeline {
             base
         };
         Ok((p, base))
+    }
+
+    /// The session the pipeline's queries run in, with the pipeline's settings.
+    pub fn session(&self, app_name: &str) -> Result<Session> {
+        let mut b = Session::builder().app_name(app_name);
+        if let Some(n) = self.shuffle_partitions {
+            b = b.config("spark.sql.shuffle.partitions", n.to_string());
+        }
+        if let Some(n) = self.state_worker_threads {
+            b = b.config("sluice.state.workerThreads", n.to_string());
+        }
+        b.build()
     }
 
     /// Registers the sources and checks and opens every query, without starting any.

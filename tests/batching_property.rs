@@ -2,7 +2,7 @@
 //! aggregation run with maxFilesPerTrigger 1, 3 and all, and over the same events from a Kafka
 //! topic (a real broker) with maxOffsetsPerTrigger 500, 4000 and unlimited, gives the same final
 //! rows in append mode and the same last-emitted rows in update mode (Spark's rule 7 says this
-//! holds only without late data).
+//! holds only without late data); and so does the number of state partitions (1, 2, 8).
 
 mod common;
 
@@ -61,7 +61,19 @@ enum Input<'a> {
 
 /// Runs the query; returns (window_start, action) -> "count,sum,avg,max" of the last row emitted.
 fn run(input: Input<'_>, mode: OutputMode) -> BTreeMap<String, String> {
-    let s = Session::builder().build().expect("session");
+    run_partitioned(input, mode, 2)
+}
+
+/// [`run`] with the state in `partitions` partitions.
+fn run_partitioned(
+    input: Input<'_>,
+    mode: OutputMode,
+    partitions: usize,
+) -> BTreeMap<String, String> {
+    let s = Session::builder()
+        .config("spark.sql.shuffle.partitions", partitions.to_string())
+        .build()
+        .expect("session");
     let stream = match input {
         Input::Files { dir, max_files } => s
             .read_stream()
@@ -160,6 +172,14 @@ fn batch_sizes_do_not_change_results_without_late_data() {
             one,
             "{mode}: all files in one batch"
         );
+        // nor does the number of state partitions
+        for partitions in [1, 8] {
+            assert_eq!(
+                run_partitioned(files(w.path(), 1), mode, partitions),
+                one,
+                "{mode}: {partitions} state partitions"
+            );
+        }
     }
 }
 

@@ -23,10 +23,20 @@ fn expected(name: &str) -> Vec<String> {
 
 /// Stages a golden case into a fresh directory; returns (dir, pipeline path, number of files).
 fn stage(name: &str) -> (tempfile::TempDir, PathBuf, usize) {
+    stage_partitioned(name, None)
+}
+
+/// [`stage`], the pipeline's state split into `partitions` (its `shuffle_partitions` key).
+fn stage_partitioned(name: &str, partitions: Option<usize>) -> (tempfile::TempDir, PathBuf, usize) {
     let w = workdir();
     let n = stage_inputs(&golden_dir(name).join("input"), &w.path().join("in"));
     let p = w.path().join("pipeline.toml");
-    fs::copy(golden_dir(name).join("pipeline.toml"), &p).expect("copy pipeline");
+    let text = fs::read_to_string(golden_dir(name).join("pipeline.toml")).expect("pipeline");
+    let text = match partitions {
+        Some(n) => format!("shuffle_partitions = {n}\n{text}"),
+        None => text,
+    };
+    fs::write(&p, text).expect("write pipeline");
     (w, p, n)
 }
 
@@ -87,15 +97,26 @@ fn progress_lines(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Each case with 1, 2 and 8 state partitions: the same rows.
 fn uninterrupted(name: &str) {
-    let (w, p, files) = stage(name);
+    for partitions in [1, 2, 8] {
+        uninterrupted_with(name, partitions);
+    }
+}
+
+fn uninterrupted_with(name: &str, partitions: usize) {
+    let (w, p, files) = stage_partitioned(name, Some(partitions));
     let o = run_pipeline(&p, &[]);
     assert!(
         o.status.success(),
         "{name}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    check_output(name, w.path(), "uninterrupted");
+    check_output(
+        name,
+        w.path(),
+        &format!("uninterrupted, {partitions} partitions"),
+    );
     // maxFilesPerTrigger = 1: one batch per file (then, for a watermarked aggregation, one
     // no-data batch), with Spark's progress fields
     let progress = progress_lines(w.path());

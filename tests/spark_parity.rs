@@ -91,11 +91,16 @@ fn parse_rows(text: &str, skip_cols: usize) -> Vec<(Key, Values)> {
 }
 
 fn pipeline(dir: &Path) -> PathBuf {
+    pipeline_partitioned(dir, 2)
+}
+
+/// The golden query's pipeline, its state in `partitions` partitions.
+fn pipeline_partitioned(dir: &Path, partitions: usize) -> PathBuf {
     let p = dir.join("pipeline.toml");
     fs::write(
         &p,
         format!(
-            "[source.events]\nformat = \"json\"\npath = \"in\"\n\
+            "shuffle_partitions = {partitions}\n\n[source.events]\nformat = \"json\"\npath = \"in\"\n\
              schema = \"event_time TIMESTAMP, action STRING, user_id BIGINT, value DOUBLE, country STRING\"\n\
              watermark = {{ column = \"event_time\", delay = \"10 minutes\" }}\n\
              options = {{ maxFilesPerTrigger = 1 }}\n\n\
@@ -178,6 +183,19 @@ fn late_row(json: &str) -> LateRow {
 fn append_mode_matches_spark_and_survives_kills() {
     let gen = workdir();
     generate(gen.path());
+    // with 1 and 8 state partitions: the same rows (2, the default here, below)
+    for partitions in [1, 8] {
+        let w = workdir();
+        stage_inputs(gen.path(), &w.path().join("in"));
+        let p = pipeline_partitioned(w.path(), partitions);
+        let o = run_pipeline(&p, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        check_append(
+            w.path(),
+            gen.path(),
+            &format!("uninterrupted, {partitions} partitions"),
+        );
+    }
     // uninterrupted, with the per-batch watermark and drop counts of Spark's batches.csv
     let w = workdir();
     stage_inputs(gen.path(), &w.path().join("in"));

@@ -40,8 +40,28 @@ fn stage(dir: &Path, from: u64, to: u64) {
     }
 }
 
+/// The state partitions of these runs: every store of an operator is lost or kept alike.
+const PARTITIONS: usize = 2;
+
+fn session() -> Session {
+    Session::builder()
+        .config("spark.sql.shuffle.partitions", PARTITIONS.to_string())
+        .build()
+        .expect("session")
+}
+
+/// Removes operator 0's partition stores (and, with `snapshots`, their snapshots).
+fn remove_state(chk: &Path, snapshots: bool) {
+    for p in 0..PARTITIONS {
+        fs::remove_dir_all(chk.join(format!("state/0/{p}"))).expect("rm state");
+        if snapshots {
+            fs::remove_dir_all(chk.join(format!("state/0/{p}.snapshots"))).expect("rm snapshots");
+        }
+    }
+}
+
 fn run(dir: &Path, emitted: &Emitted, conf: &[(&str, &str)]) {
-    let session = Session::builder().build().expect("session");
+    let session = session();
     session
         .read_stream()
         .schema("event_time TIMESTAMP, action STRING, value DOUBLE")
@@ -108,8 +128,16 @@ fn snapshots_and_log_entries_are_kept_for_the_retained_batches_only() {
     // snapshots are started after batches 0, 2, 4, 6, 8 on a background thread while later
     // batches commit (each is named after the batch it holds; one still running makes the next
     // one skip): which exist depends on timing, what must hold does not
-    let snaps = ids(&chk.join("state/0.snapshots"));
     let offsets = ids(&chk.join("offsets"));
+    assert_eq!(ids(&chk.join("commits")), offsets);
+    for p in 0..PARTITIONS {
+        let snaps = ids(&chk.join(format!("state/0/{p}.snapshots")));
+        check_retention(&snaps, &offsets);
+    }
+}
+
+/// What must hold of one partition's snapshots and the logs after batches 0..=8.
+fn check_retention(snaps: &[u64], offsets: &[u64]) {
     assert!(
         !snaps.is_empty() && snaps.iter().all(|s| *s <= 8),
         "{snaps:?}"
@@ -118,7 +146,6 @@ fn snapshots_and_log_entries_are_kept_for_the_retained_batches_only() {
     let first = offsets[0];
     assert!(first <= 6, "{offsets:?}");
     assert_eq!(offsets, (first..=8).collect::<Vec<_>>());
-    assert_eq!(ids(&chk.join("commits")), offsets);
     // the oldest retained batch can be rebuilt: a snapshot at or before it whose replay has
     // its offsets entries
     assert!(
@@ -147,11 +174,13 @@ fn a_lost_state_directory_is_rebuilt_from_a_snapshot_and_the_offsets_log() {
     stage(w.path(), 0, 5);
     let emitted = Emitted::default();
     run(w.path(), &emitted, &every2);
-    let snapshots = w.path().join("chk/state/0.snapshots");
-    assert!(!ids(&snapshots).is_empty(), "a snapshot was taken");
-    fs::remove_dir_all(w.path().join("chk/state/0")).expect("rm state");
-    for s in ids(&snapshots).into_iter().filter(|s| *s > 2) {
-        fs::remove_dir_all(snapshots.join(s.to_string())).expect("rm snapshot");
+    remove_state(&w.path().join("chk"), false);
+    for p in 0..PARTITIONS {
+        let snapshots = w.path().join(format!("chk/state/0/{p}.snapshots"));
+        assert!(!ids(&snapshots).is_empty(), "a snapshot was taken");
+        for s in ids(&snapshots).into_iter().filter(|s| *s > 2) {
+            fs::remove_dir_all(snapshots.join(s.to_string())).expect("rm snapshot");
+        }
     }
     stage(w.path(), 5, 8);
     run(w.path(), &emitted, &every2);
@@ -167,7 +196,7 @@ fn a_lost_state_directory_is_rebuilt_from_a_snapshot_and_the_offsets_log() {
     let emitted = Emitted::default();
     let no_snapshots = [("minDeltasForSnapshot", "0")];
     run(w.path(), &emitted, &no_snapshots);
-    fs::remove_dir_all(w.path().join("chk/state/0")).expect("rm state");
+    remove_state(&w.path().join("chk"), false);
     stage(w.path(), 5, 8);
     run(w.path(), &emitted, &no_snapshots);
     assert_eq!(
@@ -203,13 +232,12 @@ fn a_state_that_cannot_be_rebuilt_is_refused_with_the_reason() {
     let emitted = Emitted::default();
     run(w.path(), &emitted, &CONF);
     // state and snapshots gone, log entries before 6 purged: nothing to rebuild from
-    fs::remove_dir_all(w.path().join("chk/state/0")).expect("rm state");
-    fs::remove_dir_all(w.path().join("chk/state/0.snapshots")).expect("rm snapshots");
+    remove_state(&w.path().join("chk"), true);
     for log in ["offsets", "commits"] {
         // purged already (retention); made sure of here whatever the snapshots' timing was
         let _ = fs::remove_file(w.path().join(format!("chk/{log}/0")));
     }
-    let session = Session::builder().build().expect("session");
+    let session = session();
     session
         .read_stream()
         .schema("event_time TIMESTAMP, action STRING, value DOUBLE")

@@ -386,5 +386,5 @@ fn a_stream_read_above_the_aggregation_is_refused() {
         .start()
         .expect_err("a stream above an aggregation")
         .to_string();
-    assert!(err.contains("above the aggregation"), "{err}");
+    assert!(err.contains("above a stateful operator"), "{err}");
 }

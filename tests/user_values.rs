@@ -98,7 +98,7 @@ fn each_bad_value_is_refused_naming_it() {
 /// Two stateful operators in one query are the user's to change (a clear refusal), not an
 /// internal error.
 #[test]
-fn two_stateful_operators_are_refused_as_the_users() {
+fn chained_stateful_operators_outside_append_mode_are_refused_as_the_users() {
     let w = workdir();
     let input = w.path().join("in");
     fs::create_dir_all(&input).expect("in");
@@ -125,7 +125,28 @@ fn two_stateful_operators_are_refused_as_the_users() {
             })
             .expect_err(sql);
         assert_eq!(e.kind(), sluice::ErrorKind::User, "{sql}: {e}");
-        assert!(e.to_string().contains("more than one stateful operator"), "{sql}: {e}");
+        assert!(
+            e.to_string().contains("Multiple stateful operators")
+                && e.to_string().contains("append mode only"),
+            "{sql}: {e}"
+        );
+        // in append mode a chain runs, but an aggregation must close windows by a watermark
+        let e = s
+            .sql(sql)
+            .and_then(|q| {
+                q.write_stream()
+                    .format("memory")
+                    .query_name("two")
+                    .output_mode(sluice::OutputMode::Append)
+                    .start()
+                    .map(|_| ())
+            })
+            .expect_err(sql);
+        assert_eq!(e.kind(), sluice::ErrorKind::User, "{sql}: {e}");
+        assert!(
+            e.to_string().contains("Append output mode not supported"),
+            "{sql}: {e}"
+        );
     }
 }
 

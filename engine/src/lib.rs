@@ -83,7 +83,7 @@ pub use writer::{DataStreamWriter, PreparedQuery, Trigger};
 /// Expressions (DataFusion's) for the DataFrame API: `col`, `lit`, and the usual functions.
 pub mod functions {
     pub use crate::json_fn::{from_json, to_json};
-    pub use crate::window::{session_window, sliding_window, window};
+    pub use crate::window::{session_window, sliding_window, window, window_time};
     pub use datafusion::functions::expr_fn::*;
     pub use datafusion::functions_aggregate::expr_fn::{
         approx_distinct, approx_percentile_cont, avg, count, count_distinct, first_value,

@@ -8,7 +8,8 @@
 //! | `sluice_processed_rows_per_second` | gauge | rows/s of the last batch |
 //! | `sluice_batch_duration_seconds` | histogram | micro-batch durations |
 //! | `sluice_watermark_lag_seconds` | gauge | wall clock minus the event-time watermark |
-//! | `sluice_state_rows`, `sluice_state_bytes` | gauge | state store size |
+//! | `sluice_state_rows`, `sluice_state_bytes` | gauge | state store size (all stateful operators) |
+//! | `sluice_operator_state_rows`, `sluice_operator_rows_dropped_by_watermark` | gauge | per stateful operator (label `operator`: its index nearest the sources first, and Spark's name, e.g. `1 stateStoreSave`), of the last batch |
 //! | `sluice_state_rows_dropped_by_watermark_total` | counter | Spark's `numRowsDroppedByWatermark`: partially aggregated rows (one per late group and batch) |
 //! | `sluice_late_input_rows_total` | counter | input rows dropped as late (what a late-data sink receives) |
 //! | `sluice_malformed_records_total` | counter | malformed input records the sources met |
@@ -82,6 +83,8 @@ pub struct Metrics {
     processed_rate: GaugeVec,
     watermark_lag: GaugeVec,
     state_rows: IntGaugeVec,
+    operator_rows: IntGaugeVec,
+    operator_dropped: IntGaugeVec,
     state_bytes: IntGaugeVec,
     backlog: IntGaugeVec,
     query_state: IntGaugeVec,
@@ -160,6 +163,16 @@ impl Default for Metrics {
         );
         let state_rows = int_gauge("sluice_state_rows", "Rows in the state store.", q);
         let state_bytes = int_gauge("sluice_state_bytes", "Memory used by the state store.", q);
+        let operator_rows = int_gauge(
+            "sluice_operator_state_rows",
+            "Rows in one stateful operator's state (summed over its partitions), after the last batch.",
+            &["query", "operator"],
+        );
+        let operator_dropped = int_gauge(
+            "sluice_operator_rows_dropped_by_watermark",
+            "One stateful operator's numRowsDroppedByWatermark in the last batch.",
+            &["query", "operator"],
+        );
         let backlog = int_gauge(
             "sluice_source_backlog",
             "Input waiting in the sources (files, Kafka offsets).",
@@ -193,6 +206,8 @@ impl Default for Metrics {
             processed_rate,
             watermark_lag,
             state_rows,
+            operator_rows,
+            operator_dropped,
             state_bytes,
             backlog,
             query_state,
@@ -302,6 +317,20 @@ impl Metrics {
                 })
             });
             self.state_rows.with_label_values(&l).set(rows as i64);
+            if let Some(p) = &last {
+                // Spark's order is the sink's operator first: numbered from the sources
+                let n = p.state_operators.len();
+                for (i, s) in p.state_operators.iter().enumerate() {
+                    let op = format!("{} {}", n - 1 - i, s.operator_name);
+                    let labels = [name.as_str(), op.as_str()];
+                    self.operator_rows
+                        .with_label_values(&labels)
+                        .set(s.num_rows_total as i64);
+                    self.operator_dropped
+                        .with_label_values(&labels)
+                        .set(s.num_rows_dropped_by_watermark as i64);
+                }
+            }
             self.state_bytes.with_label_values(&l).set(bytes as i64);
             self.backlog
                 .with_label_values(&l)

@@ -5,7 +5,12 @@
 //! <checkpoint>/offsets/<N>     v1 + OffsetsEntry, written before batch N runs
 //! <checkpoint>/commits/<N>     v1 + CommitEntry, written after batch N reached the sink
 //! <checkpoint>/sources/<i>/    private logs of source i (e.g. the files a file source took)
+//! <checkpoint>/state/<op>.schema       what operator op's state means (its fingerprint)
+//! <checkpoint>/state/<op>/<p>/         partition p of stateful operator op: its store
 //! ```
+//!
+//! Checkpoints written before state was partitioned hold one store per operator directly in
+//! `state/<op>/`; they run with one partition.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -162,6 +167,21 @@ impl CheckpointDir {
         Ok(d)
     }
 
+    /// The store directories of stateful operator `op` with `partitions` partitions (see
+    /// [`state_partition_dirs`]).
+    pub fn state_partition_dirs(&self, op: usize, partitions: usize) -> Result<Vec<PathBuf>> {
+        state_partition_dirs(&self.root, op, partitions)
+    }
+
+    /// The setting `key` recorded in the newest offsets entry (`None`: no batch was planned, or
+    /// the entry does not record it).
+    pub fn recorded_conf(&self, key: &str) -> Result<Option<String>> {
+        match self.offsets.latest_id()? {
+            None => Ok(None),
+            Some(id) => Ok(self.offsets_of(id)?.conf.get(key).cloned()),
+        }
+    }
+
     /// Reads the logs and decides where to start (see [`resolve_start`]).
     pub fn start_decision(&self) -> Result<StartDecision> {
         let last_offsets = self.offsets.latest_id()?;
@@ -204,6 +224,63 @@ fn first_visible_entry(dir: &Path) -> Result<Option<PathBuf>> {
         }
     }
     Ok(None)
+}
+
+/// The store directory of each partition of stateful operator `op` in the checkpoint at `root`:
+/// `state/<op>/<p>/`. A checkpoint written before state was partitioned keeps its one store in
+/// `state/<op>/` (a RocksDB `CURRENT` file there); it runs with one partition only.
+pub fn state_partition_dirs(root: &Path, op: usize, partitions: usize) -> Result<Vec<PathBuf>> {
+    let dir = root.join("state").join(op.to_string());
+    if dir.join("CURRENT").exists() {
+        if partitions != 1 {
+            return Err(StateError::Inconsistent {
+                dir,
+                reason: format!(
+                    "this checkpoint's state was written unpartitioned (one store per operator), \
+                     so it runs with spark.sql.shuffle.partitions=1, not {partitions}; \
+                     use a new checkpoint location for another number of partitions"
+                ),
+            });
+        }
+        return Ok(vec![dir]);
+    }
+    Ok((0..partitions.max(1))
+        .map(|p| dir.join(p.to_string()))
+        .collect())
+}
+
+/// The partition counts of the stateful operators whose state exists in the checkpoint at
+/// `root` (by operator index; `None` where an operator has no state directory): the number of
+/// partition stores found, 1 for an unpartitioned one. For `sluice checkpoint` commands.
+pub fn state_partitions_found(root: &Path) -> Result<Vec<(usize, usize)>> {
+    let state = root.join("state");
+    let rd = match fs::read_dir(&state) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StateError::io(&state, e)),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| StateError::io(&state, e))?;
+        let Ok(op) = e.file_name().to_string_lossy().parse::<usize>() else {
+            continue;
+        };
+        let dir = e.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        if dir.join("CURRENT").exists() {
+            out.push((op, 1));
+            continue;
+        }
+        let mut n = 0;
+        while dir.join(n.to_string()).join("CURRENT").exists() {
+            n += 1;
+        }
+        out.push((op, n));
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //! | [`log`]       | [`VersionedLog`]: a directory of numbered, versioned JSON entries, never overwritten |
 //! | [`checkpoint`]| [`CheckpointDir`]: `metadata`, `offsets/N`, `commits/N`, `sources/<i>/` of one query |
 //! | [`recovery`]  | pure decisions: [`resolve_start`] (where a restarted query resumes), [`plan_state_recovery`] (restore a snapshot and replay), [`first_log_entry_to_keep`] (retention) |
+//! | [`partitions`] | pure decisions over partitioned state: [`partition_actions`] (which partitions re-run a batch after a crash between their commits), [`plan_partitioned_recovery`] |
+//! | [`read_only`] | [`ReadOnlyStore`]: a partition store opened read-only for the checkpoint commands (RocksDB read-only mode, changelogs applied in memory) |
 //! | [`store`]     | [`StateStore`] / [`StateStoreProvider`]: the traits stateful operators use (stage, commit, snapshots, restore) |
 //! | [`rocks`]     | [`RocksStateStore`]: the RocksDB implementation with changelog checkpointing and background snapshots (RocksDB stays in this module) |
 //!
@@ -18,13 +20,20 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod error;
 pub mod log;
+pub mod partitions;
+pub mod read_only;
 pub mod recovery;
 pub mod rocks;
 pub mod store;
 
-pub use checkpoint::{CheckpointDir, CommitEntry, OffsetsEntry, QueryMetadata};
+pub use checkpoint::{
+    state_partition_dirs, state_partitions_found, CheckpointDir, CommitEntry, OffsetsEntry,
+    QueryMetadata,
+};
 pub use error::{ErrorKind, StateError};
 pub use log::VersionedLog;
+pub use partitions::{partition_actions, plan_partitioned_recovery, BatchActions};
+pub use read_only::ReadOnlyStore;
 pub use recovery::{
     first_log_entry_to_keep, plan_state_recovery, resolve_start, StartDecision, StateRecovery,
 };

@@ -25,8 +25,8 @@ use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use crate::store::{CommitStats, ScanFn, StateChanges, StateStore, StateStoreProvider};
 use crate::{ErrorKind, Result, StateError};
 
-const META_CF: &str = "sluice_meta";
-const DATA_CF: &str = "default";
+pub(crate) const META_CF: &str = "sluice_meta";
+pub(crate) const DATA_CF: &str = "default";
 const BATCH_KEY: &[u8] = b"batch";
 /// Without snapshots, the memtables are flushed (and the changelogs they cover deleted) every
 /// this many batches.
@@ -41,6 +41,9 @@ pub struct StoreOptions {
     pub snapshot_interval: u64,
     /// Batches whose state must stay recoverable (from a snapshot plus replay).
     pub min_batches_to_retain: u64,
+    /// How many stores of the query share one store's memory budget (its partitions): each
+    /// gets that share of the write buffers.
+    pub memory_share: u32,
 }
 
 impl Default for StoreOptions {
@@ -48,20 +51,23 @@ impl Default for StoreOptions {
         Self {
             snapshot_interval: 10,
             min_batches_to_retain: 100,
+            memory_share: 1,
         }
     }
 }
 
-/// Opens RocksDB state stores.
-#[derive(Debug, Default, Clone)]
-pub struct RocksStateStoreProvider {
-    /// Settings of the stores it opens.
-    pub options: StoreOptions,
+/// The write-buffer (memtable) size of one store, of a budget of 64 MiB per query's operator.
+fn write_buffer_bytes(memory_share: u32) -> usize {
+    ((64usize << 20) / memory_share.max(1) as usize).max(8 << 20)
 }
 
+/// Opens RocksDB state stores.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RocksStateStoreProvider;
+
 impl StateStoreProvider for RocksStateStoreProvider {
-    fn open(&self, dir: &Path) -> Result<Box<dyn StateStore>> {
-        Ok(Box::new(RocksStateStore::open_with(dir, self.options)?))
+    fn open(&self, dir: &Path, options: &StoreOptions) -> Result<Box<dyn StateStore>> {
+        Ok(Box::new(RocksStateStore::open_with(dir, *options)?))
     }
 }
 
@@ -124,7 +130,7 @@ fn changelog_bytes(rows_delta: i64, wb: &WriteBatch) -> Vec<u8> {
 }
 
 /// Parses a changelog file into (rows delta, write batch).
-fn parse_changelog(path: &Path, bytes: &[u8]) -> Result<(i64, WriteBatch)> {
+pub(crate) fn parse_changelog(path: &Path, bytes: &[u8]) -> Result<(i64, WriteBatch)> {
     let corrupt = |reason: &str| StateError::Corrupt {
         path: path.to_path_buf(),
         reason: reason.to_string(),
@@ -144,7 +150,7 @@ fn parse_changelog(path: &Path, bytes: &[u8]) -> Result<(i64, WriteBatch)> {
 }
 
 /// The committed changelogs in `dir`, ascending.
-fn list_changelogs(dir: &Path) -> Result<Vec<u64>> {
+pub(crate) fn list_changelogs(dir: &Path) -> Result<Vec<u64>> {
     list_snapshots(dir)
 }
 
@@ -228,7 +234,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// A RocksDB error, classified by its cause: a corrupt or missing database needs the user
 /// (restore the state, or a new checkpoint location), never a retry; an invalid argument is a
 /// bug of Sluice's; I/O, busy and timed-out errors are external and may pass.
-fn rocks_err(dir: &Path, e: rocksdb::Error) -> StateError {
+pub(crate) fn rocks_err(dir: &Path, e: rocksdb::Error) -> StateError {
     match rocks_kind(e.kind()) {
         ErrorKind::User => StateError::Corrupt {
             path: dir.to_path_buf(),
@@ -274,13 +280,13 @@ fn u64_of(dir: &Path, v: Option<Vec<u8>>) -> Result<Option<u64>> {
     }
 }
 
-fn open_db(dir: &Path) -> Result<DB> {
+fn open_db(dir: &Path, options: &StoreOptions) -> Result<DB> {
     std::fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
-    opts.set_write_buffer_size(64 << 20);
+    opts.set_write_buffer_size(write_buffer_bytes(options.memory_share));
     opts.set_max_write_buffer_number(4);
     opts.set_max_open_files(256);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -298,7 +304,7 @@ fn open_db(dir: &Path) -> Result<DB> {
     DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| rocks_err(dir, e))
 }
 
-fn meta_of(db: &DB, dir: &Path) -> Result<(Option<u64>, u64)> {
+pub(crate) fn meta_of(db: &DB, dir: &Path) -> Result<(Option<u64>, u64)> {
     let meta = db.cf_handle(META_CF).ok_or_else(|| StateError::Corrupt {
         path: dir.to_path_buf(),
         reason: "state store has no metadata column family".into(),
@@ -464,7 +470,7 @@ fn replay_changelogs(db: &DB, dir: &Path, changelog_dir: &Path) -> Result<(Optio
 }
 
 /// `<dir>.<what>`, beside the live DB.
-fn side_dir(dir: &Path, what: &str) -> PathBuf {
+pub(crate) fn side_dir(dir: &Path, what: &str) -> PathBuf {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -505,7 +511,7 @@ impl RocksStateStore {
         let changelog_dir = side_dir(dir, "changelog");
         clean_leftovers(dir, &snapshots_dir)?;
         crate::atomic::ensure_dir(&changelog_dir)?;
-        let db = open_db(dir)?;
+        let db = open_db(dir, &options)?;
         let (batch, rows) = replay_changelogs(&db, dir, &changelog_dir)?;
         Ok(Self {
             db: Some(Arc::new(db)),
@@ -808,7 +814,7 @@ impl StateStore for RocksStateStore {
             copy_snapshot(&self.snapshots_dir.join(b.to_string()), &fresh)?;
         }
         {
-            let db = open_db(&fresh)?;
+            let db = open_db(&fresh, &self.options)?;
             let (batch, _) = meta_of(&db, &fresh)?;
             if batch != snapshot {
                 return Err(StateError::Corrupt {
@@ -830,7 +836,7 @@ impl StateStore for RocksStateStore {
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(|e| StateError::io(&old, e))?;
         }
-        let db = open_db(&self.dir)?;
+        let db = open_db(&self.dir, &self.options)?;
         let (batch, rows) = meta_of(&db, &self.dir)?;
         self.db = Some(Arc::new(db));
         self.batch = batch;
@@ -898,6 +904,7 @@ mod tests {
         let opts = StoreOptions {
             snapshot_interval: 0,
             min_batches_to_retain: 100,
+            ..StoreOptions::default()
         };
         let mut s = RocksStateStore::open_with(&live, opts).expect("open");
         for b in 0..batches {
@@ -979,6 +986,7 @@ mod tests {
         let opts = StoreOptions {
             snapshot_interval: 3,
             min_batches_to_retain: 4,
+            ..StoreOptions::default()
         };
         let mut s = RocksStateStore::open_with(&live, opts).expect("open");
         for b in 0..=10 {

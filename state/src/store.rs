@@ -1,6 +1,6 @@
 //! The state store of stateful operators: traits, with no storage engine in them.
 //!
-//! One store per stateful operator per checkpoint (`<checkpoint>/state/<op>/`). Keys are the
+//! One store per partition of a stateful operator (`<checkpoint>/state/<op>/<partition>/`). Keys are the
 //! operator's encoded group keys (ordered: operators put the event-time window end first so
 //! that eviction is a range scan); values its encoded accumulator states. A store is versioned
 //! by batch id: a batch's changes are staged ([`StateStore::stage`]) when the batch computes
@@ -94,8 +94,10 @@ pub trait StateStore: Send {
     fn restore(&mut self, snapshot: Option<u64>) -> Result<()>;
 }
 
-/// Opens state stores; chosen when a query starts.
+/// Opens state stores: chosen by the application (the `sluice` facade picks RocksDB) and held
+/// by its session; every stateful query asks it for one store per operator partition when it
+/// starts, with the query's settings.
 pub trait StateStoreProvider: Send + Sync {
-    /// Opens (creating if missing) the store in `dir`.
-    fn open(&self, dir: &Path) -> Result<Box<dyn StateStore>>;
+    /// Opens (creating if missing) the store in `dir`, for writing: one process at a time.
+    fn open(&self, dir: &Path, options: &crate::StoreOptions) -> Result<Box<dyn StateStore>>;
 }

@@ -14,6 +14,7 @@ use crate::dataframe::DataFrame;
 use crate::error::{EngineError, Result};
 use crate::query::{StreamingQuery, StreamingQueryListener};
 use crate::reader::DataStreamReader;
+use sluice_state::StateStoreProvider;
 
 /// Builds a [`Session`].
 #[derive(Default)]
@@ -21,6 +22,7 @@ pub struct SessionBuilder {
     app_name: Option<String>,
     registry: ConnectorRegistry,
     config: Vec<(String, String)>,
+    state_provider: Option<Arc<dyn StateStoreProvider>>,
 }
 
 impl SessionBuilder {
@@ -39,6 +41,12 @@ impl SessionBuilder {
     /// Uses these connectors (the `sluice` crate's builder adds the built-in ones).
     pub fn connectors(mut self, registry: ConnectorRegistry) -> Self {
         self.registry = registry;
+        self
+    }
+
+    /// Where stateful operators keep their state (the `sluice` facade's builder sets RocksDB).
+    pub fn state_provider(mut self, provider: Arc<dyn StateStoreProvider>) -> Self {
+        self.state_provider = Some(provider);
         self
     }
 
@@ -77,6 +85,7 @@ impl SessionBuilder {
         ctx.register_udf(ScalarUDF::new_from_impl(WindowUdf::new(
             WindowKind::Session,
         )));
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::window::WindowTimeUdf::new()));
         // Spark's names for DataFusion's aggregates
         {
             use datafusion::functions_aggregate::{
@@ -101,6 +110,7 @@ impl SessionBuilder {
                 ctx,
                 spark_conf,
                 registry: self.registry,
+                state_provider: self.state_provider,
                 queries: Mutex::new(Vec::new()),
                 listeners: Mutex::new(Vec::new()),
                 runtime: OnceLock::new(),
@@ -120,6 +130,7 @@ pub const SLUICE_CONF_KEYS: &[&str] = &[
     crate::retry::INITIAL_BACKOFF_CONF,
     crate::retry::MAX_BACKOFF_CONF,
     crate::retry::MAX_RETRIES_CONF,
+    crate::exec::state::STATE_THREADS_CONF,
 ];
 
 /// The Spark settings a session takes through [`SessionBuilder::config`] (a writer option
@@ -128,6 +139,7 @@ pub const SPARK_CONF_KEYS: &[&str] = &[
     crate::watermark::POLICY_CONF,
     MIN_BATCHES_TO_RETAIN_CONF,
     MIN_DELTAS_FOR_SNAPSHOT_CONF,
+    crate::exec::state::SHUFFLE_PARTITIONS_CONF,
 ];
 
 struct SessionInner {
@@ -135,6 +147,7 @@ struct SessionInner {
     ctx: SessionContext,
     spark_conf: std::collections::BTreeMap<String, String>,
     registry: ConnectorRegistry,
+    state_provider: Option<Arc<dyn StateStoreProvider>>,
     queries: Mutex<Vec<StreamingQuery>>,
     listeners: Mutex<Vec<Arc<dyn StreamingQueryListener>>>,
     runtime: OnceLock<tokio::runtime::Runtime>,
@@ -220,6 +233,16 @@ impl Session {
     /// The underlying DataFusion context (to register functions or batch tables).
     pub fn context(&self) -> &SessionContext {
         &self.inner.ctx
+    }
+
+    /// The state store provider stateful queries open their stores with.
+    pub fn state_provider(&self) -> Result<Arc<dyn StateStoreProvider>> {
+        self.inner.state_provider.clone().ok_or_else(|| {
+            EngineError::user(
+                "this session has no state store provider, so it cannot run a stateful query: \
+                 build it with sluice::Session::builder() (RocksDB) or SessionBuilder::state_provider(..)",
+            )
+        })
     }
 
     /// The connectors this session knows.

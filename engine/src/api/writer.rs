@@ -19,7 +19,12 @@ use crate::retry::{RetryPolicy, INITIAL_BACKOFF_CONF, MAX_BACKOFF_CONF, MAX_RETR
 use crate::session::{MIN_BATCHES_TO_RETAIN_CONF, MIN_DELTAS_FOR_SNAPSHOT_CONF};
 use crate::watermark::{WatermarkPolicy, POLICY_CONF};
 use crate::DataFrame;
-use sluice_state::{CheckpointDir, RocksStateStoreProvider, StateStoreProvider, StoreOptions};
+use sluice_state::{CheckpointDir, StoreOptions};
+
+use crate::exec::state::{
+    default_partitions, resolve_partitions, worker_threads, QueryState, SHUFFLE_PARTITIONS_CONF,
+    STATE_THREADS_CONF,
+};
 
 /// When batches run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,19 +208,51 @@ impl DataStreamWriter {
             guarantee,
         } = self.checked()?;
         let checkpoint = CheckpointDir::open(&checkpoint_dir)?;
-        let provider = RocksStateStoreProvider {
-            options: store_options,
-        };
         for (i, _name) in plan.state_operators() {
-            let dir = checkpoint.root().join("state").join(i.to_string());
             check_state_fingerprint(
                 &checkpoint,
                 i,
                 &plan.state_fingerprint(i)?,
                 &plan.legacy_state_fingerprint(i)?,
             )?;
-            plan.set_state_store(i, provider.open(&dir)?)?;
         }
+        let state = if plan.stateful {
+            let conf_number = |key: &str| -> Result<Option<usize>> {
+                session
+                    .conf(key)
+                    .map(|v| {
+                        v.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| {
+                                EngineError::user(format!(
+                                    "{key} must be a positive number, got '{v}'"
+                                ))
+                            })
+                    })
+                    .transpose()
+            };
+            let unpartitioned = checkpoint.root().join("state/0/CURRENT").exists();
+            let partitions = resolve_partitions(
+                conf_number(SHUFFLE_PARTITIONS_CONF)?,
+                checkpoint
+                    .recorded_conf(SHUFFLE_PARTITIONS_CONF)?
+                    .as_deref(),
+                unpartitioned,
+                default_partitions(),
+            )?;
+            QueryState::open(
+                &plan,
+                &session.state_provider()?,
+                &checkpoint,
+                partitions,
+                store_options,
+                worker_threads(conf_number(STATE_THREADS_CONF)?),
+            )?
+        } else {
+            QueryState::none()
+        };
         let late_sink = match self.late_data.take() {
             None => None,
             Some((format, options)) => {
@@ -304,6 +341,7 @@ impl DataStreamWriter {
         let exec = Execution::new(
             Arc::clone(&shared),
             plan,
+            state,
             sources,
             sink,
             checkpoint,

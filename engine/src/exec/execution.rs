@@ -13,15 +13,16 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use sluice_state::{
-    first_log_entry_to_keep, plan_state_recovery, CheckpointDir, CommitEntry, OffsetsEntry,
-    StartDecision, StateRecovery,
+    first_log_entry_to_keep, partition_actions, plan_partitioned_recovery, CheckpointDir,
+    CommitEntry, OffsetsEntry, StartDecision, StateRecovery,
 };
 
-use crate::aggregate::{StateOperatorProgress, NUM_LATE_INPUT_ROWS};
+use super::state::{operator_progress, QueryState, SHUFFLE_PARTITIONS_CONF};
 use crate::clock::BatchClock;
 use crate::connector::{Offset, ReadLimit, Sink, Source};
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::fault::crash_point;
+use crate::operators::stateful::Watermarks;
 use crate::plan::StreamPlan;
 use crate::progress::{
     event_time_progress, rates, DurationMs, QueryProgress, SinkProgress, SourceProgress,
@@ -72,6 +73,8 @@ const POLL_FALLBACK: Duration = Duration::from_secs(1);
 pub(crate) struct Execution {
     shared: Arc<QueryShared>,
     plan: StreamPlan,
+    /// The stateful operators' stores: the execution owns them, the plan borrows them per batch.
+    state: QueryState,
     sources: Vec<Box<dyn Source>>,
     sink: Box<dyn Sink>,
     checkpoint: CheckpointDir,
@@ -105,6 +108,7 @@ impl Execution {
     pub(crate) fn new(
         shared: Arc<QueryShared>,
         plan: StreamPlan,
+        state: QueryState,
         sources: Vec<Box<dyn Source>>,
         sink: Box<dyn Sink>,
         checkpoint: CheckpointDir,
@@ -121,6 +125,7 @@ impl Execution {
         Self {
             shared,
             plan,
+            state,
             sources,
             sink,
             checkpoint,
@@ -330,18 +335,18 @@ impl Execution {
             self.shared.guarantee.0,
             self.shared.guarantee.1
         );
-        if let Some(snapshots) = self.plan.state_snapshots()? {
-            let state_batch = self.plan.state_batch();
+        if let Some(snapshots) = self.state.snapshots()? {
+            let state_batches = self.state.committed();
             let oldest = self.checkpoint.offsets().ids()?.first().copied();
-            match plan_state_recovery(decision, state_batch, &snapshots, oldest) {
+            match plan_partitioned_recovery(decision, &state_batches, &snapshots, oldest) {
                 Ok(StateRecovery::Ready) => {}
                 Ok(StateRecovery::Rebuild { snapshot, replay }) => {
                     tracing::warn!(
-                        ?state_batch,
+                        ?state_batches,
                         ?decision,
                         "the state does not hold the batch the logs need: restoring snapshot {snapshot:?} and replaying batches {replay:?}"
                     );
-                    self.plan.restore_state(snapshot)?;
+                    self.state.restore(snapshot)?;
                     if let Some((from, to)) = replay {
                         self.replay_state(from, to)?;
                     }
@@ -427,12 +432,16 @@ impl Execution {
             self.offsets_of_entry(&entry)?;
             self.clock.set(entry.batch_timestamp_ms);
             let (inputs, _) = self.read_inputs(&starts, &entry)?;
-            let output =
-                self.plan
-                    .execute(&inputs, entry.late_watermark_ms, entry.watermark_ms, false)?;
-            if output.staged {
-                self.plan.commit_state(batch)?;
-            }
+            let run = self.state.all_run();
+            let threads = self.state.threads();
+            self.plan.execute(
+                &inputs,
+                Watermarks::from_ms(entry.late_watermark_ms, entry.watermark_ms),
+                self.state.ops_mut(),
+                &run,
+                threads,
+            )?;
+            self.state.commit(batch, &run)?;
         }
         Ok(())
     }
@@ -493,46 +502,34 @@ impl Execution {
         let get_batch_ms = t.elapsed().as_millis() as u64;
 
         let t = Instant::now();
-        // the state already holds this batch (the process died between the state commit and
-        // the commit log): the sink has it too, only the commit entry is missing
-        let state_has_batch = self.plan.stateful && self.plan.state_batch() == Some(batch);
+        // partitions that already hold this batch (the process died among the state commits or
+        // before the commit log) are skipped; if any does, the sink has the batch too
+        let actions = partition_actions(&self.state.committed(), batch).map_err(|reason| {
+            EngineError::user(format!(
+                "cannot run batch {batch} on the state in {}/state: {reason}; restore the state \
+                 directory or use a new checkpoint location",
+                self.checkpoint.root().display()
+            ))
+        })?;
+        let threads = self.state.threads();
         let output = self.plan.execute(
             &inputs,
-            entry.late_watermark_ms,
-            entry.watermark_ms,
-            state_has_batch,
+            Watermarks::from_ms(entry.late_watermark_ms, entry.watermark_ms),
+            self.state.ops_mut(),
+            &actions.run,
+            threads,
         )?;
         drop(inputs);
-        let late_input_rows: u64 = output.late_rows.iter().map(|b| b.num_rows() as u64).sum();
         let output_rows: u64 = output.rows.iter().map(|b| b.num_rows() as u64).sum();
-        if !state_has_batch {
+        if actions.write_sink {
             if self.late_sink.is_some() {
                 self.write_to_late_sink(batch, &output.late_rows)?;
             }
             self.write_to_sink(batch, &output.rows)?;
         }
         crash_point("after-sink", batch);
-        let mut state_progress = Vec::new();
-        if output.staged {
-            if let Some(stats) = self.plan.commit_state(batch)? {
-                let operator_name = self
-                    .plan
-                    .state_operators()
-                    .first()
-                    .map_or("stateStoreSave", |(_, n)| n)
-                    .to_string();
-                state_progress.push(StateOperatorProgress {
-                    operator_name,
-                    num_rows_total: stats.rows_total,
-                    num_rows_updated: stats.rows_updated + output.evicted_touched,
-                    num_rows_removed: stats.rows_removed + output.evicted_new,
-                    num_rows_dropped_by_watermark: output.dropped_by_watermark,
-                    memory_used_bytes: stats.memory_used_bytes,
-                    commit_time_ms: stats.commit_ms,
-                    custom_metrics: [(NUM_LATE_INPUT_ROWS.to_string(), late_input_rows)].into(),
-                });
-            }
-        }
+        let commit_stats = self.state.commit(batch, &actions.run)?;
+        let state_progress = operator_progress(&self.plan, &output, &commit_stats);
         crash_point("after-state", batch);
         let add_batch_ms = t.elapsed().as_millis() as u64;
         let delays: Vec<i64> = self.plan.watermarks.iter().map(|w| w.delay_ms).collect();
@@ -659,7 +656,7 @@ impl Execution {
     /// Deletes offsets and commit entries older than the retained batches (and than the snapshot
     /// the oldest of them can be rebuilt from).
     fn purge_logs(&self, batch: u64) -> Result<()> {
-        let snapshots = self.plan.state_snapshots()?;
+        let snapshots = self.state.snapshots()?;
         let keep = first_log_entry_to_keep(batch, self.min_batches_to_retain, snapshots.as_deref());
         if keep > 0 {
             self.checkpoint.offsets().purge_before(keep)?;
@@ -671,6 +668,12 @@ impl Execution {
     /// Settings recorded in each offsets entry that must not change across restarts.
     fn recorded_conf(&self) -> std::collections::BTreeMap<String, String> {
         let mut conf = std::collections::BTreeMap::new();
+        if self.state.is_stateful() {
+            conf.insert(
+                SHUFFLE_PARTITIONS_CONF.to_string(),
+                self.state.partitions().to_string(),
+            );
+        }
         if self.plan.watermarks.len() > 1 {
             conf.insert(
                 POLICY_CONF.to_string(),

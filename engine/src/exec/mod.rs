@@ -9,3 +9,4 @@ pub mod fault;
 pub mod guarantee;
 pub mod progress;
 pub mod retry;
+pub mod state;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
 };
-use arrow::compute::{concat_batches, filter_record_batch, take};
+use arrow::compute::{filter_record_batch, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
@@ -54,24 +54,7 @@ pub struct WindowGroup {
     pub spec: WindowSpec,
 }
 
-/// What one batch produced, before it is committed.
-#[derive(Debug, Default)]
-pub struct AggOutput {
-    /// Rows for the sink.
-    pub rows: Vec<RecordBatch>,
-    /// Input rows dropped as late (for the late-data sink).
-    pub late_rows: Vec<RecordBatch>,
-    /// Partially aggregated rows dropped as late (Spark's `numRowsDroppedByWatermark`).
-    pub dropped_by_watermark: u64,
-    /// State changes to commit.
-    pub changes: StateChanges,
-    /// Groups this batch touched and the watermark evicted at its end: Spark writes them to
-    /// state and then removes them, counting them in `numRowsUpdated` (the store never sees
-    /// those that were not in state before, nor counts the others as written).
-    pub evicted_touched: u64,
-    /// Of those, the groups that were not in state before (Spark counts their removal too).
-    pub evicted_new: u64,
-}
+pub use crate::operators::stateful::OperatorOutput as AggOutput;
 
 /// Progress of the operator in one batch (Spark's `stateOperators[i]`).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -116,7 +99,6 @@ pub struct AggregateOp {
     /// Whether window ends are compared with the watermark (the window's time column is the
     /// watermarked column).
     watermarked: bool,
-    store: Option<Box<dyn StateStore>>,
     /// The key expressions by column name (the window's time column first, if any).
     key_names: Vec<String>,
     /// The aggregate expressions by column name.
@@ -176,7 +158,6 @@ impl AggregateOp {
             output_schema,
             mode,
             watermarked,
-            store: None,
             key_names: Vec::new(),
             agg_names: Vec::new(),
         })
@@ -235,34 +216,6 @@ impl AggregateOp {
         self.agg_names = aggs;
     }
 
-    /// Gives the operator its state store (when the query starts).
-    pub fn set_store(&mut self, store: Box<dyn StateStore>) {
-        self.store = Some(store);
-    }
-
-    fn store(&self) -> Result<&dyn StateStore> {
-        self.store
-            .as_deref()
-            .ok_or_else(|| EngineError::bug("aggregate without state store"))
-    }
-
-    /// The state store, to restore it.
-    pub fn store_mut(&mut self) -> Result<&mut Box<dyn StateStore>> {
-        self.store
-            .as_mut()
-            .ok_or_else(|| EngineError::bug("aggregate without state store"))
-    }
-
-    /// The state store, read-only.
-    pub fn store_ref(&self) -> Option<&dyn StateStore> {
-        self.store.as_deref()
-    }
-
-    /// The batch the state store last committed.
-    pub fn committed_batch(&self) -> Option<u64> {
-        self.store.as_ref().and_then(|s| s.committed_batch())
-    }
-
     /// Whether the operator's window is on the watermarked column.
     pub fn uses_watermark(&self) -> bool {
         self.watermarked && self.window.is_some()
@@ -292,10 +245,10 @@ impl AggregateOp {
 
     /// Processes one batch's input. `late_wm` / `evict_wm`: the previous and the current
     /// watermark, µs.
-    pub fn process(
-        &mut self,
-        input: &[RecordBatch],
-        in_schema: &SchemaRef,
+    fn process_batch(
+        &self,
+        store: &dyn StateStore,
+        batch: &RecordBatch,
         late_wm: i64,
         evict_wm: i64,
     ) -> Result<AggOutput> {
@@ -304,9 +257,8 @@ impl AggregateOp {
             .as_ref()
             .is_some_and(|w| w.spec.kind == WindowKind::Session)
         {
-            return self.process_sessions(input, in_schema, late_wm, evict_wm);
+            return self.process_sessions(store, batch, late_wm, evict_wm);
         }
-        let batch = concat_batches(in_schema, input)?;
         let n = batch.num_rows();
         let mut out = AggOutput::default();
 
@@ -314,7 +266,7 @@ impl AggregateOp {
         let (take_idx, ends): (Option<UInt32Array>, Vec<i64>) = match &self.window {
             None => (None, vec![0; n]),
             Some(w) => {
-                let ts = event_micros(&w.time.evaluate(&batch)?.into_array(n)?)?;
+                let ts = event_micros(&w.time.evaluate(batch)?.into_array(n)?)?;
                 crate::window::check_event_times(&ts)?;
                 let tumbling = w.spec.slide_us == w.spec.size_us;
                 if tumbling && ts.null_count() == 0 {
@@ -404,10 +356,8 @@ impl AggregateOp {
                     late_input[row] = true;
                 }
             }
-            out.late_rows.push(filter_record_batch(
-                &batch,
-                &BooleanArray::from(late_input),
-            )?);
+            out.late_rows
+                .push(filter_record_batch(batch, &BooleanArray::from(late_input))?);
         }
         // late rows stay in the batch, masked out of the accumulators (no copy of the batch)
         let on_time_mask = (out.dropped_by_watermark > 0).then(|| BooleanArray::from(keep));
@@ -416,7 +366,7 @@ impl AggregateOp {
         let mut accs = self.new_accumulators()?;
         // 4. the stored states of the touched groups first (order-sensitive aggregates such as
         //    first_value/last_value see earlier batches before this one)
-        let stored = self.store()?.multi_get(&group_keys)?;
+        let stored = store.multi_get(&group_keys)?;
         let mut found_idx = Vec::new();
         let mut found_vals = Vec::new();
         for (g, v) in stored.iter().enumerate() {
@@ -443,10 +393,7 @@ impl AggregateOp {
         }
 
         let new_groups = num_groups - found_idx.len();
-        let mut states: Vec<Vec<ArrayRef>> = accs
-            .iter_mut()
-            .map(|a| a.state(EmitTo::All))
-            .collect::<std::result::Result<_, _>>()?;
+        let mut states = self.states_of(&mut accs, num_groups)?;
 
         // 6. what is emitted and what stays
         let evict = |end: i64| {
@@ -508,7 +455,7 @@ impl AggregateOp {
         if scan_to.as_ref().is_none_or(|t| !t.is_empty()) {
             let touched: std::collections::HashSet<&[u8]> =
                 group_keys.iter().map(|k| k.as_slice()).collect();
-            self.store()?.scan(&[], scan_to.as_deref(), &mut |k, v| {
+            store.scan(&[], scan_to.as_deref(), &mut |k, v| {
                 if !touched.contains(k) {
                     extra_keys.push(k.to_vec());
                     extra_vals.push(v.to_vec());
@@ -669,6 +616,33 @@ impl AggregateOp {
         Ok(out)
     }
 
+    /// The intermediate states of `num_groups` groups, per aggregate. No groups (a partition
+    /// without rows in this batch) gives empty columns of the state types: an adapted
+    /// accumulator would return no columns at all.
+    fn states_of(
+        &self,
+        accs: &mut [Box<dyn GroupsAccumulator>],
+        num_groups: usize,
+    ) -> Result<Vec<Vec<ArrayRef>>> {
+        if num_groups == 0 {
+            return self
+                .aggs
+                .iter()
+                .map(|a| {
+                    Ok(a.expr
+                        .state_fields()?
+                        .iter()
+                        .map(|f| arrow::array::new_empty_array(f.data_type()))
+                        .collect())
+                })
+                .collect();
+        }
+        Ok(accs
+            .iter_mut()
+            .map(|a| a.state(EmitTo::All))
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
     fn encode_states(&self, states: &[Vec<ArrayRef>]) -> Result<Vec<Vec<u8>>> {
         let cols: Vec<ArrayRef> = states.iter().flatten().cloned().collect();
         if cols.is_empty() {
@@ -736,9 +710,43 @@ impl AggregateOp {
             .collect();
         Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
     }
+}
 
-    /// Keys in state.
-    pub fn rows_total(&self) -> u64 {
-        self.store.as_ref().map_or(0, |s| s.rows_total())
+impl crate::operators::stateful::StatefulOperator for AggregateOp {
+    fn name(&self) -> &'static str {
+        match &self.window {
+            Some(w) if w.spec.kind == WindowKind::Session => "sessionWindowStateStoreSaveExec",
+            _ => "stateStoreSave",
+        }
+    }
+
+    fn fingerprint(&self) -> Result<String> {
+        AggregateOp::fingerprint(self)
+    }
+
+    fn legacy_fingerprint(&self) -> Result<String> {
+        AggregateOp::legacy_fingerprint(self)
+    }
+
+    fn uses_watermark(&self) -> bool {
+        AggregateOp::uses_watermark(self)
+    }
+
+    fn drops_late(&self) -> bool {
+        AggregateOp::drops_late(self)
+    }
+
+    /// The group keys besides the window: a group (and a session) never spans partitions.
+    fn partition_key(&self, batch: &RecordBatch) -> Result<Option<arrow::row::Rows>> {
+        self.key_rows(batch)
+    }
+
+    fn process(
+        &self,
+        store: &dyn StateStore,
+        input: &RecordBatch,
+        watermarks: crate::operators::stateful::Watermarks,
+    ) -> Result<AggOutput> {
+        self.process_batch(store, input, watermarks.late_us, watermarks.evict_us)
     }
 }

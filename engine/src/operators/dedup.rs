@@ -12,8 +12,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
-use arrow::compute::{concat_batches, take_record_batch};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::DataType;
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::{Column, DFSchemaRef};
 use datafusion::error::Result as DfResult;
@@ -21,8 +21,8 @@ use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalN
 use datafusion::physical_plan::PhysicalExpr;
 use sluice_state::store::{StateChanges, StateStore};
 
-use crate::aggregate::AggOutput;
 use crate::error::{EngineError, Result};
+use crate::operators::stateful::{OperatorOutput, StatefulOperator, Watermarks};
 use crate::window::event_micros;
 
 /// The deduplication node of the logical plan.
@@ -109,7 +109,6 @@ pub struct DedupOp {
     /// keys, or within the watermark. Otherwise they are kept forever.
     evicts: bool,
     within_watermark: bool,
-    store: Option<Box<dyn StateStore>>,
     /// The key columns' names.
     key_names: Vec<String>,
 }
@@ -145,7 +144,6 @@ impl DedupOp {
             evicts: time.is_some() && (time_in_keys || within_watermark),
             time,
             within_watermark,
-            store: None,
             key_names,
         })
     }
@@ -169,23 +167,6 @@ impl DedupOp {
             .to_string()
     }
 
-    /// Gives the operator its store.
-    pub fn set_store(&mut self, store: Box<dyn StateStore>) {
-        self.store = Some(store);
-    }
-
-    /// The store.
-    pub fn store_mut(&mut self) -> Result<&mut Box<dyn StateStore>> {
-        self.store
-            .as_mut()
-            .ok_or_else(|| EngineError::bug("deduplication without state store"))
-    }
-
-    /// The store, read-only.
-    pub fn store(&self) -> Option<&dyn StateStore> {
-        self.store.as_deref()
-    }
-
     /// `drop_duplicates_within_watermark`.
     pub fn within_watermark(&self) -> bool {
         self.within_watermark
@@ -197,27 +178,21 @@ impl DedupOp {
     }
 
     /// Processes one batch: the first row of each new key is emitted.
-    pub fn process(
-        &mut self,
-        input: &[RecordBatch],
-        in_schema: &SchemaRef,
+    fn process_batch(
+        &self,
+        store: &dyn StateStore,
+        batch: &RecordBatch,
         late_wm: i64,
         evict_wm: i64,
-    ) -> Result<AggOutput> {
-        let batch = concat_batches(in_schema, input)?;
+    ) -> Result<OperatorOutput> {
         let n = batch.num_rows();
-        let key_arrays = self
-            .keys
-            .iter()
-            .map(|k| Ok(k.evaluate(&batch)?.into_array(n)?))
-            .collect::<Result<Vec<_>>>()?;
-        let rows = self.converter.convert_columns(&key_arrays)?;
+        let rows = self.key_rows(batch)?;
         let times: Option<TimestampMicrosecondArray> = match &self.time {
-            Some((t, _)) => Some(event_micros(&t.evaluate(&batch)?.into_array(n)?)?),
+            Some((t, _)) => Some(event_micros(&t.evaluate(batch)?.into_array(n)?)?),
             None => None,
         };
         let delay_us = self.time.as_ref().map_or(0, |(_, d)| d * 1000);
-        let mut out = AggOutput::default();
+        let mut out = OperatorOutput::default();
         let mut seen: HashSet<&[u8]> = HashSet::new();
         let mut candidates = Vec::new();
         let mut late = Vec::new();
@@ -236,16 +211,12 @@ impl DedupOp {
         out.dropped_by_watermark = late.len() as u64;
         if !late.is_empty() {
             out.late_rows
-                .push(take_record_batch(&batch, &UInt32Array::from(late))?);
+                .push(take_record_batch(batch, &UInt32Array::from(late))?);
         }
         let keys: Vec<Vec<u8>> = candidates
             .iter()
             .map(|i| rows.row(*i).data().to_vec())
             .collect();
-        let store = self
-            .store
-            .as_deref()
-            .ok_or_else(|| EngineError::bug("deduplication without state store"))?;
         let stored = store.multi_get(&keys)?;
         let mut emit = Vec::new();
         let mut changes = StateChanges::default();
@@ -260,9 +231,14 @@ impl DedupOp {
                 }
                 _ => i64::MAX,
             };
+            // a key the watermark already passed is stored and removed in this same batch, as
+            // Spark's eviction scan (after the batch's puts) sees it: counted in both
+            if self.evicts && evict_wm > 0 && expiry <= evict_wm {
+                changes.deletes.push(k.clone());
+            }
             changes.puts.push((k, expiry.to_be_bytes().to_vec()));
         }
-        // forget keys the watermark has reached (Spark: expiry <= watermark)
+        // forget stored keys the watermark has reached (Spark: expiry <= watermark)
         if self.evicts && evict_wm > 0 {
             store.scan(&[], None, &mut |k, v| {
                 let mut b = [0u8; 8];
@@ -278,9 +254,62 @@ impl DedupOp {
         changes.rows_delta = changes.puts.len() as i64 - changes.deletes.len() as i64;
         if !emit.is_empty() {
             out.rows
-                .push(take_record_batch(&batch, &UInt32Array::from(emit))?);
+                .push(take_record_batch(batch, &UInt32Array::from(emit))?);
         }
         out.changes = changes;
         Ok(out)
+    }
+}
+
+impl DedupOp {
+    /// The key columns of `batch`'s rows, row-encoded.
+    fn key_rows(&self, batch: &RecordBatch) -> Result<arrow::row::Rows> {
+        let n = batch.num_rows();
+        let key_arrays = self
+            .keys
+            .iter()
+            .map(|k| Ok(k.evaluate(batch)?.into_array(n)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.converter.convert_columns(&key_arrays)?)
+    }
+}
+
+impl StatefulOperator for DedupOp {
+    fn name(&self) -> &'static str {
+        if self.within_watermark {
+            "dedupeWithinWatermark"
+        } else {
+            "dedupe"
+        }
+    }
+
+    fn fingerprint(&self) -> Result<String> {
+        Ok(DedupOp::fingerprint(self))
+    }
+
+    fn legacy_fingerprint(&self) -> Result<String> {
+        Ok(DedupOp::legacy_fingerprint(self))
+    }
+
+    fn uses_watermark(&self) -> bool {
+        DedupOp::uses_watermark(self)
+    }
+
+    fn drops_late(&self) -> bool {
+        DedupOp::uses_watermark(self)
+    }
+
+    /// The deduplication keys: copies of a key always meet in one partition.
+    fn partition_key(&self, batch: &RecordBatch) -> Result<Option<arrow::row::Rows>> {
+        Ok(Some(self.key_rows(batch)?))
+    }
+
+    fn process(
+        &self,
+        store: &dyn StateStore,
+        input: &RecordBatch,
+        watermarks: Watermarks,
+    ) -> Result<OperatorOutput> {
+        self.process_batch(store, input, watermarks.late_us, watermarks.evict_us)
     }
 }

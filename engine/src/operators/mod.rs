@@ -1,11 +1,15 @@
-//! What runs on a batch's rows: the stateful operators ([`aggregate`] with its session
-//! windows, [`dedup`]), the watermark node ([`watermark`]), the window functions and their
-//! shapes ([`window`]), and `from_json`/`to_json` with the one JSON decoding loop
-//! ([`json_fn`], epoch seconds in `json_epoch`).
+//! What runs on a batch's rows: the contract of a stateful operator ([`stateful`]) and the one
+//! skeleton that runs every operator over its partitions ([`partitioned`]); the stateful
+//! operators ([`aggregate`] with its session windows, [`dedup`]); the watermark node
+//! ([`watermark`]); the window functions and their shapes ([`window`]); and
+//! `from_json`/`to_json` with the one JSON decoding loop ([`json_fn`], epoch seconds in
+//! `json_epoch`).
 
 pub mod aggregate;
 pub mod dedup;
 pub(crate) mod json_epoch;
 pub mod json_fn;
+pub mod partitioned;
+pub mod stateful;
 pub mod watermark;
 pub mod window;

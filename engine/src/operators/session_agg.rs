@@ -10,10 +10,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, filter_record_batch, take};
-use arrow::datatypes::SchemaRef;
+use arrow::compute::{filter_record_batch, take};
 use datafusion::logical_expr::EmitTo;
-use sluice_state::store::StateChanges;
+use sluice_state::store::{StateChanges, StateStore};
 
 use super::{decode_end, encode_end, AggOutput, AggregateOp};
 use crate::connector::OutputMode;
@@ -38,9 +37,9 @@ fn state_key(key: &[u8], start: i64) -> Vec<u8> {
 
 impl AggregateOp {
     pub(super) fn process_sessions(
-        &mut self,
-        input: &[RecordBatch],
-        in_schema: &SchemaRef,
+        &self,
+        store: &dyn StateStore,
+        batch: &RecordBatch,
         late_wm: i64,
         evict_wm: i64,
     ) -> Result<AggOutput> {
@@ -49,10 +48,9 @@ impl AggregateOp {
             .clone()
             .ok_or_else(|| EngineError::bug("session aggregation without window"))?;
         let gap = w.spec.size_us;
-        let batch = concat_batches(in_schema, input)?;
         let n = batch.num_rows();
         let mut out = AggOutput::default();
-        let ts = event_micros(&w.time.evaluate(&batch)?.into_array(n)?)?;
+        let ts = event_micros(&w.time.evaluate(batch)?.into_array(n)?)?;
         crate::window::check_event_times(&ts)?;
 
         // late rows: their own session [ts, ts + gap) ended at or before the previous watermark
@@ -63,10 +61,10 @@ impl AggregateOp {
         let late_mask: Vec<bool> = (0..n).map(|i| ts.is_valid(i) && !keep[i]).collect();
         if late_mask.iter().any(|l| *l) {
             out.late_rows
-                .push(filter_record_batch(&batch, &BooleanArray::from(late_mask))?);
+                .push(filter_record_batch(batch, &BooleanArray::from(late_mask))?);
             out.dropped_by_watermark = out.late_rows[0].num_rows() as u64;
         }
-        let rows_batch = filter_record_batch(&batch, &BooleanArray::from(keep.clone()))?;
+        let rows_batch = filter_record_batch(batch, &BooleanArray::from(keep.clone()))?;
         let m = rows_batch.num_rows();
         let times: Vec<i64> = (0..n).filter(|i| keep[*i]).map(|i| ts.value(i)).collect();
         let key_rows = self.key_rows(&rows_batch)?;
@@ -92,13 +90,9 @@ impl AggregateOp {
         }
         let mut accs = self.new_accumulators()?;
         self.update_accumulators(&mut accs, &rows_batch, &group_idx, None, sessions.len())?;
-        let batch_states: Vec<Vec<ArrayRef>> = accs
-            .iter_mut()
-            .map(|a| a.state(EmitTo::All))
-            .collect::<std::result::Result<_, _>>()?;
+        let batch_states = self.states_of(&mut accs, sessions.len())?;
 
         // 2. stored sessions of the touched keys, merged with the batch's
-        let store = self.store()?;
         let mut by_key: BTreeMap<Vec<u8>, Vec<(i64, i64, Source)>> = BTreeMap::new();
         for (s, (k, start, end)) in sessions.iter().enumerate() {
             by_key
@@ -169,10 +163,7 @@ impl AggregateOp {
             }
             acc.merge_batch(&batch_states[i], &batch_to_final, merged.len())?;
         }
-        let final_states: Vec<Vec<ArrayRef>> = finals
-            .iter_mut()
-            .map(|a| a.state(EmitTo::All))
-            .collect::<std::result::Result<_, _>>()?;
+        let final_states = self.states_of(&mut finals, merged.len())?;
         let encoded = self.encode_states(&final_states)?;
 
         // 3. state changes and output

@@ -343,6 +343,82 @@ fn call(kind: WindowKind, args: Vec<Expr>) -> Expr {
     .alias(name)
 }
 
+/// Spark's `window_time(window)`: the event time of a window, `window.end − 1 µs`, so that a
+/// windowed result can be windowed again (the rows an aggregation emits carry it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct WindowTimeUdf {
+    signature: Signature,
+}
+
+impl WindowTimeUdf {
+    /// The function's SQL name.
+    pub const NAME: &'static str = "window_time";
+
+    /// The function.
+    pub fn new() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl Default for WindowTimeUdf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScalarUDFImpl for WindowTimeUdf {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        match arg_types.first() {
+            Some(t) if *t == window_type() => Ok(timestamp_type()),
+            Some(other) => plan_err!(
+                "window_time() needs a window column (the struct of window() or \
+                 session_window()), got {other}"
+            ),
+            None => plan_err!("window_time() needs a window column"),
+        }
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let w = args.args[0].to_array(args.number_rows)?;
+        let Some(w) = w.as_any().downcast_ref::<StructArray>() else {
+            return exec_err!("window_time() needs a window column");
+        };
+        let ends = cast(
+            w.column(1),
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let Some(ends) = ends.as_any().downcast_ref::<TimestampMicrosecondArray>() else {
+            return exec_err!("window_time(): the window's end is not a timestamp");
+        };
+        let mut times: TimestampMicrosecondArray =
+            arrow::compute::kernels::arity::unary(ends, |e: i64| e.saturating_sub(1));
+        if let Some(nulls) = w.nulls() {
+            times = TimestampMicrosecondArray::new(
+                times.values().clone(),
+                arrow::buffer::NullBuffer::union(times.nulls(), Some(nulls)),
+            );
+        }
+        Ok(ColumnarValue::Array(Arc::new(times.with_timezone("UTC"))))
+    }
+}
+
+/// `window_time(col("window"))`: the event time of a window (its end − 1 µs), Spark's
+/// `window_time`, to window a windowed result again.
+pub fn window_time(window: Expr) -> Expr {
+    Expr::ScalarFunction(ScalarFunction {
+        func: Arc::new(ScalarUDF::new_from_impl(WindowTimeUdf::new())),
+        args: vec![window],
+    })
+    .alias(WindowTimeUdf::NAME)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,17 @@
 //! From what the user wrote to the compiled streaming program, once per query: Spark's SQL
-//! forms rewritten in the parsed statement ([`sql`]), DDL schema strings ([`ddl`]), the
-//! DataFusion logical plan translated into streaming nodes ([`translate`], re-exported here),
-//! and what a checkpoint's state means (`fingerprint`).
+//! forms rewritten in the parsed statement ([`sql`]), DDL schema strings ([`ddl`]), streams
+//! inside DataFusion plans ([`stream`]), the logical plan translated ([`translate`]) into
+//! stateless nodes (`node`) and a chain of stateful operators ([`stream_plan`]: the
+//! [`StreamPlan`]), and what a checkpoint's state means (`fingerprint`).
 
 pub mod ddl;
 pub(crate) mod fingerprint;
+pub(crate) mod node;
 pub mod sql;
+pub mod stream;
+pub mod stream_plan;
 pub mod translate;
 
-pub use translate::*;
+pub use stream::{is_streaming, stream_of_scan, EventTimeStats, StreamTable, WatermarkSpec};
+pub use stream_plan::{BatchOutput, PartitionBatch, StreamPlan};
+pub use translate::PLANS_BUILT;

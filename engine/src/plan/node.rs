@@ -1,0 +1,192 @@
+//! The stateless nodes of a streaming plan (scans, watermarks, filters, projections, UNION
+//! ALL), each with DataFusion physical expressions, run over a batch's rows.
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
+use datafusion::physical_plan::PhysicalExpr;
+
+use super::stream::EventTimeStats;
+use crate::error::{EngineError, Result};
+use crate::operators::window::event_micros;
+
+/// What a stage of nodes reads: the sources' batches (the stateless stage) or the rows the
+/// stateful operator emitted (the stage above it).
+#[derive(Clone, Copy)]
+pub(crate) enum StageInput<'a> {
+    Sources(&'a [Vec<RecordBatch>]),
+    Rows(&'a [RecordBatch]),
+}
+
+/// One operator of the streaming plan.
+#[derive(Debug)]
+pub(crate) enum Node {
+    /// The rows of the stage's input (the aggregate's output for the stage above it).
+    Input,
+    Watermark {
+        input: Box<Node>,
+        column: usize,
+        /// Index of this watermark in [`StreamPlan::watermarks`].
+        index: usize,
+    },
+    Scan {
+        /// Index of the source in [`StreamPlan::sources`].
+        source: usize,
+        projection: Option<Vec<usize>>,
+        schema: SchemaRef,
+    },
+    Filter {
+        input: Box<Node>,
+        predicate: Arc<dyn PhysicalExpr>,
+    },
+    Project {
+        input: Box<Node>,
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        schema: SchemaRef,
+    },
+    /// `UNION ALL` of streams (each branch already cast to the union's types).
+    Union {
+        inputs: Vec<Node>,
+        schema: SchemaRef,
+    },
+}
+
+impl Node {
+    /// Whether the node reads a source (below it or itself).
+    pub(crate) fn reads_source(&self) -> bool {
+        match self {
+            Node::Scan { .. } => true,
+            Node::Input => false,
+            Node::Watermark { input, .. }
+            | Node::Filter { input, .. }
+            | Node::Project { input, .. } => input.reads_source(),
+            Node::Union { inputs, .. } => inputs.iter().any(Node::reads_source),
+        }
+    }
+
+    /// Calls `f(source, projection)` for every scan.
+    pub(crate) fn scans_mut(&mut self, f: &mut dyn FnMut(usize, &mut Option<Vec<usize>>)) {
+        match self {
+            Node::Scan {
+                source, projection, ..
+            } => f(*source, projection),
+            Node::Input => {}
+            Node::Watermark { input, .. }
+            | Node::Filter { input, .. }
+            | Node::Project { input, .. } => input.scans_mut(f),
+            Node::Union { inputs, .. } => inputs.iter_mut().for_each(|i| i.scans_mut(f)),
+        }
+    }
+
+    /// Runs the node over the stage's input; `stats[i]` collects the event times seen by
+    /// watermark `i`.
+    pub(crate) fn run(
+        &self,
+        input: StageInput<'_>,
+        stats: &mut [Option<EventTimeStats>],
+    ) -> Result<Vec<RecordBatch>> {
+        match self {
+            Node::Input => match input {
+                StageInput::Rows(rows) => Ok(rows.to_vec()),
+                StageInput::Sources(_) => Err(EngineError::bug("stage input node over sources")),
+            },
+            Node::Watermark {
+                input: child,
+                column,
+                index,
+            } => {
+                let out = child.run(input, stats)?;
+                for b in &out {
+                    let ts = event_micros(b.column(*column))?;
+                    if let Some(s) = EventTimeStats::of(&ts) {
+                        let slot = stats
+                            .get_mut(*index)
+                            .ok_or_else(|| EngineError::bug("watermark index"))?;
+                        *slot = Some(slot.map_or(s, |o| o.merge(s)));
+                    }
+                }
+                Ok(out)
+            }
+            Node::Scan {
+                source,
+                projection,
+                schema,
+            } => {
+                let StageInput::Sources(sources) = input else {
+                    return Err(EngineError::bug("scan above the stateful operator"));
+                };
+                let batches = sources
+                    .get(*source)
+                    .ok_or_else(|| EngineError::bug("scan of a missing source"))?;
+                batches
+                    .iter()
+                    .filter(|b| b.num_rows() > 0)
+                    .map(|batch| {
+                        let b = match projection {
+                            Some(p) => batch.project(p)?,
+                            None => batch.clone(),
+                        };
+                        // the source's schema may differ in metadata/nullability only
+                        Ok(RecordBatch::try_new(
+                            Arc::clone(schema),
+                            b.columns().to_vec(),
+                        )?)
+                    })
+                    .collect()
+            }
+            Node::Filter {
+                input: child,
+                predicate,
+            } => {
+                let mut out = Vec::new();
+                for b in child.run(input, stats)? {
+                    let mask = predicate.evaluate(&b)?.into_array(b.num_rows())?;
+                    let mask = mask.as_boolean_opt().ok_or_else(|| {
+                        EngineError::bug(format!("filter predicate returned {}", mask.data_type()))
+                    })?;
+                    let f = filter_record_batch(&b, mask)?;
+                    if f.num_rows() > 0 {
+                        out.push(f);
+                    }
+                }
+                Ok(out)
+            }
+            Node::Project {
+                input: child,
+                exprs,
+                schema,
+            } => child
+                .run(input, stats)?
+                .into_iter()
+                .map(|b| {
+                    let n = b.num_rows();
+                    let cols = exprs
+                        .iter()
+                        .map(|e| Ok(e.evaluate(&b)?.into_array(n)?))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(RecordBatch::try_new_with_options(
+                        Arc::clone(schema),
+                        cols,
+                        &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+                    )?)
+                })
+                .collect(),
+            Node::Union { inputs, schema } => {
+                let mut out = Vec::new();
+                for child in inputs {
+                    for b in child.run(input, stats)? {
+                        out.push(RecordBatch::try_new_with_options(
+                            Arc::clone(schema),
+                            b.columns().to_vec(),
+                            &arrow::array::RecordBatchOptions::new()
+                                .with_row_count(Some(b.num_rows())),
+                        )?);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
