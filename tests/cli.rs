@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
@@ -90,6 +90,27 @@ fn validate_prints_the_plan_and_names_what_is_wrong() {
     }
 }
 
+/// Every file under `dir` (relative path) with a hash of its bytes.
+fn tree_hashes(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    use std::hash::{Hash, Hasher};
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("read dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                fs::read(&p).expect("read").hash(&mut h);
+                let rel = p.strip_prefix(dir).expect("under dir");
+                out.insert(rel.to_string_lossy().into_owned(), h.finish());
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn checkpoint_inspect_and_state_on_good_and_broken_checkpoints() {
     let (w, p) = stage();
@@ -103,6 +124,12 @@ fn checkpoint_inspect_and_state_on_good_and_broken_checkpoints() {
         .collect();
     let last = *commits.iter().max().expect("a commit");
     let id = fs::read_to_string(chk.join("metadata")).expect("metadata");
+    let before = tree_hashes(&chk);
+    assert!(
+        before.keys().any(|p| p.contains("state/0/")),
+        "the state is partitioned: {:?}",
+        before.keys().collect::<Vec<_>>()
+    );
 
     let o = sluice(&["checkpoint", "inspect", chk_s]);
     let (out, err) = text(&o);
@@ -144,6 +171,12 @@ fn checkpoint_inspect_and_state_on_good_and_broken_checkpoints() {
             .count(),
         2,
         "{out}"
+    );
+    // reading opened the state read-only: not a byte changed, nothing added or removed
+    assert_eq!(
+        tree_hashes(&chk),
+        before,
+        "checkpoint inspect/state changed the checkpoint"
     );
     let o = sluice(&["checkpoint", "state", chk_s, "--operator", "7"]);
     assert_eq!(o.status.code(), Some(2));

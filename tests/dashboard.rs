@@ -168,12 +168,21 @@ sink = { format = "console" }
         "{counts}"
     );
     assert!(counts.contains("<tr data-batch=\"2\">"), "{counts}");
+    // every stateful operator of the last batch, with Spark's name; none for a stateless query
+    assert!(
+        counts.contains("<tr data-operator=\"0\"><td>0 stateStoreSave</td>"),
+        "{counts}"
+    );
     assert!(
         counts.contains("backlog: <b class=\"backlog\">0</b>"),
         "{counts}"
     );
     // with a watermark the lag chart draws; without one it says why it is empty
     let plain = &dom[dom.find("id=\"q-plain\"").expect("plain section")..];
+    assert!(
+        plain.contains("<table class=\"operators\" hidden"),
+        "no operator table for a stateless query: {plain}"
+    );
     assert!(
         plain.contains("This query has no watermark, so there is no lag to show"),
         "{plain}"

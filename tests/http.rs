@@ -231,6 +231,16 @@ fn status_api_metrics_and_stop() {
         metric(&m2, "sluice_state_rows").expect("state") >= 2.0,
         "{m2}"
     );
+    // each stateful operator on its own (this query has one: the window aggregation)
+    assert_eq!(
+        sample(
+            &m2,
+            "sluice_operator_state_rows",
+            &[("query", "counts"), ("operator", "0 stateStoreSave")]
+        ),
+        metric(&m2, "sluice_state_rows"),
+        "{m2}"
+    );
 
     // late data: ten events of one window that closed: 10 late input rows, and 1 partially
     // aggregated row dropped by the watermark (Spark's count)

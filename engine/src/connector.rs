@@ -107,6 +107,30 @@ pub struct SourceContext {
     pub checkpoint_dir: PathBuf,
 }
 
+impl SourceContext {
+    /// The source's private log in its checkpoint directory (numbered, versioned entries, never
+    /// overwritten: the checkpoint's own format).
+    pub fn log<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<storage::VersionedLog<T>> {
+        Ok(storage::VersionedLog::open(&self.checkpoint_dir)?)
+    }
+
+    /// Where the source's file `name` lives in its checkpoint directory (written with
+    /// [`storage::write_atomic`]).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.checkpoint_dir.join(name)
+    }
+}
+
+/// The durable formats the engine hands connectors for what they keep (in the checkpoint, or
+/// next to their output): versioned logs and atomic file writes. Connectors use these, never
+/// the state crate itself, so what they write survives a crash as the engine's logs do.
+pub mod storage {
+    pub use sluice_state::atomic::write_atomic;
+    pub use sluice_state::log::VersionedLog;
+}
+
 /// A streaming source.
 ///
 /// Called by the micro-batch executor, on the query's own thread, in this order per batch:

@@ -23,8 +23,8 @@ use std::sync::Mutex;
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use sluice_engine::aggregate::NUM_LATE_INPUT_ROWS;
 use sluice_engine::progress::QueryProgress;
+use sluice_engine::progress::NUM_LATE_INPUT_ROWS;
 
 use crate::{StreamingQuery, StreamingQueryListener};
 

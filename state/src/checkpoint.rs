@@ -249,9 +249,19 @@ pub fn state_partition_dirs(root: &Path, op: usize, partitions: usize) -> Result
         .collect())
 }
 
-/// The partition counts of the stateful operators whose state exists in the checkpoint at
-/// `root` (by operator index; `None` where an operator has no state directory): the number of
-/// partition stores found, 1 for an unpartitioned one. For `sluice checkpoint` commands.
+/// Where what stateful operator `op`'s state means is recorded: `state/<op>.schema`.
+pub fn state_fingerprint_path(root: &Path, op: usize) -> PathBuf {
+    root.join("state").join(format!("{op}.schema"))
+}
+
+/// Whether the checkpoint at `root` holds state written before state was partitioned (one store
+/// per operator, in `state/<op>/` itself).
+pub fn state_is_unpartitioned(root: &Path) -> bool {
+    root.join("state").join("0").join("CURRENT").exists()
+}
+
+/// `(operator index, partition stores found)` of the stateful operators whose state exists in
+/// the checkpoint at `root` (1 for an unpartitioned one), by index. For `sluice checkpoint`.
 pub fn state_partitions_found(root: &Path) -> Result<Vec<(usize, usize)>> {
     let state = root.join("state");
     let rd = match fs::read_dir(&state) {

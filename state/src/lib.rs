@@ -27,8 +27,8 @@ pub mod rocks;
 pub mod store;
 
 pub use checkpoint::{
-    state_partition_dirs, state_partitions_found, CheckpointDir, CommitEntry, OffsetsEntry,
-    QueryMetadata,
+    state_fingerprint_path, state_is_unpartitioned, state_partition_dirs, state_partitions_found,
+    CheckpointDir, CommitEntry, OffsetsEntry, QueryMetadata,
 };
 pub use error::{ErrorKind, StateError};
 pub use log::VersionedLog;

@@ -169,7 +169,7 @@ impl SourceFactory for DeltaSourceFactory {
             latest_seen: None,
             watcher: None,
             initial: None,
-            initial_path: ctx.checkpoint_dir.join("initial-offset.json"),
+            initial_path: ctx.file("initial-offset.json"),
         }))
     }
 }
@@ -340,7 +340,7 @@ impl DeltaSource {
             index: 0,
         };
         let text = serde_json::to_string(&o).map_err(|e| EngineError::bug(e.to_string()))?;
-        sluice_state::atomic::write_atomic(&self.initial_path, text.as_bytes())?;
+        sluice_engine::connector::storage::write_atomic(&self.initial_path, text.as_bytes())?;
         self.initial = Some(o);
         Ok(Some(o))
     }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
+use sluice_engine::connector::storage::VersionedLog;
 use sluice_engine::{
     EngineError, Options, Result, Source, SourceContext, SourceFactory, SourceSpec,
 };
-use sluice_state::VersionedLog;
 
 use crate::formats::{self, csv::CsvOptions, ParseSettings};
 
@@ -201,7 +201,7 @@ impl SourceFactory for FileSourceFactory {
         let loc = Location::new(&path)?;
         let o = &spec.options;
         let clean = clean_source(o)?;
-        let log: VersionedLog<Vec<FileEntry>> = VersionedLog::open(&ctx.checkpoint_dir)?;
+        let log: VersionedLog<Vec<FileEntry>> = ctx.log()?;
         let mut seen = HashSet::new();
         let mut max_mtime = i64::MIN;
         let file_name_only = o.get_bool("fileNameOnly", false)?;

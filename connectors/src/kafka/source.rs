@@ -203,7 +203,7 @@ impl KafkaSource {
             o.entry(t).or_default().insert(p, v);
         }
         let text = serde_json::to_string(&o).map_err(|e| EngineError::bug(e.to_string()))?;
-        sluice_state::atomic::write_atomic(&self.initial_path, text.as_bytes())?;
+        sluice_engine::connector::storage::write_atomic(&self.initial_path, text.as_bytes())?;
         self.initial = Some(o.clone());
         Ok(o)
     }
@@ -243,7 +243,7 @@ impl KafkaSource {
         let mut all = self.new_starts()?.clone();
         all.entry(t.to_string()).or_default().insert(p, low);
         let text = serde_json::to_string(&all).map_err(|e| EngineError::bug(e.to_string()))?;
-        sluice_state::atomic::write_atomic(&self.new_starts_path, text.as_bytes())?;
+        sluice_engine::connector::storage::write_atomic(&self.new_starts_path, text.as_bytes())?;
         self.new_starts = Some(all);
         Ok(low)
     }

@@ -16,9 +16,9 @@ use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde::{Deserialize, Serialize};
+use sluice_engine::connector::storage::VersionedLog;
 use sluice_engine::fault::crash_point;
 use sluice_engine::{EngineError, OutputMode, Result, Sink, SinkContext, SinkFactory, SinkSpec};
-use sluice_state::VersionedLog;
 
 /// Name of the manifest directory inside the output directory.
 pub const MANIFEST_DIR: &str = "_sluice_metadata";

@@ -6,10 +6,10 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 
+use crate::api::session::Session;
+use crate::api::writer::DataStreamWriter;
 use crate::error::{EngineError, Result};
 use crate::plan::is_streaming;
-use crate::session::Session;
-use crate::writer::DataStreamWriter;
 
 /// A table described by a plan: streaming when it reads a stream.
 #[derive(Clone)]
@@ -118,7 +118,11 @@ impl DataFrame {
             )));
         }
         let column = datafusion::common::Column::from(col);
-        let plan = crate::watermark::WatermarkNode::plan(plan, column, delay.as_millis() as i64);
+        let plan = crate::operators::watermark::WatermarkNode::plan(
+            plan,
+            column,
+            delay.as_millis() as i64,
+        );
         Ok(Self {
             df: datafusion::dataframe::DataFrame::new(state, plan),
             session: self.session,
@@ -175,7 +179,7 @@ impl DataFrame {
                 })
                 .collect::<Result<Vec<_>>>()?
         };
-        let plan = crate::dedup::DedupNode::plan(plan, cols, within);
+        let plan = crate::operators::dedup::DedupNode::plan(plan, cols, within);
         Ok(Self {
             df: datafusion::dataframe::DataFrame::new(state, plan),
             session: self.session,

@@ -6,12 +6,12 @@ use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::LogicalPlanBuilder;
 
+use crate::api::session::Session;
 use crate::connector::SourceSpec;
 use crate::ddl::parse_ddl_schema;
 use crate::error::Result;
 use crate::options::Options;
 use crate::plan::StreamTable;
-use crate::session::Session;
 use crate::DataFrame;
 
 /// A schema given to `schema(..)`: a DDL string or an Arrow schema.

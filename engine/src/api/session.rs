@@ -7,13 +7,13 @@ use datafusion::datasource::ViewTable;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::window::{WindowKind, WindowUdf};
+use crate::operators::window::{WindowKind, WindowUdf};
 
+use crate::api::dataframe::DataFrame;
+use crate::api::query::{StreamingQuery, StreamingQueryListener};
+use crate::api::reader::DataStreamReader;
 use crate::connector::ConnectorRegistry;
-use crate::dataframe::DataFrame;
 use crate::error::{EngineError, Result};
-use crate::query::{StreamingQuery, StreamingQueryListener};
-use crate::reader::DataStreamReader;
 use sluice_state::StateStoreProvider;
 
 /// Builds a [`Session`].
@@ -85,7 +85,9 @@ impl SessionBuilder {
         ctx.register_udf(ScalarUDF::new_from_impl(WindowUdf::new(
             WindowKind::Session,
         )));
-        ctx.register_udf(ScalarUDF::new_from_impl(crate::window::WindowTimeUdf::new()));
+        ctx.register_udf(ScalarUDF::new_from_impl(
+            crate::operators::window::WindowTimeUdf::new(),
+        ));
         // Spark's names for DataFusion's aggregates
         {
             use datafusion::functions_aggregate::{
@@ -102,8 +104,12 @@ impl SessionBuilder {
                 ctx.register_udaf(Arc::unwrap_or_clone(udaf).with_aliases([alias]));
             }
         }
-        ctx.register_udf(ScalarUDF::new_from_impl(crate::json_fn::FromJson::new()));
-        ctx.register_udf(ScalarUDF::new_from_impl(crate::json_fn::ToJson::new()));
+        ctx.register_udf(ScalarUDF::new_from_impl(
+            crate::operators::json_fn::FromJson::new(),
+        ));
+        ctx.register_udf(ScalarUDF::new_from_impl(
+            crate::operators::json_fn::ToJson::new(),
+        ));
         Ok(Session {
             inner: Arc::new(SessionInner {
                 app_name: self.app_name.unwrap_or_else(|| "sluice".into()),
@@ -127,16 +133,16 @@ pub const MIN_DELTAS_FOR_SNAPSHOT_CONF: &str =
 
 /// Sluice's own session settings (the query's retry policy).
 pub const SLUICE_CONF_KEYS: &[&str] = &[
-    crate::retry::INITIAL_BACKOFF_CONF,
-    crate::retry::MAX_BACKOFF_CONF,
-    crate::retry::MAX_RETRIES_CONF,
+    crate::exec::retry::INITIAL_BACKOFF_CONF,
+    crate::exec::retry::MAX_BACKOFF_CONF,
+    crate::exec::retry::MAX_RETRIES_CONF,
     crate::exec::state::STATE_THREADS_CONF,
 ];
 
 /// The Spark settings a session takes through [`SessionBuilder::config`] (a writer option
 /// without the `spark.sql.streaming.` prefix overrides them per query).
 pub const SPARK_CONF_KEYS: &[&str] = &[
-    crate::watermark::POLICY_CONF,
+    crate::operators::watermark::POLICY_CONF,
     MIN_BATCHES_TO_RETAIN_CONF,
     MIN_DELTAS_FOR_SNAPSHOT_CONF,
     crate::exec::state::SHUFFLE_PARTITIONS_CONF,
@@ -203,7 +209,7 @@ impl Session {
         let dialect = state.config().options().sql_parser.dialect;
         let mut stmt = state.sql_to_statement(sql, &dialect)?;
         if let datafusion::sql::parser::Statement::Statement(s) = &mut stmt {
-            crate::sql::rewrite_statement(s)?;
+            crate::plan::sql::rewrite_statement(s)?;
         }
         let df = self.block_on(async move {
             let plan = state.statement_to_plan(stmt).await?;

@@ -2,67 +2,31 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 
-use crate::clock::BatchClock;
+use crate::api::query::{QueryShared, StreamingQuery};
+use crate::api::session::{MIN_BATCHES_TO_RETAIN_CONF, MIN_DELTAS_FOR_SNAPSHOT_CONF};
 use crate::connector::{OutputMode, Sink, SinkContext, SinkSpec, SourceContext};
 use crate::error::{EngineError, Result};
-use crate::execution::Execution;
-use crate::fingerprint::{check_state_fingerprint, verify_state_fingerprint};
-use crate::guarantee::Guarantee;
-use crate::options::{parse_duration, Options};
+use crate::exec::execution::Execution;
+use crate::exec::guarantee::Guarantee;
+use crate::exec::retry::{RetryPolicy, INITIAL_BACKOFF_CONF, MAX_BACKOFF_CONF, MAX_RETRIES_CONF};
+use crate::operators::clock::BatchClock;
+use crate::operators::watermark::{WatermarkPolicy, POLICY_CONF};
+use crate::options::Options;
+use crate::plan::fingerprint::check_state_fingerprint;
 use crate::plan::StreamPlan;
-use crate::query::{QueryShared, StreamingQuery};
-use crate::retry::{RetryPolicy, INITIAL_BACKOFF_CONF, MAX_BACKOFF_CONF, MAX_RETRIES_CONF};
-use crate::session::{MIN_BATCHES_TO_RETAIN_CONF, MIN_DELTAS_FOR_SNAPSHOT_CONF};
-use crate::watermark::{WatermarkPolicy, POLICY_CONF};
 use crate::DataFrame;
 use sluice_state::{CheckpointDir, StoreOptions};
 
-use crate::exec::state::{
-    default_partitions, resolve_partitions, worker_threads, QueryState, SHUFFLE_PARTITIONS_CONF,
-    STATE_THREADS_CONF,
-};
+use crate::exec::state::{QueryState, SHUFFLE_PARTITIONS_CONF, STATE_THREADS_CONF};
 
-/// When batches run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// A batch as soon as new data exists, at most one per interval. `ProcessingTime(0)` (the
-    /// default) is event-driven: file sources wake the query when a file arrives; an idle query
-    /// sleeps.
-    ProcessingTime(Duration),
-    /// One batch with everything available, then stop.
-    Once,
-    /// Everything available at start, in rate-limited batches, then stop.
-    AvailableNow,
-}
+pub use crate::exec::trigger::Trigger;
 
-impl Default for Trigger {
-    fn default() -> Self {
-        Trigger::ProcessingTime(Duration::ZERO)
-    }
-}
-
-impl std::str::FromStr for Trigger {
-    type Err = EngineError;
-    /// `once`, `available-now`, `file-arrival` / `continuous-files` (event-driven), or an interval
-    /// such as `500 milliseconds`.
-    fn from_str(s: &str) -> Result<Self> {
-        let l = s.trim().to_ascii_lowercase().replace('_', "-");
-        match l.as_str() {
-            "once" => Ok(Trigger::Once),
-            "available-now" | "availablenow" => Ok(Trigger::AvailableNow),
-            "file-arrival" | "default" | "" => Ok(Trigger::default()),
-            _ => parse_duration(s).map(Trigger::ProcessingTime).map_err(|e| {
-                EngineError::user(format!(
-                    "unknown trigger '{s}': use once, available-now, file-arrival or an interval ({e})"
-                ))
-            }),
-        }
-    }
-}
+#[path = "writer_validate.rs"]
+mod validate;
+pub use validate::QueryCheck;
 
 type ForeachBatchFn = Box<dyn FnMut(u64, &[RecordBatch]) -> Result<()> + Send>;
 
@@ -217,38 +181,13 @@ impl DataStreamWriter {
             )?;
         }
         let state = if plan.stateful {
-            let conf_number = |key: &str| -> Result<Option<usize>> {
-                session
-                    .conf(key)
-                    .map(|v| {
-                        v.trim()
-                            .parse::<usize>()
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| {
-                                EngineError::user(format!(
-                                    "{key} must be a positive number, got '{v}'"
-                                ))
-                            })
-                    })
-                    .transpose()
-            };
-            let unpartitioned = checkpoint.root().join("state/0/CURRENT").exists();
-            let partitions = resolve_partitions(
-                conf_number(SHUFFLE_PARTITIONS_CONF)?,
-                checkpoint
-                    .recorded_conf(SHUFFLE_PARTITIONS_CONF)?
-                    .as_deref(),
-                unpartitioned,
-                default_partitions(),
-            )?;
-            QueryState::open(
+            QueryState::open_for_query(
                 &plan,
                 &session.state_provider()?,
                 &checkpoint,
-                partitions,
                 store_options,
-                worker_threads(conf_number(STATE_THREADS_CONF)?),
+                session.conf(SHUFFLE_PARTITIONS_CONF).as_deref(),
+                session.conf(STATE_THREADS_CONF).as_deref(),
             )?
         } else {
             QueryState::none()
@@ -358,88 +297,6 @@ impl DataStreamWriter {
             exec,
             shared,
             session,
-        })
-    }
-
-    /// Checks the query as [`DataStreamWriter::start`] would — the plan, the output mode, every
-    /// option, the sink's options and, with `reachable`, whether the sink's and the late-data
-    /// sink's external systems answer and an existing target fits — without creating or
-    /// changing anything: no checkpoint, no output directory, no table. For `sluice validate`.
-    pub fn validate(mut self, reachable: bool) -> Result<QueryCheck> {
-        let c = self.checked()?;
-        let id = CheckpointDir::peek_query_id(&c.checkpoint_dir)?;
-        if id.is_some() {
-            for (i, _) in c.plan.state_operators() {
-                verify_state_fingerprint(
-                    &c.checkpoint_dir,
-                    i,
-                    &c.plan.state_fingerprint(i)?,
-                    &c.plan.legacy_state_fingerprint(i)?,
-                )?;
-            }
-        }
-        if let Some(late) = &self.late_data {
-            let Some(schema) = c.plan.late_rows_schema() else {
-                return Err(EngineError::user(
-                    "a late-data sink needs a watermarked window aggregation: only it drops late rows",
-                ));
-            };
-            let f = c.session.registry().sink(&late.0)?;
-            let spec = SinkSpec {
-                format: late.0.clone(),
-                options: late.1.clone(),
-                output_mode: OutputMode::Append,
-            };
-            f.validate(&spec)?;
-            let ctx = SinkContext {
-                query_id: format!("{}-late", id.as_deref().unwrap_or("new")),
-                query_name: self.query_name.as_ref().map(|n| format!("{n}_late")),
-                schema,
-                key_columns: None,
-                checkpoint_dir: c.checkpoint_dir.clone(),
-                session: c.session.context().clone(),
-            };
-            f.check(&spec, &ctx)
-                .map_err(|e| e.context("late-data sink"))?;
-            if reachable {
-                f.check_reachable(&spec, &ctx)
-                    .map_err(|e| e.context("late-data sink"))?;
-            }
-        }
-        let sink_ctx = SinkContext {
-            query_id: id.clone().unwrap_or_else(|| "new".into()),
-            query_name: self.query_name.clone(),
-            schema: Arc::clone(&c.plan.output_schema),
-            key_columns: c.plan.key_columns.clone(),
-            checkpoint_dir: c.checkpoint_dir.clone(),
-            session: c.session.context().clone(),
-        };
-        if let Some(f) = &c.factory {
-            f.check(&c.spec, &sink_ctx).map_err(|e| e.context("sink"))?;
-        }
-        if reachable {
-            for t in &c.plan.sources {
-                c.session
-                    .registry()
-                    .source(&t.spec.format)?
-                    .check_reachable(&t.spec)
-                    .map_err(|e| e.context(&format!("source {}", t.spec.format)))?;
-            }
-            if let Some(f) = &c.factory {
-                f.check_reachable(&c.spec, &sink_ctx).map_err(|e| {
-                    if e.kind() == crate::error::ErrorKind::External {
-                        e.context("sink not reachable")
-                    } else {
-                        e.context("sink")
-                    }
-                })?;
-            }
-        }
-        Ok(QueryCheck {
-            id,
-            checkpoint: c.checkpoint_dir,
-            output_schema: Arc::clone(&c.plan.output_schema),
-            guarantee: c.guarantee,
         })
     }
 
@@ -584,7 +441,8 @@ impl DataStreamWriter {
             sources.push((t.spec.format.as_str(), replayable));
         }
         let sink_exactly_once = factory.as_ref().is_some_and(|f| f.exactly_once(&spec));
-        let mut guarantee = crate::guarantee::of_query(&sources, (&format, sink_exactly_once));
+        let mut guarantee =
+            crate::exec::guarantee::of_query(&sources, (&format, sink_exactly_once));
         // a late-data sink that writes a re-run batch again makes the query's output so too
         if let Some((late_format, late_options)) = &self.late_data {
             let late_spec = SinkSpec {
@@ -599,8 +457,8 @@ impl DataStreamWriter {
             if !late_exactly_once {
                 let why = format!("the {late_format} late-data sink writes a re-run batch again");
                 guarantee = match guarantee {
-                    (crate::guarantee::Guarantee::ExactlyOnce, _) => {
-                        (crate::guarantee::Guarantee::AtLeastOnce, why)
+                    (crate::exec::guarantee::Guarantee::ExactlyOnce, _) => {
+                        (crate::exec::guarantee::Guarantee::AtLeastOnce, why)
                     }
                     (g, before) => (g, format!("{before}; {why}")),
                 };
@@ -631,19 +489,6 @@ impl DataStreamWriter {
             guarantee,
         })
     }
-}
-
-/// What [`DataStreamWriter::validate`] found.
-#[derive(Debug, Clone)]
-pub struct QueryCheck {
-    /// The query id recorded in an existing checkpoint (`None`: a new checkpoint would be made).
-    pub id: Option<String>,
-    /// The checkpoint location.
-    pub checkpoint: PathBuf,
-    /// The schema of the rows the sink would receive.
-    pub output_schema: arrow::datatypes::SchemaRef,
-    /// The query's delivery guarantee (the weakest of its sources and sink), and why.
-    pub guarantee: (Guarantee, String),
 }
 
 /// The checked parts of a query, before anything is opened.

@@ -13,59 +13,29 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use sluice_state::{
-    first_log_entry_to_keep, partition_actions, plan_partitioned_recovery, CheckpointDir,
-    CommitEntry, OffsetsEntry, StartDecision, StateRecovery,
+    first_log_entry_to_keep, partition_actions, CheckpointDir, CommitEntry, OffsetsEntry,
 };
 
 use super::state::{operator_progress, QueryState, SHUFFLE_PARTITIONS_CONF};
-use crate::clock::BatchClock;
 use crate::connector::{Offset, ReadLimit, Sink, Source};
 use crate::error::{EngineError, ErrorKind, Result};
-use crate::fault::crash_point;
-use crate::operators::stateful::Watermarks;
-use crate::plan::StreamPlan;
-use crate::progress::{
+use crate::exec::fault::crash_point;
+use crate::exec::progress::{
     event_time_progress, rates, DurationMs, QueryProgress, SinkProgress, SourceProgress,
 };
-use crate::query::{QueryError, QueryShared, StreamingQueryListener};
-use crate::retry::{retry, RetryPolicy};
-use crate::watermark::{advance_watermark, WatermarkPolicy, POLICY_CONF};
-use crate::writer::Trigger;
+use crate::exec::retry::RetryPolicy;
+use crate::exec::shared::{QueryError, QueryShared, StreamingQueryListener};
+use crate::exec::trigger::Trigger;
+use crate::operators::clock::BatchClock;
+use crate::operators::watermark::{WatermarkPolicy, WatermarkTracker, POLICY_CONF};
+use crate::plan::StreamPlan;
 
-/// Calls a source, retrying External failures (a broker or disk away) with backoff until they
-/// pass or the query is stopped: a source outage makes the query wait, visibly, not fail.
-fn retry_source<T>(
-    shared: &QueryShared,
-    policy: &RetryPolicy,
-    f: impl FnMut() -> Result<T>,
-) -> Result<T> {
-    let r = retry(
-        &policy.unbounded(),
-        &shared.notifier,
-        &|| shared.stop_requested(),
-        |a| {
-            tracing::warn!(
-                attempt = a.attempt,
-                "source failed after {:.1?}, retrying in {:?}: {}",
-                a.took,
-                a.wait,
-                a.error
-            );
-            shared.set_retrying(true);
-            shared.set_status(
-                &format!(
-                    "Waiting for a source (attempt {}, next in {:?}) after: {}",
-                    a.attempt, a.wait, a.error
-                ),
-                false,
-                true,
-            );
-        },
-        f,
-    );
-    shared.set_retrying(false);
-    r
-}
+#[path = "recover.rs"]
+mod recover;
+#[path = "retrying.rs"]
+mod retrying;
+
+use retrying::retry_source;
 
 /// When no source can watch for new data, how often to look.
 const POLL_FALLBACK: Duration = Duration::from_secs(1);
@@ -85,14 +55,8 @@ pub(crate) struct Execution {
     retry: RetryPolicy,
     /// End offsets of the last committed batch (`None`: the source has produced nothing yet).
     committed: Vec<Option<Offset>>,
-    /// Watermark for the next batch (from the last commit), ms.
-    watermark_ms: i64,
-    /// Watermark the last batch ran with: the late-row threshold of the next batch, ms.
-    last_batch_watermark_ms: i64,
-    /// Each watermark operator's own watermark, ms (empty before the first batch).
-    operator_watermarks_ms: Vec<i64>,
-    /// How the query's watermark is chosen among several watermarked inputs.
-    watermark_policy: WatermarkPolicy,
+    /// The query's watermarks between batches (the policy among several inputs included).
+    watermarks: WatermarkTracker,
     /// Offsets and commit entries of at least this many batches are kept.
     min_batches_to_retain: u64,
     /// Where late input rows go, if the user asked.
@@ -122,6 +86,7 @@ impl Execution {
         min_batches_to_retain: u64,
     ) -> Self {
         let n = sources.len();
+        let delays = plan.watermarks.iter().map(|w| w.delay_ms).collect();
         Self {
             shared,
             plan,
@@ -135,10 +100,7 @@ impl Execution {
             progress_log,
             retry,
             committed: vec![None; n],
-            watermark_ms: 0,
-            last_batch_watermark_ms: 0,
-            operator_watermarks_ms: Vec::new(),
-            watermark_policy,
+            watermarks: WatermarkTracker::new(watermark_policy, delays),
             min_batches_to_retain,
             late_sink,
             next_batch: 0,
@@ -260,9 +222,7 @@ impl Execution {
             }
             let latest_offset_ms = trigger_start.elapsed().as_millis() as u64;
             // Spark's no-data batch: the watermark moved, so windows can close without new data
-            let no_data_batch = !any
-                && self.plan.evicts_by_watermark()
-                && self.watermark_ms > self.last_batch_watermark_ms;
+            let no_data_batch = !any && self.plan.evicts_by_watermark() && self.watermarks.moved();
             if !any && !no_data_batch {
                 match self.trigger {
                     Trigger::Once | Trigger::AvailableNow => return Ok(()),
@@ -296,8 +256,8 @@ impl Execution {
             let entry = OffsetsEntry {
                 batch_id: batch,
                 batch_timestamp_ms: ts_ms,
-                watermark_ms: self.watermark_ms,
-                late_watermark_ms: self.last_batch_watermark_ms,
+                watermark_ms: self.watermarks.next_ms,
+                late_watermark_ms: self.watermarks.last_batch_ms,
                 sources: ends,
                 conf: self.recorded_conf(),
             };
@@ -322,128 +282,6 @@ impl Execution {
                 return Ok(());
             }
         }
-    }
-
-    /// Applies the start decision: where to resume, and the re-run of an uncommitted batch.
-    fn recover(&mut self) -> Result<()> {
-        let decision = self.checkpoint.start_decision()?;
-        tracing::info!(
-            id = %self.shared.id,
-            ?decision,
-            "starting query {}: {} ({})",
-            self.shared.name.as_deref().unwrap_or(""),
-            self.shared.guarantee.0,
-            self.shared.guarantee.1
-        );
-        if let Some(snapshots) = self.state.snapshots()? {
-            let state_batches = self.state.committed();
-            let oldest = self.checkpoint.offsets().ids()?.first().copied();
-            match plan_partitioned_recovery(decision, &state_batches, &snapshots, oldest) {
-                Ok(StateRecovery::Ready) => {}
-                Ok(StateRecovery::Rebuild { snapshot, replay }) => {
-                    tracing::warn!(
-                        ?state_batches,
-                        ?decision,
-                        "the state does not hold the batch the logs need: restoring snapshot {snapshot:?} and replaying batches {replay:?}"
-                    );
-                    self.state.restore(snapshot)?;
-                    if let Some((from, to)) = replay {
-                        self.replay_state(from, to)?;
-                    }
-                }
-                Err(reason) => {
-                    return Err(EngineError::user(format!(
-                        "cannot recover the state in {}/state: {reason}; restore the state directory or use a new checkpoint location",
-                        self.checkpoint.root().display()
-                    )))
-                }
-            }
-        }
-        match decision {
-            StartDecision::Fresh => {
-                self.next_batch = 0;
-            }
-            StartDecision::Resume { last_committed } => {
-                let e = self.checkpoint.offsets_of(last_committed)?;
-                self.committed = self.offsets_of_entry(&e)?;
-                self.adopt_recorded_conf(&e)?;
-                self.last_batch_watermark_ms = e.watermark_ms;
-                let commit = self.checkpoint.commits().get(last_committed)?;
-                self.watermark_ms = commit
-                    .as_ref()
-                    .map_or(e.watermark_ms, |c| c.next_watermark_ms);
-                self.operator_watermarks_ms =
-                    commit.map(|c| c.operator_watermarks_ms).unwrap_or_default();
-                self.next_batch = last_committed + 1;
-                // the process may have died before the sources cleaned up after that commit
-                for (s, end) in self.sources.iter_mut().zip(&self.committed) {
-                    if let Some(end) = end {
-                        if let Err(err) = s.commit(end) {
-                            tracing::warn!(
-                                "source clean-up after batch {last_committed} failed: {err}"
-                            );
-                        }
-                    }
-                }
-            }
-            StartDecision::Rerun { batch } => {
-                if batch > 0 {
-                    let prev = self.checkpoint.offsets_of(batch - 1)?;
-                    self.committed = self.offsets_of_entry(&prev)?;
-                    self.operator_watermarks_ms = self
-                        .checkpoint
-                        .commits()
-                        .get(batch - 1)?
-                        .map(|c| c.operator_watermarks_ms)
-                        .unwrap_or_default();
-                }
-                let entry = self.checkpoint.offsets_of(batch)?;
-                self.offsets_of_entry(&entry)?;
-                self.adopt_recorded_conf(&entry)?;
-                self.next_batch = batch;
-                tracing::info!(
-                    batch,
-                    "re-running the uncommitted batch with its recorded offsets"
-                );
-                self.run_batch(&entry, Instant::now(), None, 0, 0)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Rebuilds the state of batches `from..=to` from their offsets entries: the same rows
-    /// through the plan, the state committed, nothing written to the sinks (they have these
-    /// batches already).
-    fn replay_state(&mut self, from: u64, to: u64) -> Result<()> {
-        for batch in from..=to {
-            self.shared.set_status(
-                &format!("Rebuilding the state: batch {batch} of {from}..={to}"),
-                true,
-                true,
-            );
-            let starts = match batch.checked_sub(1) {
-                None => vec![None; self.sources.len()],
-                Some(prev) => {
-                    let e = self.checkpoint.offsets_of(prev)?;
-                    self.offsets_of_entry(&e)?
-                }
-            };
-            let entry = self.checkpoint.offsets_of(batch)?;
-            self.offsets_of_entry(&entry)?;
-            self.clock.set(entry.batch_timestamp_ms);
-            let (inputs, _) = self.read_inputs(&starts, &entry)?;
-            let run = self.state.all_run();
-            let threads = self.state.threads();
-            self.plan.execute(
-                &inputs,
-                Watermarks::from_ms(entry.late_watermark_ms, entry.watermark_ms),
-                self.state.ops_mut(),
-                &run,
-                threads,
-            )?;
-            self.state.commit(batch, &run)?;
-        }
-        Ok(())
     }
 
     /// Reads each source's rows between `starts` and the ends in `entry` (retrying external
@@ -514,7 +352,7 @@ impl Execution {
         let threads = self.state.threads();
         let output = self.plan.execute(
             &inputs,
-            Watermarks::from_ms(entry.late_watermark_ms, entry.watermark_ms),
+            WatermarkTracker::for_batch(entry.late_watermark_ms, entry.watermark_ms),
             self.state.ops_mut(),
             &actions.run,
             threads,
@@ -532,20 +370,9 @@ impl Execution {
         let state_progress = operator_progress(&self.plan, &output, &commit_stats);
         crash_point("after-state", batch);
         let add_batch_ms = t.elapsed().as_millis() as u64;
-        let delays: Vec<i64> = self.plan.watermarks.iter().map(|w| w.delay_ms).collect();
-        let batch_max: Vec<Option<i64>> = output
-            .event_stats
-            .iter()
-            .map(|s| s.map(|s| s.max.div_euclid(1000)))
-            .collect();
-        let mut operator_watermarks = self.operator_watermarks_ms.clone();
-        let next_watermark_ms = advance_watermark(
-            self.watermark_policy,
-            &delays,
-            &mut operator_watermarks,
-            &batch_max,
-            entry.watermark_ms,
-        );
+        let (next_watermark_ms, node_watermarks) = self
+            .watermarks
+            .after_batch(entry.watermark_ms, &output.event_stats);
 
         let t = Instant::now();
         self.checkpoint.commits().add(
@@ -553,12 +380,11 @@ impl Execution {
             &CommitEntry {
                 batch_id: batch,
                 next_watermark_ms,
-                operator_watermarks_ms: operator_watermarks.clone(),
+                operator_watermarks_ms: node_watermarks.clone(),
             },
         )?;
-        self.last_batch_watermark_ms = entry.watermark_ms;
-        self.watermark_ms = next_watermark_ms;
-        self.operator_watermarks_ms = operator_watermarks;
+        self.watermarks
+            .committed(entry.watermark_ms, next_watermark_ms, node_watermarks);
         let commit_ms = t.elapsed().as_millis() as u64;
         crash_point("after-commit", batch);
         let starts = std::mem::replace(
@@ -677,7 +503,7 @@ impl Execution {
         if self.plan.watermarks.len() > 1 {
             conf.insert(
                 POLICY_CONF.to_string(),
-                self.watermark_policy.name().to_string(),
+                self.watermarks.policy.name().to_string(),
             );
         }
         conf
@@ -688,79 +514,15 @@ impl Execution {
     fn adopt_recorded_conf(&mut self, e: &OffsetsEntry) -> Result<()> {
         if let Some(p) = e.conf.get(POLICY_CONF) {
             let recorded = WatermarkPolicy::parse(p)?;
-            if recorded != self.watermark_policy {
+            if recorded != self.watermarks.policy {
                 tracing::warn!(
                     "the checkpoint was written with {POLICY_CONF}={}; keeping it (this query asked for {})",
                     recorded.name(),
-                    self.watermark_policy.name()
+                    self.watermarks.policy.name()
                 );
-                self.watermark_policy = recorded;
+                self.watermarks.policy = recorded;
             }
         }
         Ok(())
-    }
-
-    /// Hands the late rows to the late-data sink, retried like the main sink.
-    fn write_to_late_sink(&mut self, batch: u64, rows: &[RecordBatch]) -> Result<()> {
-        let Some(late) = self.late_sink.as_mut() else {
-            return Ok(());
-        };
-        let shared = &self.shared;
-        let r = retry(
-            &self.retry,
-            &shared.notifier,
-            &|| shared.stop_requested(),
-            |a| {
-                tracing::warn!(
-                    batch,
-                    attempt = a.attempt,
-                    "late-data sink failed after {:.1?}, retrying in {:?}: {}",
-                    a.took,
-                    a.wait,
-                    a.error
-                );
-                shared.set_retrying(true);
-            },
-            || late.add_batch(batch, rows),
-        );
-        shared.set_retrying(false);
-        r
-    }
-
-    /// Hands the batch to the sink, retrying external failures with backoff; never skips it.
-    fn write_to_sink(&mut self, batch: u64, output: &[RecordBatch]) -> Result<()> {
-        let shared = &self.shared;
-        let sink = &mut self.sink;
-        let description = sink.description();
-        let r = retry(
-            &self.retry,
-            &shared.notifier,
-            &|| shared.stop_requested(),
-            |a| {
-                shared
-                    .sink_retries
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(
-                    batch,
-                    attempt = a.attempt,
-                    "sink {description} failed after {:.1?}, retrying in {:?}: {}",
-                    a.took,
-                    a.wait,
-                    a.error
-                );
-                shared.set_retrying(true);
-                shared.set_status(
-                    &format!(
-                        "Retrying the sink (attempt {}, next in {:?}) after: {}",
-                        a.attempt, a.wait, a.error
-                    ),
-                    true,
-                    true,
-                );
-            },
-            || sink.add_batch(batch, output),
-        );
-        shared.set_retrying(false);
-        r
     }
 }

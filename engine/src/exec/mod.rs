@@ -1,12 +1,14 @@
 //! Running a query: the micro-batch loop ([`execution`]: offsets log → read → plan → sink →
-//! commit log), its retry policy ([`retry`]), progress reports ([`progress`]), the batch
-//! clock ([`clock`]), crash points for the exactly-once tests ([`fault`]) and the guarantee a
+//! commit log), the state the execution owns ([`state`]: every operator's partition stores,
+//! their commits and progress), its retry policy ([`retry`]), progress reports
+//! ([`progress`]), its triggers ([`trigger`]), what the query's thread shares with its handles ([`shared`]), crash points for the exactly-once tests ([`fault`]) and the guarantee a
 //! query gives ([`guarantee`]).
 
-pub mod clock;
 pub mod execution;
 pub mod fault;
 pub mod guarantee;
 pub mod progress;
 pub mod retry;
+pub mod shared;
 pub mod state;
+pub mod trigger;

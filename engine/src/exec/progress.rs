@@ -80,7 +80,7 @@ pub struct QueryProgress {
     pub event_time: BTreeMap<String, String>,
     /// Stateful operators (Spark's `stateOperators`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub state_operators: Vec<crate::aggregate::StateOperatorProgress>,
+    pub state_operators: Vec<StateOperatorProgress>,
     /// Per source.
     pub sources: Vec<SourceProgress>,
     /// The sink.
@@ -162,3 +162,33 @@ mod tests {
         }
     }
 }
+
+/// Progress of one stateful operator in one batch (Spark's `stateOperators[i]`), summed over
+/// its partitions.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateOperatorProgress {
+    /// Operator name.
+    pub operator_name: String,
+    /// Keys in state after the batch.
+    pub num_rows_total: u64,
+    /// Keys written.
+    pub num_rows_updated: u64,
+    /// Keys removed.
+    pub num_rows_removed: u64,
+    /// Rows dropped as late, counted as Spark does: for an aggregation, the partially
+    /// aggregated rows (one per late group of the batch), not the input rows; for
+    /// deduplication and session windows, the input rows.
+    pub num_rows_dropped_by_watermark: u64,
+    /// Memory used by the store.
+    pub memory_used_bytes: u64,
+    /// Time of the state commit, ms.
+    pub commit_time_ms: u64,
+    /// Spark's `customMetrics`; Sluice adds `numLateInputRows`, the input rows the batch
+    /// dropped as late (what a late-data sink receives).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub custom_metrics: std::collections::BTreeMap<String, u64>,
+}
+
+/// The `customMetrics` key of the late input rows of a batch.
+pub const NUM_LATE_INPUT_ROWS: &str = "numLateInputRows";

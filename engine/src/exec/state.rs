@@ -8,8 +8,8 @@ use std::sync::Arc;
 use sluice_state::store::CommitStats;
 use sluice_state::{CheckpointDir, StateStoreProvider, StoreOptions};
 
-use crate::aggregate::{StateOperatorProgress, NUM_LATE_INPUT_ROWS};
 use crate::error::{EngineError, Result};
+use crate::exec::progress::{StateOperatorProgress, NUM_LATE_INPUT_ROWS};
 use crate::operators::partitioned::{self, OperatorState};
 use crate::plan::{BatchOutput, PartitionBatch, StreamPlan};
 
@@ -104,6 +104,42 @@ impl QueryState {
             partitions,
             threads,
         })
+    }
+
+    /// Opens the state of a query starting on `checkpoint`: the partition count resolved from
+    /// the `spark.sql.shuffle.partitions` setting (`partitions_setting`) and what the
+    /// checkpoint recorded, the worker pool capped by `threads_setting`.
+    pub(crate) fn open_for_query(
+        plan: &StreamPlan,
+        provider: &Arc<dyn StateStoreProvider>,
+        checkpoint: &CheckpointDir,
+        options: StoreOptions,
+        partitions_setting: Option<&str>,
+        threads_setting: Option<&str>,
+    ) -> Result<Self> {
+        let number = |key: &str, v: Option<&str>| -> Result<Option<usize>> {
+            v.map(|v| {
+                v.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        EngineError::user(format!("{key} must be a positive number, got '{v}'"))
+                    })
+            })
+            .transpose()
+        };
+        let unpartitioned = sluice_state::state_is_unpartitioned(checkpoint.root());
+        let partitions = resolve_partitions(
+            number(SHUFFLE_PARTITIONS_CONF, partitions_setting)?,
+            checkpoint
+                .recorded_conf(SHUFFLE_PARTITIONS_CONF)?
+                .as_deref(),
+            unpartitioned,
+            default_partitions(),
+        )?;
+        let threads = worker_threads(number(STATE_THREADS_CONF, threads_setting)?);
+        Self::open(plan, provider, checkpoint, partitions, options, threads)
     }
 
     /// The state of a stateless query: none.

@@ -21,16 +21,17 @@ use arrow::array::{
 use arrow::compute::{filter_record_batch, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
-use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_plan::PhysicalExpr;
 use sluice_state::store::{StateChanges, StateStore};
 
 use crate::connector::OutputMode;
 use crate::error::{EngineError, Result};
-use crate::window::{event_micros, window_struct, WindowKind, WindowSpec};
+use crate::operators::window::{event_micros, window_struct, WindowKind, WindowSpec};
 
+#[path = "aggregate_states.rs"]
+mod aggregate_states;
 #[path = "session_agg.rs"]
 mod session_agg;
 
@@ -55,35 +56,6 @@ pub struct WindowGroup {
 }
 
 pub use crate::operators::stateful::OperatorOutput as AggOutput;
-
-/// Progress of the operator in one batch (Spark's `stateOperators[i]`).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StateOperatorProgress {
-    /// Operator name.
-    pub operator_name: String,
-    /// Keys in state after the batch.
-    pub num_rows_total: u64,
-    /// Keys written.
-    pub num_rows_updated: u64,
-    /// Keys removed.
-    pub num_rows_removed: u64,
-    /// Rows dropped as late, counted as Spark does: for an aggregation, the partially
-    /// aggregated rows (one per late group of the batch), not the input rows; for
-    /// deduplication and session windows, the input rows.
-    pub num_rows_dropped_by_watermark: u64,
-    /// Memory used by the store.
-    pub memory_used_bytes: u64,
-    /// Time of the state commit, ms.
-    pub commit_time_ms: u64,
-    /// Spark's `customMetrics`; Sluice adds `numLateInputRows`, the input rows the batch
-    /// dropped as late (what a late-data sink receives).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub custom_metrics: std::collections::BTreeMap<String, u64>,
-}
-
-/// The `customMetrics` key of the late input rows of a batch.
-pub const NUM_LATE_INPUT_ROWS: &str = "numLateInputRows";
 
 /// The aggregation operator.
 pub struct AggregateOp {
@@ -227,22 +199,6 @@ impl AggregateOp {
         self.uses_watermark() && self.mode != OutputMode::Complete
     }
 
-    fn new_accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
-        self.aggs
-            .iter()
-            .map(|a| {
-                if a.expr.groups_accumulator_supported() {
-                    Ok(a.expr.create_groups_accumulator()?)
-                } else {
-                    let e = Arc::clone(&a.expr);
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
-                        e.create_accumulator()
-                    })) as Box<dyn GroupsAccumulator>)
-                }
-            })
-            .collect()
-    }
-
     /// Processes one batch's input. `late_wm` / `evict_wm`: the previous and the current
     /// watermark, µs.
     fn process_batch(
@@ -267,7 +223,7 @@ impl AggregateOp {
             None => (None, vec![0; n]),
             Some(w) => {
                 let ts = event_micros(&w.time.evaluate(batch)?.into_array(n)?)?;
-                crate::window::check_event_times(&ts)?;
+                crate::operators::window::check_event_times(&ts)?;
                 let tumbling = w.spec.slide_us == w.spec.size_us;
                 if tumbling && ts.null_count() == 0 {
                     // one window per row: no expansion, no copy
@@ -531,127 +487,6 @@ impl AggregateOp {
             .map(|k| Ok(k.evaluate(batch)?.into_array(n)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(self.key_converter.convert_columns(&arrays)?))
-    }
-
-    /// Feeds `batch` (its rows in groups `group_idx`) into the accumulators.
-    /// `mask`: rows to leave out (false), besides each aggregate's own FILTER. Every argument
-    /// is evaluated before any accumulator changes; if that fails while rows are masked (a late
-    /// row the aggregate would never have seen, e.g. a failing cast), the masked rows are taken
-    /// out of the batch and it is tried again, so late rows cannot fail a batch.
-    fn update_accumulators(
-        &self,
-        accs: &mut [Box<dyn GroupsAccumulator>],
-        batch: &RecordBatch,
-        group_idx: &[usize],
-        mask: Option<&BooleanArray>,
-        num_groups: usize,
-    ) -> Result<()> {
-        let inputs = match (self.evaluate_agg_inputs(batch, mask), mask) {
-            (Ok(inputs), _) => inputs,
-            (Err(_), Some(m)) => {
-                let on_time = filter_record_batch(batch, m)?;
-                let idx: Vec<usize> = group_idx
-                    .iter()
-                    .zip(m.iter())
-                    .filter(|(_, keep)| keep.unwrap_or(false))
-                    .map(|(g, _)| *g)
-                    .collect();
-                return self.update_accumulators(accs, &on_time, &idx, None, num_groups);
-            }
-            (Err(e), None) => return Err(e),
-        };
-        for ((args, filter), acc) in inputs.into_iter().zip(accs.iter_mut()) {
-            acc.update_batch(&args, group_idx, filter.as_ref(), num_groups)?;
-        }
-        Ok(())
-    }
-
-    /// The argument columns and the row filter (FILTER and `mask`) of every aggregate.
-    fn evaluate_agg_inputs(
-        &self,
-        batch: &RecordBatch,
-        mask: Option<&BooleanArray>,
-    ) -> Result<Vec<(Vec<ArrayRef>, Option<BooleanArray>)>> {
-        let n = batch.num_rows();
-        self.aggs
-            .iter()
-            .map(|a| {
-                let args = a
-                    .expr
-                    .expressions()
-                    .iter()
-                    .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
-                    .collect::<Result<Vec<_>>>()?;
-                let filter = match &a.filter {
-                    Some(f) => {
-                        let v = f.evaluate(batch)?.into_array(n)?;
-                        Some(
-                            v.as_any()
-                                .downcast_ref::<BooleanArray>()
-                                .cloned()
-                                .ok_or_else(|| EngineError::bug("FILTER is not boolean"))?,
-                        )
-                    }
-                    None => None,
-                };
-                let filter = match (filter, mask) {
-                    (None, m) => m.cloned(),
-                    (Some(f), None) => Some(f),
-                    (Some(f), Some(m)) => Some(arrow::compute::and(&f, m)?),
-                };
-                Ok((args, filter))
-            })
-            .collect()
-    }
-
-    fn decode_states(&self, vals: &[&[u8]]) -> Result<Vec<Vec<ArrayRef>>> {
-        let parser = self.state_converter.parser();
-        let rows = vals.iter().map(|v| parser.parse(v));
-        let cols = self.state_converter.convert_rows(rows)?;
-        let mut out = Vec::with_capacity(self.state_counts.len());
-        let mut it = cols.into_iter();
-        for c in &self.state_counts {
-            out.push(it.by_ref().take(*c).collect());
-        }
-        Ok(out)
-    }
-
-    /// The intermediate states of `num_groups` groups, per aggregate. No groups (a partition
-    /// without rows in this batch) gives empty columns of the state types: an adapted
-    /// accumulator would return no columns at all.
-    fn states_of(
-        &self,
-        accs: &mut [Box<dyn GroupsAccumulator>],
-        num_groups: usize,
-    ) -> Result<Vec<Vec<ArrayRef>>> {
-        if num_groups == 0 {
-            return self
-                .aggs
-                .iter()
-                .map(|a| {
-                    Ok(a.expr
-                        .state_fields()?
-                        .iter()
-                        .map(|f| arrow::array::new_empty_array(f.data_type()))
-                        .collect())
-                })
-                .collect();
-        }
-        Ok(accs
-            .iter_mut()
-            .map(|a| a.state(EmitTo::All))
-            .collect::<std::result::Result<_, _>>()?)
-    }
-
-    fn encode_states(&self, states: &[Vec<ArrayRef>]) -> Result<Vec<Vec<u8>>> {
-        let cols: Vec<ArrayRef> = states.iter().flatten().cloned().collect();
-        if cols.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = self.state_converter.convert_columns(&cols)?;
-        Ok((0..rows.num_rows())
-            .map(|i| rows.row(i).as_ref().to_vec())
-            .collect())
     }
 
     fn output_batch(&self, keys: &[&[u8]], values: Vec<ArrayRef>) -> Result<RecordBatch> {

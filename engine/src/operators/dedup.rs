@@ -23,7 +23,7 @@ use sluice_state::store::{StateChanges, StateStore};
 
 use crate::error::{EngineError, Result};
 use crate::operators::stateful::{OperatorOutput, StatefulOperator, Watermarks};
-use crate::window::event_micros;
+use crate::operators::window::event_micros;
 
 /// The deduplication node of the logical plan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Hash)]

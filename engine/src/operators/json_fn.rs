@@ -134,14 +134,14 @@ pub fn decode_json(
 ) -> Result<Vec<RecordBatch>, String> {
     // JSON numbers in timestamp columns are epoch seconds (Spark): only text that has one
     // takes the slower path
-    let ts_cols = crate::json_epoch::timestamp_columns(schema);
+    let ts_cols = crate::operators::json_epoch::timestamp_columns(schema);
     if !ts_cols.is_empty() {
         let names: Vec<&str> = ts_cols
             .iter()
             .map(|i| schema.field(*i).name().as_str())
             .collect();
-        if crate::json_epoch::has_bare_number(text, &names) {
-            if crate::json_epoch::has_quoted_number(text, &names) {
+        if crate::operators::json_epoch::has_bare_number(text, &names) {
+            if crate::operators::json_epoch::has_quoted_number(text, &names) {
                 // as text, "1469501107" and 1469501107 look alike: the caller decodes these
                 // records one by one, where the quoted one is malformed (as in Spark)
                 return Err(format!(
@@ -150,10 +150,10 @@ pub fn decode_json(
                     names.join(", ")
                 ));
             }
-            let as_text = crate::json_epoch::as_text(schema, &ts_cols);
+            let as_text = crate::operators::json_epoch::as_text(schema, &ts_cols);
             return decode_json_as(&as_text, text, batch_rows)?
                 .into_iter()
-                .map(|b| crate::json_epoch::convert(b, schema, &ts_cols))
+                .map(|b| crate::operators::json_epoch::convert(b, schema, &ts_cols))
                 .collect();
         }
     }

@@ -1,11 +1,13 @@
 //! What runs on a batch's rows: the contract of a stateful operator ([`stateful`]) and the one
 //! skeleton that runs every operator over its partitions ([`partitioned`]); the stateful
 //! operators ([`aggregate`] with its session windows, [`dedup`]); the watermark node
-//! ([`watermark`]); the window functions and their shapes ([`window`]); and
-//! `from_json`/`to_json` with the one JSON decoding loop ([`json_fn`], epoch seconds in
-//! `json_epoch`).
+//! ([`watermark`]); the window functions and their shapes ([`window`]); the batch clock behind
+//! `now()` ([`clock`]); and `from_json`/`to_json` with the one JSON decoding loop
+//! ([`json_fn`], epoch seconds in `json_epoch`). Operators import nothing of the plan, the
+//! batch loop or the user-facing API.
 
 pub mod aggregate;
+pub mod clock;
 pub mod dedup;
 pub(crate) mod json_epoch;
 pub mod json_fn;

@@ -17,7 +17,7 @@ use sluice_state::store::{StateChanges, StateStore};
 use super::{decode_end, encode_end, AggOutput, AggregateOp};
 use crate::connector::OutputMode;
 use crate::error::{EngineError, Result};
-use crate::window::event_micros;
+use crate::operators::window::event_micros;
 
 /// One session before output: its key bytes (group key row), bounds, and where its states are.
 struct Merged {
@@ -51,7 +51,7 @@ impl AggregateOp {
         let n = batch.num_rows();
         let mut out = AggOutput::default();
         let ts = event_micros(&w.time.evaluate(batch)?.into_array(n)?)?;
-        crate::window::check_event_times(&ts)?;
+        crate::operators::window::check_event_times(&ts)?;
 
         // late rows: their own session [ts, ts + gap) ended at or before the previous watermark
         let watermarked = self.drops_late();

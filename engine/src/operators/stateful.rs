@@ -15,7 +15,7 @@ use sluice_state::store::{StateChanges, StateStore};
 use crate::error::Result;
 
 /// The watermarks a batch runs with, µs since the epoch (the one unit of event time inside the
-/// engine): `late` is the previous batch's (rows at or before it are late, as Spark ≥ 3.4
+/// engine; `WatermarkTracker::for_batch` makes them from the logs' ms): `late` is the previous batch's (rows at or before it are late, as Spark ≥ 3.4
 /// judges them), `evict` the current one (state at or before it is emitted and forgotten).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Watermarks {
@@ -23,16 +23,6 @@ pub struct Watermarks {
     pub late_us: i64,
     /// The eviction and emission threshold.
     pub evict_us: i64,
-}
-
-impl Watermarks {
-    /// Both thresholds from milliseconds (the unit of the offsets and commit logs, as Spark's).
-    pub fn from_ms(late_ms: i64, evict_ms: i64) -> Self {
-        Self {
-            late_us: late_ms.saturating_mul(1000),
-            evict_us: evict_ms.saturating_mul(1000),
-        }
-    }
 }
 
 /// What one partition of an operator produced for one batch, before its state is committed.

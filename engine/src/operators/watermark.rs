@@ -4,6 +4,8 @@
 //! `max(event time over batches < b) − delay`, never decreasing.
 
 use std::collections::HashSet;
+
+use arrow::array::Array;
 use std::fmt;
 use std::sync::Arc;
 
@@ -172,6 +174,129 @@ pub fn advance_watermark(
     }
     .unwrap_or(current);
     chosen.max(current)
+}
+
+/// Event times seen by one watermark operator in one batch (µs since the epoch): Spark's
+/// `EventTimeStats`, behind the watermark and the progress report's `eventTime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimeStats {
+    /// Smallest event time.
+    pub min: i64,
+    /// Largest event time.
+    pub max: i64,
+    /// Sum of the event times (for the average).
+    pub sum: i128,
+    /// Rows with an event time.
+    pub count: u64,
+}
+
+impl EventTimeStats {
+    pub(crate) fn of(ts: &arrow::array::TimestampMicrosecondArray) -> Option<Self> {
+        let count = (ts.len() - ts.null_count()) as u64;
+        if count == 0 {
+            return None;
+        }
+        let mut s = Self {
+            min: i64::MAX,
+            max: i64::MIN,
+            sum: 0,
+            count,
+        };
+        for t in ts.iter().flatten() {
+            s.min = s.min.min(t);
+            s.max = s.max.max(t);
+            s.sum += i128::from(t);
+        }
+        Some(s)
+    }
+
+    /// Both sets of rows together.
+    pub fn merge(self, o: Self) -> Self {
+        Self {
+            min: self.min.min(o.min),
+            max: self.max.max(o.max),
+            sum: self.sum + o.sum,
+            count: self.count + o.count,
+        }
+    }
+
+    /// The average event time, µs.
+    pub fn avg(&self) -> i64 {
+        (self.sum / i128::from(self.count.max(1))) as i64
+    }
+}
+
+/// The query's watermarks between batches, kept in one place and one unit: milliseconds, as
+/// Spark's offsets and commit logs record them. Operators receive them as
+/// [`Watermarks`](crate::operators::stateful::Watermarks) (µs, the unit of event time inside
+/// the engine), converted here; event times come in as [`EventTimeStats`] (µs), converted here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkTracker {
+    /// How the query's watermark is chosen among several watermarked inputs.
+    pub policy: WatermarkPolicy,
+    /// Each watermark node's delay, ms.
+    delays_ms: Vec<i64>,
+    /// The watermark the next batch runs with, ms.
+    pub next_ms: i64,
+    /// The watermark the last batch ran with, ms: the next batch's late-row threshold.
+    pub last_batch_ms: i64,
+    /// Each watermark node's own watermark, ms (empty before the first batch).
+    pub nodes_ms: Vec<i64>,
+}
+
+impl WatermarkTracker {
+    /// A query's tracker before its first batch.
+    pub fn new(policy: WatermarkPolicy, delays_ms: Vec<i64>) -> Self {
+        Self {
+            policy,
+            delays_ms,
+            next_ms: 0,
+            last_batch_ms: 0,
+            nodes_ms: Vec::new(),
+        }
+    }
+
+    /// Whether the watermark moved since the last batch ran (Spark's no-data batch is due).
+    pub fn moved(&self) -> bool {
+        self.next_ms > self.last_batch_ms
+    }
+
+    /// The thresholds of a batch recorded with `late_ms` and `evict_ms` in its offsets entry.
+    pub fn for_batch(late_ms: i64, evict_ms: i64) -> crate::operators::stateful::Watermarks {
+        crate::operators::stateful::Watermarks {
+            late_us: late_ms.saturating_mul(1000),
+            evict_us: evict_ms.saturating_mul(1000),
+        }
+    }
+
+    /// The watermarks after a batch that ran with `ran_with_ms` and whose watermark nodes saw
+    /// `stats`: `(next, each node's)`, as [`advance_watermark`] moves them. Pure.
+    pub fn after_batch(
+        &self,
+        ran_with_ms: i64,
+        stats: &[Option<EventTimeStats>],
+    ) -> (i64, Vec<i64>) {
+        let batch_max: Vec<Option<i64>> = stats
+            .iter()
+            .map(|s| s.map(|s| s.max.div_euclid(1000)))
+            .collect();
+        let mut nodes = self.nodes_ms.clone();
+        let next = advance_watermark(
+            self.policy,
+            &self.delays_ms,
+            &mut nodes,
+            &batch_max,
+            ran_with_ms,
+        );
+        (next, nodes)
+    }
+
+    /// Batch committed: it ran with `ran_with_ms`, the next runs with `next_ms`.
+    pub fn committed(&mut self, ran_with_ms: i64, next_ms: i64, nodes_ms: Vec<i64>) {
+        self.last_batch_ms = ran_with_ms;
+        self.next_ms = next_ms;
+        self.nodes_ms = nodes_ms;
+    }
 }
 
 #[cfg(test)]

@@ -36,12 +36,12 @@ fn read_fingerprint(path: &std::path::Path) -> Result<Option<String>> {
     }
 }
 
-fn different_aggregation(dir: &std::path::Path, found: &str, fingerprint: &str) -> EngineError {
+fn different_aggregation(path: &std::path::Path, found: &str, fingerprint: &str) -> EngineError {
     EngineError::user(format!(
-        "the state in {} was written by a different aggregation (group keys, window or \
+        "the state this checkpoint describes in {} was written by a different aggregation (group keys, window or \
          aggregates changed): it holds {found}, this query needs {fingerprint}. \
          Restarting on it would give wrong results; use a new checkpoint location",
-        dir.display()
+        path.display()
     ))
 }
 
@@ -52,10 +52,10 @@ pub(crate) fn verify_state_fingerprint(
     fingerprint: &str,
     legacy: &str,
 ) -> Result<()> {
-    let dir = checkpoint.join("state");
-    let found = read_fingerprint(&dir.join(format!("{index}.schema")))?;
+    let path = sluice_state::state_fingerprint_path(checkpoint, index);
+    let found = read_fingerprint(&path)?;
     match compare_fingerprint(found.as_deref(), fingerprint, legacy) {
-        Fingerprint::Different(f) => Err(different_aggregation(&dir, &f, fingerprint)),
+        Fingerprint::Different(f) => Err(different_aggregation(&path, &f, fingerprint)),
         _ => Ok(()),
     }
 }
@@ -68,9 +68,10 @@ pub(crate) fn check_state_fingerprint(
     fingerprint: &str,
     legacy: &str,
 ) -> Result<()> {
-    let dir = checkpoint.root().join("state");
-    sluice_state::atomic::ensure_dir(&dir)?;
-    let path = dir.join(format!("{index}.schema"));
+    let path = sluice_state::state_fingerprint_path(checkpoint.root(), index);
+    if let Some(dir) = path.parent() {
+        sluice_state::atomic::ensure_dir(dir)?;
+    }
     let found = read_fingerprint(&path)?;
     match compare_fingerprint(found.as_deref(), fingerprint, legacy) {
         Fingerprint::Same => Ok(()),
@@ -78,7 +79,7 @@ pub(crate) fn check_state_fingerprint(
             sluice_state::atomic::write_atomic(&path, format!("v1\n{fingerprint}").as_bytes())?;
             Ok(())
         }
-        Fingerprint::Different(f) => Err(different_aggregation(&dir, &f, fingerprint)),
+        Fingerprint::Different(f) => Err(different_aggregation(&path, &f, fingerprint)),
     }
 }
 

@@ -1,10 +1,9 @@
 //! From what the user wrote to the compiled streaming program, once per query: Spark's SQL
-//! forms rewritten in the parsed statement ([`sql`]), DDL schema strings ([`ddl`]), streams
-//! inside DataFusion plans ([`stream`]), the logical plan translated ([`translate`]) into
-//! stateless nodes (`node`) and a chain of stateful operators ([`stream_plan`]: the
-//! [`StreamPlan`]), and what a checkpoint's state means (`fingerprint`).
+//! forms rewritten in the parsed statement ([`sql`]), streams inside DataFusion plans
+//! ([`stream`]), the logical plan translated ([`translate`]) into stateless nodes (`node`) and
+//! a chain of stateful operators ([`stream_plan`]: the [`StreamPlan`]), and what a checkpoint's
+//! state means (`fingerprint`). The plan imports operators, never the batch loop.
 
-pub mod ddl;
 pub(crate) mod fingerprint;
 pub(crate) mod node;
 pub mod sql;

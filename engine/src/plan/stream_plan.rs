@@ -17,9 +17,9 @@ use super::translate::{
     bind_clock, check_supported, distinct_to_dedup, key_flags, nullable_schema,
     streaming_optimizer, translate, Ctx, PLANS_BUILT,
 };
-use crate::clock::BatchClock;
 use crate::connector::OutputMode;
 use crate::error::{EngineError, Result};
+use crate::operators::clock::BatchClock;
 use crate::operators::partitioned::{self, OperatorState};
 use crate::operators::stateful::{StatefulOperator, Watermarks};
 

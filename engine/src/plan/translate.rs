@@ -21,13 +21,13 @@ use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use super::node::Node;
 use super::stream::{stream_of_scan, StreamTable, WatermarkSpec};
 use super::stream_plan::Stage;
-use crate::aggregate::{AggSpec, AggregateOp, WindowGroup};
-use crate::clock::{BatchClock, BatchClockUdf};
 use crate::connector::OutputMode;
-use crate::dedup::{DedupNode, DedupOp};
 use crate::error::{EngineError, Result};
-use crate::watermark::WatermarkNode;
-use crate::window::{spec_of_args, WindowTimeUdf, WindowUdf};
+use crate::operators::aggregate::{AggSpec, AggregateOp, WindowGroup};
+use crate::operators::clock::{BatchClock, BatchClockUdf};
+use crate::operators::dedup::{DedupNode, DedupOp};
+use crate::operators::watermark::WatermarkNode;
+use crate::operators::window::{spec_of_args, WindowTimeUdf, WindowUdf};
 
 /// How many streaming plans this process has built (one per started query, never per batch).
 pub static PLANS_BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
