@@ -99,9 +99,17 @@ fn ms_text(ms: i64) -> String {
 /// The stateful operators of the checkpoint at `dir`, each with its partition stores' directories
 /// (as the state crate lays them out).
 fn operators(dir: &Path) -> Result<Vec<(usize, Vec<std::path::PathBuf>)>> {
+    // the count the offsets log records (a missing store then shows as one that cannot be
+    // opened), else the stores found
+    let recorded = CheckpointDir::open(dir)?
+        .recorded_conf(sluice_engine::exec::state::SHUFFLE_PARTITIONS_CONF)?
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0);
     let mut out = Vec::new();
-    for (op, partitions) in state_partitions_found(dir)? {
-        out.push((op, state_partition_dirs(dir, op, partitions.max(1))?));
+    for (op, found) in state_partitions_found(dir)? {
+        // (a checkpoint from before partitioning records none: its one store is found)
+        let n = recorded.unwrap_or(found).max(1);
+        out.push((op, state_partition_dirs(dir, op, n)?));
     }
     Ok(out)
 }

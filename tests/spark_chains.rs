@@ -300,24 +300,26 @@ fn check_final(query: &str, dir: &Path, how: &str) {
 
 /// chain_window_window with the DataFrame API, as Spark's query is written: the rows of each
 /// batch (`batch_id,window_start,window_end,campaign,impressions`).
-fn window_window_api(input: &Path) -> Vec<String> {
+fn window_window_api(input: &Path, via_alias: bool) -> Vec<String> {
     let s = Session::builder().build().expect("session");
-    let per_minute = s
-        .read_stream()
-        .schema("impression_id BIGINT, ad_id BIGINT, campaign STRING, impression_time TIMESTAMP")
-        .option("maxFilesPerTrigger", 1)
-        .json(input.join("impressions").to_str().expect("path"))
-        .expect("load")
-        .with_watermark("impression_time", "10 minutes")
-        .expect("watermark")
-        .group_by([window(col("impression_time"), "1 minute"), col("campaign")])
-        .count()
-        .expect("count");
-    let df = per_minute
-        .group_by([
+    let per_minute = per_minute(&s, input);
+    let grouped = if via_alias {
+        // window_time under an alias is event time too
+        per_minute
+            .select([
+                window_time(col("window")).alias("wt"),
+                col("campaign"),
+                col("count"),
+            ])
+            .expect("select")
+            .group_by([window(col("wt"), "10 minutes"), col("campaign")])
+    } else {
+        per_minute.group_by([
             window(window_time(col("window")), "10 minutes"),
             col("campaign"),
         ])
+    };
+    let df = grouped
         .agg([sum(col("count")).alias("impressions")])
         .expect("agg")
         .select([
@@ -363,11 +365,154 @@ fn window_window_api(input: &Path) -> Vec<String> {
 fn window_then_window_with_the_dataframe_api_matches_spark_batch_by_batch() {
     let gen = workdir();
     generate(gen.path());
-    assert_eq!(
-        window_window_api(gen.path()),
-        golden_by_batch("chain_window_window"),
-        "rows by batch"
+    for via_alias in [false, true] {
+        assert_eq!(
+            window_window_api(gen.path(), via_alias),
+            golden_by_batch("chain_window_window"),
+            "rows by batch (window_time under an alias: {via_alias})"
+        );
+    }
+}
+
+/// The impressions stream, watermarked, as Spark's first aggregation of chain_window_window.
+fn per_minute(s: &Session, input: &Path) -> DataFrame {
+    s.read_stream()
+        .schema("impression_id BIGINT, ad_id BIGINT, campaign STRING, impression_time TIMESTAMP")
+        .option("maxFilesPerTrigger", 1)
+        .json(input.join("impressions").to_str().expect("path"))
+        .expect("load")
+        .with_watermark("impression_time", "10 minutes")
+        .expect("watermark")
+        .group_by([window(col("impression_time"), "1 minute"), col("campaign")])
+        .count()
+        .expect("count")
+}
+
+#[test]
+fn window_then_dedup_on_the_window_struct_runs_and_loses_nothing() {
+    let gen = workdir();
+    generate(gen.path());
+    let s = Session::builder().build().expect("session");
+    let df = per_minute(&s, gen.path())
+        .drop_duplicates(&["window", "campaign"])
+        .expect("dedup")
+        .select([
+            get_field(col("window"), "end").alias("window_end"),
+            col("count"),
+        ])
+        .expect("select");
+    let rows: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+    let sink = Arc::clone(&rows);
+    let q = df
+        .write_stream()
+        .trigger(Trigger::AvailableNow)
+        .foreach_batch(move |_, batches| {
+            let mut out = sink.lock().expect("lock");
+            for b in batches {
+                let end = b.column(0).as_primitive::<TimestampMicrosecondType>();
+                let n = b.column(1).as_primitive::<Int64Type>();
+                out.extend((0..b.num_rows()).map(|i| (end.value(i), n.value(i))));
+            }
+            Ok(())
+        })
+        .start()
+        .expect("start");
+    q.await_termination().expect("done");
+    let rows = rows.lock().expect("lock").clone();
+    // each (1-minute window, campaign) once; the counts of the windows ending by the last
+    // 10-minute window Spark emitted add up to Spark's impressions of chain_window_window
+    let last_end = golden_lines("chain_window_window_final.csv")
+        .iter()
+        .map(|l| l.split(',').nth(1).expect("window_end").to_string())
+        .max()
+        .expect("rows");
+    let last_end = chrono::DateTime::parse_from_rfc3339(&last_end)
+        .expect("timestamp")
+        .timestamp_micros();
+    let ours: i64 = rows
+        .iter()
+        .filter(|(end, _)| *end <= last_end)
+        .map(|(_, n)| n)
+        .sum();
+    let spark: i64 = golden_lines("chain_window_window_final.csv")
+        .iter()
+        .map(|l| {
+            l.split(',')
+                .nth(3)
+                .expect("impressions")
+                .parse::<i64>()
+                .expect("n")
+        })
+        .sum();
+    assert_eq!(ours, spark, "{} rows", rows.len());
+}
+
+#[test]
+fn a_watermark_above_a_stateful_operator_is_refused() {
+    let gen = workdir();
+    generate(gen.path());
+    let s = Session::builder().build().expect("session");
+    let err = per_minute(&s, gen.path())
+        .select([window_time(col("window")).alias("wt"), col("count")])
+        .expect("select")
+        .with_watermark("wt", "1 minute")
+        .expect("watermark")
+        .group_by([window(col("wt"), "10 minutes")])
+        .agg([sum(col("count")).alias("n")])
+        .expect("agg")
+        .write_stream()
+        .trigger(Trigger::AvailableNow)
+        .foreach_batch(|_, _| Ok(()))
+        .start()
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("with_watermark above a stateful operator"),
+        "{err}"
     );
+}
+
+#[test]
+fn a_group_by_without_aggregates_is_a_stream_of_distinct_keys() {
+    let gen = workdir();
+    generate(gen.path());
+    let s = Session::builder().build().expect("session");
+    s.read_stream()
+        .schema("click_id BIGINT, ad_id BIGINT, click_time TIMESTAMP, cost DOUBLE")
+        .json(gen.path().join("clicks").to_str().expect("path"))
+        .expect("load")
+        .create_or_replace_temp_view("clicks_src")
+        .expect("view");
+    let seen: Arc<Mutex<std::collections::BTreeSet<i64>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let q = s
+        .sql("SELECT ad_id FROM clicks_src GROUP BY ad_id")
+        .expect("sql")
+        .write_stream()
+        .output_mode(OutputMode::Update)
+        .trigger(Trigger::AvailableNow)
+        .foreach_batch(move |_, batches| {
+            let mut out = sink.lock().expect("lock");
+            for b in batches {
+                out.extend(b.column(0).as_primitive::<Int64Type>().iter().flatten());
+            }
+            Ok(())
+        })
+        .start()
+        .expect("start");
+    q.await_termination().expect("done");
+    // every ad of the input, read independently
+    let mut want = std::collections::BTreeSet::new();
+    for e in fs::read_dir(gen.path().join("clicks")).expect("clicks") {
+        for l in fs::read_to_string(e.expect("e").path())
+            .expect("read")
+            .lines()
+        {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            want.insert(v["ad_id"].as_i64().expect("ad_id"));
+        }
+    }
+    assert_eq!(*seen.lock().expect("lock"), want);
 }
 
 #[test]

@@ -130,10 +130,14 @@ fn snapshots_and_log_entries_are_kept_for_the_retained_batches_only() {
     // one skip): which exist depends on timing, what must hold does not
     let offsets = ids(&chk.join("offsets"));
     assert_eq!(ids(&chk.join("commits")), offsets);
-    for p in 0..PARTITIONS {
-        let snaps = ids(&chk.join(format!("state/0/{p}.snapshots")));
-        check_retention(&snaps, &offsets);
+    let snaps: Vec<Vec<u64>> = (0..PARTITIONS)
+        .map(|p| ids(&chk.join(format!("state/0/{p}.snapshots"))))
+        .collect();
+    for s in &snaps {
+        check_retention(s, &offsets);
     }
+    // every partition took its snapshots at the same batches (a rebuild restores them together)
+    assert!(snaps.windows(2).all(|w| w[0] == w[1]), "{snaps:?}");
 }
 
 /// What must hold of one partition's snapshots and the logs after batches 0..=8.

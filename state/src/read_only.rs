@@ -85,10 +85,17 @@ impl ReadOnlyStore {
             if batch.is_some_and(|held| b <= held) {
                 continue;
             }
-            if batch.is_some_and(|held| b != held + 1) {
-                break; // a gap: what follows does not apply (a writer reports it)
-            }
             let path = changelog_dir.join(b.to_string());
+            if let Some(held) = batch.filter(|held| b != held + 1) {
+                // as a writer's open refuses it
+                return Err(StateError::Corrupt {
+                    path,
+                    reason: format!(
+                        "the state holds batch {held} and the next changelog is of batch {b}: \
+                         the changelogs in between are missing"
+                    ),
+                });
+            }
             let bytes = std::fs::read(&path).map_err(|e| StateError::io(&path, e))?;
             let (delta, wb) = parse_changelog(&path, &bytes)?;
             wb.iterate(&mut Overlay(&mut overlay));

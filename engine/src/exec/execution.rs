@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
-use sluice_state::{
-    first_log_entry_to_keep, partition_actions, CheckpointDir, CommitEntry, OffsetsEntry,
-};
+use sluice_state::{partition_actions, CheckpointDir, CommitEntry, OffsetsEntry};
 
 use super::state::{operator_progress, QueryState, SHUFFLE_PARTITIONS_CONF};
 use crate::connector::{Offset, ReadLimit, Sink, Source};
@@ -482,8 +480,9 @@ impl Execution {
     /// Deletes offsets and commit entries older than the retained batches (and than the snapshot
     /// the oldest of them can be rebuilt from).
     fn purge_logs(&self, batch: u64) -> Result<()> {
-        let snapshots = self.state.snapshots()?;
-        let keep = first_log_entry_to_keep(batch, self.min_batches_to_retain, snapshots.as_deref());
+        let keep = self
+            .state
+            .first_log_entry_to_keep(batch, self.min_batches_to_retain)?;
         if keep > 0 {
             self.checkpoint.offsets().purge_before(keep)?;
             self.checkpoint.commits().purge_before(keep)?;

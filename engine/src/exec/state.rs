@@ -197,6 +197,20 @@ impl QueryState {
         Ok(common)
     }
 
+    /// The first offsets/commits entry to keep after batch `batch` (see
+    /// [`sluice_state::first_log_entry_to_keep`]): the oldest any store needs, each store from
+    /// its own snapshots (their batches differ: a store names a snapshot after the batch it
+    /// holds, and skips one while its previous one is still being written).
+    pub(crate) fn first_log_entry_to_keep(&self, batch: u64, retain: u64) -> Result<u64> {
+        let mut keep = None::<u64>;
+        for store in self.ops.iter().flat_map(|o| &o.stores) {
+            let snaps = store.snapshots()?;
+            let k = sluice_state::first_log_entry_to_keep(batch, retain, Some(&snaps));
+            keep = Some(keep.map_or(k, |m| m.min(k)));
+        }
+        Ok(keep.unwrap_or_else(|| sluice_state::first_log_entry_to_keep(batch, retain, None)))
+    }
+
     /// Replaces every store's state by snapshot `snapshot` (`None`: empty).
     pub(crate) fn restore(&mut self, snapshot: Option<u64>) -> Result<()> {
         for store in self.ops.iter_mut().flat_map(|o| &mut o.stores) {

@@ -367,7 +367,7 @@ impl AggregateOp {
             .collect();
         let mut emit_touched: Vec<usize> = Vec::new();
         let mut changes = StateChanges::default();
-        let mut state_rows = self.encode_states(&states)?;
+        let mut state_rows = self.encode_states(&states, num_groups)?;
         let mut rows_delta = new_groups as i64;
         for g in 0..num_groups {
             let gone = evict(ends_of[g]);

@@ -138,10 +138,16 @@ impl AggregateOp {
             .collect::<std::result::Result<_, _>>()?)
     }
 
-    pub(super) fn encode_states(&self, states: &[Vec<ArrayRef>]) -> Result<Vec<Vec<u8>>> {
+    /// The encoded states of `num_groups` groups (empty values when the aggregation has no
+    /// aggregate functions: `GROUP BY` alone).
+    pub(super) fn encode_states(
+        &self,
+        states: &[Vec<ArrayRef>],
+        num_groups: usize,
+    ) -> Result<Vec<Vec<u8>>> {
         let cols: Vec<ArrayRef> = states.iter().flatten().cloned().collect();
         if cols.is_empty() {
-            return Ok(Vec::new());
+            return Ok(vec![Vec::new(); num_groups]);
         }
         let rows = self.state_converter.convert_columns(&cols)?;
         Ok((0..rows.num_rows())

@@ -164,7 +164,7 @@ impl AggregateOp {
             acc.merge_batch(&batch_states[i], &batch_to_final, merged.len())?;
         }
         let final_states = self.states_of(&mut finals, merged.len())?;
-        let encoded = self.encode_states(&final_states)?;
+        let encoded = self.encode_states(&final_states, merged.len())?;
 
         // 3. state changes and output
         let evict = |end: i64| watermarked && self.mode != OutputMode::Complete && end <= evict_wm;

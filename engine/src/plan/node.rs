@@ -66,6 +66,16 @@ impl Node {
         }
     }
 
+    /// Whether a watermark node is at or below this node (up to the stage's input).
+    pub(crate) fn defines_watermark(&self) -> bool {
+        match self {
+            Node::Watermark { .. } => true,
+            Node::Scan { .. } | Node::Input => false,
+            Node::Filter { input, .. } | Node::Project { input, .. } => input.defines_watermark(),
+            Node::Union { inputs, .. } => inputs.iter().any(Node::defines_watermark),
+        }
+    }
+
     /// Calls `f(source, projection)` for every scan.
     pub(crate) fn scans_mut(&mut self, f: &mut dyn FnMut(usize, &mut Option<Vec<usize>>)) {
         match self {

@@ -128,6 +128,16 @@ impl StreamPlan {
             .map(|s| &s.below)
             .chain((!stages.is_empty()).then_some(&top));
         for node in above_first {
+            if node.defines_watermark() {
+                // its event times would come from the operator's output, which a re-run batch
+                // only partly recomputes (partitions that committed it are skipped)
+                return Err(EngineError::user(
+                    "unsupported construct in streaming query: with_watermark above a stateful \
+                     operator; declare the watermark on the stream before its first stateful \
+                     operator (the operators pass it on downstream, and an aggregation's window \
+                     carries event time window_time(window))",
+                ));
+            }
             if node.reads_source() {
                 return Err(EngineError::user(
                     "unsupported construct in streaming query: a stream read above a stateful \

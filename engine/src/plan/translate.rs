@@ -311,15 +311,10 @@ pub(crate) fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
             let input = translate(&p.input, ctx)?;
             // an alias of a watermarked column is watermarked too (Spark keeps the column's
             // watermark metadata through projections)
+            // (and so is `window_time(w)` of a watermarked window `w`, under any alias)
             for (e, f) in p.expr.iter().zip(p.schema.fields()) {
-                let inner = match e {
-                    Expr::Alias(a) => a.expr.as_ref(),
-                    other => other,
-                };
-                if let Expr::Column(c) = inner {
-                    if let Some(d) = ctx.watermark_of(&c.name) {
-                        ctx.mark_watermarked(f.name(), d);
-                    }
+                if let Some(d) = ctx.watermark_of_expr(e) {
+                    ctx.mark_watermarked(f.name(), d);
                 }
             }
             let exprs = p
@@ -378,7 +373,15 @@ pub(crate) fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                 .or_else(|| present.first());
             let (time, time_in_keys) = match watermarked {
                 Some((col, delay)) => {
-                    let e = Expr::Column(datafusion::common::Column::from_name(col.clone()));
+                    let mut e = Expr::Column(datafusion::common::Column::from_name(col.clone()));
+                    // a window struct (an aggregation's output) is judged by its end, as
+                    // Spark's watermark predicate on a window column is
+                    if matches!(
+                        e.get_type(in_df.as_ref())?,
+                        arrow::datatypes::DataType::Struct(_)
+                    ) {
+                        e = datafusion::functions::core::expr_fn::get_field(e, "end");
+                    }
                     (
                         Some((state.create_physical_expr(e, in_df)?, *delay)),
                         in_keys(col),

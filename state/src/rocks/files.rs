@@ -256,12 +256,19 @@ pub fn snapshots_to_delete(snapshots: &[u64], latest: u64, min_batches_to_retain
 /// Takes a snapshot of `db` into `dir/<batch>`, `batch` being the one it holds (read from the
 /// snapshot itself: commits go on while it is taken), then deletes the snapshots no longer
 /// needed.
-pub(crate) fn take_snapshot(db: &DB, dir: &Path, retain: u64) -> Result<()> {
+pub(crate) fn take_snapshot(
+    db: &DB,
+    dir: &Path,
+    retain: u64,
+    taken: std::sync::mpsc::Sender<()>,
+) -> Result<()> {
     crate::atomic::ensure_dir(dir)?;
     let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
     rocksdb::checkpoint::Checkpoint::new(db)
         .and_then(|c| c.create_checkpoint(&tmp))
         .map_err(|e| rocks_err(&tmp, e))?;
+    // the checkpoint exists: the next commit may change the live DB
+    let _ = taken.send(());
     let held = {
         let cfs = [DATA_CF, META_CF];
         let ro = DB::open_cf_for_read_only(&Options::default(), &tmp, cfs, false)

@@ -89,6 +89,10 @@ pub struct RocksStateStore {
     rows: u64,
     /// The snapshot being written in the background, if any.
     pending: Option<JoinHandle<Result<()>>>,
+    /// Signalled when the pending snapshot's RocksDB checkpoint exists (the SST files linked):
+    /// the next commit waits for it, so the snapshot holds exactly the batch it was started
+    /// after — every partition store of a query has its snapshots at the same batches.
+    snapshot_taken: Option<std::sync::mpsc::Receiver<()>>,
     /// The staged changes of the batch being processed.
     staged: Option<Staged>,
     /// `<dir>.changelog`: the changes of each committed batch the SSTs may not hold yet.
@@ -147,6 +151,7 @@ impl RocksStateStore {
             batch,
             rows,
             pending: None,
+            snapshot_taken: None,
             staged: None,
             changelog_dir,
             _lock: lock,
@@ -160,15 +165,12 @@ impl RocksStateStore {
         })
     }
 
-    /// Starts a snapshot (or, without snapshots, a flush) on a background thread, unless the
-    /// previous one is still running (then this interval is skipped: they never hold a commit
-    /// up). Afterwards the changelogs of the batches up to `batch` are deleted: the DB's files
-    /// hold them.
+    /// Starts a snapshot (or, without snapshots, a flush) on a background thread, after the
+    /// previous one finished (every interval is taken, so that the stores of a query's
+    /// partitions have the same snapshots). The next commit waits only until the RocksDB
+    /// checkpoint exists; naming it, retention and deleting the changelogs of the batches up to
+    /// `batch` (the DB's files hold them) go on in the background.
     fn start_background(&mut self, db: Arc<DB>, batch: u64, snapshot: bool) {
-        if self.pending.as_ref().is_some_and(|h| !h.is_finished()) {
-            tracing::debug!("state snapshot still in progress, skipping this one");
-            return;
-        }
         if let Err(e) = self.finish_snapshot() {
             tracing::warn!(
                 "state snapshot in {} failed: {e}",
@@ -179,11 +181,13 @@ impl RocksStateStore {
         let changelog_dir = self.changelog_dir.clone();
         let retain = self.options.min_batches_to_retain;
         let live = self.dir.clone();
+        let (taken, gate) = std::sync::mpsc::channel();
+        self.snapshot_taken = snapshot.then_some(gate);
         match std::thread::Builder::new()
             .name("sluice-state-snapshot".into())
             .spawn(move || {
                 if snapshot {
-                    take_snapshot(&db, &dir, retain)?;
+                    take_snapshot(&db, &dir, retain, taken)?;
                 } else {
                     flush_all(&db).map_err(|e| rocks_err(&live, e))?;
                 }
@@ -314,6 +318,11 @@ impl StateStore for RocksStateStore {
 
     fn commit(&mut self, batch_id: u64) -> Result<CommitStats> {
         let t = Instant::now();
+        if let Some(gate) = self.snapshot_taken.take() {
+            // the snapshot started after the previous batch must hold exactly that batch
+            // (an error drops the sender: then there is no snapshot to wait for)
+            let _ = gate.recv();
+        }
         let db = Arc::clone(self.db.as_ref().ok_or_else(|| StateError::Inconsistent {
             dir: self.dir.clone(),
             reason: "the state store was closed after a failed stage, commit or restore".into(),
