@@ -69,6 +69,19 @@ pub(crate) fn flush_all(db: &DB) -> std::result::Result<(), rocksdb::Error> {
     db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
 }
 
+/// Starts flushing the memtables of both column families without waiting for it (RocksDB's
+/// background threads do it): a snapshot taken a batch later then has only that batch's
+/// memtable left to flush.
+pub(crate) fn start_flush(db: &DB) -> std::result::Result<(), rocksdb::Error> {
+    let cfs: Vec<_> = [DATA_CF, META_CF]
+        .iter()
+        .filter_map(|n| db.cf_handle(n))
+        .collect();
+    let mut fo = rocksdb::FlushOptions::default();
+    fo.set_wait(false);
+    db.flush_cfs_opt(&cfs, &fo)
+}
+
 /// Writes without RocksDB's WAL: durability comes from the changelog.
 pub(crate) fn write_options() -> WriteOptions {
     let mut wo = WriteOptions::default();

@@ -394,6 +394,13 @@ impl StateStore for RocksStateStore {
         self.rows = rows;
         let commit_ms = t.elapsed().as_millis() as u64;
         let every = self.options.snapshot_interval;
+        if every > 1 && (batch_id + 1).is_multiple_of(every) {
+            // the next commit snapshots and waits for its checkpoint: flush most of the
+            // memtable now, in the background, so that wait is short
+            if let Err(e) = start_flush(&db) {
+                tracing::debug!("early flush before a snapshot failed: {e}");
+            }
+        }
         if every > 0 && batch_id.is_multiple_of(every) {
             self.start_background(db, batch_id, true);
         } else if every == 0 && batch_id.is_multiple_of(FLUSH_EVERY_WITHOUT_SNAPSHOTS) {
