@@ -557,7 +557,14 @@ fn chains_killed_at_crash_points_and_restarted_give_sparks_rows() {
         let w = workdir();
         stage(gen.path(), w.path(), stream);
         let p = pipeline(w.path(), stream, sql, 2);
-        let at = random_crash_points(4, 11, &points);
+        // batch 0 emits no rows in either chain (Spark's too): it has no mid-sink moment
+        let at: Vec<String> = random_crash_points(4, 11, &points)
+            .into_iter()
+            .map(|p| match p.as_str() {
+                "mid-sink@0" => "after-sink@0".to_string(),
+                _ => p,
+            })
+            .collect();
         run_killed(&p, &[], &at);
         check_final(query, w.path(), &format!("killed at {at:?}"));
     }
