@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use rocksdb::{Options, WriteBatchIterator, DB};
 
 use crate::rocks::{
-    list_changelogs, meta_of, parse_changelog, rocks_err, side_dir, DATA_CF, META_CF,
+    changelogs_to_apply, list_changelogs, meta_of, parse_changelog, rocks_err, side_dir, DATA_CF,
+    META_CF,
 };
 use crate::{Result, StateError};
 
@@ -79,23 +80,10 @@ impl ReadOnlyStore {
             .map_err(|e| rocks_err(dir, e))?;
         let (mut batch, mut rows) = meta_of(&db, dir)?;
         let mut overlay = BTreeMap::new();
-        // changelogs of a database that is gone apply to nothing (as a writer's open decides)
-        let orphaned = batch.is_none() && changelogs.first().is_some_and(|first| *first > 0);
-        for b in changelogs.into_iter().filter(|_| !orphaned) {
-            if batch.is_some_and(|held| b <= held) {
-                continue;
-            }
+        // (orphaned changelogs apply to nothing, as a writer's open decides)
+        let apply = changelogs_to_apply(&changelog_dir, batch, changelogs)?.unwrap_or_default();
+        for b in apply {
             let path = changelog_dir.join(b.to_string());
-            if let Some(held) = batch.filter(|held| b != held + 1) {
-                // as a writer's open refuses it
-                return Err(StateError::Corrupt {
-                    path,
-                    reason: format!(
-                        "the state holds batch {held} and the next changelog is of batch {b}: \
-                         the changelogs in between are missing"
-                    ),
-                });
-            }
             let bytes = std::fs::read(&path).map_err(|e| StateError::io(&path, e))?;
             let (delta, wb) = parse_changelog(&path, &bytes)?;
             wb.iterate(&mut Overlay(&mut overlay));

@@ -42,11 +42,6 @@ impl OperatorState {
     pub fn committed(&self) -> Vec<Option<u64>> {
         self.stores.iter().map(|s| s.committed_batch()).collect()
     }
-
-    /// Keys in state, over all partitions.
-    pub fn rows_total(&self) -> u64 {
-        self.stores.iter().map(|s| s.rows_total()).sum()
-    }
 }
 
 /// Splits `batch` into `n` batches, one per partition, by the hash of the operator's key.

@@ -336,6 +336,39 @@ pub(crate) fn clean_leftovers(dir: &Path, snapshots_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Which of the committed changelogs `listed` (ascending) apply on a DB whose files hold
+/// `held`: those after it, which must follow on without a gap (else the store is corrupt).
+/// `None`: they are orphaned — no DB state, and the first is not batch 0 — and apply to nothing.
+/// The one rule of a writer's open and of a read-only open.
+pub(crate) fn changelogs_to_apply(
+    changelog_dir: &Path,
+    held: Option<u64>,
+    listed: Vec<u64>,
+) -> Result<Option<Vec<u64>>> {
+    if held.is_none() && listed.first().is_some_and(|first| *first > 0) {
+        return Ok(None);
+    }
+    let after: Vec<u64> = listed
+        .into_iter()
+        .filter(|b| held.is_none_or(|h| *b > h))
+        .collect();
+    let mut expect = held.map(|h| h + 1);
+    for b in &after {
+        if let Some(e) = expect.filter(|e| e != b) {
+            return Err(StateError::Corrupt {
+                path: changelog_dir.join(b.to_string()),
+                reason: format!(
+                    "the state holds batch {} and the next changelog is of batch {b}: the \
+                     changelogs in between are missing",
+                    e - 1
+                ),
+            });
+        }
+        expect = Some(b + 1);
+    }
+    Ok(Some(after))
+}
+
 /// Applies the changelogs of the batches after the one the DB's files hold (what the memtables
 /// held when the process ended). Every batch of a stateful query commits, so they must follow
 /// on without a gap. Returns the batch and row count.
@@ -349,35 +382,22 @@ pub(crate) fn replay_changelogs(
         path: dir.to_path_buf(),
         reason: "state store has no metadata column family".into(),
     })?;
-    let changelogs = list_changelogs(changelog_dir)?;
-    if batch.is_none() && changelogs.first().is_some_and(|first| *first > 0) {
+    let Some(changelogs) =
+        changelogs_to_apply(changelog_dir, batch, list_changelogs(changelog_dir)?)?
+    else {
         // the DB these changelogs were written on is gone (the state directory was lost or
         // removed): they apply to nothing. The store is empty and recovery rebuilds it from a
         // snapshot and the offsets log, or refuses saying why.
         tracing::warn!(
-            "state {}: no state to apply the changelogs of batches {:?}.. to; discarding them",
+            "state {}: no state to apply the changelogs in {} to; discarding them",
             dir.display(),
-            changelogs.first()
+            changelog_dir.display()
         );
         delete_changelogs(changelog_dir, None)?;
         return Ok((None, 0));
-    }
+    };
     for b in changelogs {
-        if batch.is_some_and(|held| b <= held) {
-            continue;
-        }
         let path = changelog_dir.join(b.to_string());
-        if let Some(held) = batch {
-            if b != held + 1 {
-                return Err(StateError::Corrupt {
-                    path,
-                    reason: format!(
-                        "the state holds batch {held} and the next changelog is of batch {b}: \
-                         the changelogs in between are missing"
-                    ),
-                });
-            }
-        }
         let bytes = std::fs::read(&path).map_err(|e| StateError::io(&path, e))?;
         let (delta, mut wb) = parse_changelog(&path, &bytes)?;
         rows = (rows as i64 + delta).max(0) as u64;

@@ -31,7 +31,9 @@ mod tests;
 
 pub use files::snapshots_to_delete;
 use files::*;
-pub(crate) use files::{list_changelogs, meta_of, parse_changelog, rocks_err, side_dir};
+pub(crate) use files::{
+    changelogs_to_apply, list_changelogs, meta_of, parse_changelog, rocks_err, side_dir,
+};
 
 pub(crate) const META_CF: &str = "sluice_meta";
 pub(crate) const DATA_CF: &str = "default";

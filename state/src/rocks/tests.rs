@@ -276,3 +276,38 @@ fn commits_are_versioned_and_survive_reopen() {
     let s2 = RocksStateStore::open(&snap).expect("open snapshot");
     assert_eq!(s2.committed_batch(), Some(2));
 }
+
+#[test]
+fn which_changelogs_apply_on_open() {
+    let dir = Path::new("/chk/state/0/0.changelog");
+    // (batch the DB holds, changelogs found) → applied, None (orphaned), or the error text
+    let table: [(
+        Option<u64>,
+        Vec<u64>,
+        std::result::Result<Option<Vec<u64>>, &str>,
+    ); 7] = [
+        (None, vec![], Ok(Some(vec![]))),
+        (None, vec![0, 1, 2], Ok(Some(vec![0, 1, 2]))),
+        (Some(4), vec![3, 4, 5, 6], Ok(Some(vec![5, 6]))),
+        (Some(6), vec![5, 6], Ok(Some(vec![]))),
+        (None, vec![3, 4], Ok(None)),
+        (
+            Some(4),
+            vec![6, 7],
+            Err("holds batch 4 and the next changelog is of batch 6"),
+        ),
+        (
+            Some(4),
+            vec![5, 7],
+            Err("holds batch 5 and the next changelog is of batch 7"),
+        ),
+    ];
+    for (held, listed, want) in table {
+        let got = super::files::changelogs_to_apply(dir, held, listed.clone());
+        match (&want, &got) {
+            (Ok(w), Ok(g)) => assert_eq!(w, g, "{held:?} {listed:?}"),
+            (Err(w), Err(g)) => assert!(g.to_string().contains(w), "{g}"),
+            _ => panic!("{held:?} {listed:?}: {got:?}"),
+        }
+    }
+}
