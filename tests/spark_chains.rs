@@ -8,11 +8,10 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
 use common::*;
 use sluice::functions::{col, count, get_field, lit, sum, window, window_time};
 use sluice::prelude::*;
@@ -23,40 +22,7 @@ fn golden() -> PathBuf {
 
 /// Regenerates the golden input with the documented command and checks its hashes.
 fn generate(into: &Path) {
-    let cmd = fs::read_to_string(golden().join("main/gen_command.txt")).expect("gen_command.txt");
-    let line = cmd
-        .lines()
-        .find(|l| l.starts_with("python3 gen_ads.py"))
-        .expect("command line");
-    let mut args: Vec<String> = line
-        .split_whitespace()
-        .skip(2)
-        .map(str::to_string)
-        .collect();
-    let i = args.iter().position(|a| a == "--out").expect("--out");
-    args[i + 1] = into.to_string_lossy().into_owned();
-    let st = Command::new("python3")
-        .arg("gen_ads.py")
-        .args(&args)
-        .current_dir(golden())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .status()
-        .expect("python3");
-    assert!(st.success());
-    for l in cmd
-        .lines()
-        .filter(|l| l.len() > 66 && l.as_bytes()[64] == b' ')
-    {
-        let (hash, name) = l.split_at(64);
-        let out = Command::new("sha256sum")
-            .arg(into.join(name.trim()))
-            .output()
-            .expect("sha256sum");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).starts_with(hash),
-            "{name} differs from the golden input"
-        );
-    }
+    generate_golden_input(&golden(), "gen_ads.py", into);
 }
 
 /// Lines of a golden CSV, header skipped.
@@ -135,6 +101,57 @@ fn ts(v: i64) -> String {
         .to_string()
 }
 
+/// A cell as Spark's golden CSV writes it: timestamps `yyyy-MM-ddTHH:mm:ss.SSSZ`, doubles in
+/// shortest round-trip form (whole values keep `.0`), null empty.
+fn golden_cell(c: &dyn Array, i: usize) -> String {
+    if c.is_null(i) {
+        return String::new();
+    }
+    match c.data_type() {
+        DataType::Timestamp(_, _) => ts(c.as_primitive::<TimestampMicrosecondType>().value(i)),
+        DataType::Float64 => format!("{:?}", c.as_primitive::<Float64Type>().value(i)),
+        DataType::Int64 => c.as_primitive::<Int64Type>().value(i).to_string(),
+        DataType::Utf8 => c.as_string::<i32>().value(i).to_string(),
+        other => panic!("no golden form for {other}"),
+    }
+}
+
+/// Runs `df` in append mode to the end of its input: every row as `batch_id,<cells>` (sorted, as
+/// the golden `_by_batch.csv`), and each batch's progress.
+fn run_by_batch(df: DataFrame) -> (Vec<String>, Vec<serde_json::Value>) {
+    let rows: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = Arc::clone(&rows);
+    let q = df
+        .write_stream()
+        .output_mode(OutputMode::Append)
+        .trigger(Trigger::AvailableNow)
+        .foreach_batch(move |id, batches| {
+            let mut out = sink.lock().expect("lock");
+            for b in batches {
+                for i in 0..b.num_rows() {
+                    let cells: Vec<String> = b
+                        .columns()
+                        .iter()
+                        .map(|c| golden_cell(c.as_ref(), i))
+                        .collect();
+                    out.push(format!("{id},{}", cells.join(",")));
+                }
+            }
+            Ok(())
+        })
+        .start()
+        .expect("start");
+    q.await_termination().expect("done");
+    let progress = q
+        .recent_progress()
+        .iter()
+        .map(|p| serde_json::from_str(&p.json()).expect("json"))
+        .collect();
+    let mut rows = rows.lock().expect("lock").clone();
+    rows.sort();
+    (rows, progress)
+}
+
 /// chain_dedup_window with the DataFrame API, as Spark's query is written: the rows of each
 /// batch (`batch_id,window_start,window_end,clicks,spend`) and each batch's progress.
 fn dedup_window_api(input: &Path, partitions: usize) -> (Vec<String>, Vec<serde_json::Value>) {
@@ -165,43 +182,7 @@ fn dedup_window_api(input: &Path, partitions: usize) -> (Vec<String>, Vec<serde_
             col("spend"),
         ])
         .expect("select");
-    let rows: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = Arc::clone(&rows);
-    let q = df
-        .write_stream()
-        .output_mode(OutputMode::Append)
-        .trigger(Trigger::AvailableNow)
-        .foreach_batch(move |id, batches| {
-            let mut out = sink.lock().expect("lock");
-            for b in batches {
-                let ws = b.column(0).as_primitive::<TimestampMicrosecondType>();
-                let we = b.column(1).as_primitive::<TimestampMicrosecondType>();
-                let clicks = b.column(2).as_primitive::<Int64Type>();
-                let spend = b.column(3).as_primitive::<Float64Type>();
-                for i in 0..b.num_rows() {
-                    assert!(spend.is_valid(i));
-                    out.push(format!(
-                        "{id},{},{},{},{:?}",
-                        ts(ws.value(i)),
-                        ts(we.value(i)),
-                        clicks.value(i),
-                        spend.value(i)
-                    ));
-                }
-            }
-            Ok(())
-        })
-        .start()
-        .expect("start");
-    q.await_termination().expect("done");
-    let progress = q
-        .recent_progress()
-        .iter()
-        .map(|p| serde_json::from_str(&p.json()).expect("json"))
-        .collect();
-    let mut rows = rows.lock().expect("lock").clone();
-    rows.sort();
-    (rows, progress)
+    run_by_batch(df)
 }
 
 /// Sorted rows of a `<q>_by_batch.csv` (numbers sort as text here: both sides alike).
@@ -329,36 +310,7 @@ fn window_window_api(input: &Path, via_alias: bool) -> Vec<String> {
             col("impressions"),
         ])
         .expect("select");
-    let rows: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = Arc::clone(&rows);
-    let q = df
-        .write_stream()
-        .trigger(Trigger::AvailableNow)
-        .foreach_batch(move |id, batches| {
-            let mut out = sink.lock().expect("lock");
-            for b in batches {
-                let ws = b.column(0).as_primitive::<TimestampMicrosecondType>();
-                let we = b.column(1).as_primitive::<TimestampMicrosecondType>();
-                let campaign = b.column(2).as_string::<i32>();
-                let n = b.column(3).as_primitive::<Int64Type>();
-                for i in 0..b.num_rows() {
-                    out.push(format!(
-                        "{id},{},{},{},{}",
-                        ts(ws.value(i)),
-                        ts(we.value(i)),
-                        campaign.value(i),
-                        n.value(i)
-                    ));
-                }
-            }
-            Ok(())
-        })
-        .start()
-        .expect("start");
-    q.await_termination().expect("done");
-    let mut rows = rows.lock().expect("lock").clone();
-    rows.sort();
-    rows
+    run_by_batch(df).0
 }
 
 #[test]

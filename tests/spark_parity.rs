@@ -8,7 +8,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, AsArray};
@@ -26,40 +25,7 @@ fn golden() -> PathBuf {
 
 /// Regenerates the golden input with the documented command and checks its hashes.
 fn generate(into: &Path) {
-    let cmd = fs::read_to_string(golden().join("main/gen_command.txt")).expect("gen_command.txt");
-    let line = cmd
-        .lines()
-        .find(|l| l.starts_with("python3 gen_events.py"))
-        .expect("command line");
-    let mut args: Vec<String> = line
-        .split_whitespace()
-        .skip(2)
-        .map(str::to_string)
-        .collect();
-    let i = args.iter().position(|a| a == "--out").expect("--out");
-    args[i + 1] = into.to_string_lossy().into_owned();
-    let st = Command::new("python3")
-        .arg("gen_events.py")
-        .args(&args)
-        .current_dir(golden())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .status()
-        .expect("python3");
-    assert!(st.success());
-    for l in cmd
-        .lines()
-        .filter(|l| l.len() > 66 && l.as_bytes()[64] == b' ')
-    {
-        let (hash, name) = l.split_at(64);
-        let out = Command::new("sha256sum")
-            .arg(into.join(name.trim()))
-            .output()
-            .expect("sha256sum");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).starts_with(hash),
-            "{name} differs from the golden input"
-        );
-    }
+    generate_golden_input(&golden(), "gen_events.py", into);
 }
 
 /// (window_start, action)

@@ -242,3 +242,43 @@ pub fn run_killed(p: &Path, args: &[&str], points: &[String]) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Regenerates a Spark golden set's input into `into` with the command its
+/// `main/gen_command.txt` records (`python3 <script> ... --out DIR ...`), and checks every
+/// generated file against the sha256 recorded there.
+pub fn generate_golden_input(golden: &Path, script: &str, into: &Path) {
+    let cmd = fs::read_to_string(golden.join("main/gen_command.txt")).expect("gen_command.txt");
+    let line = cmd
+        .lines()
+        .find(|l| l.starts_with(&format!("python3 {script}")))
+        .expect("command line");
+    let mut args: Vec<String> = line
+        .split_whitespace()
+        .skip(2)
+        .map(str::to_string)
+        .collect();
+    let i = args.iter().position(|a| a == "--out").expect("--out");
+    args[i + 1] = into.to_string_lossy().into_owned();
+    let st = Command::new("python3")
+        .arg(script)
+        .args(&args)
+        .current_dir(golden)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .status()
+        .expect("python3");
+    assert!(st.success());
+    for l in cmd
+        .lines()
+        .filter(|l| l.len() > 66 && l.as_bytes()[64] == b' ')
+    {
+        let (hash, name) = l.split_at(64);
+        let out = Command::new("sha256sum")
+            .arg(into.join(name.trim()))
+            .output()
+            .expect("sha256sum");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(hash),
+            "{name} differs from the golden input"
+        );
+    }
+}

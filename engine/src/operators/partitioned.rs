@@ -4,12 +4,14 @@
 //!
 //! Routing: each row's encoded key (see [`StatefulOperator::partition_key`]) is hashed with
 //! XXH64 (seed 42), a hash fixed by its specification, so a key lands in the same partition on
-//! every machine and every version; the rows are then grouped with one counting pass and one
-//! Arrow `take` (each partition's rows keep their input order), and the partitions are
-//! zero-copy slices of that.
+//! every machine and every version; each row is copied once, by Arrow's `interleave`, straight
+//! from the batch it came in into its partition's batch (keeping input order).
 
-use arrow::array::{RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::{concat_batches, interleave_record_batch};
+use arrow::datatypes::SchemaRef;
 use sluice_state::store::{CommitStats, StateStore};
 
 use crate::error::{EngineError, Result};
@@ -44,47 +46,45 @@ impl OperatorState {
     }
 }
 
-/// Splits `batch` into `n` batches, one per partition, by the hash of the operator's key.
-pub fn split(op: &dyn StatefulOperator, batch: &RecordBatch, n: usize) -> Result<Vec<RecordBatch>> {
-    if n <= 1 {
-        return Ok(vec![batch.clone()]);
-    }
-    let empty = || batch.slice(0, 0);
-    let Some(keys) = op.partition_key(batch)? else {
-        // no key to split by: everything in partition 0
-        let mut out = vec![batch.clone()];
-        out.extend((1..n).map(|_| empty()));
-        return Ok(out);
+/// Splits the operator's input `batches` (of `schema`) into `n` batches, one per partition, by
+/// the hash of the operator's key: the rows are copied once, straight into their partition's
+/// batch (Arrow's `interleave`), in input order within each partition. One partition, or an
+/// operator without a key: the input concatenated, in partition 0.
+pub fn split(
+    op: &dyn StatefulOperator,
+    batches: &[RecordBatch],
+    schema: &SchemaRef,
+    n: usize,
+) -> Result<Vec<RecordBatch>> {
+    let whole = |n: usize| -> Result<Vec<RecordBatch>> {
+        let mut out = vec![concat_batches(schema, batches)?];
+        out.extend((1..n).map(|_| RecordBatch::new_empty(Arc::clone(schema))));
+        Ok(out)
     };
-    let rows = batch.num_rows();
-    let mut part = Vec::with_capacity(rows);
-    let mut counts = vec![0usize; n];
-    for i in 0..rows {
-        let p = partition_of(keys.row(i).data(), n);
-        counts[p] += 1;
-        part.push(p as u32);
+    if n <= 1 {
+        return whole(1);
     }
-    // counting sort: the take indices grouped by partition, input order kept within each
-    let mut next = Vec::with_capacity(n);
-    let mut at = 0usize;
-    for c in &counts {
-        next.push(at);
-        at += c;
+    let mut parts: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
+    for (b, batch) in batches.iter().enumerate() {
+        let Some(keys) = op.partition_key(batch)? else {
+            // no key to split by: everything in partition 0
+            return whole(n);
+        };
+        for i in 0..batch.num_rows() {
+            parts[partition_of(keys.row(i).data(), n)].push((b, i));
+        }
     }
-    let mut idx = vec![0u32; rows];
-    for (i, p) in part.iter().enumerate() {
-        let slot = &mut next[*p as usize];
-        idx[*slot] = i as u32;
-        *slot += 1;
-    }
-    let grouped = take_record_batch(batch, &UInt32Array::from(idx))?;
-    let mut out = Vec::with_capacity(n);
-    let mut offset = 0usize;
-    for c in counts {
-        out.push(grouped.slice(offset, c));
-        offset += c;
-    }
-    Ok(out)
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    parts
+        .iter()
+        .map(|idx| {
+            if idx.is_empty() {
+                Ok(RecordBatch::new_empty(Arc::clone(schema)))
+            } else {
+                Ok(interleave_record_batch(&refs, idx)?)
+            }
+        })
+        .collect()
 }
 
 /// Runs `f` over `items` on at most `threads` threads (the calling thread alone when one

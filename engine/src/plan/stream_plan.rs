@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
@@ -308,11 +307,9 @@ impl StreamPlan {
                 _ => StageInput::Rows(&rows),
             };
             let below = stage.below.run(input, &mut stats)?;
-            let batch = concat_batches(&stage.input_schema, &below)?;
-            drop(below);
             let n = state[k].stores.len();
-            let parts = partitioned::split(stage.op.as_ref(), &batch, n)?;
-            drop(batch);
+            let parts = partitioned::split(stage.op.as_ref(), &below, &stage.input_schema, n)?;
+            drop(below);
             let outs = partitioned::process(
                 stage.op.as_ref(),
                 &mut state[k],

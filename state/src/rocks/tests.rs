@@ -281,11 +281,12 @@ fn commits_are_versioned_and_survive_reopen() {
 fn which_changelogs_apply_on_open() {
     let dir = Path::new("/chk/state/0/0.changelog");
     // (batch the DB holds, changelogs found) → applied, None (orphaned), or the error text
-    let table: [(
+    type Case = (
         Option<u64>,
         Vec<u64>,
-        std::result::Result<Option<Vec<u64>>, &str>,
-    ); 7] = [
+        std::result::Result<Option<Vec<u64>>, &'static str>,
+    );
+    let table: [Case; 7] = [
         (None, vec![], Ok(Some(vec![]))),
         (None, vec![0, 1, 2], Ok(Some(vec![0, 1, 2]))),
         (Some(4), vec![3, 4, 5, 6], Ok(Some(vec![5, 6]))),
