@@ -12,145 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
+use common::spark::*;
 use common::*;
 use sluice::functions::{col, count, get_field, lit, sum, window, window_time};
 use sluice::prelude::*;
-
-fn golden() -> PathBuf {
-    common::repo_dir().join("testdata/golden/spark-join")
-}
-
-/// Regenerates the golden input with the documented command and checks its hashes.
-fn generate(into: &Path) {
-    generate_golden_input(&golden(), "gen_ads.py", into);
-}
-
-/// Lines of a golden CSV, header skipped.
-fn golden_lines(name: &str) -> Vec<String> {
-    fs::read_to_string(golden().join("main").join(name))
-        .expect("golden file")
-        .lines()
-        .skip(1)
-        .map(str::to_string)
-        .collect()
-}
-
-/// The golden per-batch file: header names and rows.
-fn golden_batches(query: &str) -> (Vec<String>, Vec<Vec<String>>) {
-    let text = fs::read_to_string(golden().join(format!("main/{query}_batches.csv")))
-        .expect("batches.csv");
-    let mut lines = text.lines();
-    let header = lines
-        .next()
-        .expect("header")
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let rows = lines
-        .map(|l| l.split(',').map(str::to_string).collect())
-        .collect();
-    (header, rows)
-}
-
-/// Checks each batch's watermark, output rows and every operator's metrics against Spark's.
-/// `progress[b]` is batch b's progress JSON; Spark's progress (and ours) lists the operator
-/// nearest the sink first, the golden file the one nearest the source (`op0`) first.
-fn check_batches(query: &str, progress: &[serde_json::Value], how: &str) {
-    let (header, spark) = golden_batches(query);
-    assert_eq!(progress.len(), spark.len(), "{how}: number of batches");
-    let col = |name: &str| header.iter().position(|h| h == name).expect("column");
-    for (p, s) in progress.iter().zip(&spark) {
-        let b = &s[0];
-        assert_eq!(
-            p["eventTime"]["watermark"].as_str(),
-            Some(s[col("watermark")].as_str()),
-            "{how}: watermark of batch {b}"
-        );
-        assert_eq!(
-            p["sink"]["numOutputRows"].as_u64(),
-            Some(s[col("output_rows")].parse().expect("n")),
-            "{how}: output rows of batch {b}"
-        );
-        let ops = p["stateOperators"].as_array().expect("stateOperators");
-        assert_eq!(ops.len(), 2, "{how}: two stateful operators: {p}");
-        for (k, name) in header
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.starts_with("op"))
-        {
-            // op<i>_<operatorName>_<metric>
-            let mut parts = name.splitn(3, '_');
-            let i: usize = parts.next().expect("op")[2..].parse().expect("index");
-            let op_name = parts.next().expect("name");
-            let metric = parts.next().expect("metric");
-            let op = &ops[ops.len() - 1 - i];
-            assert_eq!(op["operatorName"].as_str(), Some(op_name), "{how}: {op}");
-            assert_eq!(
-                op[metric].as_u64(),
-                Some(s[k].parse().expect("n")),
-                "{how}: {name} of batch {b}: {op}"
-            );
-        }
-    }
-}
-
-fn ts(v: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(v)
-        .expect("ts")
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
-}
-
-/// A cell as Spark's golden CSV writes it: timestamps `yyyy-MM-ddTHH:mm:ss.SSSZ`, doubles in
-/// shortest round-trip form (whole values keep `.0`), null empty.
-fn golden_cell(c: &dyn Array, i: usize) -> String {
-    if c.is_null(i) {
-        return String::new();
-    }
-    match c.data_type() {
-        DataType::Timestamp(_, _) => ts(c.as_primitive::<TimestampMicrosecondType>().value(i)),
-        DataType::Float64 => format!("{:?}", c.as_primitive::<Float64Type>().value(i)),
-        DataType::Int64 => c.as_primitive::<Int64Type>().value(i).to_string(),
-        DataType::Utf8 => c.as_string::<i32>().value(i).to_string(),
-        other => panic!("no golden form for {other}"),
-    }
-}
-
-/// Runs `df` in append mode to the end of its input: every row as `batch_id,<cells>` (sorted, as
-/// the golden `_by_batch.csv`), and each batch's progress.
-fn run_by_batch(df: DataFrame) -> (Vec<String>, Vec<serde_json::Value>) {
-    let rows: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = Arc::clone(&rows);
-    let q = df
-        .write_stream()
-        .output_mode(OutputMode::Append)
-        .trigger(Trigger::AvailableNow)
-        .foreach_batch(move |id, batches| {
-            let mut out = sink.lock().expect("lock");
-            for b in batches {
-                for i in 0..b.num_rows() {
-                    let cells: Vec<String> = b
-                        .columns()
-                        .iter()
-                        .map(|c| golden_cell(c.as_ref(), i))
-                        .collect();
-                    out.push(format!("{id},{}", cells.join(",")));
-                }
-            }
-            Ok(())
-        })
-        .start()
-        .expect("start");
-    q.await_termination().expect("done");
-    let progress = q
-        .recent_progress()
-        .iter()
-        .map(|p| serde_json::from_str(&p.json()).expect("json"))
-        .collect();
-    let mut rows = rows.lock().expect("lock").clone();
-    rows.sort();
-    (rows, progress)
-}
 
 /// chain_dedup_window with the DataFrame API, as Spark's query is written: the rows of each
 /// batch (`batch_id,window_start,window_end,clicks,spend`) and each batch's progress.
@@ -183,11 +48,6 @@ fn dedup_window_api(input: &Path, partitions: usize) -> (Vec<String>, Vec<serde_
         ])
         .expect("select");
     run_by_batch(df)
-}
-
-/// Sorted rows of a `<q>_by_batch.csv` (numbers sort as text here: both sides alike).
-fn golden_by_batch(query: &str) -> Vec<String> {
-    sorted(golden_lines(&format!("{query}_by_batch.csv")))
 }
 
 #[test]
@@ -257,27 +117,6 @@ const DEDUP_WINDOW: &str = "SELECT window.start AS window_start, window.end AS w
     count(*) AS clicks, sum(cost) AS spend \
     FROM (SELECT DISTINCT click_id, ad_id, click_time, cost FROM clicks_src) \
     GROUP BY window(click_time, '10 minutes')";
-
-/// Stages the generated stream into `dir/in/<stream>`.
-fn stage(gen: &Path, dir: &Path, stream: &str) {
-    stage_inputs(&gen.join(stream), &dir.join("in").join(stream));
-}
-
-fn progress_of(dir: &Path) -> Vec<serde_json::Value> {
-    fs::read_to_string(dir.join("progress.jsonl"))
-        .expect("progress")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect()
-}
-
-fn check_final(query: &str, dir: &Path, how: &str) {
-    assert_eq!(
-        sorted(committed_lines(&dir.join("out"), true)),
-        sorted(golden_lines(&format!("{query}_final.csv"))),
-        "{how}: {query} rows"
-    );
-}
 
 /// chain_window_window with the DataFrame API, as Spark's query is written: the rows of each
 /// batch (`batch_id,window_start,window_end,campaign,impressions`).

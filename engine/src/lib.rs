@@ -99,4 +99,16 @@ pub mod functions {
     };
     pub use datafusion::logical_expr::{cast, col, lit, when, Expr};
     pub use datafusion::prelude::{abs, coalesce, concat, lower, upper};
+
+    /// A fixed-length interval literal (Spark's `expr("INTERVAL 1 HOUR")`): `interval("1
+    /// hour")`, `interval("90 seconds")`, for time conditions such as a join's
+    /// `c.t <= i.t + interval("1 hour")`.
+    pub fn interval(text: &str) -> crate::Result<Expr> {
+        let d = crate::options::parse_duration(text).map_err(crate::EngineError::user)?;
+        let nanos = i64::try_from(d.as_nanos())
+            .map_err(|_| crate::EngineError::user(format!("interval '{text}' is too long")))?;
+        Ok(lit(datafusion::scalar::ScalarValue::IntervalMonthDayNano(
+            Some(arrow::datatypes::IntervalMonthDayNano::new(0, 0, nanos)),
+        )))
+    }
 }

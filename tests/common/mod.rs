@@ -6,6 +6,7 @@
 pub mod db;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod spark;
 
 use std::fs;
 use std::path::{Path, PathBuf};

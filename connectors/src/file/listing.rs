@@ -49,9 +49,17 @@ impl Location {
             })
         } else {
             let base = PathBuf::from(path);
+            if base.is_file() {
+                // one file (a static table's `campaigns.csv`): its directory, matching it alone
+                let dir = base.parent().map(Path::to_path_buf).unwrap_or_default();
+                return Ok(Self {
+                    base: dir,
+                    pattern: Some(glob::Pattern::escape(path)),
+                });
+            }
             if !base.is_dir() {
                 return Err(EngineError::user(format!(
-                    "path does not exist or is not a directory: {path} (a file source reads a directory or a glob)"
+                    "path does not exist or is not a directory: {path} (a file source reads a directory, a glob or one file)"
                 )));
             }
             Ok(Self {

@@ -141,6 +141,72 @@ impl DataFrame {
         self.map(|df| df.union_by_name(other.df))
     }
 
+    /// Names this DataFrame's columns `name.<column>` (Spark's `alias`), e.g. to tell the
+    /// sides of a join apart.
+    pub fn alias(self, name: &str) -> Result<Self> {
+        self.map(|df| df.alias(name))
+    }
+
+    /// Joins with `right` on equal `on` columns (Spark's `join(other, on=[...], how)`): each key
+    /// column appears once (first, then the left's other columns, then the right's); `how` is
+    /// Spark's: `inner`, `left`/`left_outer`, `right`/`right_outer`, `full`/`full_outer`/
+    /// `outer`, `left_semi`/`semi`, `left_anti`/`anti`.
+    pub fn join(self, right: DataFrame, on: &[&str], how: &str) -> Result<Self> {
+        let jt = join_type(how)?;
+        let lschema = self.df.schema().clone();
+        let rschema = right.df.schema().clone();
+        let key = |schema: &datafusion::common::DFSchema, k: &str, side: &str| {
+            schema
+                .qualified_field_with_unqualified_name(k)
+                .map(|(q, f)| Expr::Column(datafusion::common::Column::new(q.cloned(), f.name())))
+                .map_err(|_| {
+                    EngineError::user(format!("join: the {side} side has no column '{k}'"))
+                })
+        };
+        let mut cond = Vec::new();
+        let mut lkeys = Vec::new();
+        let mut rkeys = Vec::new();
+        for k in on {
+            let (l, r) = (key(&lschema, k, "left")?, key(&rschema, k, "right")?);
+            cond.push(l.clone().eq(r.clone()));
+            lkeys.push(l);
+            rkeys.push(r);
+        }
+        let joined = self.map(|df| df.join_on(right.df, jt, cond))?;
+        use datafusion::logical_expr::JoinType as T;
+        if matches!(jt, T::LeftSemi | T::LeftAnti) {
+            return Ok(joined);
+        }
+        let mut select = Vec::new();
+        for ((k, l), r) in on.iter().zip(&lkeys).zip(&rkeys) {
+            select.push(
+                match jt {
+                    T::Right => r.clone(),
+                    T::Full => crate::functions::coalesce(vec![l.clone(), r.clone()]),
+                    _ => l.clone(),
+                }
+                .alias(*k),
+            );
+        }
+        let is_key = |name: &str| on.contains(&name);
+        for (q, f) in lschema.iter().chain(rschema.iter()) {
+            if !is_key(f.name()) {
+                select.push(Expr::Column(datafusion::common::Column::new(
+                    q.cloned(),
+                    f.name(),
+                )));
+            }
+        }
+        joined.select(select)
+    }
+
+    /// Joins with `right` where `condition` holds (Spark's `join(other, condition, how)`);
+    /// `how` as in [`join`](Self::join). Both sides' columns are kept.
+    pub fn join_on(self, right: DataFrame, condition: Expr, how: &str) -> Result<Self> {
+        let jt = join_type(how)?;
+        self.map(|df| df.join_on(right.df, jt, [condition]))
+    }
+
     /// Groups the rows (`group_by([window(col("ts"), "1 minute"), col("action")])`), then
     /// [`GroupedData::agg`] or [`GroupedData::count`].
     pub fn group_by(self, exprs: impl IntoIterator<Item = Expr>) -> GroupedData {
@@ -231,4 +297,23 @@ impl GroupedData {
                 .alias("count"),
         ])
     }
+}
+
+/// Spark's join type names.
+fn join_type(how: &str) -> Result<datafusion::logical_expr::JoinType> {
+    use datafusion::logical_expr::JoinType as T;
+    Ok(match how.to_ascii_lowercase().replace('_', "").as_str() {
+        "inner" => T::Inner,
+        "left" | "leftouter" => T::Left,
+        "right" | "rightouter" => T::Right,
+        "full" | "fullouter" | "outer" => T::Full,
+        "leftsemi" | "semi" => T::LeftSemi,
+        "leftanti" | "anti" => T::LeftAnti,
+        _ => {
+            return Err(EngineError::user(format!(
+                "join: unknown join type '{how}'; use inner, left_outer, right_outer, \
+                 full_outer, left_semi or left_anti"
+            )))
+        }
+    })
 }

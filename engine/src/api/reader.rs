@@ -11,7 +11,7 @@ use crate::connector::SourceSpec;
 use crate::ddl::parse_ddl_schema;
 use crate::error::Result;
 use crate::options::Options;
-use crate::plan::StreamTable;
+use crate::plan::{StaticTable, StreamTable};
 use crate::DataFrame;
 
 /// A schema given to `schema(..)`: a DDL string or an Arrow schema.
@@ -46,7 +46,15 @@ pub struct DataStreamReader {
     format: String,
     options: Options,
     schema: Option<Result<SchemaRef>>,
+    /// `session.read()`: a static table, read whole when used (see [`DataFrameReader`]).
+    is_static: bool,
 }
+
+/// `session.read()`: describes a static table (a table that is not a stream, e.g. the
+/// dimension table of a stream-static join), with the same formats and options as
+/// `read_stream()`, plus `refresh` (`every-batch`, the default, `once`, or an interval: when a
+/// stream-static join reads it again).
+pub type DataFrameReader = DataStreamReader;
 
 impl DataStreamReader {
     pub(crate) fn new(session: Session) -> Self {
@@ -55,6 +63,14 @@ impl DataStreamReader {
             format: "parquet".into(),
             options: Options::new(),
             schema: None,
+            is_static: false,
+        }
+    }
+
+    pub(crate) fn new_static(session: Session) -> Self {
+        Self {
+            is_static: true,
+            ..Self::new(session)
         }
     }
 
@@ -127,6 +143,14 @@ impl DataStreamReader {
             schema,
             options,
         };
+        if self.is_static {
+            let table = Arc::new(StaticTable::new(spec, factory)?);
+            let plan =
+                LogicalPlanBuilder::scan(self.format.as_str(), provider_as_source(table), None)?
+                    .build()?;
+            let df = datafusion::dataframe::DataFrame::new(self.session.context().state(), plan);
+            return Ok(DataFrame::from_datafusion(self.session, df));
+        }
         let schema = factory.resolve_schema(&spec)?;
         let table = Arc::new(StreamTable {
             spec,

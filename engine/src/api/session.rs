@@ -201,6 +201,12 @@ impl Session {
         DataStreamReader::new(self.clone())
     }
 
+    /// Starts describing a static table to read (Spark's `spark.read`): same formats and
+    /// options as [`read_stream`](Self::read_stream), plus `refresh`.
+    pub fn read(&self) -> crate::api::reader::DataFrameReader {
+        DataStreamReader::new_static(self.clone())
+    }
+
     /// Plans a SQL statement over the session's views and tables. A query over streams gives a
     /// streaming DataFrame (run it with `write_stream()`); DDL statements run at once.
     pub fn sql(&self, sql: &str) -> Result<DataFrame> {

@@ -350,7 +350,11 @@ impl Execution {
         let threads = self.state.threads();
         let output = self.plan.execute(
             &inputs,
-            WatermarkTracker::for_batch(entry.late_watermark_ms, entry.watermark_ms),
+            WatermarkTracker::for_batch(
+                entry.batch_id,
+                entry.late_watermark_ms,
+                entry.watermark_ms,
+            ),
             self.state.ops_mut(),
             &actions.run,
             threads,

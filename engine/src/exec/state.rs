@@ -11,7 +11,7 @@ use sluice_state::{CheckpointDir, StateStoreProvider, StoreOptions};
 use crate::error::{EngineError, Result};
 use crate::exec::progress::{StateOperatorProgress, NUM_LATE_INPUT_ROWS};
 use crate::operators::partitioned::{self, OperatorState};
-use crate::plan::{BatchOutput, PartitionBatch, StreamPlan};
+use crate::plan::{BatchOutput, StreamPlan};
 
 /// Spark's setting for the number of state partitions of every stateful operator, fixed when
 /// the checkpoint is created and recorded in its offsets log.
@@ -253,9 +253,17 @@ pub(crate) fn operator_progress(
         let mut late_rows = 0;
         let many = commits.len() > 1;
         for (i, (batch, c)) in parts.iter().zip(commits).enumerate() {
-            let b = batch.unwrap_or(PartitionBatch::default());
-            let updated = c.rows_updated + b.evicted_touched;
-            let removed = c.rows_removed + b.evicted_new;
+            let b = batch.clone().unwrap_or_default();
+            let (updated, removed) = match b.counts {
+                Some(n) => (n.updated, n.removed),
+                None => (
+                    c.rows_updated + b.evicted_touched,
+                    c.rows_removed + b.evicted_new,
+                ),
+            };
+            for (k, v) in &b.custom_metrics {
+                *p.custom_metrics.entry(k.to_string()).or_default() += v;
+            }
             p.num_rows_total += c.rows_total;
             p.num_rows_updated += updated;
             p.num_rows_removed += removed;

@@ -572,16 +572,23 @@ impl crate::operators::stateful::StatefulOperator for AggregateOp {
     }
 
     /// The group keys besides the window: a group (and a session) never spans partitions.
-    fn partition_key(&self, batch: &RecordBatch) -> Result<Option<arrow::row::Rows>> {
+    fn partition_key(
+        &self,
+        _input: usize,
+        batch: &RecordBatch,
+    ) -> Result<Option<arrow::row::Rows>> {
         self.key_rows(batch)
     }
 
     fn process(
         &self,
         store: &dyn StateStore,
-        input: &RecordBatch,
+        inputs: &[RecordBatch],
         watermarks: crate::operators::stateful::Watermarks,
     ) -> Result<AggOutput> {
+        let input = inputs
+            .first()
+            .ok_or_else(|| EngineError::bug("aggregation without input"))?;
         self.process_batch(store, input, watermarks.late_us, watermarks.evict_us)
     }
 }

@@ -300,16 +300,23 @@ impl StatefulOperator for DedupOp {
     }
 
     /// The deduplication keys: copies of a key always meet in one partition.
-    fn partition_key(&self, batch: &RecordBatch) -> Result<Option<arrow::row::Rows>> {
+    fn partition_key(
+        &self,
+        _input: usize,
+        batch: &RecordBatch,
+    ) -> Result<Option<arrow::row::Rows>> {
         Ok(Some(self.key_rows(batch)?))
     }
 
     fn process(
         &self,
         store: &dyn StateStore,
-        input: &RecordBatch,
+        inputs: &[RecordBatch],
         watermarks: Watermarks,
     ) -> Result<OperatorOutput> {
+        let input = inputs
+            .first()
+            .ok_or_else(|| EngineError::bug("dedup without input"))?;
         self.process_batch(store, input, watermarks.late_us, watermarks.evict_us)
     }
 }

@@ -1,6 +1,7 @@
 //! What runs on a batch's rows: the contract of a stateful operator ([`stateful`]) and the one
 //! skeleton that runs every operator over its partitions ([`partitioned`]); the stateful
-//! operators ([`aggregate`] with its session windows, [`dedup`]); the watermark node
+//! operators ([`aggregate`] with its session windows, [`dedup`], the stream-stream [`join`]) and
+//! the stateless stream-static join (`join::static_join`); the watermark node
 //! ([`watermark`]); the window functions and their shapes ([`window`]); the batch clock behind
 //! `now()` ([`clock`]); and `from_json`/`to_json` with the one JSON decoding loop
 //! ([`json_fn`], epoch seconds in `json_epoch`). Operators import nothing of the plan, the
@@ -9,6 +10,7 @@
 pub mod aggregate;
 pub mod clock;
 pub mod dedup;
+pub mod join;
 pub(crate) mod json_epoch;
 pub mod json_fn;
 pub mod partitioned;

@@ -46,12 +46,13 @@ impl OperatorState {
     }
 }
 
-/// Splits the operator's input `batches` (of `schema`) into `n` batches, one per partition, by
-/// the hash of the operator's key: the rows are copied once, straight into their partition's
-/// batch (Arrow's `interleave`), in input order within each partition. One partition, or an
-/// operator without a key: the input concatenated, in partition 0.
+/// Splits the operator's input `input` (`batches`, of `schema`) into `n` batches, one per
+/// partition, by the hash of the operator's key: the rows are copied once, straight into their
+/// partition's batch (Arrow's `interleave`), in input order within each partition. One
+/// partition, or an operator without a key: the input concatenated, in partition 0.
 pub fn split(
     op: &dyn StatefulOperator,
+    input: usize,
     batches: &[RecordBatch],
     schema: &SchemaRef,
     n: usize,
@@ -66,7 +67,7 @@ pub fn split(
     }
     let mut parts: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
     for (b, batch) in batches.iter().enumerate() {
-        let Some(keys) = op.partition_key(batch)? else {
+        let Some(keys) = op.partition_key(input, batch)? else {
             // no key to split by: everything in partition 0
             return whole(n);
         };
@@ -130,14 +131,15 @@ pub fn on_workers<T: Send, R: Send>(
     results.into_iter().flatten().collect()
 }
 
-/// Processes one batch of `op`: partition `p` runs `inputs[p]` against its store and stages
+/// Processes one batch of `op`: partition `p` runs `inputs[p]` (one batch per input of the
+/// operator) against its store and stages
 /// the changes, unless `run[p]` is false (it already committed this batch: its output reached
 /// the sink before). Returns each partition's output (`None` where skipped), the changes moved
 /// into the store.
 pub fn process(
     op: &dyn StatefulOperator,
     state: &mut OperatorState,
-    inputs: Vec<RecordBatch>,
+    inputs: Vec<Vec<RecordBatch>>,
     run: &[bool],
     watermarks: Watermarks,
     threads: usize,

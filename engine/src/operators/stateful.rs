@@ -23,6 +23,9 @@ pub struct Watermarks {
     pub late_us: i64,
     /// The eviction and emission threshold.
     pub evict_us: i64,
+    /// The batch being processed (a re-run of a batch has the same id): operators that keep
+    /// rows in state name them by it (a join's buffered rows).
+    pub batch_id: u64,
 }
 
 /// What one partition of an operator produced for one batch, before its state is committed.
@@ -43,14 +46,30 @@ pub struct OperatorOutput {
     pub evicted_touched: u64,
     /// Of those, the groups that were not in state before (Spark counts their removal too).
     pub evicted_new: u64,
+    /// Rows written and removed as the operator counts them, replacing the store's count of
+    /// keys written and deleted (a join keeps an index beside its rows, and holds copies of a
+    /// row as separate rows).
+    pub counts: Option<RowCounts>,
+    /// Operator-specific figures for progress `customMetrics` (summed over partitions).
+    pub custom_metrics: Vec<(&'static str, u64)>,
+}
+
+/// Rows an operator wrote and removed in one batch, as it counts them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RowCounts {
+    /// Spark's `numRowsUpdated`.
+    pub updated: u64,
+    /// Spark's `numRowsRemoved`.
+    pub removed: u64,
 }
 
 /// A stateful operator of a streaming plan.
 ///
 /// **Who calls what, in which order.** The plan is built once per query; its operators are
 /// then shared (read-only) by every batch and every partition. Per batch, the execution:
-/// 1. runs the stateless nodes below the operator and routes their rows to partitions by the
-///    hash of [`partition_key`](Self::partition_key) (Arrow kernels, no per-row routing);
+/// 1. runs the stateless nodes below each of the operator's [`inputs`](Self::inputs) and
+///    routes their rows to partitions by the hash of [`partition_key`](Self::partition_key)
+///    (rows of one key meet in one partition, from whichever input they come);
 /// 2. calls [`process`](Self::process) once per partition that has not yet committed the batch,
 ///    possibly on several threads at once, with that partition's store (read-only) and the
 ///    batch's [`Watermarks`]; the returned [`OperatorOutput::changes`] are staged in that
@@ -85,20 +104,37 @@ pub trait StatefulOperator: Send + Sync + fmt::Debug {
     /// new data can still emit rows).
     fn drops_late(&self) -> bool;
 
-    /// The encoded key whose hash routes each row of `batch` to its partition (rows of one key
-    /// must meet in one partition); `None`: the operator has no key to split by and runs in
-    /// partition 0.
-    fn partition_key(&self, batch: &RecordBatch) -> Result<Option<Rows>>;
+    /// How many inputs the operator reads (a join: 2, its left and right side).
+    fn inputs(&self) -> usize {
+        1
+    }
 
-    /// Processes one partition's share of the batch. `input` holds the rows routed to this
-    /// partition (possibly none: a batch with no new data still evicts); `store` is the
-    /// partition's state as of the last commit.
+    /// The encoded key whose hash routes each row of `batch` (of input `input`) to its
+    /// partition (rows of one key must meet in one partition, whatever input they come from);
+    /// `None`: the operator has no key to split by and runs in partition 0.
+    fn partition_key(&self, input: usize, batch: &RecordBatch) -> Result<Option<Rows>>;
+
+    /// Processes one partition's share of the batch. `inputs[i]` holds the rows of input `i`
+    /// routed to this partition (possibly none: a batch with no new data still evicts);
+    /// `store` is the partition's state as of the last commit.
     fn process(
         &self,
         store: &dyn StateStore,
-        input: &RecordBatch,
+        inputs: &[RecordBatch],
         watermarks: Watermarks,
     ) -> Result<OperatorOutput>;
+
+    /// The schema of the late rows the operator hands the late-data sink, given its inputs'
+    /// schemas: the input's own for one input.
+    fn late_rows_schema(
+        &self,
+        inputs: &[arrow::datatypes::SchemaRef],
+    ) -> arrow::datatypes::SchemaRef {
+        inputs
+            .first()
+            .cloned()
+            .unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()))
+    }
 
     /// The watermark the operator passes downstream, given its input watermark (µs). Spark ≥
     /// 3.4: unchanged for aggregations and deduplication (their emitted rows are at or after

@@ -261,11 +261,17 @@ impl WatermarkTracker {
         self.next_ms > self.last_batch_ms
     }
 
-    /// The thresholds of a batch recorded with `late_ms` and `evict_ms` in its offsets entry.
-    pub fn for_batch(late_ms: i64, evict_ms: i64) -> crate::operators::stateful::Watermarks {
+    /// The thresholds of batch `batch_id`, recorded with `late_ms` and `evict_ms` in its
+    /// offsets entry.
+    pub fn for_batch(
+        batch_id: u64,
+        late_ms: i64,
+        evict_ms: i64,
+    ) -> crate::operators::stateful::Watermarks {
         crate::operators::stateful::Watermarks {
             late_us: late_ms.saturating_mul(1000),
             evict_us: evict_ms.saturating_mul(1000),
+            batch_id,
         }
     }
 

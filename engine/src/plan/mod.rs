@@ -5,12 +5,15 @@
 //! state means (`fingerprint`). The plan imports operators, never the batch loop.
 
 pub(crate) mod fingerprint;
+pub(crate) mod join;
 pub(crate) mod node;
 pub mod sql;
+pub mod static_table;
 pub mod stream;
 pub mod stream_plan;
 pub mod translate;
 
+pub use static_table::StaticTable;
 pub use stream::{is_streaming, stream_of_scan, EventTimeStats, StreamTable, WatermarkSpec};
 pub use stream_plan::{BatchOutput, PartitionBatch, StreamPlan};
 pub use translate::PLANS_BUILT;

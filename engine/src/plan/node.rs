@@ -8,8 +8,10 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_plan::PhysicalExpr;
 
+use super::static_table::StaticTable;
 use super::stream::EventTimeStats;
 use crate::error::{EngineError, Result};
+use crate::operators::join::static_join::StaticJoin;
 use crate::operators::window::event_micros;
 
 /// What a stage of nodes reads: the sources' batches (the stateless stage) or the rows the
@@ -51,6 +53,22 @@ pub(crate) enum Node {
         inputs: Vec<Node>,
         schema: SchemaRef,
     },
+    /// A stream joined with a static table.
+    StaticJoin(Box<StaticJoinNode>),
+}
+
+/// A stream joined with a static table: the stream's nodes, and the nodes over the static
+/// table's rows (read once per refresh).
+#[derive(Debug)]
+pub(crate) struct StaticJoinNode {
+    pub(crate) stream: Node,
+    /// The static side's nodes, over the table's (projected) rows as the stage input.
+    pub(crate) build: Node,
+    pub(crate) table: Arc<StaticTable>,
+    pub(crate) projection: Option<Vec<usize>>,
+    /// The schema of what `build` produces.
+    pub(crate) build_schema: SchemaRef,
+    pub(crate) join: StaticJoin,
 }
 
 impl Node {
@@ -63,6 +81,7 @@ impl Node {
             | Node::Filter { input, .. }
             | Node::Project { input, .. } => input.reads_source(),
             Node::Union { inputs, .. } => inputs.iter().any(Node::reads_source),
+            Node::StaticJoin(j) => j.stream.reads_source(),
         }
     }
 
@@ -73,6 +92,7 @@ impl Node {
             Node::Scan { .. } | Node::Input => false,
             Node::Filter { input, .. } | Node::Project { input, .. } => input.defines_watermark(),
             Node::Union { inputs, .. } => inputs.iter().any(Node::defines_watermark),
+            Node::StaticJoin(j) => j.stream.defines_watermark(),
         }
     }
 
@@ -87,6 +107,7 @@ impl Node {
             | Node::Filter { input, .. }
             | Node::Project { input, .. } => input.scans_mut(f),
             Node::Union { inputs, .. } => inputs.iter_mut().for_each(|i| i.scans_mut(f)),
+            Node::StaticJoin(j) => j.stream.scans_mut(f),
         }
     }
 
@@ -196,6 +217,33 @@ impl Node {
                     }
                 }
                 Ok(out)
+            }
+            Node::StaticJoin(j) => {
+                let rows = j.stream.run(input, stats)?;
+                let read = || -> Result<(SchemaRef, Vec<RecordBatch>)> {
+                    let mut batches = j.table.read()?;
+                    if let Some(p) = &j.projection {
+                        batches = batches
+                            .iter()
+                            .map(|b| b.project(p))
+                            .collect::<std::result::Result<_, _>>()?;
+                    }
+                    let built = j
+                        .build
+                        .run(StageInput::Rows(&batches), &mut [])?
+                        .into_iter()
+                        .map(|b| {
+                            Ok(RecordBatch::try_new_with_options(
+                                Arc::clone(&j.build_schema),
+                                b.columns().to_vec(),
+                                &arrow::array::RecordBatchOptions::new()
+                                    .with_row_count(Some(b.num_rows())),
+                            )?)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok((Arc::clone(&j.build_schema), built))
+                };
+                j.join.run(&read, rows)
             }
         }
     }

@@ -20,17 +20,34 @@ use crate::connector::OutputMode;
 use crate::error::{EngineError, Result};
 use crate::operators::clock::BatchClock;
 use crate::operators::partitioned::{self, OperatorState};
-use crate::operators::stateful::{StatefulOperator, Watermarks};
+use crate::operators::stateful::{RowCounts, StatefulOperator, Watermarks};
 
-/// One stateful operator of the plan with the stateless nodes that feed it.
+/// One stateful operator of the plan with the stateless nodes that feed each of its inputs.
 #[derive(Debug)]
 pub(crate) struct Stage {
     pub(crate) op: Box<dyn StatefulOperator>,
-    /// The schema of the operator's input rows.
-    pub(crate) input_schema: SchemaRef,
+    /// One per input of the operator (a join has two).
+    pub(crate) inputs: Vec<Side>,
+}
+
+/// One input of a stateful operator.
+#[derive(Debug)]
+pub(crate) struct Side {
+    /// The schema of the input's rows.
+    pub(crate) schema: SchemaRef,
     /// The nodes below the operator: over the sources for the first stage, over the previous
     /// operator's output for the others.
     pub(crate) below: Node,
+}
+
+impl Stage {
+    /// An operator with one input.
+    pub(crate) fn single(op: Box<dyn StatefulOperator>, schema: SchemaRef, below: Node) -> Self {
+        Self {
+            op,
+            inputs: vec![Side { schema, below }],
+        }
+    }
 }
 
 /// The streaming plan of one query, built once when it starts.
@@ -55,7 +72,7 @@ pub struct StreamPlan {
 
 /// What one stateful operator did in one batch, per partition (`None`: the partition had
 /// already committed the batch and was skipped).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PartitionBatch {
     /// Spark's `numRowsDroppedByWatermark`.
     pub dropped_by_watermark: u64,
@@ -65,6 +82,10 @@ pub struct PartitionBatch {
     pub evicted_new: u64,
     /// Input rows dropped as late.
     pub late_input_rows: u64,
+    /// Rows written and removed as the operator counts them (instead of the store's keys).
+    pub counts: Option<RowCounts>,
+    /// The operator's own figures for `customMetrics`.
+    pub custom_metrics: Vec<(&'static str, u64)>,
 }
 
 /// What one batch produced.
@@ -124,7 +145,7 @@ impl StreamPlan {
         let above_first = stages
             .iter()
             .skip(1)
-            .map(|s| &s.below)
+            .flat_map(|s| s.inputs.iter().map(|i| &i.below))
             .chain((!stages.is_empty()).then_some(&top));
         for node in above_first {
             if node.defines_watermark() {
@@ -185,7 +206,7 @@ impl StreamPlan {
     /// Calls `f(source, projection)` for every scan of the plan.
     fn scans_mut(&mut self, f: &mut dyn FnMut(usize, &mut Option<Vec<usize>>)) {
         match self.stages.first_mut() {
-            Some(s) => s.below.scans_mut(f),
+            Some(s) => s.inputs.iter_mut().for_each(|i| i.below.scans_mut(f)),
             None => self.top.scans_mut(f),
         }
     }
@@ -273,10 +294,10 @@ impl StreamPlan {
 
     /// Schema of the late input rows (the first operator's input), if it can drop any.
     pub fn late_rows_schema(&self) -> Option<SchemaRef> {
-        self.stages
-            .first()
-            .filter(|s| s.op.drops_late())
-            .map(|s| Arc::clone(&s.input_schema))
+        self.stages.first().filter(|s| s.op.drops_late()).map(|s| {
+            let schemas: Vec<SchemaRef> = s.inputs.iter().map(|i| Arc::clone(&i.schema)).collect();
+            s.op.late_rows_schema(&schemas)
+        })
     }
 
     /// Runs one micro-batch's input (the batches of each source) through the plan.
@@ -306,10 +327,15 @@ impl StreamPlan {
                 0 => StageInput::Sources(inputs),
                 _ => StageInput::Rows(&rows),
             };
-            let below = stage.below.run(input, &mut stats)?;
             let n = state[k].stores.len();
-            let parts = partitioned::split(stage.op.as_ref(), &below, &stage.input_schema, n)?;
-            drop(below);
+            let mut parts: Vec<Vec<RecordBatch>> = (0..n).map(|_| Vec::new()).collect();
+            for (i, side) in stage.inputs.iter().enumerate() {
+                let below = side.below.run(input, &mut stats)?;
+                let split = partitioned::split(stage.op.as_ref(), i, &below, &side.schema, n)?;
+                for (p, b) in split.into_iter().enumerate() {
+                    parts[p].push(b);
+                }
+            }
             let outs = partitioned::process(
                 stage.op.as_ref(),
                 &mut state[k],
@@ -332,6 +358,8 @@ impl StreamPlan {
                         evicted_touched: o.evicted_touched,
                         evicted_new: o.evicted_new,
                         late_input_rows,
+                        counts: o.counts,
+                        custom_metrics: o.custom_metrics,
                     }
                 }));
             }
@@ -339,6 +367,7 @@ impl StreamPlan {
             wm = Watermarks {
                 late_us: stage.op.output_watermark(wm.late_us),
                 evict_us: stage.op.output_watermark(wm.evict_us),
+                batch_id: wm.batch_id,
             };
         }
         let input = match self.stages.is_empty() {

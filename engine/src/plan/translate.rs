@@ -19,6 +19,7 @@ use datafusion::logical_expr::ExprSchemable;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 
 use super::node::Node;
+use super::static_table::static_of_scan;
 use super::stream::{stream_of_scan, StreamTable, WatermarkSpec};
 use super::stream_plan::Stage;
 use crate::connector::OutputMode;
@@ -35,7 +36,7 @@ pub static PLANS_BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 /// What translation collects besides the nodes: the streams, the stateful stages, the
 /// watermarks.
 pub(crate) struct Ctx<'a> {
-    state: &'a SessionState,
+    pub(crate) state: &'a SessionState,
     pub(crate) sources: Vec<Arc<StreamTable>>,
     /// The stateful operators translated so far, nearest the sources first.
     pub(crate) stages: Vec<Stage>,
@@ -43,8 +44,8 @@ pub(crate) struct Ctx<'a> {
     /// Names under which a watermarked column is known (its own, its aliases, the UNION's
     /// output name for it, an aggregation's window over it), with the watermark's delay:
     /// Spark's watermark column metadata.
-    watermarked: Vec<(String, i64)>,
-    mode: OutputMode,
+    pub(crate) watermarked: Vec<(String, i64)>,
+    pub(crate) mode: OutputMode,
 }
 
 impl<'a> Ctx<'a> {
@@ -59,7 +60,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn watermark_of(&self, name: &str) -> Option<i64> {
+    pub(crate) fn watermark_of(&self, name: &str) -> Option<i64> {
         self.watermarked
             .iter()
             .find(|(n, _)| n == name)
@@ -74,7 +75,7 @@ impl<'a> Ctx<'a> {
 
     /// The watermark delay of an event-time expression: a watermarked column, or
     /// `window_time(w)` of a window `w` over one (Spark's `window_time` keeps the metadata).
-    fn watermark_of_expr(&self, e: &Expr) -> Option<i64> {
+    pub(crate) fn watermark_of_expr(&self, e: &Expr) -> Option<i64> {
         match e {
             Expr::Column(c) => self.watermark_of(&c.name),
             Expr::Alias(a) => self.watermark_of_expr(&a.expr),
@@ -196,7 +197,7 @@ pub(crate) fn check_supported(plan: &LogicalPlan) -> Result<()> {
                 None
             }
             LogicalPlan::Distinct(_) => Some("DISTINCT ON is not supported on a stream yet"),
-            LogicalPlan::Join(_) => Some("JOIN is not supported on a stream yet"),
+            LogicalPlan::Join(_) => None,
             LogicalPlan::Sort(_) => {
                 Some("ORDER BY is not supported on a stream (sorting needs the whole input)")
             }
@@ -219,10 +220,11 @@ pub(crate) fn check_supported(plan: &LogicalPlan) -> Result<()> {
             return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
         }
         if let LogicalPlan::TableScan(scan) = p {
-            if stream_of_scan(scan).is_none() && !is_view(scan) {
+            if stream_of_scan(scan).is_none() && static_of_scan(scan).is_none() && !is_view(scan) {
                 err = Some(EngineError::user(format!(
-                    "unsupported construct in streaming query: table '{}' is not a stream; \
-                     joining streams with static tables is not supported yet",
+                    "unsupported construct in streaming query: table '{}' is neither a stream \
+                     nor a static table (read static tables with session.read(), or a \
+                     pipeline file's [table.*] section)",
                     scan.table_name
                 )));
                 return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
@@ -398,11 +400,8 @@ pub(crate) fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                 time_in_keys,
                 d.within_watermark,
             )?;
-            ctx.stages.push(Stage {
-                op: Box::new(op),
-                input_schema: in_schema,
-                below,
-            });
+            ctx.stages
+                .push(Stage::single(Box::new(op), in_schema, below));
             Ok(Node::Input)
         }
         LogicalPlan::Extension(e) => {
@@ -506,13 +505,11 @@ pub(crate) fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
                     ctx.mark_watermarked(f.name(), delay);
                 }
             }
-            ctx.stages.push(Stage {
-                op: Box::new(op),
-                input_schema: in_schema,
-                below,
-            });
+            ctx.stages
+                .push(Stage::single(Box::new(op), in_schema, below));
             Ok(Node::Input)
         }
+        LogicalPlan::Join(j) => super::join::translate_join(j, ctx),
         other => Err(EngineError::user(format!(
             "unsupported construct in streaming query: {}",
             other.display()
