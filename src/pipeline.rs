@@ -13,6 +13,13 @@
 //! watermark = { column = "event_time", delay = "10 minutes" }
 //! options = { maxFilesPerTrigger = 1 }
 //!
+//! [table.campaigns]                   # a static table (not a stream), e.g. to join with
+//! format = "csv"                       # csv | json | parquet | delta | jdbc
+//! path = "campaigns.csv"
+//! schema = "campaign STRING, advertiser STRING, region STRING"
+//! options = { header = true }
+//! refresh = "every-batch"              # default (Spark re-reads it every batch); "once" | "<duration>"
+//!
 //! [query.clicks]
 //! sql = "SELECT event_time, user_id, value FROM events WHERE action = 'click' AND value > 100"
 //! output_mode = "append"               # append | update | complete
@@ -46,9 +53,31 @@ pub struct Pipeline {
     /// Sources by name (the SQL view name).
     #[serde(default)]
     pub source: BTreeMap<String, SourceDef>,
+    /// Static tables by name (the SQL view name).
+    #[serde(default)]
+    pub table: BTreeMap<String, TableDef>,
     /// Queries by name.
     #[serde(default)]
     pub query: BTreeMap<String, QueryDef>,
+}
+
+/// `[table.NAME]`: a table that is not a stream, read whole (a stream-static join's dimension
+/// table).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableDef {
+    /// Format (csv, json, parquet, delta, jdbc).
+    pub format: String,
+    /// File, directory or glob (files); table path (delta).
+    pub path: Option<String>,
+    /// DDL schema.
+    pub schema: Option<String>,
+    /// Options, as for sources.
+    #[serde(default)]
+    pub options: BTreeMap<String, toml::Value>,
+    /// When a stream-static join reads it again: `every-batch` (default), `once`, or a
+    /// duration.
+    pub refresh: Option<String>,
 }
 
 /// `[source.NAME]`.
@@ -260,6 +289,30 @@ impl Pipeline {
                     .map_err(|e| e.context(&ctx))?,
                 None => df,
             };
+            df.create_or_replace_temp_view(name)?;
+        }
+        for (name, t) in &self.table {
+            let ctx = format!("table '{name}'");
+            if self.source.contains_key(name) {
+                return Err(EngineError::user(format!(
+                    "{ctx}: [source.{name}] has the same name; name them differently"
+                )));
+            }
+            let mut r = session.read().format(&t.format);
+            for (k, v) in &t.options {
+                r = r.option(k, option_text(k, v)?);
+            }
+            if let Some(refresh) = &t.refresh {
+                r = r.option("refresh", refresh);
+            }
+            if let Some(schema) = &t.schema {
+                r = r.schema(schema.as_str());
+            }
+            let df = match &t.path {
+                Some(p) => r.load(resolve(p)),
+                None => r.load_default(),
+            }
+            .map_err(|e| e.context(&ctx))?;
             df.create_or_replace_temp_view(name)?;
         }
         let mut writers = Vec::new();

@@ -219,3 +219,93 @@ fn a_join_then_a_window_matches_spark_batch_by_batch() {
     assert_eq!(rows, golden_by_batch("chain_join_window"), "SQL");
     check_batches("chain_join_window", &progress, "chain_join_window (SQL)");
 }
+
+/// A pipeline file over the staged input: both streams as sources (watermarked, one file per
+/// batch), campaigns.csv as a static table, and `sql` as the query, with `partitions` state
+/// partitions.
+fn pipeline(dir: &Path, sql: &str, partitions: usize) -> PathBuf {
+    let p = dir.join("pipeline.toml");
+    fs::write(
+        &p,
+        format!(
+            "shuffle_partitions = {partitions}\n\n\
+             [source.impressions_src]\nformat = \"json\"\npath = \"in/impressions\"\n\
+             schema = \"{IMPRESSIONS}\"\n\
+             watermark = {{ column = \"impression_time\", delay = \"10 minutes\" }}\n\
+             options = {{ maxFilesPerTrigger = 1 }}\n\n\
+             [source.clicks_src]\nformat = \"json\"\npath = \"in/clicks\"\n\
+             schema = \"{CLICKS}\"\n\
+             watermark = {{ column = \"click_time\", delay = \"20 minutes\" }}\n\
+             options = {{ maxFilesPerTrigger = 1 }}\n\n\
+             [table.campaigns]\nformat = \"csv\"\npath = \"in/campaigns.csv\"\n\
+             schema = \"{CAMPAIGNS}\"\noptions = {{ header = true }}\n\n\
+             [query.join]\nsql = \"\"\"{sql}\"\"\"\noutput_mode = \"append\"\n\
+             trigger = \"available-now\"\ncheckpoint = \"chk\"\nprogress_log = \"progress.jsonl\"\n\
+             sink = {{ format = \"csv\", path = \"out\", options = {{ header = true }} }}\n"
+        ),
+    )
+    .expect("pipeline");
+    p
+}
+
+/// Stages both streams (keeping their modification times) and the static table.
+fn stage_all(gen: &Path, dir: &Path) {
+    stage(gen, dir, "impressions");
+    stage(gen, dir, "clicks");
+    fs::copy(gen.join("campaigns.csv"), dir.join("in/campaigns.csv")).expect("campaigns");
+}
+
+#[test]
+fn joins_in_a_pipeline_file_match_spark_and_survive_kills_at_every_crash_point() {
+    let gen = workdir();
+    generate(gen.path());
+    let points = [
+        "after-offsets",
+        "mid-sink",
+        "after-sink",
+        "after-state",
+        "after-commit",
+    ];
+    for query in [
+        "ss_inner",
+        "ss_left_outer",
+        "ss_full_outer",
+        "ss_left_semi",
+        "static_inner",
+        "chain_join_window",
+    ] {
+        let sql = golden_sql(query);
+        // uninterrupted
+        let w = workdir();
+        stage_all(gen.path(), w.path());
+        let o = run_pipeline(&pipeline(w.path(), &sql, 2), &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        check_final(query, w.path(), &format!("{query}, uninterrupted"));
+        check_batches(query, &progress_of(w.path()), query);
+        // killed at random points of 4 batches, then run to the end
+        let w = workdir();
+        stage_all(gen.path(), w.path());
+        let p = pipeline(w.path(), &sql, 2);
+        let (header, spark) = golden_batches(query);
+        let out_col = header
+            .iter()
+            .position(|h| h == "output_rows")
+            .expect("output_rows");
+        let emits = |b: &str| {
+            b.parse::<usize>()
+                .ok()
+                .and_then(|b| spark.get(b))
+                .is_some_and(|row| row[out_col] != "0")
+        };
+        // a batch that emits nothing has no mid-sink moment: it dies after the sink instead
+        let at: Vec<String> = random_crash_points(4, spark.len() as u64, &points)
+            .into_iter()
+            .map(|p| match p.split_once('@') {
+                Some(("mid-sink", b)) if !emits(b) => format!("after-sink@{b}"),
+                _ => p,
+            })
+            .collect();
+        run_killed(&p, &[], &at);
+        check_final(query, w.path(), &format!("{query}, killed at {at:?}"));
+    }
+}
