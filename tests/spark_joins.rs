@@ -309,3 +309,131 @@ fn joins_in_a_pipeline_file_match_spark_and_survive_kills_at_every_crash_point()
         check_final(query, w.path(), &format!("{query}, killed at {at:?}"));
     }
 }
+
+/// Starts `df` in `mode` and returns the error text.
+fn refused(df: DataFrame, mode: OutputMode) -> String {
+    df.write_stream()
+        .output_mode(mode)
+        .trigger(Trigger::AvailableNow)
+        .foreach_batch(|_, _| Ok(()))
+        .start()
+        .expect_err("refused")
+        .to_string()
+}
+
+#[test]
+fn joins_spark_refuses_are_refused_with_its_reason_and_what_would_work() {
+    let gen = workdir();
+    generate(gen.path());
+    let s = session(2);
+    let pair = || {
+        let (imp, clk) = streams(&s, gen.path());
+        (imp.alias("i").expect("alias"), clk.alias("c").expect("alias"))
+    };
+    let in_hour = || {
+        col("c.click_time")
+            .gt_eq(col("i.impression_time"))
+            .and(col("c.click_time").lt_eq(col("i.impression_time") + hour()))
+    };
+    // no equality key between the streams
+    let (i, c) = pair();
+    let err = refused(i.join_on(c, in_hour(), "inner").expect("join"), OutputMode::Append);
+    assert!(
+        err.contains("Stream-stream join without equality predicate is not supported")
+            && err.contains("Add an equality condition"),
+        "{err}"
+    );
+    // an outer join without a time bound on the preserved side's state
+    let (i, c) = pair();
+    let err = refused(
+        i.join_on(c, col("i.ad_id").eq(col("c.ad_id")), "left_outer")
+            .expect("join"),
+        OutputMode::Append,
+    );
+    assert!(
+        err.contains("LeftOuter join between two streaming DataFrame/Datasets is not supported without a watermark in the join keys")
+            && err.contains("time range between the streams"),
+        "{err}"
+    );
+    // update mode
+    let (i, c) = pair();
+    let err = refused(
+        i.join_on(c, col("i.ad_id").eq(col("c.ad_id")).and(in_hour()), "inner")
+            .expect("join"),
+        OutputMode::Update,
+    );
+    assert!(
+        err.contains("not supported in Update output mode, only in Append output mode")
+            && err.contains("Write the join in append mode"),
+        "{err}"
+    );
+    // a full outer stream-static join
+    let (i, _) = pair();
+    let camp = campaigns(&s, gen.path()).alias("s").expect("alias");
+    let err = refused(
+        i.join_on(camp, col("i.campaign").eq(col("s.campaign")), "full_outer")
+            .expect("join"),
+        OutputMode::Append,
+    );
+    assert!(
+        err.contains("FullOuter joins with streaming DataFrames/Datasets are not supported")
+            && err.contains("left outer join with the stream on the left"),
+        "{err}"
+    );
+    // the static side preserved: a left outer join with the stream on the right
+    let (i, _) = pair();
+    let camp = campaigns(&s, gen.path()).alias("s").expect("alias");
+    let err = refused(
+        camp.join_on(i, col("i.campaign").eq(col("s.campaign")), "left_outer")
+            .expect("join"),
+        OutputMode::Append,
+    );
+    assert!(
+        err.contains("LeftOuter join with a streaming DataFrame/Dataset on the right and a static DataFrame/Dataset on the left is not supported")
+            && err.contains("Put the stream on the preserved side"),
+        "{err}"
+    );
+}
+
+#[test]
+fn late_join_rows_go_to_the_late_data_sink_and_the_progress_counts_each_side() {
+    let gen = workdir();
+    generate(gen.path());
+    let w = workdir();
+    let q = ss_join(&session(2), gen.path(), "inner")
+        .write_stream()
+        .output_mode(OutputMode::Append)
+        .trigger(Trigger::AvailableNow)
+        .late_data_sink("json", [("path", w.path().join("late").display().to_string())])
+        .foreach_batch(|_, _| Ok(()))
+        .start()
+        .expect("start");
+    q.await_termination().expect("done");
+    // Spark dropped 35 impressions and 18 clicks as late (numRowsDroppedByWatermark: 53)
+    let late: Vec<serde_json::Value> = committed_lines(&w.path().join("late"), false)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let (header, spark) = golden_batches("ss_inner");
+    let dropped = header
+        .iter()
+        .position(|h| h.ends_with("numRowsDroppedByWatermark"))
+        .expect("column");
+    let spark_dropped: u64 = spark
+        .iter()
+        .map(|r| r[dropped].parse::<u64>().expect("n"))
+        .sum();
+    assert_eq!(late.len() as u64, spark_dropped, "every late row, once");
+    let impressions = late.iter().filter(|r| r["left"].is_object()).count();
+    let clicks = late.iter().filter(|r| r["right"].is_object()).count();
+    assert_eq!((impressions, clicks), (35, 18));
+    // the join's progress has each side's rows held
+    let last = q.recent_progress().last().cloned().expect("progress");
+    let p: serde_json::Value = serde_json::from_str(&last.json()).expect("json");
+    let op = &p["stateOperators"][0];
+    assert_eq!(op["operatorName"], "symmetricHashJoin");
+    let left = op["customMetrics"]["left.numRowsTotal"].as_u64().expect("left");
+    let right = op["customMetrics"]["right.numRowsTotal"].as_u64().expect("right");
+    assert_eq!(Some(left + right), op["numRowsTotal"].as_u64(), "{op}");
+    assert!(left > 0 && right > 0, "{op}");
+}
