@@ -131,6 +131,7 @@ pub fn builtin() -> ConnectorRegistry {
     }
     #[cfg(feature = "jdbc")]
     r.add_sink(Arc::new(jdbc::JdbcSinkFactory));
+    r.add_table(Arc::new(jdbc::read::JdbcTableFactory));
     for f in FORMATS {
         if let Some(feature) = f.feature {
             r.add_missing_feature(f.name, feature);

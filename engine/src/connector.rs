@@ -227,6 +227,21 @@ pub trait SourceFactory: Send + Sync {
     ) -> Result<Box<dyn Source>>;
 }
 
+/// Reads tables that are not streams (`session.read().format(..)`) for formats that have no
+/// stream source (a database table, `jdbc`); formats with a source are read through it.
+/// Called when a static DataFrame is loaded (`resolve_schema`) and at every refresh of a
+/// stream-static join (`read`, on the query's thread); nothing is kept across a crash.
+pub trait TableFactory: Send + Sync {
+    /// Formats served (lower case).
+    fn formats(&self) -> Vec<&'static str>;
+
+    /// Checks the options and returns the table's schema (the given one, or the table's own).
+    fn resolve_schema(&self, spec: &SourceSpec) -> Result<SchemaRef>;
+
+    /// Reads the whole table as it is now, as `schema`'s columns.
+    fn read(&self, spec: &SourceSpec, schema: &SchemaRef) -> Result<Vec<RecordBatch>>;
+}
+
 /// Output modes, with Spark's meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -362,6 +377,7 @@ pub trait SinkFactory: Send + Sync {
 pub struct ConnectorRegistry {
     sources: BTreeMap<String, Arc<dyn SourceFactory>>,
     sinks: BTreeMap<String, Arc<dyn SinkFactory>>,
+    tables: BTreeMap<String, Arc<dyn TableFactory>>,
     /// Formats left out of this build, with the Cargo feature that brings them.
     missing: BTreeMap<String, String>,
 }
@@ -377,6 +393,18 @@ impl ConnectorRegistry {
         for fmt in f.formats() {
             self.sources.insert(fmt.to_string(), Arc::clone(&f));
         }
+    }
+
+    /// Registers a static-table reader under its formats.
+    pub fn add_table(&mut self, f: Arc<dyn TableFactory>) {
+        for fmt in f.formats() {
+            self.tables.insert(fmt.to_string(), Arc::clone(&f));
+        }
+    }
+
+    /// The static-table reader of `format`, if it has one of its own.
+    pub fn table(&self, format: &str) -> Option<Arc<dyn TableFactory>> {
+        self.tables.get(&format.to_ascii_lowercase()).cloned()
     }
 
     /// Registers a sink factory under its formats.

@@ -77,7 +77,7 @@ pub use api::session::{Session, SessionBuilder};
 pub use api::writer::{DataStreamWriter, PreparedQuery, Trigger};
 pub use connector::{
     ConnectorRegistry, Notifier, Offset, OutputMode, ReadLimit, Sink, SinkContext, SinkFactory,
-    SinkSpec, Source, SourceContext, SourceFactory, SourceSpec,
+    SinkSpec, Source, SourceContext, SourceFactory, SourceSpec, TableFactory,
 };
 pub use ddl::{parse_ddl_schema, timestamp_type};
 pub use error::{EngineError, ErrorKind, Result};

@@ -248,7 +248,13 @@ pub fn run_killed(p: &Path, args: &[&str], points: &[String]) {
 /// `main/gen_command.txt` records (`python3 <script> ... --out DIR ...`), and checks every
 /// generated file against the sha256 recorded there.
 pub fn generate_golden_input(golden: &Path, script: &str, into: &Path) {
-    let cmd = fs::read_to_string(golden.join("main/gen_command.txt")).expect("gen_command.txt");
+    generate_golden_set_input(golden, "main", script, into)
+}
+
+/// [`generate_golden_input`] for the golden set in `golden/<set>`.
+pub fn generate_golden_set_input(golden: &Path, set: &str, script: &str, into: &Path) {
+    let cmd = fs::read_to_string(golden.join(set).join("gen_command.txt"))
+        .expect("gen_command.txt");
     let line = cmd
         .lines()
         .find(|l| l.starts_with(&format!("python3 {script}")))

@@ -21,9 +21,19 @@ pub fn generate(into: &Path) {
     generate_golden_input(&golden(), "gen_ads.py", into);
 }
 
+/// Regenerates the input of golden set `set` (`testdata/golden/spark-join/<set>`).
+pub fn generate_set(set: &str, into: &Path) {
+    super::generate_golden_set_input(&golden(), set, "gen_ads.py", into);
+}
+
 /// Lines of a golden CSV, header skipped.
 pub fn golden_lines(name: &str) -> Vec<String> {
-    fs::read_to_string(golden().join("main").join(name))
+    golden_lines_in("main", name)
+}
+
+/// Lines of a CSV of golden set `set`, header skipped.
+pub fn golden_lines_in(set: &str, name: &str) -> Vec<String> {
+    fs::read_to_string(golden().join(set).join(name))
         .expect("golden file")
         .lines()
         .skip(1)
@@ -33,7 +43,12 @@ pub fn golden_lines(name: &str) -> Vec<String> {
 
 /// The golden per-batch file: header names and rows.
 pub fn golden_batches(query: &str) -> (Vec<String>, Vec<Vec<String>>) {
-    let text = fs::read_to_string(golden().join(format!("main/{query}_batches.csv")))
+    golden_batches_in("main", query)
+}
+
+/// [`golden_batches`] of golden set `set`.
+pub fn golden_batches_in(set: &str, query: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = fs::read_to_string(golden().join(format!("{set}/{query}_batches.csv")))
         .expect("batches.csv");
     let mut lines = text.lines();
     let header = lines
@@ -52,7 +67,12 @@ pub fn golden_batches(query: &str) -> (Vec<String>, Vec<Vec<String>>) {
 /// `progress[b]` is batch b's progress JSON; Spark's progress (and ours) lists the operator
 /// nearest the sink first, the golden file the one nearest the source (`op0`) first.
 pub fn check_batches(query: &str, progress: &[serde_json::Value], how: &str) {
-    let (header, spark) = golden_batches(query);
+    check_batches_in("main", query, progress, how)
+}
+
+/// [`check_batches`] against golden set `set`.
+pub fn check_batches_in(set: &str, query: &str, progress: &[serde_json::Value], how: &str) {
+    let (header, spark) = golden_batches_in(set, query);
     assert_eq!(progress.len(), spark.len(), "{how}: number of batches");
     let col = |name: &str| header.iter().position(|h| h == name).expect("column");
     for (p, s) in progress.iter().zip(&spark) {
@@ -157,7 +177,12 @@ pub fn run_by_batch(df: DataFrame) -> (Vec<String>, Vec<serde_json::Value>) {
 
 /// Sorted rows of a `<q>_by_batch.csv` (numbers sort as text here: both sides alike).
 pub fn golden_by_batch(query: &str) -> Vec<String> {
-    sorted(golden_lines(&format!("{query}_by_batch.csv")))
+    golden_by_batch_in("main", query)
+}
+
+/// [`golden_by_batch`] of golden set `set`.
+pub fn golden_by_batch_in(set: &str, query: &str) -> Vec<String> {
+    sorted(golden_lines_in(set, &format!("{query}_by_batch.csv")))
 }
 
 /// Stages the generated stream into `dir/in/<stream>`.

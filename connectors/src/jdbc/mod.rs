@@ -26,6 +26,7 @@
 
 pub mod config;
 pub mod encode;
+pub mod read;
 mod table;
 pub mod types;
 

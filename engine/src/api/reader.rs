@@ -11,6 +11,7 @@ use crate::connector::SourceSpec;
 use crate::ddl::parse_ddl_schema;
 use crate::error::Result;
 use crate::options::Options;
+use crate::plan::static_table::Reader;
 use crate::plan::{StaticTable, StreamTable};
 use crate::DataFrame;
 
@@ -134,7 +135,14 @@ impl DataStreamReader {
 
     fn load_spec(self, path: Option<String>) -> Result<DataFrame> {
         let schema = self.schema.transpose()?;
-        let factory = self.session.registry().source(&self.format)?;
+        let table_reader = match self.is_static {
+            true => self.session.registry().table(&self.format),
+            false => None,
+        };
+        let factory = match table_reader {
+            Some(_) => None,
+            None => Some(self.session.registry().source(&self.format)?),
+        };
         let mut options = self.options;
         options.remove("path");
         let spec = SourceSpec {
@@ -144,13 +152,19 @@ impl DataStreamReader {
             options,
         };
         if self.is_static {
-            let table = Arc::new(StaticTable::new(spec, factory)?);
+            let reader = match (table_reader, &factory) {
+                (Some(t), _) => Reader::Table(t),
+                (None, Some(f)) => Reader::Source(Arc::clone(f)),
+                (None, None) => return Err(crate::EngineError::bug("no reader for a table")),
+            };
+            let table = Arc::new(StaticTable::new(spec, reader)?);
             let plan =
                 LogicalPlanBuilder::scan(self.format.as_str(), provider_as_source(table), None)?
                     .build()?;
             let df = datafusion::dataframe::DataFrame::new(self.session.context().state(), plan);
             return Ok(DataFrame::from_datafusion(self.session, df));
         }
+        let factory = factory.ok_or_else(|| crate::EngineError::bug("no source factory"))?;
         let schema = factory.resolve_schema(&spec)?;
         let table = Arc::new(StreamTable {
             spec,

@@ -2,9 +2,10 @@
 //! whole when asked, with the same formats and options as streams
 //! (`session.read().format("csv").option(..).load(path)`).
 //!
-//! A static table is read through its format's source: a fresh source reads everything there
-//! is now (as `Trigger.Once` would) into memory, with its private log in a temporary directory
-//! removed afterwards. The stream-static join reads it once per refresh (`refresh`:
+//! A static table is read by its format's [`TableFactory`] when it has one (`jdbc`), otherwise
+//! through its format's source: a fresh source reads everything there is now (as
+//! `Trigger.Once` would) into memory, with its private log in a temporary directory removed
+//! afterwards. The stream-static join reads it once per refresh (`refresh`:
 //! `every-batch`, the default, `once`, or an interval).
 
 use std::any::Any;
@@ -20,7 +21,7 @@ use datafusion::datasource::{source_as_provider, TableProvider, TableType};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::connector::{ReadLimit, SourceContext, SourceFactory, SourceSpec};
+use crate::connector::{ReadLimit, SourceContext, SourceFactory, SourceSpec, TableFactory};
 use crate::error::{EngineError, Result};
 use crate::operators::join::static_join::Refresh;
 
@@ -32,7 +33,16 @@ pub struct StaticTable {
     pub schema: SchemaRef,
     /// When a stream-static join reads it again.
     pub refresh: Refresh,
-    factory: Arc<dyn SourceFactory>,
+    reader: Reader,
+}
+
+/// What reads a static table.
+#[derive(Clone)]
+pub enum Reader {
+    /// The format's own table reader.
+    Table(Arc<dyn TableFactory>),
+    /// The format's stream source, read to its end.
+    Source(Arc<dyn SourceFactory>),
 }
 
 impl std::fmt::Debug for StaticTable {
@@ -50,15 +60,18 @@ static READS: AtomicU64 = AtomicU64::new(0);
 impl StaticTable {
     /// A static table of `spec`'s format, read by `factory`; the `refresh` option is taken out
     /// of the spec's options.
-    pub fn new(mut spec: SourceSpec, factory: Arc<dyn SourceFactory>) -> Result<Self> {
+    pub fn new(mut spec: SourceSpec, reader: Reader) -> Result<Self> {
         let refresh = Refresh::parse(spec.options.get("refresh"))?;
         spec.options.remove("refresh");
-        let schema = factory.resolve_schema(&spec)?;
+        let schema = match &reader {
+            Reader::Table(t) => t.resolve_schema(&spec)?,
+            Reader::Source(f) => f.resolve_schema(&spec)?,
+        };
         Ok(Self {
             spec,
             schema,
             refresh,
-            factory,
+            reader,
         })
     }
 
@@ -71,6 +84,14 @@ impl StaticTable {
     /// Reads the whole table as it is now.
     pub fn read(&self) -> Result<Vec<RecordBatch>> {
         READS.fetch_add(1, Ordering::SeqCst);
+        let factory = match &self.reader {
+            Reader::Table(t) => {
+                return t.read(&self.spec, &self.schema).map_err(|e| {
+                    e.context(&format!("reading the static {} table", self.spec.format))
+                })
+            }
+            Reader::Source(f) => f,
+        };
         let dir = std::env::temp_dir().join(format!(
             "sluice-static-{}-{}",
             std::process::id(),
@@ -88,9 +109,7 @@ impl StaticTable {
                 index: 0,
                 checkpoint_dir: dir.clone(),
             };
-            let mut source = self
-                .factory
-                .create(&self.spec, Arc::clone(&self.schema), &ctx)?;
+            let mut source = factory.create(&self.spec, Arc::clone(&self.schema), &ctx)?;
             match source.latest_offset(None, ReadLimit::All)? {
                 Some(end) => source.get_batch(None, &end),
                 None => Ok(Vec::new()),
