@@ -328,7 +328,10 @@ fn joins_spark_refuses_are_refused_with_its_reason_and_what_would_work() {
     let s = session(2);
     let pair = || {
         let (imp, clk) = streams(&s, gen.path());
-        (imp.alias("i").expect("alias"), clk.alias("c").expect("alias"))
+        (
+            imp.alias("i").expect("alias"),
+            clk.alias("c").expect("alias"),
+        )
     };
     let in_hour = || {
         col("c.click_time")
@@ -337,7 +340,10 @@ fn joins_spark_refuses_are_refused_with_its_reason_and_what_would_work() {
     };
     // no equality key between the streams
     let (i, c) = pair();
-    let err = refused(i.join_on(c, in_hour(), "inner").expect("join"), OutputMode::Append);
+    let err = refused(
+        i.join_on(c, in_hour(), "inner").expect("join"),
+        OutputMode::Append,
+    );
     assert!(
         err.contains("Stream-stream join without equality predicate is not supported")
             && err.contains("Add an equality condition"),
@@ -404,7 +410,10 @@ fn late_join_rows_go_to_the_late_data_sink_and_the_progress_counts_each_side() {
         .write_stream()
         .output_mode(OutputMode::Append)
         .trigger(Trigger::AvailableNow)
-        .late_data_sink("json", [("path", w.path().join("late").display().to_string())])
+        .late_data_sink(
+            "json",
+            [("path", w.path().join("late").display().to_string())],
+        )
         .foreach_batch(|_, _| Ok(()))
         .start()
         .expect("start");
@@ -432,8 +441,12 @@ fn late_join_rows_go_to_the_late_data_sink_and_the_progress_counts_each_side() {
     let p: serde_json::Value = serde_json::from_str(&last.json()).expect("json");
     let op = &p["stateOperators"][0];
     assert_eq!(op["operatorName"], "symmetricHashJoin");
-    let left = op["customMetrics"]["left.numRowsTotal"].as_u64().expect("left");
-    let right = op["customMetrics"]["right.numRowsTotal"].as_u64().expect("right");
+    let left = op["customMetrics"]["left.numRowsTotal"]
+        .as_u64()
+        .expect("left");
+    let right = op["customMetrics"]["right.numRowsTotal"]
+        .as_u64()
+        .expect("right");
     assert_eq!(Some(left + right), op["numRowsTotal"].as_u64(), "{op}");
     assert!(left > 0 && right > 0, "{op}");
 }
@@ -452,11 +465,132 @@ fn every_join_query_matches_spark_on_another_seed_and_file_count() {
         ("ss_full_outer", ss_join(&s(), gen.path(), "full_outer")),
         ("ss_left_semi", ss_join(&s(), gen.path(), "left_semi")),
         ("static_inner", static_join(&s(), gen.path(), "inner")),
-        ("static_left_outer", static_join(&s(), gen.path(), "left_outer")),
+        (
+            "static_left_outer",
+            static_join(&s(), gen.path(), "left_outer"),
+        ),
         ("chain_join_window", join_window(&s(), gen.path())),
     ] {
         let (rows, progress) = run_by_batch(df);
-        assert_eq!(rows, golden_by_batch_in("seed23", query), "{query}: rows by batch");
+        assert_eq!(
+            rows,
+            golden_by_batch_in("seed23", query),
+            "{query}: rows by batch"
+        );
         check_batches_in("seed23", query, &progress, query);
+    }
+}
+
+/// A stream of two one-row files (one batch each) joined with the `customers` table of a real
+/// database: the rows of each batch as `batch,id,tier`. In batch 0's sink the database row is
+/// updated, so batch 1 sees the new value exactly when the table is read again per batch.
+#[cfg(feature = "jdbc")]
+fn enrich_from_database(
+    url: &str,
+    refresh: Option<&str>,
+    update: impl Fn() + Send + Sync + 'static,
+) -> Vec<String> {
+    use std::sync::{Arc, Mutex};
+    let w = workdir();
+    let dir = w.path().join("orders");
+    put_file(&dir, "a.json", "{\"id\": 1, \"customer\": \"c1\"}\n", 1);
+    put_file(&dir, "b.json", "{\"id\": 2, \"customer\": \"c1\"}\n", 2);
+    let s = session(2);
+    let orders = s
+        .read_stream()
+        .schema("id BIGINT, customer STRING")
+        .option("maxFilesPerTrigger", 1)
+        .json(dir.to_str().expect("path"))
+        .expect("orders")
+        .alias("o")
+        .expect("alias");
+    let mut r = s
+        .read()
+        .format("jdbc")
+        .option("url", url)
+        .option("dbtable", "customers");
+    if let Some(refresh) = refresh {
+        r = r.option("refresh", refresh);
+    }
+    let customers = r
+        .load_default()
+        .expect("customers")
+        .alias("c")
+        .expect("alias");
+    let rows: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = Arc::clone(&rows);
+    let q = orders
+        .join_on(customers, col("o.customer").eq(col("c.customer")), "inner")
+        .expect("join")
+        .select([col("o.id"), col("c.tier")])
+        .expect("select")
+        .write_stream()
+        .trigger(Trigger::AvailableNow)
+        .foreach_batch(move |id, batches| {
+            let mut out = sink.lock().expect("lock");
+            for b in batches {
+                for i in 0..b.num_rows() {
+                    out.push(format!(
+                        "{id},{},{}",
+                        golden_cell(b.column(0).as_ref(), i),
+                        golden_cell(b.column(1).as_ref(), i)
+                    ));
+                }
+            }
+            if id == 0 {
+                update();
+            }
+            Ok(())
+        })
+        .start()
+        .expect("start");
+    q.await_termination().expect("done");
+    let out = rows.lock().expect("lock").clone();
+    out
+}
+
+#[cfg(feature = "jdbc")]
+#[test]
+fn a_database_row_updated_between_batches_is_seen_by_the_next_batch_unless_refresh_is_once() {
+    use common::db::{Maria, Pg};
+    let pg = Pg::shared();
+    let maria = Maria::shared();
+    for refresh in [None, Some("every-batch"), Some("once")] {
+        let want_tier = if refresh == Some("once") {
+            "silver"
+        } else {
+            "gold"
+        };
+        let want = vec!["0,1,silver".to_string(), format!("1,2,{want_tier}")];
+        // PostgreSQL, the schema read from the table
+        let db = pg.new_db("join_refresh");
+        pg.query(
+            &db,
+            "CREATE TABLE customers (customer TEXT PRIMARY KEY, tier TEXT); \
+             INSERT INTO customers VALUES ('c1', 'silver'), ('c2', 'bronze')",
+        );
+        let (p, d) = (pg.clone(), db.clone());
+        let got = enrich_from_database(&pg.jdbc_url(&db), refresh, move || {
+            p.query(
+                &d,
+                "UPDATE customers SET tier = 'gold' WHERE customer = 'c1'",
+            );
+        });
+        assert_eq!(got, want, "PostgreSQL, refresh {refresh:?}");
+        // MariaDB
+        let db = maria.new_db("join_refresh");
+        maria.query(
+            &db,
+            "CREATE TABLE customers (customer VARCHAR(16) PRIMARY KEY, tier VARCHAR(16)); \
+             INSERT INTO customers VALUES ('c1', 'silver'), ('c2', 'bronze')",
+        );
+        let (m, d) = (maria.clone(), db.clone());
+        let got = enrich_from_database(&maria.jdbc_url(&db), refresh, move || {
+            m.query(
+                &d,
+                "UPDATE customers SET tier = 'gold' WHERE customer = 'c1'",
+            );
+        });
+        assert_eq!(got, want, "MariaDB, refresh {refresh:?}");
     }
 }

@@ -253,8 +253,8 @@ pub fn generate_golden_input(golden: &Path, script: &str, into: &Path) {
 
 /// [`generate_golden_input`] for the golden set in `golden/<set>`.
 pub fn generate_golden_set_input(golden: &Path, set: &str, script: &str, into: &Path) {
-    let cmd = fs::read_to_string(golden.join(set).join("gen_command.txt"))
-        .expect("gen_command.txt");
+    let cmd =
+        fs::read_to_string(golden.join(set).join("gen_command.txt")).expect("gen_command.txt");
     let line = cmd
         .lines()
         .find(|l| l.starts_with(&format!("python3 {script}")))

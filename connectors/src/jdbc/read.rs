@@ -18,7 +18,14 @@ use super::config::{Dialect, JdbcConfig};
 use super::connect::{connect_options, describe, ConnectOptions};
 
 /// The options a jdbc table takes.
-const KNOWN: &[&str] = &["url", "dbtable", "user", "password", "driver", "connectTimeout"];
+const KNOWN: &[&str] = &[
+    "url",
+    "dbtable",
+    "user",
+    "password",
+    "driver",
+    "connectTimeout",
+];
 
 /// Reads jdbc static tables.
 #[derive(Debug, Default)]
@@ -154,9 +161,10 @@ impl TableFactory for JdbcTableFactory {
         let n = schema.fields().len();
         let rows: Vec<Vec<Option<String>>> = on_runtime(|rt| {
             rt.block_on(async {
-                let text = |get: &dyn Fn(usize) -> std::result::Result<Option<String>, sqlx::Error>| {
-                    (0..n).map(get).collect::<std::result::Result<Vec<_>, _>>()
-                };
+                let text =
+                    |get: &dyn Fn(usize) -> std::result::Result<Option<String>, sqlx::Error>| {
+                        (0..n).map(get).collect::<std::result::Result<Vec<_>, _>>()
+                    };
                 match connect_options(&cfg)? {
                     ConnectOptions::Pg(o) => {
                         let mut c = sqlx::PgConnection::connect_with(&o)
@@ -187,9 +195,8 @@ impl TableFactory for JdbcTableFactory {
         })?;
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(n);
         for (i, f) in schema.fields().iter().enumerate() {
-            let strings: ArrayRef = Arc::new(StringArray::from_iter(
-                rows.iter().map(|r| r[i].as_deref()),
-            ));
+            let strings: ArrayRef =
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r[i].as_deref())));
             let via = match f.data_type() {
                 DataType::Timestamp(_, _) => cast(&strings, &DataType::Int64)?,
                 _ => strings,
