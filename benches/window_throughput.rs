@@ -14,34 +14,14 @@
 //! testdata/bench/README.md says). Sluice and Spark alternate (Sluice, Spark, Sluice, ...) so
 //! that both see the same machine; the ratio uses the median of each.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use sluice::prelude::*;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-fn flag(name: &str) -> bool {
-    std::env::args().any(|a| a == name)
-}
-
-fn err(msg: impl std::fmt::Display) -> sluice::EngineError {
-    sluice::EngineError::external(msg.to_string())
-}
-
-fn shared_bench() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-        .join("testdata/bench/spark")
-}
+mod common;
+use common::{arg, err, flag, median, require_spark, shared_bench, spark_python, spark_summary};
 
 /// Generates the 10M-event input when it is not there yet.
 fn ensure_input(dir: &Path) -> sluice::Result<()> {
@@ -131,14 +111,6 @@ struct SparkRun {
     rows_out: u64,
 }
 
-fn spark_python() -> PathBuf {
-    std::env::var("SPARK_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join("venvs/spark/bin/python")
-        })
-}
-
 fn run_spark(input: &str, max_files: &str) -> sluice::Result<SparkRun> {
     let work = tempfile::tempdir().map_err(err)?;
     let out = Command::new(spark_python())
@@ -160,33 +132,12 @@ fn run_spark(input: &str, max_files: &str) -> sluice::Result<SparkRun> {
         .arg(work.path().join("chk"))
         .output()
         .map_err(|e| err(format!("running Spark: {e}")))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("SUMMARY "))
-        .ok_or_else(|| {
-            err(format!(
-                "Spark printed no SUMMARY ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .rev()
-                    .take(20)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            ))
-        })?;
-    let v: serde_json::Value = serde_json::from_str(summary).map_err(err)?;
+    let v = spark_summary(&out)?;
     Ok(SparkRun {
         events: v["events"].as_u64().unwrap_or(0),
         events_per_s: v["events_per_s"].as_f64().unwrap_or(0.0),
         rows_out: v["output_rows"].as_u64().unwrap_or(0),
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() -> sluice::Result<()> {
@@ -196,13 +147,8 @@ fn main() -> sluice::Result<()> {
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
     ensure_input(Path::new(&input))?;
     let with_spark = !flag("--no-spark");
-    if with_spark && !spark_python().exists() {
-        return Err(err(format!(
-            "{} not found: set up Spark as testdata/bench/README.md says \
-             (python3 -m venv ~/venvs/spark && ~/venvs/spark/bin/pip install pyspark==4.3.0), \
-             set SPARK_PYTHON, or pass --no-spark",
-            spark_python().display()
-        )));
+    if with_spark {
+        require_spark()?;
     }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

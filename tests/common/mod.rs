@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod joins;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod spark;
