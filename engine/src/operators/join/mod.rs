@@ -275,7 +275,7 @@ impl StatefulOperator for JoinOp {
                 .collect()
         };
         Ok(serde_json::json!({
-            "v": 1,
+            "v": 2,
             "join": self.kind.to_string(),
             "keys": self.key_types.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
             "left": side(0),

@@ -1,4 +1,6 @@
-//! One batch of a stream-stream join in one partition (see the module map in `mod.rs`).
+//! One batch of a stream-stream join in one partition (see the module map in `mod.rs` and the
+//! state layout in `keys.rs`): the touched keys' rows are read with one multi-get per side,
+//! changed in memory, and each touched key is written back once.
 
 use std::collections::HashMap;
 
@@ -7,51 +9,79 @@ use arrow::compute::{filter_record_batch, take};
 use sluice_state::store::{StateChanges, StateStore};
 
 use super::keys::{
-    count_key, key_of_time_value, key_prefix, row_key, row_value, time_key, time_key_after,
-    time_key_row, time_value,
+    batch_key, batch_keys_end, count_key, decode_evictions, decode_rows, encode_evictions,
+    encode_rows, list_key, Stored,
 };
 use super::{JoinOp, StreamJoinType};
 use crate::error::{EngineError, Result};
 use crate::operators::stateful::{OperatorOutput, RowCounts, Watermarks};
 use crate::operators::window::event_micros;
 
-/// A row of this batch that goes into state.
-struct NewRow {
-    key: Vec<u8>,
-    row: Vec<u8>,
-    idx: u32,
-    time: Option<i64>,
-    matched: bool,
-    /// Removed again in this batch (a left-semi row matched by a right row of the batch).
-    removed: bool,
-}
-
-/// A buffered row of the other side, a candidate for matching.
-struct Candidate {
-    /// Where it lives: committed in the store (its entry key) or new in this batch (index in
-    /// `new[side]`).
-    at: Place,
-    matched: bool,
-    row: Vec<u8>,
-}
-
-enum Place {
-    Stored(Vec<u8>),
-    New(usize),
+/// A side's rows of one key, as read and as changed by the batch.
+struct KeyRows {
+    /// (side, key).
+    key: (u8, Vec<u8>),
+    rows: Vec<Stored>,
+    dirty: bool,
 }
 
 /// What the batch has done so far, before it becomes [`StateChanges`].
 struct Work<'a> {
     store: &'a dyn StateStore,
     wm: Watermarks,
-    /// Entries rewritten (`Some`) or deleted (`None`) among the committed ones.
-    pending: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    new: [Vec<NewRow>; 2],
-    /// New rows by join key, per side.
-    new_by_key: [HashMap<Vec<u8>, Vec<usize>>; 2],
+    /// The keys' rows read (and changed) in this batch; `index` finds them by (side, key).
+    lists: Vec<KeyRows>,
+    index: HashMap<(u8, Vec<u8>), usize>,
+    /// (time, key) of the rows each side buffers in this batch.
+    evictions: [Vec<(i64, Vec<u8>)>; 2],
+    /// Eviction lists of earlier batches rewritten (`Some`) or deleted (`None`).
+    eviction_lists: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     held: [i64; 2],
     counts: RowCounts,
     updated: [u64; 2],
+}
+
+impl Work<'_> {
+    /// The rows of each wanted `(side, key)` (their index in `lists`), reading those not read
+    /// yet with one multi-get.
+    fn load(&mut self, wanted: &[(u8, &[u8])]) -> Result<Vec<usize>> {
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut missing: Vec<(usize, (u8, Vec<u8>))> = Vec::new();
+        for (i, (side, key)) in wanted.iter().enumerate() {
+            match self.index.get(&(*side, key.to_vec())) {
+                Some(&at) => out.push(at),
+                None => {
+                    out.push(usize::MAX);
+                    missing.push((i, (*side, key.to_vec())));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let keys: Vec<Vec<u8>> = missing.iter().map(|(_, (s, k))| list_key(*s, k)).collect();
+        let values = self.store.multi_get(&keys)?;
+        for ((i, k), v) in missing.into_iter().zip(values) {
+            let at = match self.index.get(&k) {
+                Some(&at) => at, // wanted twice in this call
+                None => {
+                    let rows = match v {
+                        Some(v) => decode_rows(&v)?,
+                        None => Vec::new(),
+                    };
+                    self.lists.push(KeyRows {
+                        key: k.clone(),
+                        rows,
+                        dirty: false,
+                    });
+                    self.index.insert(k, self.lists.len() - 1);
+                    self.lists.len() - 1
+                }
+            };
+            out[i] = at;
+        }
+        Ok(out)
+    }
 }
 
 pub(super) fn run(
@@ -67,13 +97,15 @@ pub(super) fn run(
             .map(i64::from_be_bytes)
             .unwrap_or(0)
     };
+    let before = [held(&counters[0]), held(&counters[1])];
     let mut w = Work {
         store,
         wm,
-        pending: HashMap::new(),
-        new: [Vec::new(), Vec::new()],
-        new_by_key: [HashMap::new(), HashMap::new()],
-        held: [held(&counters[0]), held(&counters[1])],
+        lists: Vec::new(),
+        index: HashMap::new(),
+        evictions: [Vec::new(), Vec::new()],
+        eviction_lists: Vec::new(),
+        held: before,
         counts: RowCounts::default(),
         updated: [0, 0],
     };
@@ -84,35 +116,41 @@ pub(super) fn run(
     for side in 0..2 {
         evict(op, side, &mut w, &mut out)?;
     }
-    // the batch's changes
+    // the batch's changes: each touched key once, this batch's eviction lists, the counters
     let mut changes = StateChanges::default();
-    let mut delta = 0i64;
-    for (k, v) in w.pending {
+    for list in w.lists {
+        if !list.dirty {
+            continue;
+        }
+        let k = list_key(list.key.0, &list.key.1);
+        if list.rows.iter().all(|r| r.removed) {
+            changes.deletes.push(k);
+        } else {
+            changes.puts.push((k, encode_rows(&list.rows)));
+        }
+    }
+    for (k, v) in w.eviction_lists {
         match v {
             Some(v) => changes.puts.push((k, v)),
             None => changes.deletes.push(k),
         }
     }
-    for (side, rows) in w.new.iter().enumerate() {
-        for r in rows.iter().filter(|r| !r.removed) {
-            changes.puts.push((
-                row_key(side as u8, &r.key, wm.batch_id, r.idx),
-                row_value(r.matched, &r.row),
-            ));
-            if let Some(t) = r.time {
-                changes.puts.push((
-                    time_key(side as u8, t, wm.batch_id, r.idx),
-                    time_value(&r.key),
-                ));
-            }
+    for (side, mut ev) in w.evictions.into_iter().enumerate() {
+        if !ev.is_empty() {
+            ev.sort();
+            changes
+                .puts
+                .push((batch_key(side as u8, wm.batch_id), encode_evictions(&ev)));
         }
     }
+    let mut delta = 0i64;
     for side in 0..2 {
         changes
             .puts
             .push((count_key(side as u8), w.held[side].to_be_bytes().to_vec()));
-        delta += w.held[side] - held(&counters[side]);
+        delta += w.held[side] - before[side];
     }
+    // rows held, not keys: the store's count is the operator's numRowsTotal
     changes.rows_delta = delta;
     out.changes = changes;
     out.counts = Some(w.counts);
@@ -133,6 +171,32 @@ fn times(
     event_micros(&expr.evaluate(batch)?.into_array(batch.num_rows())?)
 }
 
+/// Side `side`'s rows at or before the previous batch's watermark are late: dropped (and kept
+/// for the late-data sink); the others are returned.
+fn drop_late(
+    op: &JoinOp,
+    side: usize,
+    input: &RecordBatch,
+    w: &Work<'_>,
+    out: &mut OperatorOutput,
+) -> Result<RecordBatch> {
+    let Some(t) = &op.sides[side].spec.late_time else {
+        return Ok(input.clone());
+    };
+    let ts = times(t, input)?;
+    let late: BooleanArray = (0..ts.len())
+        .map(|i| Some(ts.is_valid(i) && ts.value(i) <= w.wm.late_us))
+        .collect();
+    let n_late = late.true_count();
+    if n_late == 0 {
+        return Ok(input.clone());
+    }
+    out.dropped_by_watermark += n_late as u64;
+    let rows = filter_record_batch(input, &late)?;
+    out.late_rows.push(op.late_shape(side, &rows)?);
+    Ok(filter_record_batch(input, &arrow::compute::not(&late)?)?)
+}
+
 /// Side `side`'s rows of the batch: late ones dropped, the rest joined with the other side's
 /// buffered rows and buffered.
 fn arrive(
@@ -145,122 +209,80 @@ fn arrive(
     if input.num_rows() == 0 {
         return Ok(());
     }
-    let spec = &op.sides[side].spec;
-    // 1. late rows: at or before the previous batch's watermark
-    let batch = match &spec.late_time {
-        Some(t) => {
-            let ts = times(t, input)?;
-            let late: BooleanArray = (0..ts.len())
-                .map(|i| Some(ts.is_valid(i) && ts.value(i) <= w.wm.late_us))
-                .collect();
-            let n_late = late.true_count();
-            if n_late > 0 {
-                out.dropped_by_watermark += n_late as u64;
-                let rows = filter_record_batch(input, &late)?;
-                out.late_rows.push(op.late_shape(side, &rows)?);
-                filter_record_batch(input, &arrow::compute::not(&late)?)?
-            } else {
-                input.clone()
-            }
-        }
-        None => input.clone(),
-    };
+    let batch = drop_late(op, side, input, w, out)?;
     let n = batch.num_rows();
     if n == 0 {
         return Ok(());
     }
+    let spec = &op.sides[side].spec;
     let (keys, null_keys) = op.key_rows(side, &batch)?;
     let rows = op.sides[side].rows.convert_columns(batch.columns())?;
-    let other = 1 - side;
+    let is_null = |i: usize| null_keys.as_ref().is_some_and(|v| v[i]);
+    let (me, other) = (side as u8, 1 - side as u8);
     let semi = op.kind == StreamJoinType::LeftSemi;
 
-    // 2. the other side's buffered rows with the batch's keys
-    let mut cands: Vec<Candidate> = Vec::new();
-    let mut by_key: HashMap<&[u8], (usize, usize)> = HashMap::new();
+    // 1. the batch's keys: the other side's rows to match, this side's to append to
+    let mut slot_of: HashMap<&[u8], usize> = HashMap::new();
+    let mut slots: Vec<Vec<u8>> = Vec::new();
+    let mut row_slot = Vec::with_capacity(n);
     for i in 0..n {
-        if null_keys.as_ref().is_some_and(|v| v[i]) {
-            continue;
-        }
         let k = keys.row(i).data();
-        if by_key.contains_key(k) {
-            continue;
-        }
-        let start = cands.len();
-        let prefix = key_prefix(other as u8, k);
-        let mut end = prefix.clone();
-        end.push(0xff);
-        let mut found = Vec::new();
-        w.store.scan(&prefix, None, &mut |ek, v| {
-            if !ek.starts_with(&prefix) {
-                return Ok(false);
-            }
-            found.push((ek.to_vec(), v.to_vec()));
-            Ok(true)
-        })?;
-        for (ek, v) in found {
-            let v = match w.pending.get(&ek) {
-                Some(None) => continue,
-                Some(Some(nv)) => nv.clone(),
-                None => v,
-            };
-            let Some((&flag, row)) = v.split_first() else {
-                return Err(EngineError::bug("a join state entry without a value"));
-            };
-            cands.push(Candidate {
-                at: Place::Stored(ek),
-                matched: flag != 0,
-                row: row.to_vec(),
-            });
-        }
-        if let Some(idx) = w.new_by_key[other].get(k) {
-            for &j in idx {
-                let r = &w.new[other][j];
-                if !r.removed {
-                    cands.push(Candidate {
-                        at: Place::New(j),
-                        matched: r.matched,
-                        row: r.row.clone(),
-                    });
-                }
-            }
-        }
-        by_key.insert(k, (start, cands.len()));
+        let s = *slot_of.entry(k).or_insert_with(|| {
+            slots.push(k.to_vec());
+            slots.len() - 1
+        });
+        row_slot.push(s);
     }
-    // a left-semi right row only looks for left rows not yet emitted
-    let skip_matched = semi && side == 1;
+    let mut wanted: Vec<(u8, &[u8])> = Vec::with_capacity(slots.len() * 2);
+    for k in &slots {
+        wanted.push((other, k));
+        wanted.push((me, k));
+    }
+    let at = w.load(&wanted)?;
+    // the lists of each slot's key: the other side's, this side's
+    let other_list: Vec<usize> = at.iter().step_by(2).copied().collect();
+    let own_list: Vec<usize> = at.iter().skip(1).step_by(2).copied().collect();
 
-    // 3. candidate pairs, then the condition
+    // 2. candidate pairs (a left-semi right row only looks for left rows not yet emitted)
+    let skip_matched = semi && side == 1;
     let mut this_idx: Vec<u32> = Vec::new();
+    let mut cand: Vec<(usize, usize)> = Vec::new(); // (slot, position in its list)
+    let mut cand_of: HashMap<(usize, usize), u32> = HashMap::new();
     let mut cand_idx: Vec<u32> = Vec::new();
     for i in 0..n {
-        if null_keys.as_ref().is_some_and(|v| v[i]) {
+        if is_null(i) {
             continue;
         }
-        if let Some(&(s, e)) = by_key.get(keys.row(i).data()) {
-            for (j, c) in cands.iter().enumerate().take(e).skip(s) {
-                if skip_matched && c.matched {
-                    continue;
-                }
-                this_idx.push(i as u32);
-                cand_idx.push(j as u32);
+        let s = row_slot[i];
+        let list = &w.lists[other_list[s]];
+        for (pos, r) in list.rows.iter().enumerate() {
+            if r.removed || (skip_matched && r.matched) {
+                continue;
             }
+            let c = *cand_of.entry((s, pos)).or_insert_with(|| {
+                cand.push((s, pos));
+                (cand.len() - 1) as u32
+            });
+            this_idx.push(i as u32);
+            cand_idx.push(c);
         }
     }
     let mut this_matched = vec![false; n];
-    let mut cand_matched = vec![false; cands.len()];
+    let mut cand_matched = vec![false; cand.len()];
+    let parser = op.sides[other as usize].rows.parser();
     if !this_idx.is_empty() {
-        let parser = op.sides[other].rows.parser();
-        let other_cols = op.sides[other]
-            .rows
-            .convert_rows(cands.iter().map(|c| parser.parse(&c.row)))?;
+        let other_cols = op.sides[other as usize].rows.convert_rows(
+            cand.iter()
+                .map(|(s, pos)| parser.parse(&w.lists[other_list[*s]].rows[*pos].row)),
+        )?;
         let ti = UInt32Array::from(this_idx.clone());
         let ci = UInt32Array::from(cand_idx.clone());
         let this_cols = take_cols(batch.columns(), &ti)?;
-        let other_cols = take_cols(&other_cols, &ci)?;
+        let other_cols_taken = take_cols(&other_cols, &ci)?;
         let pairs = ti.len();
         let joined = match side {
-            0 => op.joined_batch(this_cols, other_cols, pairs)?,
-            _ => op.joined_batch(other_cols, this_cols, pairs)?,
+            0 => op.joined_batch(this_cols, other_cols_taken, pairs)?,
+            _ => op.joined_batch(other_cols_taken, this_cols, pairs)?,
         };
         let pass: BooleanArray = match &op.filter {
             Some(f) => {
@@ -287,66 +309,52 @@ fn arrive(
                 out.rows.push(rows);
             }
         } else if side == 1 {
-            // left rows emitted at their first match, and no longer held
-            let emit: Vec<u32> = (0..cands.len())
-                .filter(|j| cand_matched[*j])
-                .map(|j| j as u32)
+            // left rows emitted at their first match
+            let emit: UInt32Array = (0..cand.len() as u32)
+                .filter(|j| cand_matched[*j as usize])
                 .collect();
             if !emit.is_empty() {
-                let cols = op.sides[0]
-                    .rows
-                    .convert_rows(emit.iter().map(|j| parser.parse(&cands[*j as usize].row)))?;
-                out.rows.push(semi_batch(op, cols, emit.len())?);
+                let len = emit.len();
+                out.rows
+                    .push(semi_batch(op, take_cols(&other_cols, &emit)?, len)?);
             }
         }
     }
     if semi && side == 0 {
-        let emit: Vec<u32> = (0..n)
-            .filter(|i| this_matched[*i])
-            .map(|i| i as u32)
+        let emit: UInt32Array = (0..n as u32)
+            .filter(|i| this_matched[*i as usize])
             .collect();
         if !emit.is_empty() {
             let len = emit.len();
-            let cols = take_cols(batch.columns(), &UInt32Array::from(emit))?;
-            out.rows.push(semi_batch(op, cols, len)?);
+            out.rows
+                .push(semi_batch(op, take_cols(batch.columns(), &emit)?, len)?);
         }
     }
-    // 4. the other side's rows that matched now
-    for (j, c) in cands.iter().enumerate() {
-        // a left-semi left row is emitted once, then forgotten
-        let remove = semi && side == 1;
-        if !cand_matched[j] || (c.matched && !remove) {
+    // 3. the other side's rows that matched now: flagged, or (left semi) emitted and forgotten
+    for (j, (s, pos)) in cand.iter().enumerate() {
+        if !cand_matched[j] {
             continue;
         }
-        match &c.at {
-            Place::Stored(ek) => {
-                if remove {
-                    w.pending.insert(ek.clone(), None);
-                    if let Some(tk) = stored_time_key(op, other, ek, &c.row)? {
-                        w.pending.insert(tk, None);
-                    }
-                    w.held[other] -= 1;
-                    w.counts.removed += 1;
-                } else {
-                    w.pending.insert(ek.clone(), Some(row_value(true, &c.row)));
-                }
+        let list = &mut w.lists[other_list[*s]];
+        let r = &mut list.rows[*pos];
+        if skip_matched {
+            r.removed = true;
+            list.dirty = true;
+            w.held[other as usize] -= 1;
+            if r.batch == w.wm.batch_id {
+                // buffered and emitted within one batch: Spark counts it neither as written
+                // nor as removed
+                w.counts.updated -= 1;
+                w.updated[other as usize] -= 1;
+            } else {
+                w.counts.removed += 1;
             }
-            Place::New(k) => {
-                let r = &mut w.new[other][*k];
-                if remove {
-                    // buffered and emitted within one batch: Spark counts it neither as
-                    // written nor as removed
-                    r.removed = true;
-                    w.held[other] -= 1;
-                    w.counts.updated -= 1;
-                    w.updated[other] -= 1;
-                } else {
-                    r.matched = true;
-                }
-            }
+        } else if !r.matched {
+            r.matched = true;
+            list.dirty = true;
         }
     }
-    // 5. this side's rows into state
+    // 4. this side's rows into state
     let evict_times = match &spec.evict {
         Some((e, _)) => Some(times(e, &batch)?),
         None => None,
@@ -377,24 +385,28 @@ fn arrive(
                 continue;
             }
         }
-        let key = keys.row(i).data().to_vec();
-        let k = w.new[side].len();
-        w.new_by_key[side].entry(key.clone()).or_default().push(k);
-        w.new[side].push(NewRow {
-            key,
-            row: rows.row(i).data().to_vec(),
+        let slot = row_slot[i];
+        if let Some(t) = time.filter(|_| spec.evict.is_some()) {
+            w.evictions[side].push((t, slots[slot].clone()));
+        }
+        let list = &mut w.lists[own_list[slot]];
+        list.rows.push(Stored {
+            batch: w.wm.batch_id,
             idx: i as u32,
             time,
             matched,
+            row: rows.row(i).data().to_vec(),
             removed: false,
         });
+        list.dirty = true;
         w.held[side] += 1;
         w.counts.updated += 1;
         w.updated[side] += 1;
     }
     if !pad_now.is_empty() {
-        let cols = take_cols(batch.columns(), &UInt32Array::from(pad_now.clone()))?;
-        out.rows.push(op.padded(side, cols, pad_now.len())?);
+        let len = pad_now.len();
+        let cols = take_cols(batch.columns(), &UInt32Array::from(pad_now))?;
+        out.rows.push(op.padded(side, cols, len)?);
     }
     Ok(())
 }
@@ -409,47 +421,46 @@ fn evict(op: &JoinOp, side: usize, w: &mut Work<'_>, out: &mut OperatorOutput) -
         return Ok(());
     }
     let threshold = w.wm.evict_us + off;
-    let from = vec![b'T', side as u8];
-    let to = time_key_after(side as u8, threshold);
-    let mut found: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    w.store.scan(&from, Some(&to), &mut |k, v| {
-        found.push((k.to_vec(), v.to_vec()));
-        Ok(true)
-    })?;
-    let mut entries = Vec::with_capacity(found.len());
-    for (tk, v) in &found {
-        if matches!(w.pending.get(tk), Some(None)) {
+    let me = side as u8;
+    // the earlier batches' eviction lists: the keys with rows at or before the threshold
+    let mut lists = Vec::new();
+    w.store
+        .scan(&batch_key(me, 0), Some(&batch_keys_end(me)), &mut |k, v| {
+            lists.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })?;
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for (k, v) in lists {
+        let items = decode_evictions(&v)?;
+        let cut = items.partition_point(|(t, _)| *t <= threshold);
+        if cut == 0 {
             continue;
         }
-        let (batch, idx) =
-            time_key_row(tk).ok_or_else(|| EngineError::bug("a join time-index key"))?;
-        let key =
-            key_of_time_value(v).ok_or_else(|| EngineError::bug("a join time-index value"))?;
-        entries.push((tk.clone(), row_key(side as u8, key, batch, idx)));
+        keys.extend(items[..cut].iter().map(|(_, key)| key.clone()));
+        w.eviction_lists.push((
+            k,
+            (cut < items.len()).then(|| encode_evictions(&items[cut..])),
+        ));
     }
-    let stored = w
-        .store
-        .multi_get(&entries.iter().map(|(_, rk)| rk.clone()).collect::<Vec<_>>())?;
+    keys.sort();
+    keys.dedup();
+    let wanted: Vec<(u8, &[u8])> = keys.iter().map(|k| (me, k.as_slice())).collect();
+    let at = w.load(&wanted)?;
     let mut pad: Vec<Vec<u8>> = Vec::new();
-    for ((tk, rk), v) in entries.into_iter().zip(stored) {
-        let v = match w.pending.get(&rk) {
-            Some(None) => continue,
-            Some(Some(nv)) => nv.clone(),
-            None => match v {
-                Some(v) => v,
-                None => return Err(EngineError::bug("a join time-index entry without its row")),
-            },
-        };
-        let Some((&flag, row)) = v.split_first() else {
-            return Err(EngineError::bug("a join state entry without a value"));
-        };
-        if op.kind.outer(side) && flag == 0 {
-            pad.push(row.to_vec());
+    for i in at {
+        let list = &mut w.lists[i];
+        for r in list.rows.iter_mut() {
+            if r.removed || r.time.is_none_or(|t| t > threshold) {
+                continue;
+            }
+            if op.kind.outer(side) && !r.matched {
+                pad.push(std::mem::take(&mut r.row));
+            }
+            r.removed = true;
+            list.dirty = true;
+            w.held[side] -= 1;
+            w.counts.removed += 1;
         }
-        w.pending.insert(rk, None);
-        w.pending.insert(tk, None);
-        w.held[side] -= 1;
-        w.counts.removed += 1;
     }
     if !pad.is_empty() {
         let parser = op.sides[side].rows.parser();
@@ -459,30 +470,6 @@ fn evict(op: &JoinOp, side: usize, w: &mut Work<'_>, out: &mut OperatorOutput) -
         out.rows.push(op.padded(side, cols, pad.len())?);
     }
     Ok(())
-}
-
-/// The time-index key of a buffered row of `side` (entry key `ek`, encoded row `row`), if the
-/// side evicts by time.
-fn stored_time_key(op: &JoinOp, side: usize, ek: &[u8], row: &[u8]) -> Result<Option<Vec<u8>>> {
-    let Some((e, _)) = &op.sides[side].spec.evict else {
-        return Ok(None);
-    };
-    let parser = op.sides[side].rows.parser();
-    let cols = op.sides[side].rows.convert_rows([parser.parse(row)])?;
-    let b = RecordBatch::try_new_with_options(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(super::nullable(
-            op.sides[side].spec.schema.fields(),
-        ))),
-        cols,
-        &arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
-    )?;
-    let t = times(e, &b)?;
-    if !t.is_valid(0) {
-        return Ok(None);
-    }
-    let (batch, idx) = super::keys::row_key_row(ek, ek.len() - 12)
-        .ok_or_else(|| EngineError::bug("a join row key"))?;
-    Ok(Some(time_key(side as u8, t.value(0), batch, idx)))
 }
 
 fn take_cols(cols: &[ArrayRef], idx: &UInt32Array) -> Result<Vec<ArrayRef>> {
