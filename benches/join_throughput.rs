@@ -52,6 +52,9 @@ struct Run {
     rows_out: u64,
     wall_s: f64,
     peak_state: u64,
+    /// Sluice only: the share of batch time spent reading and parsing, and committing state.
+    parse_pct: f64,
+    commit_pct: f64,
 }
 
 fn run_sluice(input: &str, max_files: &str) -> sluice::Result<Run> {
@@ -107,7 +110,19 @@ fn run_sluice(input: &str, max_files: &str) -> sluice::Result<Run> {
     q.await_termination()?;
     let wall_s = t0.elapsed().as_secs_f64();
     let progress = q.recent_progress();
+    let total: u64 = progress
+        .iter()
+        .map(|p| p.duration_ms.trigger_execution)
+        .sum();
+    let share = |ms: u64| 100.0 * ms as f64 / total.max(1) as f64;
     Ok(Run {
+        parse_pct: share(progress.iter().map(|p| p.duration_ms.get_batch).sum()),
+        commit_pct: share(
+            progress
+                .iter()
+                .flat_map(|p| p.state_operators.iter().map(|o| o.commit_time_ms))
+                .sum(),
+        ),
         rows: progress.iter().map(|p| p.num_input_rows).sum(),
         rows_out: progress.iter().map(|p| p.sink.num_output_rows).sum(),
         wall_s,
@@ -136,6 +151,8 @@ fn run_spark(input: &str, max_files: &str) -> sluice::Result<Run> {
         rows_out: v["output_rows"].as_u64().unwrap_or(0),
         wall_s: v["wall_s"].as_f64().unwrap_or(0.0),
         peak_state: v["peak_state_rows"].as_u64().unwrap_or(0),
+        parse_pct: 0.0,
+        commit_pct: 0.0,
     })
 }
 
@@ -156,11 +173,14 @@ fn main() -> sluice::Result<()> {
         let r = run_sluice(&input, &max_files)?;
         let rps = r.rows as f64 / r.wall_s;
         println!(
-            "sluice run {i}: {} input rows, {} rows out, {:.2} s = {rps:.0} rows/s; \
+            "sluice run {i}: {} input rows, {} rows out, {:.2} s = {rps:.0} rows/s \
+             (reading+parsing {:.0}% of batch time, state commit {:.0}%); \
              peak state {} rows = {:.1}% of the input; peak RSS {:.0} MiB",
             r.rows,
             r.rows_out,
             r.wall_s,
+            r.parse_pct,
+            r.commit_pct,
             r.peak_state,
             100.0 * r.peak_state as f64 / r.rows.max(1) as f64,
             peak_rss_mib()

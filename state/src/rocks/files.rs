@@ -200,6 +200,14 @@ pub(crate) fn open_db(dir: &Path, options: &StoreOptions) -> Result<DB> {
     opts.set_max_write_buffer_number(4);
     opts.set_max_open_files(256);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // point lookups (an aggregation's or a join's keys of a batch, most of them new) skip the
+    // files and memtables that cannot hold the key
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(true);
+    opts.set_block_based_table_factory(&table);
+    opts.set_memtable_prefix_bloom_ratio(0.1);
+    opts.set_memtable_whole_key_filtering(true);
     // one writer at a time (the commit's insert thread): the memtable's single-writer path
     opts.set_allow_concurrent_memtable_write(false);
     // without a WAL the column families are flushed together (the batch id with its data)

@@ -16,8 +16,8 @@
 
 use crate::error::{EngineError, Result};
 
-/// A buffered row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A buffered row: its bytes are `buf[start..start + len]` of its key's [`KeyRows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
     /// The batch that buffered it.
     pub batch: u64,
@@ -27,10 +27,102 @@ pub struct Stored {
     pub time: Option<i64>,
     /// Whether it has matched a row of the other side.
     pub matched: bool,
-    /// Its columns, arrow-row encoded.
-    pub row: Vec<u8>,
+    start: usize,
+    len: usize,
     /// Removed in the batch being processed (not written back).
     pub removed: bool,
+}
+
+/// A side's buffered rows of one join key: the stored entry's bytes (rows appended by the
+/// batch after them), and each row's place in them.
+#[derive(Debug, Default)]
+pub struct KeyRows {
+    buf: Vec<u8>,
+    /// The rows, in the order they were buffered.
+    pub rows: Vec<Stored>,
+    /// Changed by the batch (to be written back).
+    pub dirty: bool,
+}
+
+impl KeyRows {
+    /// The rows of a stored entry (its bytes are kept, not copied row by row).
+    pub fn decode(buf: Vec<u8>) -> Result<Self> {
+        let mut rows = Vec::new();
+        let mut v = &buf[..];
+        while !v.is_empty() {
+            let batch = u64_of(take(&mut v, 8)?)?;
+            let idx = u32_of(take(&mut v, 4)?)?;
+            let time = match take(&mut v, 1)?[0] {
+                0 => None,
+                _ => Some(u64_of(take(&mut v, 8)?)? as i64),
+            };
+            let matched = take(&mut v, 1)?[0] != 0;
+            let len = u32_of(take(&mut v, 4)?)? as usize;
+            let start = buf.len() - v.len();
+            take(&mut v, len)?;
+            rows.push(Stored {
+                batch,
+                idx,
+                time,
+                matched,
+                start,
+                len,
+                removed: false,
+            });
+        }
+        Ok(Self {
+            buf,
+            rows,
+            dirty: false,
+        })
+    }
+
+    /// The encoded columns of row `i`.
+    pub fn row(&self, i: usize) -> &[u8] {
+        let r = &self.rows[i];
+        &self.buf[r.start..r.start + r.len]
+    }
+
+    /// Buffers a row.
+    pub fn push(&mut self, batch: u64, idx: u32, time: Option<i64>, matched: bool, row: &[u8]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(row);
+        self.rows.push(Stored {
+            batch,
+            idx,
+            time,
+            matched,
+            start,
+            len: row.len(),
+            removed: false,
+        });
+        self.dirty = true;
+    }
+
+    /// Whether no row is left.
+    pub fn is_empty(&self) -> bool {
+        self.rows.iter().all(|r| r.removed)
+    }
+
+    /// The entry to store: the rows not removed.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.buf.len() + self.rows.len() * 26);
+        for (i, r) in self.rows.iter().enumerate().filter(|(_, r)| !r.removed) {
+            v.extend_from_slice(&r.batch.to_be_bytes());
+            v.extend_from_slice(&r.idx.to_be_bytes());
+            match r.time {
+                Some(t) => {
+                    v.push(1);
+                    v.extend_from_slice(&t.to_be_bytes());
+                }
+                None => v.push(0),
+            }
+            v.push(r.matched as u8);
+            v.extend_from_slice(&(r.len as u32).to_be_bytes());
+            v.extend_from_slice(self.row(i));
+        }
+        v
+    }
 }
 
 /// The entry of `side`'s rows with join key `key`.
@@ -60,26 +152,6 @@ pub fn count_key(side: u8) -> Vec<u8> {
     vec![b'C', side]
 }
 
-/// Encodes a key's rows (those not removed).
-pub fn encode_rows(rows: &[Stored]) -> Vec<u8> {
-    let mut v = Vec::new();
-    for r in rows.iter().filter(|r| !r.removed) {
-        v.extend_from_slice(&r.batch.to_be_bytes());
-        v.extend_from_slice(&r.idx.to_be_bytes());
-        match r.time {
-            Some(t) => {
-                v.push(1);
-                v.extend_from_slice(&t.to_be_bytes());
-            }
-            None => v.push(0),
-        }
-        v.push(r.matched as u8);
-        v.extend_from_slice(&(r.row.len() as u32).to_be_bytes());
-        v.extend_from_slice(&r.row);
-    }
-    v
-}
-
 fn corrupt() -> EngineError {
     EngineError::bug("a join state entry that does not decode")
 }
@@ -101,31 +173,6 @@ fn u32_of(b: &[u8]) -> Result<u32> {
     Ok(u32::from_be_bytes(b.try_into().map_err(|_| corrupt())?))
 }
 
-/// Decodes a key's rows.
-pub fn decode_rows(mut v: &[u8]) -> Result<Vec<Stored>> {
-    let mut out = Vec::new();
-    while !v.is_empty() {
-        let batch = u64_of(take(&mut v, 8)?)?;
-        let idx = u32_of(take(&mut v, 4)?)?;
-        let time = match take(&mut v, 1)?[0] {
-            0 => None,
-            _ => Some(u64_of(take(&mut v, 8)?)? as i64),
-        };
-        let matched = take(&mut v, 1)?[0] != 0;
-        let len = u32_of(take(&mut v, 4)?)? as usize;
-        let row = take(&mut v, len)?.to_vec();
-        out.push(Stored {
-            batch,
-            idx,
-            time,
-            matched,
-            row,
-            removed: false,
-        });
-    }
-    Ok(out)
-}
-
 /// Encodes an eviction list (sorted by time).
 pub fn encode_evictions(items: &[(i64, Vec<u8>)]) -> Vec<u8> {
     let mut v = Vec::new();
@@ -138,14 +185,29 @@ pub fn encode_evictions(items: &[(i64, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Decodes an eviction list.
-pub fn decode_evictions(mut v: &[u8]) -> Result<Vec<(i64, Vec<u8>)>> {
+pub fn decode_evictions(v: &[u8]) -> Result<Vec<(i64, Vec<u8>)>> {
+    let (due, rest) = due_evictions(v, i64::MAX)?;
+    debug_assert!(rest.is_empty());
+    Ok(due)
+}
+
+/// The items of an eviction list (sorted by time) at or before `threshold`, and the encoded
+/// rest, read only as far as needed.
+pub fn due_evictions(mut v: &[u8], threshold: i64) -> Result<(Vec<(i64, Vec<u8>)>, &[u8])> {
     let mut out = Vec::new();
-    while !v.is_empty() {
-        let t = u64_of(take(&mut v, 8)?)? as i64;
+    while v.len() >= 8 {
+        let t = u64_of(&v[..8])? as i64;
+        if t > threshold {
+            break;
+        }
+        take(&mut v, 8)?;
         let len = u32_of(take(&mut v, 4)?)? as usize;
         out.push((t, take(&mut v, len)?.to_vec()));
     }
-    Ok(out)
+    if !v.is_empty() && v.len() < 8 {
+        return Err(corrupt());
+    }
+    Ok((out, v))
 }
 
 #[cfg(test)]
@@ -154,35 +216,45 @@ mod tests {
 
     #[test]
     fn rows_and_eviction_lists_round_trip() {
-        let rows = vec![
-            Stored {
-                batch: 3,
-                idx: 7,
-                time: Some(-5),
-                matched: true,
-                row: b"abc".to_vec(),
-                removed: false,
-            },
-            Stored {
-                batch: 4,
-                idx: 0,
-                time: None,
-                matched: false,
-                row: Vec::new(),
-                removed: false,
-            },
-        ];
-        assert_eq!(decode_rows(&encode_rows(&rows)).unwrap(), rows);
+        let mut rows = KeyRows::default();
+        rows.push(3, 7, Some(-5), true, b"abc");
+        rows.push(4, 0, None, false, b"");
+        rows.push(4, 1, Some(9), false, b"xyz");
+        let back = KeyRows::decode(rows.encode()).unwrap();
+        assert_eq!(back.rows.len(), 3);
+        for i in 0..3 {
+            assert_eq!(back.row(i), rows.row(i));
+            let (a, b) = (back.rows[i], rows.rows[i]);
+            assert_eq!(
+                (a.batch, a.idx, a.time, a.matched),
+                (b.batch, b.idx, b.time, b.matched)
+            );
+        }
         // removed rows are not written back
-        let mut gone = rows.clone();
-        gone[0].removed = true;
-        assert_eq!(
-            decode_rows(&encode_rows(&gone)).unwrap(),
-            rows[1..].to_vec()
-        );
-        let ev = vec![(i64::MIN, b"k".to_vec()), (9, Vec::new())];
-        assert_eq!(decode_evictions(&encode_evictions(&ev)).unwrap(), ev);
-        assert!(decode_rows(&[1, 2, 3]).is_err(), "truncated entry");
+        rows.rows[0].removed = true;
+        let back = KeyRows::decode(rows.encode()).unwrap();
+        assert_eq!((back.rows.len(), back.row(1)), (2, &b"xyz"[..]));
+        assert!(KeyRows::decode(vec![1, 2, 3]).is_err(), "truncated entry");
+        let ev = vec![
+            (i64::MIN, b"k".to_vec()),
+            (9, Vec::new()),
+            (12, b"xy".to_vec()),
+        ];
+        let bytes = encode_evictions(&ev);
+        assert_eq!(decode_evictions(&bytes).unwrap(), ev);
+        // read up to a threshold: the due items, and the rest still encoded
+        for (threshold, due) in [
+            (i64::MIN, 1),
+            (8, 1),
+            (9, 2),
+            (11, 2),
+            (12, 3),
+            (i64::MAX, 3),
+        ] {
+            let (got, rest) = due_evictions(&bytes, threshold).unwrap();
+            assert_eq!(got, ev[..due].to_vec(), "{threshold}");
+            assert_eq!(rest, &encode_evictions(&ev[due..])[..], "{threshold}");
+        }
     }
 
     #[test]

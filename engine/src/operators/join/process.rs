@@ -2,28 +2,19 @@
 //! state layout in `keys.rs`): the touched keys' rows are read with one multi-get per side,
 //! changed in memory, and each touched key is written back once.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{filter_record_batch, take};
 use sluice_state::store::{StateChanges, StateStore};
 
 use super::keys::{
-    batch_key, batch_keys_end, count_key, decode_evictions, decode_rows, encode_evictions,
-    encode_rows, list_key, Stored,
+    batch_key, batch_keys_end, count_key, due_evictions, encode_evictions, list_key, KeyRows,
 };
 use super::{JoinOp, StreamJoinType};
 use crate::error::{EngineError, Result};
 use crate::operators::stateful::{OperatorOutput, RowCounts, Watermarks};
 use crate::operators::window::event_micros;
-
-/// A side's rows of one key, as read and as changed by the batch.
-struct KeyRows {
-    /// (side, key).
-    key: (u8, Vec<u8>),
-    rows: Vec<Stored>,
-    dirty: bool,
-}
 
 /// What the batch has done so far, before it becomes [`StateChanges`].
 struct Work<'a> {
@@ -31,7 +22,9 @@ struct Work<'a> {
     wm: Watermarks,
     /// The keys' rows read (and changed) in this batch; `index` finds them by (side, key).
     lists: Vec<KeyRows>,
-    index: HashMap<(u8, Vec<u8>), usize>,
+    /// (side, key) of each of `lists`.
+    list_keys: Vec<(u8, Vec<u8>)>,
+    index: [HashMap<Vec<u8>, usize>; 2],
     /// (time, key) of the rows each side buffers in this batch.
     evictions: [Vec<(i64, Vec<u8>)>; 2],
     /// Eviction lists of earlier batches rewritten (`Some`) or deleted (`None`).
@@ -48,7 +41,7 @@ impl Work<'_> {
         let mut out = Vec::with_capacity(wanted.len());
         let mut missing: Vec<(usize, (u8, Vec<u8>))> = Vec::new();
         for (i, (side, key)) in wanted.iter().enumerate() {
-            match self.index.get(&(*side, key.to_vec())) {
+            match self.index[*side as usize].get(*key) {
                 Some(&at) => out.push(at),
                 None => {
                     out.push(usize::MAX);
@@ -62,19 +55,16 @@ impl Work<'_> {
         let keys: Vec<Vec<u8>> = missing.iter().map(|(_, (s, k))| list_key(*s, k)).collect();
         let values = self.store.multi_get(&keys)?;
         for ((i, k), v) in missing.into_iter().zip(values) {
-            let at = match self.index.get(&k) {
+            let at = match self.index[k.0 as usize].get(&k.1) {
                 Some(&at) => at, // wanted twice in this call
                 None => {
                     let rows = match v {
-                        Some(v) => decode_rows(&v)?,
-                        None => Vec::new(),
+                        Some(v) => KeyRows::decode(v)?,
+                        None => KeyRows::default(),
                     };
-                    self.lists.push(KeyRows {
-                        key: k.clone(),
-                        rows,
-                        dirty: false,
-                    });
-                    self.index.insert(k, self.lists.len() - 1);
+                    self.index[k.0 as usize].insert(k.1.clone(), self.lists.len());
+                    self.lists.push(rows);
+                    self.list_keys.push(k);
                     self.lists.len() - 1
                 }
             };
@@ -102,7 +92,8 @@ pub(super) fn run(
         store,
         wm,
         lists: Vec::new(),
-        index: HashMap::new(),
+        list_keys: Vec::new(),
+        index: [HashMap::new(), HashMap::new()],
         evictions: [Vec::new(), Vec::new()],
         eviction_lists: Vec::new(),
         held: before,
@@ -118,15 +109,15 @@ pub(super) fn run(
     }
     // the batch's changes: each touched key once, this batch's eviction lists, the counters
     let mut changes = StateChanges::default();
-    for list in w.lists {
+    for (list, (side, key)) in w.lists.iter().zip(&w.list_keys) {
         if !list.dirty {
             continue;
         }
-        let k = list_key(list.key.0, &list.key.1);
-        if list.rows.iter().all(|r| r.removed) {
+        let k = list_key(*side, key);
+        if list.is_empty() {
             changes.deletes.push(k);
         } else {
-            changes.puts.push((k, encode_rows(&list.rows)));
+            changes.puts.push((k, list.encode()));
         }
     }
     for (k, v) in w.eviction_lists {
@@ -246,25 +237,31 @@ fn arrive(
     // 2. candidate pairs (a left-semi right row only looks for left rows not yet emitted)
     let skip_matched = semi && side == 1;
     let mut this_idx: Vec<u32> = Vec::new();
-    let mut cand: Vec<(usize, usize)> = Vec::new(); // (slot, position in its list)
-    let mut cand_of: HashMap<(usize, usize), u32> = HashMap::new();
     let mut cand_idx: Vec<u32> = Vec::new();
+    // the candidates: every buffered row of the other side under a key of the batch, numbered
+    // from its key's first one
+    let mut cand: Vec<(usize, usize)> = Vec::new(); // (slot, position in its list)
+    let mut base: Vec<Option<u32>> = vec![None; slots.len()];
     for i in 0..n {
         if is_null(i) {
             continue;
         }
         let s = row_slot[i];
         let list = &w.lists[other_list[s]];
+        if list.rows.is_empty() {
+            continue;
+        }
+        let b = *base[s].get_or_insert_with(|| {
+            let b = cand.len() as u32;
+            cand.extend((0..list.rows.len()).map(|pos| (s, pos)));
+            b
+        });
         for (pos, r) in list.rows.iter().enumerate() {
             if r.removed || (skip_matched && r.matched) {
                 continue;
             }
-            let c = *cand_of.entry((s, pos)).or_insert_with(|| {
-                cand.push((s, pos));
-                (cand.len() - 1) as u32
-            });
             this_idx.push(i as u32);
-            cand_idx.push(c);
+            cand_idx.push(b + pos as u32);
         }
     }
     let mut this_matched = vec![false; n];
@@ -273,7 +270,7 @@ fn arrive(
     if !this_idx.is_empty() {
         let other_cols = op.sides[other as usize].rows.convert_rows(
             cand.iter()
-                .map(|(s, pos)| parser.parse(&w.lists[other_list[*s]].rows[*pos].row)),
+                .map(|(s, pos)| parser.parse(w.lists[other_list[*s]].row(*pos))),
         )?;
         let ti = UInt32Array::from(this_idx.clone());
         let ci = UInt32Array::from(cand_idx.clone());
@@ -389,16 +386,7 @@ fn arrive(
         if let Some(t) = time.filter(|_| spec.evict.is_some()) {
             w.evictions[side].push((t, slots[slot].clone()));
         }
-        let list = &mut w.lists[own_list[slot]];
-        list.rows.push(Stored {
-            batch: w.wm.batch_id,
-            idx: i as u32,
-            time,
-            matched,
-            row: rows.row(i).data().to_vec(),
-            removed: false,
-        });
-        list.dirty = true;
+        w.lists[own_list[slot]].push(w.wm.batch_id, i as u32, time, matched, rows.row(i).data());
         w.held[side] += 1;
         w.counts.updated += 1;
         w.updated[side] += 1;
@@ -423,25 +411,30 @@ fn evict(op: &JoinOp, side: usize, w: &mut Work<'_>, out: &mut OperatorOutput) -
     let threshold = w.wm.evict_us + off;
     let me = side as u8;
     // the earlier batches' eviction lists: the keys with rows at or before the threshold
-    let mut lists = Vec::new();
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut rewritten = Vec::new();
+    let mut failed = None;
     w.store
         .scan(&batch_key(me, 0), Some(&batch_keys_end(me)), &mut |k, v| {
-            lists.push((k.to_vec(), v.to_vec()));
-            Ok(true)
+            // read in place, as far as the threshold
+            match due_evictions(v, threshold) {
+                Ok((due, rest)) => {
+                    if !due.is_empty() {
+                        keys.extend(due.into_iter().map(|(_, key)| key));
+                        rewritten.push((k.to_vec(), (!rest.is_empty()).then(|| rest.to_vec())));
+                    }
+                    Ok(true)
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    Ok(false)
+                }
+            }
         })?;
-    let mut keys: Vec<Vec<u8>> = Vec::new();
-    for (k, v) in lists {
-        let items = decode_evictions(&v)?;
-        let cut = items.partition_point(|(t, _)| *t <= threshold);
-        if cut == 0 {
-            continue;
-        }
-        keys.extend(items[..cut].iter().map(|(_, key)| key.clone()));
-        w.eviction_lists.push((
-            k,
-            (cut < items.len()).then(|| encode_evictions(&items[cut..])),
-        ));
+    if let Some(e) = failed {
+        return Err(e);
     }
+    w.eviction_lists.extend(rewritten);
     keys.sort();
     keys.dedup();
     let wanted: Vec<(u8, &[u8])> = keys.iter().map(|k| (me, k.as_slice())).collect();
@@ -449,14 +442,15 @@ fn evict(op: &JoinOp, side: usize, w: &mut Work<'_>, out: &mut OperatorOutput) -
     let mut pad: Vec<Vec<u8>> = Vec::new();
     for i in at {
         let list = &mut w.lists[i];
-        for r in list.rows.iter_mut() {
+        for j in 0..list.rows.len() {
+            let r = list.rows[j];
             if r.removed || r.time.is_none_or(|t| t > threshold) {
                 continue;
             }
             if op.kind.outer(side) && !r.matched {
-                pad.push(std::mem::take(&mut r.row));
+                pad.push(list.row(j).to_vec());
             }
-            r.removed = true;
+            list.rows[j].removed = true;
             list.dirty = true;
             w.held[side] -= 1;
             w.counts.removed += 1;
