@@ -58,12 +58,11 @@ fn spark_name(t: JoinType) -> &'static str {
     }
 }
 
+/// Physical expressions of a join's equality keys.
+type Keys = Vec<Arc<dyn PhysicalExpr>>;
+
 /// The physical expressions of the equality keys of side `right` (0 = left), and their types.
-fn key_exprs(
-    j: &Join,
-    ctx: &Ctx<'_>,
-    right: bool,
-) -> Result<(Vec<Arc<dyn PhysicalExpr>>, Vec<DataType>)> {
+fn key_exprs(j: &Join, ctx: &Ctx<'_>, right: bool) -> Result<(Keys, Vec<DataType>)> {
     let schema = if right {
         j.right.schema()
     } else {
@@ -296,8 +295,8 @@ fn stream_stream(j: &Join, ctx: &mut Ctx<'_>) -> Result<Node> {
         }
     }
     let needs = |s: usize| kind.outer(s) || (kind == StreamJoinType::LeftSemi && s == 0);
-    for s in 0..2 {
-        if needs(s) && evict[s].is_none() {
+    for (s, bound) in evict.iter().enumerate() {
+        if needs(s) && bound.is_none() {
             let nullable = if s == 0 { "right" } else { "left" };
             return Err(refuse(format!(
                 "Stream-stream {} join between two streaming DataFrame/Datasets is not \

@@ -173,6 +173,9 @@ fn u32_of(b: &[u8]) -> Result<u32> {
     Ok(u32::from_be_bytes(b.try_into().map_err(|_| corrupt())?))
 }
 
+/// Items of an eviction list: (time, join key).
+pub type Evictions = Vec<(i64, Vec<u8>)>;
+
 /// Encodes an eviction list (sorted by time).
 pub fn encode_evictions(items: &[(i64, Vec<u8>)]) -> Vec<u8> {
     let mut v = Vec::new();
@@ -193,7 +196,7 @@ pub fn decode_evictions(v: &[u8]) -> Result<Vec<(i64, Vec<u8>)>> {
 
 /// The items of an eviction list (sorted by time) at or before `threshold`, and the encoded
 /// rest, read only as far as needed.
-pub fn due_evictions(mut v: &[u8], threshold: i64) -> Result<(Vec<(i64, Vec<u8>)>, &[u8])> {
+pub fn due_evictions(mut v: &[u8], threshold: i64) -> Result<(Evictions, &[u8])> {
     let mut out = Vec::new();
     while v.len() >= 8 {
         let t = u64_of(&v[..8])? as i64;
@@ -220,7 +223,7 @@ mod tests {
         rows.push(3, 7, Some(-5), true, b"abc");
         rows.push(4, 0, None, false, b"");
         rows.push(4, 1, Some(9), false, b"xyz");
-        let back = KeyRows::decode(rows.encode()).unwrap();
+        let back = KeyRows::decode(rows.encode()).expect("ok");
         assert_eq!(back.rows.len(), 3);
         for i in 0..3 {
             assert_eq!(back.row(i), rows.row(i));
@@ -232,7 +235,7 @@ mod tests {
         }
         // removed rows are not written back
         rows.rows[0].removed = true;
-        let back = KeyRows::decode(rows.encode()).unwrap();
+        let back = KeyRows::decode(rows.encode()).expect("ok");
         assert_eq!((back.rows.len(), back.row(1)), (2, &b"xyz"[..]));
         assert!(KeyRows::decode(vec![1, 2, 3]).is_err(), "truncated entry");
         let ev = vec![
@@ -241,7 +244,7 @@ mod tests {
             (12, b"xy".to_vec()),
         ];
         let bytes = encode_evictions(&ev);
-        assert_eq!(decode_evictions(&bytes).unwrap(), ev);
+        assert_eq!(decode_evictions(&bytes).expect("ok"), ev);
         // read up to a threshold: the due items, and the rest still encoded
         for (threshold, due) in [
             (i64::MIN, 1),
@@ -251,7 +254,7 @@ mod tests {
             (12, 3),
             (i64::MAX, 3),
         ] {
-            let (got, rest) = due_evictions(&bytes, threshold).unwrap();
+            let (got, rest) = due_evictions(&bytes, threshold).expect("ok");
             assert_eq!(got, ev[..due].to_vec(), "{threshold}");
             assert_eq!(rest, &encode_evictions(&ev[due..])[..], "{threshold}");
         }

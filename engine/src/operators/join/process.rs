@@ -101,8 +101,8 @@ pub(super) fn run(
         updated: [0, 0],
     };
     let mut out = OperatorOutput::default();
-    for side in 0..2 {
-        arrive(op, side, inputs[side], &mut w, &mut out)?;
+    for (side, input) in inputs.into_iter().enumerate() {
+        arrive(op, side, input, &mut w, &mut out)?;
     }
     for side in 0..2 {
         evict(op, side, &mut w, &mut out)?;
@@ -135,11 +135,11 @@ pub(super) fn run(
         }
     }
     let mut delta = 0i64;
-    for side in 0..2 {
+    for (side, (held, before)) in w.held.iter().zip(before).enumerate() {
         changes
             .puts
-            .push((count_key(side as u8), w.held[side].to_be_bytes().to_vec()));
-        delta += w.held[side] - before[side];
+            .push((count_key(side as u8), held.to_be_bytes().to_vec()));
+        delta += held - before;
     }
     // rows held, not keys: the store's count is the operator's numRowsTotal
     changes.rows_delta = delta;
@@ -242,11 +242,10 @@ fn arrive(
     // from its key's first one
     let mut cand: Vec<(usize, usize)> = Vec::new(); // (slot, position in its list)
     let mut base: Vec<Option<u32>> = vec![None; slots.len()];
-    for i in 0..n {
+    for (i, &s) in row_slot.iter().enumerate() {
         if is_null(i) {
             continue;
         }
-        let s = row_slot[i];
         let list = &w.lists[other_list[s]];
         if list.rows.is_empty() {
             continue;

@@ -319,17 +319,19 @@ mod tests {
 
     #[test]
     fn refresh_option() {
-        assert_eq!(Refresh::parse(None).unwrap(), Refresh::EveryBatch);
+        assert_eq!(Refresh::parse(None).expect("ok"), Refresh::EveryBatch);
         assert_eq!(
-            Refresh::parse(Some("every-batch")).unwrap(),
+            Refresh::parse(Some("every-batch")).expect("ok"),
             Refresh::EveryBatch
         );
-        assert_eq!(Refresh::parse(Some("ONCE")).unwrap(), Refresh::Once);
+        assert_eq!(Refresh::parse(Some("ONCE")).expect("ok"), Refresh::Once);
         assert_eq!(
-            Refresh::parse(Some("10 minutes")).unwrap(),
+            Refresh::parse(Some("10 minutes")).expect("ok"),
             Refresh::Every(Duration::from_secs(600))
         );
-        let e = Refresh::parse(Some("sometimes")).unwrap_err().to_string();
+        let e = Refresh::parse(Some("sometimes"))
+            .expect_err("an error")
+            .to_string();
         assert!(e.contains("'refresh'") && e.contains("sometimes"), "{e}");
     }
 }
