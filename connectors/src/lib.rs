@@ -130,8 +130,10 @@ pub fn builtin() -> ConnectorRegistry {
         r.add_sink(Arc::new(kafka::sink::KafkaSinkFactory));
     }
     #[cfg(feature = "jdbc")]
-    r.add_sink(Arc::new(jdbc::JdbcSinkFactory));
-    r.add_table(Arc::new(jdbc::read::JdbcTableFactory));
+    {
+        r.add_sink(Arc::new(jdbc::JdbcSinkFactory));
+        r.add_table(Arc::new(jdbc::read::JdbcTableFactory));
+    }
     for f in FORMATS {
         if let Some(feature) = f.feature {
             r.add_missing_feature(f.name, feature);
