@@ -86,9 +86,11 @@ fn joins_in_a_pipeline_file_match_spark_and_survive_kills_at_every_crash_point()
     for query in [
         "ss_inner",
         "ss_left_outer",
+        "ss_right_outer",
         "ss_full_outer",
         "ss_left_semi",
         "static_inner",
+        "static_left_outer",
         "chain_join_window",
     ] {
         let sql = golden_sql(query);
