@@ -14,7 +14,8 @@
 //!  exec/ offsets log ─▶ Source::get_batch ─▶ StreamPlan::execute ─▶ Sink ─▶ state commits
 //!        ─▶ commit log ─▶ progress          │ (the execution owns the state: exec/state.rs)
 //!                                          ▼
-//!  operators/  scans, filters, projections, watermark ─▶ operator 0 ─▶ ... ─▶ operator k
+//!  operators/  scans, filters, projections, watermark, stream-static joins ─▶ operator 0 ─▶
+//!              ... ─▶ operator k (a join reads two inputs)
 //!              each StatefulOperator: rows split by key hash into N partitions, the
 //!              partitions run on a worker pool (partitioned.rs), each with its own store
 //! ```
@@ -36,6 +37,8 @@
 //! | `operators/` [`partitioned`] | the one skeleton every stateful operator runs in: split by key hash, partitions on a worker pool, stage, commit |
 //! | `operators/` [`aggregate`] | the streaming aggregation operator (windows, watermark, output modes; session windows in `session_agg.rs`) |
 //! | `operators/` [`dedup`] | `drop_duplicates` / `drop_duplicates_within_watermark` |
+//! | `operators/` [`join`] | the stream-stream join (`symmetricHashJoin`: state watermarks from the condition in `join/bounds.rs`, state layout in `join/keys.rs`) and the stream-static join (`join/static_join.rs`) |
+//! | `plan/` `join`, [`static_table`](plan::static_table) | joins translated with Spark's rules and refusals; static tables (`session.read()`, `[table.*]`) read whole per refresh |
 //! | `operators/` [`watermark`] | `with_watermark`: the event-time watermark node; the multiple-watermark policy (min/max) as a pure function |
 //! | `operators/` [`window`] | `window` / `session_window`: the window functions and their shapes |
 //! | `operators/` [`json_fn`] | `from_json` / `to_json` (Spark's), for the DataFrame API and SQL; the one JSON decoding loop |
@@ -67,11 +70,14 @@ pub mod plan;
 // the modules' former flat paths (`sluice_engine::session`, `crate::aggregate`, ...) stay valid
 pub use api::{dataframe, query, reader, session, writer};
 pub use exec::{execution, fault, guarantee, progress, retry};
-pub use operators::{aggregate, clock, dedup, json_fn, partitioned, stateful, watermark, window};
+pub use operators::{
+    aggregate, clock, dedup, join, json_fn, partitioned, stateful, watermark, window,
+};
 pub use plan::sql;
 
 pub use api::dataframe::{DataFrame, GroupedData};
 pub use api::query::{QueryError, StreamingQuery, StreamingQueryListener};
+pub use api::reader::DataFrameReader;
 pub use api::reader::{DataStreamReader, IntoSchema};
 pub use api::session::{Session, SessionBuilder};
 pub use api::writer::{DataStreamWriter, PreparedQuery, Trigger};
