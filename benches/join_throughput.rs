@@ -26,27 +26,6 @@ use common::{
     arg, err, flag, median, peak_rss_mib, repo, require_spark, spark_python, spark_summary,
 };
 
-fn ensure_input(dir: &Path) -> sluice::Result<()> {
-    if dir.join("_manifest.json").is_file() {
-        return Ok(());
-    }
-    eprintln!(
-        "generating {} (1M rows per stream, 40 files)...",
-        dir.display()
-    );
-    let st = Command::new("python3")
-        .arg(repo().join("testdata/golden/spark-join/gen_ads.py"))
-        .args(["--out", &dir.to_string_lossy()])
-        .args(["--seed", "5", "--files", "40", "--per-file", "26000"])
-        .args(["--click-prob", "0.95", "--force"])
-        .status()
-        .map_err(|e| err(format!("python3 gen_ads.py: {e}")))?;
-    if !st.success() {
-        return Err(err(format!("gen_ads.py failed: {st}")));
-    }
-    Ok(())
-}
-
 struct Run {
     rows: u64,
     rows_out: u64,
@@ -161,7 +140,20 @@ fn main() -> sluice::Result<()> {
     let input = arg("--input").unwrap_or_else(|| format!("{data}/ads_1m"));
     let max_files = arg("--max-files").unwrap_or_else(|| "4".into());
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
-    ensure_input(Path::new(&input))?;
+    common::ensure_input(
+        Path::new(&input),
+        &repo().join("testdata/golden/spark-join/gen_ads.py"),
+        &[
+            "--seed",
+            "5",
+            "--files",
+            "40",
+            "--per-file",
+            "26000",
+            "--click-prob",
+            "0.95",
+        ],
+    )?;
     let with_spark = !flag("--no-spark");
     if with_spark {
         require_spark()?;

@@ -23,32 +23,6 @@ use sluice::prelude::*;
 mod common;
 use common::{arg, err, flag, median, require_spark, shared_bench, spark_python, spark_summary};
 
-/// Generates the 10M-event input when it is not there yet.
-fn ensure_input(dir: &Path) -> sluice::Result<()> {
-    if dir.join("_manifest.json").is_file() {
-        return Ok(());
-    }
-    eprintln!("generating {} (10M events, 200 files)...", dir.display());
-    let st = Command::new("python3")
-        .arg(shared_bench().join("gen_events.py"))
-        .args(["--out", &dir.to_string_lossy()])
-        .args([
-            "--events",
-            "10000000",
-            "--files",
-            "200",
-            "--span-min",
-            "200",
-        ])
-        .args(["--seed", "2", "--force"])
-        .status()
-        .map_err(|e| err(format!("python3 gen_events.py: {e}")))?;
-    if !st.success() {
-        return Err(err(format!("gen_events.py failed: {st}")));
-    }
-    Ok(())
-}
-
 struct SluiceRun {
     events: u64,
     rows_out: u64,
@@ -145,7 +119,20 @@ fn main() -> sluice::Result<()> {
     let input = arg("--input").unwrap_or_else(|| format!("{data}/ev_10m"));
     let max_files = arg("--max-files").unwrap_or_else(|| "10".into());
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
-    ensure_input(Path::new(&input))?;
+    common::ensure_input(
+        Path::new(&input),
+        &shared_bench().join("gen_events.py"),
+        &[
+            "--events",
+            "10000000",
+            "--files",
+            "200",
+            "--span-min",
+            "200",
+            "--seed",
+            "2",
+        ],
+    )?;
     let with_spark = !flag("--no-spark");
     if with_spark {
         require_spark()?;

@@ -58,6 +58,35 @@ pub fn require_spark() -> sluice::Result<()> {
     )))
 }
 
+/// Generates a benchmark's input into `dir` with `script` (a Python generator taking `--out`)
+/// and `args`, unless it is there already (its `_manifest.json` exists).
+pub fn ensure_input(
+    dir: &std::path::Path,
+    script: &std::path::Path,
+    args: &[&str],
+) -> sluice::Result<()> {
+    if dir.join("_manifest.json").is_file() {
+        return Ok(());
+    }
+    eprintln!(
+        "generating {} ({} {})...",
+        dir.display(),
+        script.display(),
+        args.join(" ")
+    );
+    let st = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--out", &dir.to_string_lossy()])
+        .args(args)
+        .arg("--force")
+        .status()
+        .map_err(|e| err(format!("python3 {}: {e}", script.display())))?;
+    if !st.success() {
+        return Err(err(format!("{} failed: {st}", script.display())));
+    }
+    Ok(())
+}
+
 /// The median.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -83,6 +83,27 @@ fn db_error(cfg: &JdbcConfig, e: sqlx::Error) -> EngineError {
     }
 }
 
+/// Runs `$body` with `$c`, a new connection to the configured database (PostgreSQL or
+/// MySQL/MariaDB: the same statements serve both).
+macro_rules! on_connection {
+    ($cfg:expr, $c:ident => $body:expr) => {
+        match connect_options($cfg)? {
+            ConnectOptions::Pg(o) => {
+                let mut $c = sqlx::PgConnection::connect_with(&o)
+                    .await
+                    .map_err(|e| db_error($cfg, e))?;
+                $body
+            }
+            ConnectOptions::My(o) => {
+                let mut $c = sqlx::MySqlConnection::connect_with(&o)
+                    .await
+                    .map_err(|e| db_error($cfg, e))?;
+                $body
+            }
+        }
+    };
+}
+
 impl TableFactory for JdbcTableFactory {
     fn formats(&self) -> Vec<&'static str> {
         vec!["jdbc"]
@@ -96,28 +117,13 @@ impl TableFactory for JdbcTableFactory {
         let sql = format!("SELECT * FROM {}", cfg.table.sql(cfg.target.dialect));
         let columns: Vec<(String, String)> = on_runtime(|rt| {
             rt.block_on(async {
-                let cols = match connect_options(&cfg)? {
-                    ConnectOptions::Pg(o) => {
-                        let mut c = sqlx::PgConnection::connect_with(&o)
-                            .await
-                            .map_err(|e| db_error(&cfg, e))?;
-                        let d = (&mut c)
-                            .prepare(sqlx::AssertSqlSafe(sql.clone()).into_sql_str())
-                            .await
-                            .map_err(|e| db_error(&cfg, e))?;
-                        names(d.columns())
-                    }
-                    ConnectOptions::My(o) => {
-                        let mut c = sqlx::MySqlConnection::connect_with(&o)
-                            .await
-                            .map_err(|e| db_error(&cfg, e))?;
-                        let d = (&mut c)
-                            .prepare(sqlx::AssertSqlSafe(sql.clone()).into_sql_str())
-                            .await
-                            .map_err(|e| db_error(&cfg, e))?;
-                        names(d.columns())
-                    }
-                };
+                let cols = on_connection!(&cfg, c => {
+                    let d = (&mut c)
+                        .prepare(sqlx::AssertSqlSafe(sql.clone()).into_sql_str())
+                        .await
+                        .map_err(|e| db_error(&cfg, e))?;
+                    names(d.columns())
+                });
                 Ok(cols)
             })
         })?;
@@ -165,32 +171,15 @@ impl TableFactory for JdbcTableFactory {
                     |get: &dyn Fn(usize) -> std::result::Result<Option<String>, sqlx::Error>| {
                         (0..n).map(get).collect::<std::result::Result<Vec<_>, _>>()
                     };
-                match connect_options(&cfg)? {
-                    ConnectOptions::Pg(o) => {
-                        let mut c = sqlx::PgConnection::connect_with(&o)
-                            .await
-                            .map_err(|e| db_error(&cfg, e))?;
-                        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                            .fetch_all(&mut c)
-                            .await
-                            .map_err(|e| db_error(&cfg, e))?;
-                        rows.iter()
-                            .map(|r| text(&|i| r.try_get(i)).map_err(|e| db_error(&cfg, e)))
-                            .collect()
-                    }
-                    ConnectOptions::My(o) => {
-                        let mut c = sqlx::MySqlConnection::connect_with(&o)
-                            .await
-                            .map_err(|e| db_error(&cfg, e))?;
-                        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                            .fetch_all(&mut c)
-                            .await
-                            .map_err(|e| db_error(&cfg, e))?;
-                        rows.iter()
-                            .map(|r| text(&|i| r.try_get(i)).map_err(|e| db_error(&cfg, e)))
-                            .collect()
-                    }
-                }
+                on_connection!(&cfg, c => {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                        .fetch_all(&mut c)
+                        .await
+                        .map_err(|e| db_error(&cfg, e))?;
+                    rows.iter()
+                        .map(|r| text(&|i| r.try_get(i)).map_err(|e| db_error(&cfg, e)))
+                        .collect()
+                })
             })
         })?;
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(n);

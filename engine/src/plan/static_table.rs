@@ -83,7 +83,7 @@ impl StaticTable {
 
     /// Reads the whole table as it is now.
     pub fn read(&self) -> Result<Vec<RecordBatch>> {
-        READS.fetch_add(1, Ordering::SeqCst);
+        let read = READS.fetch_add(1, Ordering::SeqCst);
         let factory = match &self.reader {
             Reader::Table(t) => {
                 return t.read(&self.spec, &self.schema).map_err(|e| {
@@ -92,11 +92,7 @@ impl StaticTable {
             }
             Reader::Source(f) => f,
         };
-        let dir = std::env::temp_dir().join(format!(
-            "sluice-static-{}-{}",
-            std::process::id(),
-            READS.load(Ordering::SeqCst)
-        ));
+        let dir = std::env::temp_dir().join(format!("sluice-static-{}-{read}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| {
             EngineError::external(format!(
                 "cannot create the temporary directory {} to read a static table: {e}",

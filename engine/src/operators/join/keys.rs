@@ -188,6 +188,7 @@ pub fn encode_evictions(items: &[(i64, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Decodes an eviction list.
+#[cfg(test)]
 pub fn decode_evictions(v: &[u8]) -> Result<Vec<(i64, Vec<u8>)>> {
     let (due, rest) = due_evictions(v, i64::MAX)?;
     debug_assert!(rest.is_empty());
