@@ -397,6 +397,15 @@ fn run(
                     tracing::info!("query '{name}' stopped; {}", left(running));
                     continue;
                 };
+                if e.schema_changed {
+                    // Auto Loader wrote the next schema version: go on with it at once, as a
+                    // Databricks job's retry does (once per change: the new schema has them)
+                    tracing::warn!("query '{name}' stopped on a schema change: {e}; restarting it with the new schema");
+                    mark(&id, Some(QueryState::Retrying));
+                    running += 1;
+                    schedule_restart(name, std::time::Duration::ZERO);
+                    continue;
+                }
                 if fail_fast {
                     tracing::error!("query '{name}' failed: {e} (--fail-fast: stopping all)");
                     mark(&id, Some(QueryState::Failed));

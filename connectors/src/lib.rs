@@ -4,7 +4,7 @@
 //!
 //! | module            | what it holds |
 //! |-------------------|---------------|
-//! | [`file`]          | the file-directory source (json, csv, parquet, text), watched with inotify; a parser pool that parses the next batches' files ahead |
+//! | [`file`]          | the file-directory source (json, csv, parquet, text), watched with inotify; a parser pool that parses the next batches' files ahead; Auto Loader (`cloudFiles`: schema kept in versions, evolution, rescued data) on top |
 //! | [`formats`]       | json / csv / parquet / text decoding into Arrow, malformed-record modes |
 //! | [`sinks::console`]| Spark's console output |
 //! | [`sinks::memory`] | a named in-memory table, queryable with SQL |
@@ -75,6 +75,12 @@ pub const FORMATS: &[Format] = &[
     ),
     format("csv", None, "source, sink", "CSV files in a directory"),
     format(
+        "cloudFiles",
+        None,
+        "source",
+        "Auto Loader: json/csv/parquet files, schema inferred once and evolved, rescued data",
+    ),
+    format(
         "parquet",
         None,
         "source, sink",
@@ -116,6 +122,7 @@ use sluice_engine::ConnectorRegistry;
 pub fn builtin() -> ConnectorRegistry {
     let mut r = ConnectorRegistry::new();
     r.add_source(Arc::new(file::FileSourceFactory));
+    r.add_source(Arc::new(file::CloudFilesFactory));
     r.add_sink(Arc::new(sinks::console::ConsoleSinkFactory));
     r.add_sink(Arc::new(sinks::memory::MemorySinkFactory));
     r.add_sink(Arc::new(sinks::file::FileSinkFactory));

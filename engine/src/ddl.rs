@@ -46,6 +46,68 @@ pub fn parse_ddl_schema(ddl: &str) -> Result<Schema> {
     Ok(Schema::new(fields))
 }
 
+/// Writes a schema as a DDL string [`parse_ddl_schema`] reads back (names quoted with backticks
+/// when they need it; nullability and metadata are not written).
+pub fn schema_to_ddl(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", ddl_name(f.name()), type_to_ddl(f.data_type())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ddl_name(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if plain {
+        name.to_string()
+    } else {
+        format!("`{}`", name.replace('`', "``"))
+    }
+}
+
+/// The DDL name of an Arrow type (Spark's names; a type without one is written as STRING).
+pub fn type_to_ddl(t: &DataType) -> String {
+    match t {
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Int8 => "TINYINT".into(),
+        DataType::Int16 => "SMALLINT".into(),
+        DataType::Int32 => "INT".into(),
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => "BIGINT".into(),
+        DataType::UInt8 => "SMALLINT".into(),
+        DataType::UInt16 => "INT".into(),
+        DataType::Float16 | DataType::Float32 => "FLOAT".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Date32 | DataType::Date64 => "DATE".into(),
+        DataType::Timestamp(_, Some(_)) => "TIMESTAMP".into(),
+        DataType::Timestamp(_, None) => "TIMESTAMP_NTZ".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "BINARY".into(),
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("DECIMAL({p}, {s})"),
+        DataType::List(f) | DataType::LargeList(f) => {
+            format!("ARRAY<{}>", type_to_ddl(f.data_type()))
+        }
+        DataType::Map(entries, _) => match entries.data_type() {
+            DataType::Struct(kv) if kv.len() == 2 => format!(
+                "MAP<{}, {}>",
+                type_to_ddl(kv[0].data_type()),
+                type_to_ddl(kv[1].data_type())
+            ),
+            _ => "STRING".into(),
+        },
+        DataType::Struct(fields) => format!(
+            "STRUCT<{}>",
+            fields
+                .iter()
+                .map(|f| format!("{}: {}", ddl_name(f.name()), type_to_ddl(f.data_type())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => "STRING".into(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Word(String),
@@ -296,6 +358,22 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ddl_written_reads_back_as_the_same_schema() {
+        let ddl = "`my col` DECIMAL(12, 2), tags ARRAY<STRING>, m MAP<STRING, INT>, \
+                   p STRUCT<x: DOUBLE, `y y`: BIGINT>, d DATE, b BINARY, n TIMESTAMP_NTZ, \
+                   t TIMESTAMP, f BOOLEAN";
+        let schema = parse_ddl_schema(ddl).unwrap();
+        let written = schema_to_ddl(&schema);
+        assert_eq!(
+            written,
+            "`my col` DECIMAL(12, 2), tags ARRAY<STRING>, m MAP<STRING, INT>, \
+             p STRUCT<x: DOUBLE, `y y`: BIGINT>, d DATE, b BINARY, n TIMESTAMP_NTZ, \
+             t TIMESTAMP, f BOOLEAN"
+        );
+        assert_eq!(parse_ddl_schema(&written).unwrap(), schema);
+    }
 
     #[test]
     fn parses_the_seed_schema() {

@@ -22,6 +22,12 @@ pub enum EngineError {
         /// The source, e.g. `the json source at 'in'`.
         what: String,
     },
+    /// A source's schema evolved (Auto Loader's `addNewColumns` met new columns and wrote the
+    /// next schema version): the query stops before the batch is committed and continues with
+    /// the new schema when started again (`sluice run` does that by itself). The user acts only
+    /// if nothing restarts the query.
+    #[error("{0}")]
+    SchemaChanged(String),
     /// An invariant of Sluice was broken.
     #[error("internal error (a bug in Sluice): {0}")]
     Bug(String),
@@ -48,13 +54,25 @@ impl EngineError {
     /// Who must act on this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            EngineError::User(_) | EngineError::MissingSchema { .. } => ErrorKind::User,
+            EngineError::User(_)
+            | EngineError::MissingSchema { .. }
+            | EngineError::SchemaChanged(_) => ErrorKind::User,
             EngineError::External(_) => ErrorKind::External,
             EngineError::Bug(_) => ErrorKind::Bug,
             EngineError::State(e) => e.kind(),
             EngineError::DataFusion(e) => datafusion_kind(e),
             EngineError::Arrow(e) => arrow_kind(e),
             EngineError::Context { source, .. } => source.kind(),
+        }
+    }
+
+    /// Whether the query stopped because a source's schema evolved, so that starting it again
+    /// continues with the new schema ([`EngineError::SchemaChanged`], under any context).
+    pub fn is_schema_change(&self) -> bool {
+        match self {
+            EngineError::SchemaChanged(_) => true,
+            EngineError::Context { source, .. } => source.is_schema_change(),
+            _ => false,
         }
     }
 

@@ -85,7 +85,7 @@ pub use connector::{
     ConnectorRegistry, Notifier, Offset, OutputMode, ReadLimit, Sink, SinkContext, SinkFactory,
     SinkSpec, Source, SourceContext, SourceFactory, SourceSpec, TableFactory,
 };
-pub use ddl::{parse_ddl_schema, timestamp_type};
+pub use ddl::{parse_ddl_schema, schema_to_ddl, timestamp_type};
 pub use error::{EngineError, ErrorKind, Result};
 pub use exec::guarantee::Guarantee;
 pub use exec::progress::{QueryProgress, QueryStatus};

@@ -12,9 +12,11 @@
 //! - `listing.rs`: where to look (a directory or a glob) and what a listing finds.
 //! - `arrival.rs`: when a listed file is ready to take (written in place, recorded sizes).
 //! - `pool.rs`: parser threads that read and decode a batch's files ahead of time.
+//! - `autoloader/`: `format("cloudFiles")`, Databricks' Auto Loader over this source.
 //! - here: the source log, planning batches and the `Source` contract.
 
 mod arrival;
+mod autoloader;
 mod listing;
 mod pool;
 mod settings;
@@ -34,6 +36,7 @@ use crate::formats::{self, csv::CsvOptions, ParseSettings};
 
 pub use listing::FileEntry;
 use listing::*;
+pub use autoloader::CloudFilesFactory;
 pub use settings::FileSourceFactory;
 use settings::*;
 
@@ -62,6 +65,8 @@ struct FileReader {
     options: Options,
     /// `ignoreMissingFiles`: a file deleted after it was taken is skipped with a warning.
     ignore_missing: bool,
+    /// Auto Loader (`format("cloudFiles")`): columns by name, rescued data, new columns.
+    auto: Option<Arc<autoloader::AutoRead>>,
 }
 
 /// Batches with at least this many bytes of input are parsed on all cores (smaller ones on the
@@ -126,44 +131,67 @@ pub struct FileSource {
 pub(super) struct Parsed {
     batches: Vec<RecordBatch>,
     malformed: u64,
+    /// Auto Loader: columns the file has that the schema lacks.
+    new_columns: Vec<autoloader::NewColumn>,
 }
 
 impl FileReader {
     fn read_file(&self, f: &FileEntry) -> Result<Parsed> {
         formats::take_malformed(); // this thread's count starts at this file
-        let batches = self.read_batches(f)?;
+        let read = self.read_batches(f)?;
         Ok(Parsed {
-            batches,
+            batches: read.batches,
             malformed: formats::take_malformed(),
+            new_columns: read.new_columns,
         })
     }
 
-    fn read_batches(&self, f: &FileEntry) -> Result<Vec<RecordBatch>> {
+    fn read_batches(&self, f: &FileEntry) -> Result<autoloader::Read> {
         let path = Path::new(&f.path);
+        let plain = |batches| autoloader::Read {
+            batches,
+            new_columns: Vec::new(),
+        };
         if self.format == FileFormat::Parquet {
             let mut bytes = Vec::new();
             if !arrival::read_recorded(f, &mut bytes, false, self.ignore_missing)? {
-                return Ok(Vec::new());
+                return Ok(plain(Vec::new()));
             }
-            return formats::parquet::read(path, bytes, &self.schema);
+            return match &self.auto {
+                Some(auto) => {
+                    let own = formats::parquet::read_own(path, bytes)?;
+                    auto.conform(path, &own, &ParseSettings::new(Arc::clone(&self.schema), &self.options)?)
+                }
+                None => formats::parquet::read(path, bytes, &self.schema).map(plain),
+            };
         }
         // text formats are decoded from a buffer each parser thread reuses (no fresh pages to
         // fault in for every file)
         READ_BUF.with(|cell| {
             let mut bytes = cell.borrow_mut();
             if !arrival::read_recorded(f, &mut bytes, true, self.ignore_missing)? {
-                return Ok(Vec::new());
+                return Ok(plain(Vec::new()));
             }
-            let out = match self.format {
-                FileFormat::Json => formats::json::read(path, &bytes, self.settings()?),
-                FileFormat::Csv => {
-                    let csv = self
-                        .csv
-                        .as_ref()
-                        .ok_or_else(|| EngineError::bug("csv options missing"))?;
-                    formats::csv::read(path, &bytes, self.settings()?, csv)
+            let csv = || {
+                self.csv
+                    .as_ref()
+                    .ok_or_else(|| EngineError::bug("csv options missing"))
+            };
+            let out = match (self.format, &self.auto) {
+                (FileFormat::Json, Some(auto)) => auto.read_json(path, &bytes, self.settings()?),
+                (FileFormat::Csv, Some(auto)) => {
+                    let own = formats::csv::read_as_text(path, &bytes, csv()?)?;
+                    auto.conform(path, &[own], self.settings()?)
                 }
-                FileFormat::Parquet | FileFormat::Text => formats::text::read(&bytes, &self.schema),
+                (FileFormat::Json, None) => {
+                    formats::json::read(path, &bytes, self.settings()?).map(plain)
+                }
+                (FileFormat::Csv, None) => {
+                    formats::csv::read(path, &bytes, self.settings()?, csv()?).map(plain)
+                }
+                (FileFormat::Parquet | FileFormat::Text, _) => {
+                    formats::text::read(&bytes, &self.schema).map(plain)
+                }
             };
             if bytes.capacity() > MAX_KEPT_READ_BUFFER {
                 *bytes = Vec::new();
@@ -374,6 +402,14 @@ impl Source for FileSource {
                 .collect::<Result<Vec<_>>>()?,
         };
         self.malformed = parsed.iter().map(|p| p.malformed).sum();
+        if let Some(auto) = &self.reader.auto {
+            // before any row goes on: new columns may stop the query (addNewColumns)
+            let new: Vec<_> = parsed
+                .iter()
+                .flat_map(|p| p.new_columns.iter().cloned())
+                .collect();
+            auto.check_new_columns(&new)?;
+        }
         if let Some(p) = &self.pool {
             if next_bytes >= PARALLEL_PARSE_BYTES {
                 p.look_ahead(&self.next_files);
@@ -387,7 +423,10 @@ impl Source for FileSource {
     fn project(&mut self, columns: &[usize]) -> Result<bool> {
         // JSON decodes only the projected fields (the others are skipped on the tape) and
         // Parquet aligns its columns by name; CSV is positional and text has one column
-        if !matches!(self.reader.format, FileFormat::Json | FileFormat::Parquet) {
+        // (Auto Loader reads every column: what the schema lacks is rescued or evolves it)
+        if !matches!(self.reader.format, FileFormat::Json | FileFormat::Parquet)
+            || self.reader.auto.is_some()
+        {
             return Ok(false);
         }
         let schema = Arc::new(self.schema.project(columns)?);

@@ -196,6 +196,17 @@ impl SourceFactory for FileSourceFactory {
         schema: SchemaRef,
         ctx: &SourceContext,
     ) -> Result<Box<dyn Source>> {
+        Ok(Box::new(Self::create_file_source(spec, schema, ctx)?))
+    }
+}
+
+impl FileSourceFactory {
+    /// The source [`SourceFactory::create`] boxes (Auto Loader builds on it).
+    pub(super) fn create_file_source(
+        spec: &SourceSpec,
+        schema: SchemaRef,
+        ctx: &SourceContext,
+    ) -> Result<FileSource> {
         let format = FileFormat::parse(&spec.format)?;
         let path = spec.path.clone().unwrap_or_default();
         let loc = Location::new(&path)?;
@@ -220,7 +231,7 @@ impl SourceFactory for FileSourceFactory {
             FileFormat::Csv => Some(CsvOptions::from_options(o)?),
             _ => None,
         };
-        Ok(Box::new(FileSource {
+        Ok(FileSource {
             description: format!("FileStreamSource[{path}]"),
             reader: Arc::new(FileReader {
                 format,
@@ -229,6 +240,7 @@ impl SourceFactory for FileSourceFactory {
                 csv,
                 options: o.clone(),
                 ignore_missing: o.get_bool("ignoreMissingFiles", false)?,
+                auto: None,
             }),
             pool: None,
             next_files: Vec::new(),
@@ -268,7 +280,7 @@ impl SourceFactory for FileSourceFactory {
             wakeup: arrival::Wakeup::default(),
             notifier: None,
             malformed: 0,
-        }))
+        })
     }
 }
 

@@ -201,6 +201,36 @@ pub fn read(
     decode_lines(path, &lines, settings, &decode)
 }
 
+/// Reads a CSV file's columns as text, named by its header (`_c0`, `_c1`, ... without one, as
+/// Spark names them): Auto Loader matches columns by name, file by file.
+pub fn read_as_text(path: &Path, bytes: &[u8], opts: &CsvOptions) -> Result<RecordBatch> {
+    let bytes = super::strip_bom(bytes);
+    let (found, _) = arrow::csv::reader::Format::default()
+        .with_header(opts.header)
+        .with_delimiter(opts.delimiter)
+        .with_quote(opts.quote)
+        .with_escape(opts.escape)
+        .infer_schema(Cursor::new(bytes), Some(1))?;
+    let texts = Arc::new(Schema::new(
+        found
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let name = if opts.header {
+                    f.name().clone()
+                } else {
+                    format!("_c{i}")
+                };
+                Field::new(name, DataType::Utf8, true)
+            })
+            .collect::<Vec<_>>(),
+    ));
+    decode_text(bytes, &texts, opts, opts.header).map_err(|e| {
+        EngineError::user(format!("cannot read CSV file {}: {e}", path.display()))
+    })
+}
+
 /// Infers a schema from the first records of `bytes` (`inferSchema`).
 pub fn infer(bytes: &[u8], opts: &CsvOptions) -> Result<Schema> {
     let (schema, _) = arrow::csv::reader::Format::default()

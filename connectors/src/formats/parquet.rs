@@ -13,17 +13,8 @@ use sluice_engine::{EngineError, Result};
 
 /// Reads one Parquet file.
 pub fn read(path: &Path, bytes: Vec<u8>, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
-    let corrupt = |e: &dyn std::fmt::Display| {
-        EngineError::user(format!("cannot read Parquet file {}: {e}", path.display()))
-    };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
-        .map_err(|e| corrupt(&e))?
-        .with_batch_size(8192)
-        .build()
-        .map_err(|e| corrupt(&e))?;
     let mut out = Vec::new();
-    for b in reader {
-        let b = b.map_err(|e| corrupt(&e))?;
+    for b in read_own(path, bytes)? {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
         for f in schema.fields() {
             let col = match b.column_by_name(f.name()) {
@@ -44,6 +35,20 @@ pub fn read(path: &Path, bytes: Vec<u8>, schema: &SchemaRef) -> Result<Vec<Recor
         out.push(RecordBatch::try_new(Arc::clone(schema), cols)?);
     }
     Ok(out)
+}
+
+/// Reads a Parquet file with its own columns and types.
+pub fn read_own(path: &Path, bytes: Vec<u8>) -> Result<Vec<RecordBatch>> {
+    let corrupt = |e: &dyn std::fmt::Display| {
+        EngineError::user(format!("cannot read Parquet file {}: {e}", path.display()))
+    };
+    ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
+        .map_err(|e| corrupt(&e))?
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| corrupt(&e))?
+        .map(|b| b.map_err(|e| corrupt(&e)))
+        .collect()
 }
 
 /// The schema of a Parquet file (`inferSchema` is implicit for Parquet in Spark).

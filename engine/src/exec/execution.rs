@@ -130,6 +130,7 @@ impl Execution {
                 Some(QueryError {
                     message: e.to_string(),
                     kind: e.kind(),
+                    schema_changed: e.is_schema_change(),
                 })
             }
             Err(panic) => {
@@ -141,6 +142,7 @@ impl Execution {
                 Some(QueryError {
                     message: format!("internal error (a bug in Sluice): panic: {msg}"),
                     kind: ErrorKind::Bug,
+                    schema_changed: false,
                 })
             }
         };

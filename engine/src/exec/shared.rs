@@ -21,6 +21,9 @@ pub struct QueryError {
     pub message: String,
     /// Who must act.
     pub kind: ErrorKind,
+    /// The query stopped because a source's schema evolved: starting it again continues with
+    /// the new schema (Auto Loader's `addNewColumns`; `sluice run` restarts it by itself).
+    pub schema_changed: bool,
 }
 
 /// Told about queries' lifecycle (Spark's `StreamingQueryListener`). Called on the query's thread:

@@ -132,6 +132,17 @@ pub fn decode_json(
     text: &[u8],
     batch_rows: usize,
 ) -> Result<Vec<RecordBatch>, String> {
+    decode_json_with(schema, text, batch_rows, false)
+}
+
+/// [`decode_json`]; `strict`: a field the schema does not have is an error too (Auto Loader
+/// decodes strictly first, so that only text with something to rescue takes its slow path).
+pub fn decode_json_with(
+    schema: &SchemaRef,
+    text: &[u8],
+    batch_rows: usize,
+    strict: bool,
+) -> Result<Vec<RecordBatch>, String> {
     // JSON numbers in timestamp columns are epoch seconds (Spark): only text that has one
     // takes the slower path
     let ts_cols = crate::operators::json_epoch::timestamp_columns(schema);
@@ -151,7 +162,7 @@ pub fn decode_json(
                 ));
             }
             let as_text = crate::operators::json_epoch::as_text(schema, &ts_cols);
-            return decode_json_as(&as_text, text, batch_rows)?
+            return decode_json_as(&as_text, text, batch_rows, strict)?
                 .into_iter()
                 .map(|b| crate::operators::json_epoch::convert(b, schema, &ts_cols))
                 .collect();
@@ -189,7 +200,7 @@ pub fn decode_json(
                 .collect::<Vec<_>>(),
             schema.metadata().clone(),
         ));
-        return decode_json_as(&plain, text, batch_rows)?
+        return decode_json_as(&plain, text, batch_rows, strict)?
             .into_iter()
             .map(|b| {
                 let mut cols = b.columns().to_vec();
@@ -211,16 +222,18 @@ pub fn decode_json(
             })
             .collect();
     }
-    decode_json_as(schema, text, batch_rows)
+    decode_json_as(schema, text, batch_rows, strict)
 }
 
 fn decode_json_as(
     schema: &SchemaRef,
     text: &[u8],
     batch_rows: usize,
+    strict: bool,
 ) -> Result<Vec<RecordBatch>, String> {
     let mut decoder = ReaderBuilder::new(Arc::clone(schema))
         .with_batch_size(batch_rows)
+        .with_strict_mode(strict)
         // a number or boolean into a STRING column is kept as its text, as Spark does
         .with_coerce_primitive(true)
         .build_decoder()
