@@ -18,6 +18,14 @@ use crate::{EngineError, Result};
 /// it answers (and whether an existing JDBC table has the key an upsert needs), without running
 /// or creating anything: no checkpoint, output directory, progress log or table. Returns the
 /// report to print.
+/// `sluice graph`: the pipeline's queries as a graph of tables, stage by stage (what each
+/// reads, what it writes), without running or creating anything.
+pub fn graph(path: &Path) -> Result<String> {
+    let (pipeline, _) = Pipeline::load(path)?;
+    let session = pipeline.session("sluice-graph")?;
+    pipeline.render_graph(&session)
+}
+
 pub fn validate(path: &Path) -> Result<String> {
     let (pipeline, base) = Pipeline::load(path)?;
     let session = pipeline.session("sluice-validate")?;

@@ -23,7 +23,8 @@
 //! | (root)       | [`Session`] (engine session with built-in connectors), re-exports |
 //! | [`prelude`]  | what a program needs: `Session`, `col`, `lit`, `Trigger`, `OutputMode`, ... |
 //! | [`pipeline`] | the pipeline file (`sluice run pipeline.toml`): parsing, checking, preparing its queries |
-//! | [`cli`]      | `sluice validate` and `sluice checkpoint inspect|state` |
+//! | [`cli`]      | `sluice validate`, `sluice graph` and `sluice checkpoint inspect|state` |
+//! | [`daemon`]   | `sluice run`'s loop: queries launched in the graph's order, restarted, stopped |
 //! | [`http`]     | the daemon's status API, `/healthz`, Prometheus metrics ([`http::metrics`]) and dashboard |
 //! | [`backfill`] | the progress line of `sluice run --available-now` |
 //!
@@ -33,6 +34,7 @@
 
 pub mod backfill;
 pub mod cli;
+pub mod daemon;
 pub mod http;
 pub mod pipeline;
 

@@ -2,13 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use sluice::http::QueryState;
-use sluice::pipeline::Pipeline;
-use sluice::{QueryError, RetryPolicy, StreamingQueryListener};
 
 #[derive(Parser)]
 #[command(
@@ -93,6 +88,12 @@ enum Command {
         /// The pipeline file.
         pipeline: PathBuf,
     },
+    /// Prints the pipeline as a graph of tables: its inputs, then its queries stage by stage
+    /// (a query reads another query's Delta table by its name). Runs nothing.
+    Graph {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
     /// Reads a query's checkpoint without changing it.
     Checkpoint {
         #[command(subcommand)]
@@ -119,22 +120,6 @@ enum CheckpointCmd {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-}
-
-enum Event {
-    Signal(&'static str),
-    Terminated(String, Option<QueryError>),
-    Restart(String),
-}
-
-struct Forward(mpsc::Sender<Event>);
-
-impl StreamingQueryListener for Forward {
-    fn on_query_terminated(&self, id: &str, _run_id: &str, error: Option<&QueryError>) {
-        let _ = self
-            .0
-            .send(Event::Terminated(id.to_string(), error.cloned()));
-    }
 }
 
 /// What the daemon logs unless `SLUICE_LOG` says otherwise: Sluice's own INFO lines (what a
@@ -232,7 +217,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
-            run(
+            sluice::daemon::run(
                 pipeline,
                 &queries,
                 available_now,
@@ -242,6 +227,7 @@ fn main() -> ExitCode {
             )
         }
         Command::Validate { pipeline } => report(sluice::cli::validate(&pipeline)),
+        Command::Graph { pipeline } => report(sluice::cli::graph(&pipeline)),
         Command::Checkpoint { action } => match action {
             CheckpointCmd::Inspect { dir } => report(sluice::cli::inspect(&dir)),
             CheckpointCmd::State {
@@ -251,290 +237,6 @@ fn main() -> ExitCode {
             } => report(sluice::cli::state_rows(&dir, operator, limit)),
         },
     }
-}
-
-struct Running {
-    name: String,
-    query: sluice::StreamingQuery,
-    failures: u32,
-}
-
-fn run(
-    path: PathBuf,
-    only: &[String],
-    available_now: bool,
-    http: Option<(std::net::SocketAddr, Option<String>)>,
-    fail_fast: bool,
-    stop_timeout: std::time::Duration,
-) -> ExitCode {
-    let (pipeline, base) = match Pipeline::load(&path) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let session = match pipeline.session("sluice") {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let (tx, rx) = mpsc::channel();
-    session.add_listener(Arc::new(Forward(tx.clone())));
-    let metrics = Arc::new(sluice::http::Metrics::default());
-    session.add_listener(metrics.clone());
-    if available_now {
-        session.add_listener(Arc::new(sluice::backfill::Backfill::default()));
-    }
-    let trigger = available_now.then_some(sluice::Trigger::AvailableNow);
-    let prepared = match pipeline.prepare_with(&session, &base, only, trigger) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            // a checkpoint that cannot be used fails the query (1), as it would at run time;
-            // 2 is for the pipeline file and the command line
-            return ExitCode::from(if e.is_checkpoint() { 1 } else { 2 });
-        }
-    };
-    spawn_signal_thread(tx.clone());
-    let mut queries: Vec<Running> = Vec::new();
-    for (name, p) in prepared {
-        match p.launch() {
-            Ok(q) => queries.push(Running {
-                name,
-                query: q,
-                failures: 0,
-            }),
-            Err(e) => {
-                eprintln!("error: query '{name}': {e}");
-                for r in &queries {
-                    r.query.stop();
-                }
-                return ExitCode::from(1);
-            }
-        }
-    }
-    let server = match http {
-        Some((addr, token)) => {
-            let server = sluice::http::Server::new(metrics, token);
-            for r in &queries {
-                server.add(r.query.clone());
-            }
-            match sluice::http::spawn(addr, Arc::clone(&server)) {
-                Ok(bound) => eprintln!("sluice: status API and metrics on http://{bound}"),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    for r in &queries {
-                        r.query.stop();
-                    }
-                    return ExitCode::from(2);
-                }
-            }
-            Some(server)
-        }
-        None => None,
-    };
-    let mark = |id: &str, state: Option<QueryState>| {
-        if let Some(s) = &server {
-            s.set_daemon_state(id, state);
-        }
-    };
-    // what is left after a query ends, for the log line that says so
-    let left = |running: usize| match running {
-        0 => "no query left running".to_string(),
-        1 => "1 other query goes on".to_string(),
-        n => format!("{n} other queries go on"),
-    };
-    let schedule_restart = |name: String, wait: std::time::Duration| {
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(wait);
-            let _ = tx2.send(Event::Restart(name));
-        });
-    };
-    let mut running = queries.len();
-    let mut failed_for_good = false;
-    while running > 0 {
-        match rx.recv() {
-            Ok(Event::Signal(sig)) => {
-                tracing::info!(
-                    "{sig}: finishing the batches in flight (for at most {}s), then stopping",
-                    stop_timeout.as_secs_f64()
-                );
-                let abandoned = stop_all(&queries, stop_timeout);
-                let failed =
-                    failed_for_good || queries.iter().any(|r| r.query.exception().is_some());
-                let code = i32::from(failed);
-                if abandoned.is_empty() {
-                    tracing::info!("every query stopped; exiting");
-                    return ExitCode::from(code as u8);
-                }
-                tracing::warn!(
-                    "{} did not finish the batch in flight within {}s (a sink or source that \
-                     does not answer); exiting without it: that batch runs again on restart \
-                     and its exactly-once sink keeps it once",
-                    abandoned
-                        .iter()
-                        .map(|n| format!("query '{n}'"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    stop_timeout.as_secs_f64()
-                );
-                // the abandoned query threads are still inside their sink: end the process
-                // under them, as a crash would (recovery re-runs the batch)
-                std::process::exit(code)
-            }
-            Ok(Event::Terminated(id, error)) => {
-                let Some(idx) = queries.iter().position(|r| r.query.id() == id) else {
-                    continue;
-                };
-                running -= 1;
-                let name = queries[idx].name.clone();
-                let Some(e) = error else {
-                    queries[idx].failures = 0;
-                    tracing::info!("query '{name}' stopped; {}", left(running));
-                    continue;
-                };
-                if e.schema_changed {
-                    // Auto Loader wrote the next schema version: go on with it at once, as a
-                    // Databricks job's retry does (once per change: the new schema has them)
-                    tracing::warn!("query '{name}' stopped on a schema change: {e}; restarting it with the new schema");
-                    mark(&id, Some(QueryState::Retrying));
-                    running += 1;
-                    schedule_restart(name, std::time::Duration::ZERO);
-                    continue;
-                }
-                if fail_fast {
-                    tracing::error!("query '{name}' failed: {e} (--fail-fast: stopping all)");
-                    mark(&id, Some(QueryState::Failed));
-                    for r in &queries {
-                        r.query.stop();
-                    }
-                    return ExitCode::from(1);
-                }
-                if e.kind != sluice::ErrorKind::External {
-                    tracing::error!(
-                        "query '{name}' failed for good ({:?} error): {e}; {}",
-                        e.kind,
-                        left(running)
-                    );
-                    mark(&id, Some(QueryState::Failed));
-                    failed_for_good = true;
-                    continue;
-                }
-                queries[idx].failures += 1;
-                let attempt = queries[idx].failures;
-                let wait = RetryPolicy::QUERY_RESTART.backoff(attempt);
-                tracing::warn!(
-                    "query '{name}' failed on an external error: {e}; restarting in {wait:?} (attempt {attempt})"
-                );
-                mark(&id, Some(QueryState::Retrying));
-                running += 1; // it will run again
-                schedule_restart(name, wait);
-            }
-            Ok(Event::Restart(name)) => {
-                let Some(idx) = queries.iter().position(|r| r.name == name) else {
-                    continue;
-                };
-                let id = queries[idx].query.id().to_string();
-                if server.as_ref().is_some_and(|s| s.take_stop_request(&id)) {
-                    running -= 1;
-                    tracing::info!(
-                        "query '{name}' stopped through the HTTP API while waiting to restart; {}",
-                        left(running)
-                    );
-                    continue;
-                }
-                let relaunched = pipeline
-                    .prepare_with(&session, &base, std::slice::from_ref(&name), trigger)
-                    .and_then(|mut p| match p.pop() {
-                        Some((_, q)) => q.launch(),
-                        None => Err(sluice::EngineError::bug("no query prepared")),
-                    });
-                match relaunched {
-                    Ok(q) => {
-                        tracing::info!("query '{name}' restarted");
-                        if let Some(s) = &server {
-                            s.add(q.clone());
-                        }
-                        queries[idx].query = q;
-                    }
-                    Err(e) if e.kind() == sluice::ErrorKind::External => {
-                        queries[idx].failures += 1;
-                        let attempt = queries[idx].failures;
-                        let wait = RetryPolicy::QUERY_RESTART.backoff(attempt);
-                        tracing::warn!(
-                            "query '{name}' cannot restart yet: {e}; next attempt in {wait:?} (attempt {attempt})"
-                        );
-                        schedule_restart(name, wait);
-                    }
-                    Err(e) => {
-                        running -= 1;
-                        tracing::error!("query '{name}' cannot restart: {e}; {}", left(running));
-                        mark(queries[idx].query.id(), Some(QueryState::Failed));
-                        failed_for_good = true;
-                    }
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    if failed_for_good {
-        tracing::error!("exiting: a query failed for good");
-        ExitCode::from(1)
-    } else {
-        tracing::info!("every query is done; exiting");
-        ExitCode::SUCCESS
-    }
-}
-
-/// Asks every query to stop, then waits for them until `timeout` has passed in all; the names
-/// of those still running then (blocked in a sink or source that does not answer).
-fn stop_all(queries: &[Running], timeout: std::time::Duration) -> Vec<String> {
-    for r in queries {
-        r.query.request_stop();
-    }
-    let deadline = std::time::Instant::now() + timeout;
-    queries
-        .iter()
-        .filter(|r| {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            matches!(r.query.await_termination_timeout(left), Ok(false))
-        })
-        .map(|r| r.name.clone())
-        .collect()
-}
-
-fn spawn_signal_thread(tx: mpsc::Sender<Event>) {
-    std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!("cannot listen for signals: {e}");
-                return;
-            }
-        };
-        rt.block_on(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            let sig = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            let _ = tx.send(Event::Signal(sig));
-        });
-    });
 }
 
 fn report(r: sluice::Result<String>) -> ExitCode {

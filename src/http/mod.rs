@@ -42,6 +42,8 @@ pub struct Server {
     stop_requests: Mutex<std::collections::BTreeSet<String>>,
     metrics: Arc<Metrics>,
     token: Option<String>,
+    /// The pipeline's graph (nodes and edges), when the daemon runs a pipeline file.
+    graph: Mutex<Option<serde_json::Value>>,
 }
 
 impl Server {
@@ -53,7 +55,13 @@ impl Server {
             stop_requests: Mutex::new(std::collections::BTreeSet::new()),
             metrics,
             token,
+            graph: Mutex::new(None),
         })
+    }
+
+    /// The pipeline's graph, served at `/api/graph` and drawn by the dashboard.
+    pub fn set_graph(&self, graph: serde_json::Value) {
+        *self.graph.lock().unwrap_or_else(|e| e.into_inner()) = Some(graph);
     }
 
     /// Adds a started query (replacing an earlier run of the same query, whose last sink
@@ -194,6 +202,11 @@ fn query_json(q: &StreamingQuery, state: QueryState) -> serde_json::Value {
         "exception": q.exception().map(|e| json!({"message": e.message, "kind": format!("{:?}", e.kind)})),
         "sinkRetries": q.sink_retries(),
     })
+}
+
+async fn graph(State(s): State<Arc<Server>>) -> Response {
+    let g = s.graph.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Json(g.unwrap_or_else(|| json!({ "nodes": [], "edges": [] }))).into_response()
 }
 
 async fn queries(State(s): State<Arc<Server>>) -> Response {
@@ -346,6 +359,7 @@ pub fn spawn(addr: SocketAddr, server: Arc<Server>) -> Result<SocketAddr> {
         .map_err(|e| EngineError::external(e.to_string()))?;
     let protected = Router::new()
         .route("/api/queries", get(queries))
+        .route("/api/graph", get(graph))
         .route("/api/queries/{name}/progress", get(progress))
         .route("/api/queries/{name}/stop", post(stop))
         .route("/metrics", get(metrics))

@@ -168,6 +168,7 @@ impl SourceFactory for DeltaSourceFactory {
             commits: BTreeMap::new(),
             latest_seen: None,
             watcher: None,
+            available_now: None,
             initial: None,
             initial_path: ctx.file("initial-offset.json"),
         }))
@@ -197,6 +198,9 @@ pub struct DeltaSource {
     commits: BTreeMap<u64, Commit>,
     latest_seen: Option<u64>,
     watcher: Option<Box<dyn Watcher + Send>>,
+    /// `Trigger::AvailableNow`: the last version to read, fixed when the query started
+    /// (`Some(None)`: the table did not exist then, so there is nothing to read).
+    available_now: Option<Option<u64>>,
     /// Where `startingVersion = latest` resolved to, once known (kept in the checkpoint so that
     /// a re-run or replay of batch 0 reads the same files).
     initial: Option<DeltaOffset>,
@@ -462,9 +466,15 @@ impl Source for DeltaSource {
         let Some(from) = self.start_of(start)? else {
             return Ok(None);
         };
-        let Some(latest) = self.latest_version()? else {
+        let Some(mut latest) = self.latest_version()? else {
             return Ok(None);
         };
+        // available-now: never past the version the query started with
+        match self.available_now {
+            Some(None) => return Ok(None),
+            Some(Some(end)) => latest = latest.min(end),
+            None => {}
+        }
         let (max_files, max_bytes) = match limit {
             ReadLimit::All => (u64::MAX, None),
             ReadLimit::Configured => (self.max_files, self.max_bytes),
@@ -516,6 +526,11 @@ impl Source for DeltaSource {
         // forget commits before the committed position
         let to = parse_offset(end)?;
         self.commits = self.commits.split_off(&to.version);
+        Ok(())
+    }
+
+    fn prepare_for_available_now(&mut self) -> Result<()> {
+        self.available_now = Some(self.latest_version()?);
         Ok(())
     }
 

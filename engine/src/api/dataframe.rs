@@ -2,6 +2,7 @@
 //! a DataFusion logical plan; nothing runs until `write_stream().start()` (or `collect()` for
 //! batch tables).
 
+use crate::exec::expectations::{Checks, Expectation, OnViolation};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -16,6 +17,8 @@ use crate::plan::is_streaming;
 pub struct DataFrame {
     session: Session,
     df: datafusion::dataframe::DataFrame,
+    /// Data-quality rules on the rows written ([`DataFrame::expect`]).
+    expectations: Vec<Expectation>,
 }
 
 impl std::fmt::Debug for DataFrame {
@@ -26,7 +29,11 @@ impl std::fmt::Debug for DataFrame {
 
 impl DataFrame {
     pub(crate) fn from_datafusion(session: Session, df: datafusion::dataframe::DataFrame) -> Self {
-        Self { session, df }
+        Self {
+            session,
+            df,
+            expectations: Vec::new(),
+        }
     }
 
     fn map(
@@ -38,6 +45,7 @@ impl DataFrame {
         Ok(Self {
             df: f(self.df)?,
             session: self.session,
+            expectations: self.expectations,
         })
     }
 
@@ -126,6 +134,7 @@ impl DataFrame {
         Ok(Self {
             df: datafusion::dataframe::DataFrame::new(state, plan),
             session: self.session,
+            expectations: self.expectations,
         })
     }
 
@@ -249,7 +258,53 @@ impl DataFrame {
         Ok(Self {
             df: datafusion::dataframe::DataFrame::new(state, plan),
             session: self.session,
+            expectations: self.expectations,
         })
+    }
+
+    /// An expectation on the rows the query writes (Databricks' `@dlt.expect`): rows where
+    /// `condition` (a SQL boolean expression) is FALSE are counted and kept; NULL passes, as a
+    /// SQL CHECK does. Counts are in each batch's progress (`dataQuality`). Expectations stay
+    /// with the DataFrame through later transformations and check the rows finally written.
+    pub fn expect(self, name: &str, condition: &str) -> Result<Self> {
+        self.with_expectation(name, condition, OnViolation::Warn)
+    }
+
+    /// Like [`DataFrame::expect`], the failing rows removed before the sink (and written to
+    /// the quarantine sink if the writer has one).
+    pub fn expect_or_drop(self, name: &str, condition: &str) -> Result<Self> {
+        self.with_expectation(name, condition, OnViolation::Drop)
+    }
+
+    /// Like [`DataFrame::expect`], a failing row stopping the query before the sink commits
+    /// the batch; the error names the expectation, the batch and the first failing row.
+    pub fn expect_or_fail(self, name: &str, condition: &str) -> Result<Self> {
+        self.with_expectation(name, condition, OnViolation::Fail)
+    }
+
+    /// Adds an expectation (checked against this DataFrame's columns now, and planned again
+    /// against the written rows when the query starts).
+    pub fn with_expectation(
+        mut self,
+        name: &str,
+        condition: &str,
+        on_violation: OnViolation,
+    ) -> Result<Self> {
+        let e = Expectation {
+            name: name.to_string(),
+            condition: condition.to_string(),
+            on_violation,
+        };
+        let mut all = self.expectations.clone();
+        all.push(e);
+        Checks::plan(&all, &self.schema(), &self.session.context().state(), "")?;
+        self.expectations = all;
+        Ok(self)
+    }
+
+    /// The expectations on the rows this DataFrame's query writes.
+    pub fn expectations(&self) -> &[Expectation] {
+        &self.expectations
     }
 
     /// Registers this DataFrame as a view for `session.sql`.

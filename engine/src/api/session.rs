@@ -224,6 +224,19 @@ impl Session {
         Ok(DataFrame::from_datafusion(self.clone(), df))
     }
 
+    /// The tables and views a SQL query reads (names as written, CTEs left out), from the
+    /// parsed statement: how a pipeline finds which of its queries read which.
+    pub fn table_references(&self, sql: &str) -> Result<Vec<String>> {
+        let state = self.inner.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let stmt = state.sql_to_statement(sql, &dialect)?;
+        Ok(state
+            .resolve_table_references(&stmt)?
+            .into_iter()
+            .map(|t| t.table().to_string())
+            .collect())
+    }
+
     /// A DataFrame over a registered view or table (e.g. a memory sink's table).
     pub fn table(&self, name: &str) -> Result<DataFrame> {
         let ctx = self.inner.ctx.clone();

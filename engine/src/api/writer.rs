@@ -3,13 +3,15 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use crate::api::query::{QueryShared, StreamingQuery};
-use crate::api::session::{MIN_BATCHES_TO_RETAIN_CONF, MIN_DELTAS_FOR_SNAPSHOT_CONF};
+use crate::api::session::{Session, MIN_BATCHES_TO_RETAIN_CONF, MIN_DELTAS_FOR_SNAPSHOT_CONF};
 use crate::connector::{OutputMode, Sink, SinkContext, SinkSpec, SourceContext};
 use crate::error::{EngineError, Result};
-use crate::exec::execution::Execution;
+use crate::exec::execution::{Execution, SideOutputs};
+use crate::exec::expectations::Checks;
 use crate::exec::guarantee::Guarantee;
 use crate::exec::retry::{RetryPolicy, INITIAL_BACKOFF_CONF, MAX_BACKOFF_CONF, MAX_RETRIES_CONF};
 use crate::operators::clock::BatchClock;
@@ -53,6 +55,7 @@ pub struct DataStreamWriter {
     foreach: Option<ForeachBatchFn>,
     progress_log: Option<PathBuf>,
     late_data: Option<(String, Options)>,
+    quarantine: Option<(String, Options)>,
 }
 
 impl DataStreamWriter {
@@ -68,6 +71,7 @@ impl DataStreamWriter {
             foreach: None,
             progress_log: None,
             late_data: None,
+            quarantine: None,
         }
     }
 
@@ -144,6 +148,22 @@ impl DataStreamWriter {
         self
     }
 
+    /// Writes the rows `expect_or_drop` expectations remove to a second sink (e.g.
+    /// `quarantine_sink("delta", [("path", "quarantine")])`), exactly once per batch, as the
+    /// late-data sink does.
+    pub fn quarantine_sink<K: AsRef<str>, V: ToString>(
+        mut self,
+        format: &str,
+        options: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let mut o = Options::new();
+        for (k, v) in options {
+            o.set(k.as_ref(), v.to_string());
+        }
+        self.quarantine = Some((format.to_ascii_lowercase(), o));
+        self
+    }
+
     /// Appends every batch's progress as a JSON line to this file.
     pub fn progress_log(mut self, path: impl Into<PathBuf>) -> Self {
         self.progress_log = Some(path.into());
@@ -192,7 +212,7 @@ impl DataStreamWriter {
         } else {
             QueryState::none()
         };
-        let late_sink = match self.late_data.take() {
+        let late = match self.late_data.take() {
             None => None,
             Some((format, options)) => {
                 let Some(schema) = plan.late_rows_schema() else {
@@ -200,27 +220,31 @@ impl DataStreamWriter {
                         "a late-data sink needs a watermarked window aggregation: only it drops late rows",
                     ));
                 };
-                let f = session.registry().sink(&format)?;
-                let spec = SinkSpec {
-                    format,
-                    options,
-                    output_mode: OutputMode::Append,
-                };
-                f.validate(&spec)?;
-                Some(f.create(
-                    &spec,
-                    &SinkContext {
-                        // its own id: exactly-once sinks key their markers / transactional ids
-                        // on it, and must not mistake the main sink's batches for its own
-                        query_id: format!("{}-late", checkpoint.query_id()),
-                        query_name: self.query_name.as_ref().map(|n| format!("{n}_late")),
-                        schema,
-                        key_columns: None,
-                        checkpoint_dir: checkpoint.root().to_path_buf(),
-                        session: session.context().clone(),
-                    },
-                )?)
+                Some(self.side_sink(&session, &checkpoint, "late", format, options, schema)?)
             }
+        };
+        let checks = Checks::plan(
+            self.df.expectations(),
+            &plan.output_schema,
+            &session.context().state(),
+            self.query_name.as_deref().unwrap_or(checkpoint.query_id()),
+        )?;
+        let quarantine = match self.quarantine.take() {
+            None => None,
+            Some(_) if !checks.as_ref().is_some_and(|c| c.drops()) => {
+                return Err(EngineError::user(
+                    "a quarantine sink receives the rows expect_or_drop expectations remove, and                      this query has none (on_violation = \"drop\")",
+                ))
+            }
+            Some((format, options)) => {
+                let schema = Arc::clone(&plan.output_schema);
+                Some(self.side_sink(&session, &checkpoint, "quarantine", format, options, schema)?)
+            }
+        };
+        let side = SideOutputs {
+            late,
+            checks,
+            quarantine,
         };
         let shared = QueryShared::new(
             checkpoint.query_id().to_string(),
@@ -289,7 +313,7 @@ impl DataStreamWriter {
             session.listeners(),
             progress_log,
             retry,
-            late_sink,
+            side,
             watermark_policy,
             store_options.min_batches_to_retain,
         );
@@ -298,6 +322,38 @@ impl DataStreamWriter {
             shared,
             session,
         })
+    }
+
+    /// A sink beside the main one (`late`, `quarantine`), with its own query id: exactly-once
+    /// sinks key their markers / transactional ids on it, and must not mistake the main sink's
+    /// batches for its own.
+    fn side_sink(
+        &self,
+        session: &Session,
+        checkpoint: &CheckpointDir,
+        role: &str,
+        format: String,
+        options: Options,
+        schema: SchemaRef,
+    ) -> Result<Box<dyn Sink>> {
+        let f = session.registry().sink(&format)?;
+        let spec = SinkSpec {
+            format,
+            options,
+            output_mode: OutputMode::Append,
+        };
+        f.validate(&spec)?;
+        f.create(
+            &spec,
+            &SinkContext {
+                query_id: format!("{}-{role}", checkpoint.query_id()),
+                query_name: self.query_name.as_ref().map(|n| format!("{n}_{role}")),
+                schema,
+                key_columns: None,
+                checkpoint_dir: checkpoint.root().to_path_buf(),
+                session: session.context().clone(),
+            },
+        )
     }
 
     /// What `prepare` and `validate` both check; touches nothing on disk.

@@ -38,6 +38,26 @@ use retrying::retry_source;
 /// When no source can watch for new data, how often to look.
 const POLL_FALLBACK: Duration = Duration::from_secs(1);
 
+/// What a batch writes besides the sink: late rows, and the expectations with the rows their
+/// `drop` rules remove. Each side sink is written before the main sink, under its own query id,
+/// idempotently per batch id (exactly once, like the main sink).
+#[derive(Default)]
+pub(crate) struct SideOutputs {
+    /// Where late input rows go, if the user asked.
+    pub late: Option<Box<dyn Sink>>,
+    /// The expectations on the written rows.
+    pub checks: Option<crate::exec::expectations::Checks>,
+    /// Where rows dropped by expectations go, if the user asked.
+    pub quarantine: Option<Box<dyn Sink>>,
+}
+
+/// Which side sink.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum SideSink {
+    Late,
+    Quarantine,
+}
+
 pub(crate) struct Execution {
     shared: Arc<QueryShared>,
     plan: StreamPlan,
@@ -57,8 +77,8 @@ pub(crate) struct Execution {
     watermarks: WatermarkTracker,
     /// Offsets and commit entries of at least this many batches are kept.
     min_batches_to_retain: u64,
-    /// Where late input rows go, if the user asked.
-    late_sink: Option<Box<dyn Sink>>,
+    /// Where late input rows go, the expectations and where their dropped rows go.
+    side: SideOutputs,
     next_batch: u64,
     last_trigger: Option<Instant>,
     /// Whether the listeners were told the query is idle since its last batch.
@@ -79,7 +99,7 @@ impl Execution {
         listeners: Vec<Arc<dyn StreamingQueryListener>>,
         progress_log: Option<File>,
         retry: RetryPolicy,
-        late_sink: Option<Box<dyn Sink>>,
+        side: SideOutputs,
         watermark_policy: WatermarkPolicy,
         min_batches_to_retain: u64,
     ) -> Self {
@@ -100,7 +120,7 @@ impl Execution {
             committed: vec![None; n],
             watermarks: WatermarkTracker::new(watermark_policy, delays),
             min_batches_to_retain,
-            late_sink,
+            side,
             next_batch: 0,
             last_trigger: None,
             idle: false,
@@ -149,9 +169,14 @@ impl Execution {
         if let Err(e) = self.sink.close() {
             tracing::warn!("closing the sink failed: {e}");
         }
-        if let Some(late) = &mut self.late_sink {
-            if let Err(e) = late.close() {
-                tracing::warn!("closing the late-data sink failed: {e}");
+        for (what, sink) in [
+            ("late-data", &mut self.side.late),
+            ("quarantine", &mut self.side.quarantine),
+        ] {
+            if let Some(s) = sink {
+                if let Err(e) = s.close() {
+                    tracing::warn!("closing the {what} sink failed: {e}");
+                }
             }
         }
         // Close the state stores, sources and sinks before anyone learns that the query ended:
@@ -350,7 +375,7 @@ impl Execution {
             ))
         })?;
         let threads = self.state.threads();
-        let output = self.plan.execute(
+        let mut output = self.plan.execute(
             &inputs,
             WatermarkTracker::for_batch(
                 entry.batch_id,
@@ -362,13 +387,25 @@ impl Execution {
             threads,
         )?;
         drop(inputs);
-        let output_rows: u64 = output.rows.iter().map(|b| b.num_rows() as u64).sum();
-        if actions.write_sink {
-            if self.late_sink.is_some() {
-                self.write_to_late_sink(batch, &output.late_rows)?;
+        // expectations: counted, failing rows dropped, or the batch stopped before the sink
+        let (rows, dropped, data_quality) = match &self.side.checks {
+            None => (std::mem::take(&mut output.rows), Vec::new(), None),
+            Some(c) => {
+                let checked = c.apply(batch, std::mem::take(&mut output.rows))?;
+                (checked.rows, checked.dropped, Some(checked.quality))
             }
-            self.write_to_sink(batch, &output.rows)?;
+        };
+        let output_rows: u64 = rows.iter().map(|b| b.num_rows() as u64).sum();
+        if actions.write_sink {
+            if self.side.late.is_some() {
+                self.write_to_side_sink(SideSink::Late, batch, &output.late_rows)?;
+            }
+            if self.side.quarantine.is_some() {
+                self.write_to_side_sink(SideSink::Quarantine, batch, &dropped)?;
+            }
+            self.write_to_sink(batch, &rows)?;
         }
+        drop(rows);
         crash_point("after-sink", batch);
         let commit_stats = self.state.commit(batch, &actions.run)?;
         let state_progress = operator_progress(&self.plan, &output, &commit_stats);
@@ -462,6 +499,7 @@ impl Execution {
                 description: self.sink.description(),
                 num_output_rows: output_rows,
             },
+            data_quality,
         };
         tracing::info!(
             query = self.shared.name.as_deref().unwrap_or(""),

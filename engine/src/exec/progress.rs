@@ -85,6 +85,10 @@ pub struct QueryProgress {
     pub sources: Vec<SourceProgress>,
     /// The sink.
     pub sink: SinkProgress,
+    /// Expectation counts and rows dropped (Databricks' `flow_progress.data_quality`), when
+    /// the query has expectations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_quality: Option<crate::exec::expectations::DataQuality>,
 }
 
 impl QueryProgress {

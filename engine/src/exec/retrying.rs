@@ -4,7 +4,7 @@
 
 use arrow::record_batch::RecordBatch;
 
-use super::Execution;
+use super::{Execution, SideSink};
 use crate::error::Result;
 use crate::exec::retry::{retry, RetryPolicy};
 use crate::exec::shared::QueryShared;
@@ -45,9 +45,19 @@ pub(super) fn retry_source<T>(
 }
 
 impl Execution {
-    /// Hands the late rows to the late-data sink, retried like the main sink.
-    pub(super) fn write_to_late_sink(&mut self, batch: u64, rows: &[RecordBatch]) -> Result<()> {
-        let Some(late) = self.late_sink.as_mut() else {
+    /// Hands rows to a side sink (late rows, rows dropped by expectations), retried like the
+    /// main sink.
+    pub(super) fn write_to_side_sink(
+        &mut self,
+        which: SideSink,
+        batch: u64,
+        rows: &[RecordBatch],
+    ) -> Result<()> {
+        let (sink, what) = match which {
+            SideSink::Late => (self.side.late.as_mut(), "late-data"),
+            SideSink::Quarantine => (self.side.quarantine.as_mut(), "quarantine"),
+        };
+        let Some(sink) = sink else {
             return Ok(());
         };
         let shared = &self.shared;
@@ -59,14 +69,14 @@ impl Execution {
                 tracing::warn!(
                     batch,
                     attempt = a.attempt,
-                    "late-data sink failed after {:.1?}, retrying in {:?}: {}",
+                    "{what} sink failed after {:.1?}, retrying in {:?}: {}",
                     a.took,
                     a.wait,
                     a.error
                 );
                 shared.set_retrying(true);
             },
-            || late.add_batch(batch, rows),
+            || sink.add_batch(batch, rows),
         );
         shared.set_retrying(false);
         r

@@ -1,0 +1,429 @@
+//! The daemon's run loop (`sluice run`): launches a pipeline's queries in the graph's order,
+//! restarts those that fail on an external error (with backoff) or stop on a schema change (at
+//! once), and stops them all on SIGINT/SIGTERM.
+//!
+//! When a query starts: its upstream queries' output tables must exist (continuous run), or
+//! its upstream queries must have finished (`--available-now`: stage after stage, so every
+//! stage reads all its upstream stages wrote in the same run).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use crate::http::QueryState;
+use crate::pipeline::Pipeline;
+use crate::{QueryError, RetryPolicy, StreamingQueryListener};
+
+enum Event {
+    Signal(&'static str),
+    Terminated(String, Option<QueryError>),
+    Restart(String),
+    /// A query committed a batch (a table a waiting query reads may exist now).
+    Progress,
+}
+
+struct Forward(mpsc::Sender<Event>);
+
+impl StreamingQueryListener for Forward {
+    fn on_query_terminated(&self, id: &str, _run_id: &str, error: Option<&QueryError>) {
+        let _ = self
+            .0
+            .send(Event::Terminated(id.to_string(), error.cloned()));
+    }
+    fn on_query_progress(&self, _progress: &sluice_engine::progress::QueryProgress) {
+        let _ = self.0.send(Event::Progress);
+    }
+}
+
+struct Running {
+    name: String,
+    query: crate::StreamingQuery,
+    failures: u32,
+}
+
+pub fn run(
+    path: PathBuf,
+    only: &[String],
+    available_now: bool,
+    http: Option<(std::net::SocketAddr, Option<String>)>,
+    fail_fast: bool,
+    stop_timeout: std::time::Duration,
+) -> ExitCode {
+    let (pipeline, base) = match Pipeline::load(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let session = match pipeline.session("sluice") {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    session.add_listener(Arc::new(Forward(tx.clone())));
+    let metrics = Arc::new(crate::http::Metrics::default());
+    session.add_listener(metrics.clone());
+    if available_now {
+        session.add_listener(Arc::new(crate::backfill::Backfill::default()));
+    }
+    let trigger = available_now.then_some(crate::Trigger::AvailableNow);
+    let prepared = match pipeline.prepare_with(&session, &base, only, trigger) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            // a checkpoint that cannot be used fails the query (1), as it would at run time;
+            // 2 is for the pipeline file and the command line
+            return ExitCode::from(if e.is_checkpoint() { 1 } else { 2 });
+        }
+    };
+    let graph = match pipeline.graph(&session) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match http {
+        Some((addr, token)) => {
+            let server = crate::http::Server::new(metrics, token);
+            server.set_graph(graph_json(&pipeline, &graph));
+            match crate::http::spawn(addr, Arc::clone(&server)) {
+                Ok(bound) => eprintln!("sluice: status API and metrics on http://{bound}"),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            Some(server)
+        }
+        None => None,
+    };
+    spawn_signal_thread(tx.clone());
+    let in_run: BTreeSet<String> = prepared.iter().map(|(n, _)| n.clone()).collect();
+    let mut pending = prepared;
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut queries: Vec<Running> = Vec::new();
+    // starts the waiting queries whose inputs are there: their upstream queries' tables exist
+    // (or, with --available-now, those queries have finished)
+    let launch_ready = |pending: &mut Vec<(String, crate::PreparedQuery)>,
+                            queries: &mut Vec<Running>,
+                            done: &BTreeSet<String>|
+     -> Result<usize, String> {
+        let mut launched = 0;
+        let mut i = 0;
+        while i < pending.len() {
+            let name = pending[i].0.clone();
+            let ready = graph.upstream(&name).iter().all(|u| {
+                if available_now {
+                    done.contains(*u) || !in_run.contains(*u)
+                } else {
+                    pipeline.output_exists(u, &base)
+                }
+            });
+            if !ready {
+                i += 1;
+                continue;
+            }
+            let (name, p) = pending.remove(i);
+            let q = p.launch().map_err(|e| format!("query '{name}': {e}"))?;
+            if let Some(s) = &server {
+                s.add(q.clone());
+            }
+            queries.push(Running {
+                name,
+                query: q,
+                failures: 0,
+            });
+            launched += 1;
+        }
+        Ok(launched)
+    };
+    let mut running = match launch_ready(&mut pending, &mut queries, &done) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for r in &queries {
+                r.query.stop();
+            }
+            return ExitCode::from(1);
+        }
+    };
+    for (name, _) in &pending {
+        tracing::info!(
+            "query '{name}' waits for {}",
+            if available_now {
+                format!("{} to finish", graph.upstream(name).join(", "))
+            } else {
+                format!("the tables of {} to exist", graph.upstream(name).join(", "))
+            }
+        );
+    }
+    let mark = |id: &str, state: Option<QueryState>| {
+        if let Some(s) = &server {
+            s.set_daemon_state(id, state);
+        }
+    };
+    // what is left after a query ends, for the log line that says so
+    let left = |running: usize| match running {
+        0 => "no query left running".to_string(),
+        1 => "1 other query goes on".to_string(),
+        n => format!("{n} other queries go on"),
+    };
+    let schedule_restart = |name: String, wait: std::time::Duration| {
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(wait);
+            let _ = tx2.send(Event::Restart(name));
+        });
+    };
+    let mut failed_for_good = false;
+    while running > 0 || !pending.is_empty() {
+        if running == 0 {
+            // nothing runs that could make the waiting queries' inputs appear
+            tracing::error!(
+                "{} cannot start: the queries they read stopped or failed without writing \
+                 their tables",
+                pending
+                    .iter()
+                    .map(|(n, _)| format!("query '{n}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            failed_for_good = true;
+            break;
+        }
+        match rx.recv() {
+            Ok(Event::Progress) => {
+                if !pending.is_empty() && !available_now {
+                    match launch_ready(&mut pending, &mut queries, &done) {
+                        Ok(n) => running += n,
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            failed_for_good = true;
+                        }
+                    }
+                }
+            }
+            Ok(Event::Signal(sig)) => {
+                tracing::info!(
+                    "{sig}: finishing the batches in flight (for at most {}s), then stopping",
+                    stop_timeout.as_secs_f64()
+                );
+                let abandoned = stop_all(&queries, stop_timeout);
+                let failed =
+                    failed_for_good || queries.iter().any(|r| r.query.exception().is_some());
+                let code = i32::from(failed);
+                if abandoned.is_empty() {
+                    tracing::info!("every query stopped; exiting");
+                    return ExitCode::from(code as u8);
+                }
+                tracing::warn!(
+                    "{} did not finish the batch in flight within {}s (a sink or source that \
+                     does not answer); exiting without it: that batch runs again on restart \
+                     and its exactly-once sink keeps it once",
+                    abandoned
+                        .iter()
+                        .map(|n| format!("query '{n}'"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    stop_timeout.as_secs_f64()
+                );
+                // the abandoned query threads are still inside their sink: end the process
+                // under them, as a crash would (recovery re-runs the batch)
+                std::process::exit(code)
+            }
+            Ok(Event::Terminated(id, error)) => {
+                let Some(idx) = queries.iter().position(|r| r.query.id() == id) else {
+                    continue;
+                };
+                running -= 1;
+                let name = queries[idx].name.clone();
+                let Some(e) = error else {
+                    queries[idx].failures = 0;
+                    tracing::info!("query '{name}' stopped; {}", left(running));
+                    done.insert(name);
+                    if !pending.is_empty() {
+                        match launch_ready(&mut pending, &mut queries, &done) {
+                            Ok(n) => running += n,
+                            Err(e) => {
+                                tracing::error!("{e}");
+                                failed_for_good = true;
+                            }
+                        }
+                    }
+                    continue;
+                };
+                if e.schema_changed {
+                    // Auto Loader wrote the next schema version: go on with it at once, as a
+                    // Databricks job's retry does (once per change: the new schema has them)
+                    tracing::warn!("query '{name}' stopped on a schema change: {e}; restarting it with the new schema");
+                    mark(&id, Some(QueryState::Retrying));
+                    running += 1;
+                    schedule_restart(name, std::time::Duration::ZERO);
+                    continue;
+                }
+                if fail_fast {
+                    tracing::error!("query '{name}' failed: {e} (--fail-fast: stopping all)");
+                    mark(&id, Some(QueryState::Failed));
+                    for r in &queries {
+                        r.query.stop();
+                    }
+                    return ExitCode::from(1);
+                }
+                if e.kind != crate::ErrorKind::External {
+                    tracing::error!(
+                        "query '{name}' failed for good ({:?} error): {e}; {}",
+                        e.kind,
+                        left(running)
+                    );
+                    mark(&id, Some(QueryState::Failed));
+                    failed_for_good = true;
+                    continue;
+                }
+                queries[idx].failures += 1;
+                let attempt = queries[idx].failures;
+                let wait = RetryPolicy::QUERY_RESTART.backoff(attempt);
+                tracing::warn!(
+                    "query '{name}' failed on an external error: {e}; restarting in {wait:?} (attempt {attempt})"
+                );
+                mark(&id, Some(QueryState::Retrying));
+                running += 1; // it will run again
+                schedule_restart(name, wait);
+            }
+            Ok(Event::Restart(name)) => {
+                let Some(idx) = queries.iter().position(|r| r.name == name) else {
+                    continue;
+                };
+                let id = queries[idx].query.id().to_string();
+                if server.as_ref().is_some_and(|s| s.take_stop_request(&id)) {
+                    running -= 1;
+                    tracing::info!(
+                        "query '{name}' stopped through the HTTP API while waiting to restart; {}",
+                        left(running)
+                    );
+                    continue;
+                }
+                let relaunched = pipeline
+                    .prepare_with(&session, &base, std::slice::from_ref(&name), trigger)
+                    .and_then(|mut p| match p.pop() {
+                        Some((_, q)) => q.launch(),
+                        None => Err(crate::EngineError::bug("no query prepared")),
+                    });
+                match relaunched {
+                    Ok(q) => {
+                        tracing::info!("query '{name}' restarted");
+                        if let Some(s) = &server {
+                            s.add(q.clone());
+                        }
+                        queries[idx].query = q;
+                    }
+                    Err(e) if e.kind() == crate::ErrorKind::External => {
+                        queries[idx].failures += 1;
+                        let attempt = queries[idx].failures;
+                        let wait = RetryPolicy::QUERY_RESTART.backoff(attempt);
+                        tracing::warn!(
+                            "query '{name}' cannot restart yet: {e}; next attempt in {wait:?} (attempt {attempt})"
+                        );
+                        schedule_restart(name, wait);
+                    }
+                    Err(e) => {
+                        running -= 1;
+                        tracing::error!("query '{name}' cannot restart: {e}; {}", left(running));
+                        mark(queries[idx].query.id(), Some(QueryState::Failed));
+                        failed_for_good = true;
+                    }
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    if failed_for_good {
+        tracing::error!("exiting: a query failed for good");
+        ExitCode::from(1)
+    } else {
+        tracing::info!("every query is done; exiting");
+        ExitCode::SUCCESS
+    }
+}
+
+/// Asks every query to stop, then waits for them until `timeout` has passed in all; the names
+/// of those still running then (blocked in a sink or source that does not answer).
+fn stop_all(queries: &[Running], timeout: std::time::Duration) -> Vec<String> {
+    for r in queries {
+        r.query.request_stop();
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    queries
+        .iter()
+        .filter(|r| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            matches!(r.query.await_termination_timeout(left), Ok(false))
+        })
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+fn spawn_signal_thread(tx: mpsc::Sender<Event>) {
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("cannot listen for signals: {e}");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            let sig = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            let _ = tx.send(Event::Signal(sig));
+        });
+    });
+}
+
+/// The graph for the dashboard: nodes (sources, tables, queries) and edges.
+fn graph_json(pipeline: &Pipeline, graph: &crate::pipeline::Graph) -> serde_json::Value {
+    use crate::pipeline::Input;
+    let mut nodes = Vec::new();
+    let mut edges = Vec::new();
+    for (stage, names) in graph.stages.iter().enumerate() {
+        for q in names {
+            let def = &pipeline.query[q];
+            nodes.push(serde_json::json!({
+                "name": q, "kind": "query", "stage": stage + 1,
+                "sink": def.sink.format, "path": def.sink.path,
+                "expectations": def.expectations.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            }));
+            for i in &graph.inputs[q] {
+                edges.push(serde_json::json!({ "from": i.name(), "to": q }));
+                let kind = match i {
+                    Input::Source(_) => "source",
+                    Input::Table(_) => "table",
+                    Input::Query(_) => continue,
+                };
+                if !nodes.iter().any(|n| n["name"] == i.name()) {
+                    nodes.push(serde_json::json!({ "name": i.name(), "kind": kind, "stage": 0 }));
+                }
+            }
+        }
+    }
+    serde_json::json!({ "nodes": nodes, "edges": edges })
+}
