@@ -112,8 +112,8 @@ pub fn run(
     // starts the waiting queries whose inputs are there: their upstream queries' tables exist
     // (or, with --available-now, those queries have finished)
     let launch_ready = |pending: &mut Vec<(String, crate::PreparedQuery)>,
-                            queries: &mut Vec<Running>,
-                            done: &BTreeSet<String>|
+                        queries: &mut Vec<Running>,
+                        done: &BTreeSet<String>|
      -> Result<usize, String> {
         let mut launched = 0;
         let mut i = 0;

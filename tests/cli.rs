@@ -508,9 +508,12 @@ fn run_help_lists_every_source_and_sink_format() {
         .count();
     assert_eq!(formats.len(), built, "{formats:?}");
     for f in &formats {
-        let listed = out
-            .lines()
-            .any(|l| l.trim_start().starts_with(&format!("{f} ")));
+        // format names are case-insensitive (the registry keeps them in lower case)
+        let listed = out.lines().any(|l| {
+            l.trim_start()
+                .to_ascii_lowercase()
+                .starts_with(&format!("{f} "))
+        });
         assert!(
             listed,
             "`sluice run --help` does not list format {f}:\n{out}"
@@ -519,7 +522,9 @@ fn run_help_lists_every_source_and_sink_format() {
     // and the catalogue the help is made from names every format this build has
     for f in &formats {
         assert!(
-            sluice::connectors::FORMATS.iter().any(|x| x.name == f),
+            sluice::connectors::FORMATS
+                .iter()
+                .any(|x| x.name.eq_ignore_ascii_case(f)),
             "{f} missing from sluice_connectors::FORMATS"
         );
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::AsArray;
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
+use common::delta::{python, rows};
 use common::*;
 use sluice::connectors::delta::read_table;
 use sluice::prelude::*;
@@ -86,38 +86,6 @@ fn medallion(dir: &Path) -> PathBuf {
     let p = dir.join("medallion.toml");
     fs::copy(common::repo_dir().join("examples/medallion.toml"), &p).expect("copy the example");
     p
-}
-
-/// Rows of a table as sorted `a|b|c` lines, without the columns in `skip`.
-fn rows(path: &Path, skip: &[&str]) -> Vec<String> {
-    let batches = read_table(path.to_str().expect("path")).expect("read table");
-    let opts = FormatOptions::default().with_null("NULL");
-    let mut out = Vec::new();
-    for b in &batches {
-        let cols: Vec<(usize, ArrayFormatter<'_>)> = b
-            .schema()
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| !skip.contains(&f.name().as_str()))
-            .map(|(i, _)| {
-                (
-                    i,
-                    ArrayFormatter::try_new(b.column(i).as_ref(), &opts).expect("fmt"),
-                )
-            })
-            .collect();
-        for r in 0..b.num_rows() {
-            out.push(
-                cols.iter()
-                    .map(|(_, f)| f.value(r).to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            );
-        }
-    }
-    out.sort();
-    out
 }
 
 /// (version, operation, txns) of each commit, read from the JSON commit files.
@@ -476,15 +444,6 @@ fn gold_rows(path: &Path) -> Vec<String> {
     }
     out.sort();
     out
-}
-
-fn python() -> String {
-    std::env::var("SLUICE_TEST_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/sluice-venv/bin/python",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    })
 }
 
 #[test]

@@ -13,6 +13,8 @@
 //! | `sluice_state_rows_dropped_by_watermark_total` | counter | Spark's `numRowsDroppedByWatermark`: partially aggregated rows (one per late group and batch) |
 //! | `sluice_late_input_rows_total` | counter | input rows dropped as late (what a late-data sink receives) |
 //! | `sluice_malformed_records_total` | counter | malformed input records the sources met |
+//! | `sluice_expectation_records_total` | counter | rows checked by an expectation (labels `expectation`, `result` = `passed` / `failed`) |
+//! | `sluice_expectation_dropped_records_total` | counter | rows removed by `drop` expectations |
 //! | `sluice_sink_retries_total` | counter | sink retries after external failures |
 //! | `sluice_source_backlog` | gauge | input waiting in the sources (files, Kafka offsets) |
 //! | `sluice_query_state` | gauge | 1 for the query's state (`running`, `retrying`, `failed`, `stopped`), 0 for the others |
@@ -79,6 +81,8 @@ pub struct Metrics {
     dropped_by_watermark: IntCounterVec,
     late_input_rows: IntCounterVec,
     malformed: IntCounterVec,
+    expectation_records: IntCounterVec,
+    expectation_dropped: IntCounterVec,
     sink_retries: IntCounterVec,
     processed_rate: GaugeVec,
     watermark_lag: GaugeVec,
@@ -136,6 +140,21 @@ impl Default for Metrics {
             "sluice_malformed_records_total",
             "Malformed input records (kept with nulls, dropped, or failing the query per the \
              source's mode), counted by the sources.",
+        );
+        let expectation_records = register(
+            &r,
+            IntCounterVec::new(
+                opts(
+                    "sluice_expectation_records_total",
+                    "Rows an expectation checked: passed (TRUE or NULL) or failed (FALSE).",
+                ),
+                &["query", "expectation", "result"],
+            )
+            .expect("valid metric"),
+        );
+        let expectation_dropped = counter(
+            "sluice_expectation_dropped_records_total",
+            "Rows removed before the sink by expectations with on_violation = drop.",
         );
         let sink_retries = counter(
             "sluice_sink_retries_total",
@@ -202,6 +221,8 @@ impl Default for Metrics {
             dropped_by_watermark,
             late_input_rows,
             malformed,
+            expectation_records,
+            expectation_dropped,
             sink_retries,
             processed_rate,
             watermark_lag,
@@ -243,6 +264,18 @@ impl StreamingQueryListener for Metrics {
             .filter_map(|s| s.metrics.get("numMalformedRecords")?.parse::<u64>().ok())
             .sum();
         self.malformed.with_label_values(&l).inc_by(malformed);
+        if let Some(dq) = &p.data_quality {
+            for e in &dq.expectations {
+                for (result, n) in [("passed", e.passed_records), ("failed", e.failed_records)] {
+                    self.expectation_records
+                        .with_label_values(&[l[0], e.name.as_str(), result])
+                        .inc_by(n);
+                }
+            }
+            self.expectation_dropped
+                .with_label_values(&l)
+                .inc_by(dq.dropped_records);
+        }
         self.batch_duration
             .with_label_values(&l)
             .observe(p.duration_ms.trigger_execution as f64 / 1000.0);

@@ -277,11 +277,17 @@ mod tests {
         let err = Graph::build(&n, &reads(&[("a", &["raw"]), ("b", &["nope"]), ("c", &[])]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("query 'b' reads 'nope'") && err.contains("queries: a, b, c"), "{err}");
+        assert!(
+            err.contains("query 'b' reads 'nope'") && err.contains("queries: a, b, c"),
+            "{err}"
+        );
         let err = Graph::build(&n, &reads(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"])]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("cycle") && err.contains("a -> b -> c -> a"), "{err}");
+        assert!(
+            err.contains("cycle") && err.contains("a -> b -> c -> a"),
+            "{err}"
+        );
         let err = Graph::build(&n, &reads(&[("a", &["a"]), ("b", &[]), ("c", &[])]))
             .unwrap_err()
             .to_string();

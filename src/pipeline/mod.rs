@@ -347,7 +347,11 @@ impl Pipeline {
             }
             Input::Table(n) => {
                 let t = &self.table[n];
-                format!("static table, {} {}", t.format, t.path.as_deref().unwrap_or(""))
+                format!(
+                    "static table, {} {}",
+                    t.format,
+                    t.path.as_deref().unwrap_or("")
+                )
             }
             Input::Query(n) => {
                 let q = &self.query[n];
@@ -442,10 +446,9 @@ impl Pipeline {
             let q = &self.query[name];
             let ctx = format!("query '{name}'");
             for u in graph.upstream(name) {
-                let schema = outputs
-                    .get(u)
-                    .cloned()
-                    .ok_or_else(|| EngineError::bug(format!("query '{u}' planned after '{name}'")))?;
+                let schema = outputs.get(u).cloned().ok_or_else(|| {
+                    EngineError::bug(format!("query '{u}' planned after '{name}'"))
+                })?;
                 self.upstream_view(session, base, u, schema, q.read.get(u))
                     .map_err(|e| e.context(&format!("{ctx} reading query '{u}'")))?
                     .create_or_replace_temp_view(u)?;
@@ -473,7 +476,10 @@ impl Pipeline {
                     .with_expectation(&e.name, &e.condition, on)
                     .map_err(|e| e.context(&ctx))?;
             }
-            writers.push((name.to_string(), self.writer(name, q, df, trigger, &resolve)?));
+            writers.push((
+                name.to_string(),
+                self.writer(name, q, df, trigger, &resolve)?,
+            ));
         }
         Ok(writers)
     }

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod db;
+#[cfg(feature = "delta")]
+pub mod delta;
 pub mod joins;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -31,6 +31,8 @@ pub(super) struct Journal {
     lock: Mutex<()>,
     /// The batch being written (for the `mid-sink` crash point after a data file).
     batch: AtomicU64,
+    /// The query writing it (delta-rs writes on its runtime's threads, not the query's).
+    query: Mutex<Option<String>>,
 }
 
 impl Journal {
@@ -39,12 +41,15 @@ impl Journal {
             file,
             lock: Mutex::new(()),
             batch: AtomicU64::new(u64::MAX),
+            query: Mutex::new(None),
         }
     }
 
     /// The batch whose files are written next.
     pub(super) fn set_batch(&self, batch_id: u64) {
         self.batch.store(batch_id, Ordering::SeqCst);
+        *self.query.lock().unwrap_or_else(|e| e.into_inner()) =
+            sluice_engine::fault::current_query();
     }
 
     fn record(&self, path: &Path) -> std::io::Result<()> {
@@ -144,7 +149,14 @@ impl ObjectStore for JournaledStore {
         let r = self.inner.put_opts(location, payload, opts).await?;
         if is_data_file(location) {
             // a data file is written, the commit is not: the kill the journal is for
-            sluice_engine::fault::crash_point(
+            let query = self
+                .journal
+                .query
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            sluice_engine::fault::crash_point_for(
+                query.as_deref(),
                 "mid-sink",
                 self.journal.batch.load(Ordering::SeqCst),
             );

@@ -34,9 +34,9 @@ use sluice_engine::{EngineError, Notifier, Offset, Options, ReadLimit, Result, S
 
 use crate::formats::{self, csv::CsvOptions, ParseSettings};
 
+pub use autoloader::CloudFilesFactory;
 pub use listing::FileEntry;
 use listing::*;
-pub use autoloader::CloudFilesFactory;
 pub use settings::FileSourceFactory;
 use settings::*;
 
@@ -160,7 +160,11 @@ impl FileReader {
             return match &self.auto {
                 Some(auto) => {
                     let own = formats::parquet::read_own(path, bytes)?;
-                    auto.conform(path, &own, &ParseSettings::new(Arc::clone(&self.schema), &self.options)?)
+                    auto.conform(
+                        path,
+                        &own,
+                        &ParseSettings::new(Arc::clone(&self.schema), &self.options)?,
+                    )
                 }
                 None => formats::parquet::read(path, bytes, &self.schema).map(plain),
             };

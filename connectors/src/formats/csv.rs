@@ -226,9 +226,8 @@ pub fn read_as_text(path: &Path, bytes: &[u8], opts: &CsvOptions) -> Result<Reco
             })
             .collect::<Vec<_>>(),
     ));
-    decode_text(bytes, &texts, opts, opts.header).map_err(|e| {
-        EngineError::user(format!("cannot read CSV file {}: {e}", path.display()))
-    })
+    decode_text(bytes, &texts, opts, opts.header)
+        .map_err(|e| EngineError::user(format!("cannot read CSV file {}: {e}", path.display())))
 }
 
 /// Infers a schema from the first records of `bytes` (`inferSchema`).

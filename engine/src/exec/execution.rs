@@ -130,6 +130,7 @@ impl Execution {
     /// Runs until stopped, done or failed, and records the outcome in the shared state.
     pub(crate) fn run_to_end(mut self) {
         let shared = Arc::clone(&self.shared);
+        crate::exec::fault::set_query(shared.name.as_deref());
         for l in &self.listeners {
             l.on_query_started(&shared.id, &shared.run_id, shared.name.as_deref());
         }

@@ -271,7 +271,12 @@ mod tests {
             Arc::clone(&schema),
             vec![
                 Arc::new(Int64Array::from(vec![Some(1), None, Some(3), Some(-4)])),
-                Arc::new(StringArray::from(vec![Some("NL"), Some("DE"), None, Some("xx")])),
+                Arc::new(StringArray::from(vec![
+                    Some("NL"),
+                    Some("DE"),
+                    None,
+                    Some("xx"),
+                ])),
             ],
         )
         .unwrap();
@@ -286,7 +291,11 @@ mod tests {
             &rules(&[
                 ("has_user", "user_id IS NOT NULL", OnViolation::Drop),
                 ("positive", "user_id > 0", OnViolation::Drop),
-                ("upper_country", "country = upper(country)", OnViolation::Warn),
+                (
+                    "upper_country",
+                    "country = upper(country)",
+                    OnViolation::Warn,
+                ),
             ]),
             &schema,
             &state,
@@ -347,7 +356,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-            assert!(err.contains("expectation 'r'") && err.contains(want), "{err}");
+            assert!(
+                err.contains("expectation 'r'") && err.contains(want),
+                "{err}"
+            );
         }
         let dup = rules(&[
             ("r", "true", OnViolation::Warn),

@@ -13,8 +13,10 @@ fn put(dir: &Path, name: &str, body: &str, secs: u64) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(&p, body).unwrap();
     let f = std::fs::File::options().write(true).open(&p).unwrap();
-    f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + secs))
-        .unwrap();
+    f.set_modified(
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + secs),
+    )
+    .unwrap();
 }
 
 struct Stream {
@@ -59,7 +61,10 @@ impl Stream {
 }
 
 /// Reads the next batch (all available), or re-reads batch `rerun` (its end offset).
-fn next(s: &mut Box<dyn Source>, start: Option<&Offset>) -> (Offset, sluice_engine::Result<RecordBatch>) {
+fn next(
+    s: &mut Box<dyn Source>,
+    start: Option<&Offset>,
+) -> (Offset, sluice_engine::Result<RecordBatch>) {
     let end = s
         .latest_offset(start, ReadLimit::All)
         .unwrap()
@@ -72,38 +77,66 @@ fn next(s: &mut Box<dyn Source>, start: Option<&Offset>) -> (Offset, sluice_engi
 }
 
 fn strings(b: &RecordBatch, col: &str) -> Vec<Option<String>> {
-    let c = b.column_by_name(col).unwrap_or_else(|| panic!("no column {col}"));
+    let c = b
+        .column_by_name(col)
+        .unwrap_or_else(|| panic!("no column {col}"));
     let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap();
     let c = c.as_string::<i32>();
-    (0..c.len()).map(|i| c.is_valid(i).then(|| c.value(i).to_string())).collect()
+    (0..c.len())
+        .map(|i| c.is_valid(i).then(|| c.value(i).to_string()))
+        .collect()
 }
 
 fn names(s: &dyn Source) -> Vec<String> {
-    s.schema().fields().iter().map(|f| f.name().clone()).collect()
+    s.schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
 }
 
 #[test]
 fn inferred_once_as_strings_then_new_columns_evolve_the_schema_and_the_batch_reruns() {
     let st = Stream::new("json", &[]);
-    put(&st.input(), "a.json", "{\"user_id\":1,\"ts\":\"2026-01-01T00:00:00Z\"}\n", 1);
+    put(
+        &st.input(),
+        "a.json",
+        "{\"user_id\":1,\"ts\":\"2026-01-01T00:00:00Z\"}\n",
+        1,
+    );
     let mut s = st.start().unwrap();
     assert_eq!(names(s.as_ref()), ["ts", "user_id", "_rescued_data"]);
-    assert!(s.schema().fields().iter().all(|f| f.data_type() == &arrow::datatypes::DataType::Utf8));
+    assert!(s
+        .schema()
+        .fields()
+        .iter()
+        .all(|f| f.data_type() == &arrow::datatypes::DataType::Utf8));
     let (end0, rows) = next(&mut s, None);
     let rows = rows.unwrap();
     assert_eq!(strings(&rows, "user_id"), [Some("1".into())]);
     assert_eq!(strings(&rows, "_rescued_data"), [None]);
     // a file with a new column, and one whose field differs only in case
-    put(&st.input(), "b.json", "{\"user_id\":2,\"country\":\"NL\"}\n{\"USER_ID\":3}\n", 2);
+    put(
+        &st.input(),
+        "b.json",
+        "{\"user_id\":2,\"country\":\"NL\"}\n{\"USER_ID\":3}\n",
+        2,
+    );
     let (end1, rows) = next(&mut s, Some(&end0));
     let err = rows.unwrap_err();
     assert!(err.is_schema_change(), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("country") && msg.contains("b.json") && msg.contains("schema version 1"), "{msg}");
+    assert!(
+        msg.contains("country") && msg.contains("b.json") && msg.contains("schema version 1"),
+        "{msg}"
+    );
     drop(s);
     // the restart reads version 1 and the same batch again, now with the column
     let mut s = st.start().unwrap();
-    assert_eq!(names(s.as_ref()), ["ts", "user_id", "country", "_rescued_data"]);
+    assert_eq!(
+        names(s.as_ref()),
+        ["ts", "user_id", "country", "_rescued_data"]
+    );
     let schema = s.schema();
     let rows = concat_batches(&schema, &s.get_batch(Some(&end0), &end1).unwrap()).unwrap();
     assert_eq!(strings(&rows, "user_id"), [Some("2".into()), None]);
@@ -117,7 +150,10 @@ fn inferred_once_as_strings_then_new_columns_evolve_the_schema_and_the_batch_rer
     put(&st.input(), "c.json", "{\"other\":1}\n", 3);
     drop(s);
     let s = st.start().unwrap();
-    assert_eq!(names(s.as_ref()), ["ts", "user_id", "country", "_rescued_data"]);
+    assert_eq!(
+        names(s.as_ref()),
+        ["ts", "user_id", "country", "_rescued_data"]
+    );
 }
 
 #[test]
@@ -129,13 +165,29 @@ fn typed_columns_rescue_values_of_another_type_and_hints_win() {
             ("cloudFiles.schemaHints", "score DOUBLE"),
         ],
     );
-    put(&st.input(), "a.json", "{\"n\":1,\"score\":2,\"s\":\"x\"}\n", 1);
+    put(
+        &st.input(),
+        "a.json",
+        "{\"n\":1,\"score\":2,\"s\":\"x\"}\n",
+        1,
+    );
     let mut s = st.start().unwrap();
     let schema = s.schema();
-    assert_eq!(schema.field_with_name("n").unwrap().data_type(), &arrow::datatypes::DataType::Int64);
-    assert_eq!(schema.field_with_name("score").unwrap().data_type(), &arrow::datatypes::DataType::Float64);
+    assert_eq!(
+        schema.field_with_name("n").unwrap().data_type(),
+        &arrow::datatypes::DataType::Int64
+    );
+    assert_eq!(
+        schema.field_with_name("score").unwrap().data_type(),
+        &arrow::datatypes::DataType::Float64
+    );
     let (end0, _) = next(&mut s, None);
-    put(&st.input(), "b.json", "{\"n\":\"seven\",\"score\":1.5,\"s\":\"y\"}\n{\"n\":8}\n", 2);
+    put(
+        &st.input(),
+        "b.json",
+        "{\"n\":\"seven\",\"score\":1.5,\"s\":\"y\"}\n{\"n\":8}\n",
+        2,
+    );
     let (_, rows) = next(&mut s, Some(&end0));
     let rows = rows.unwrap();
     assert_eq!(strings(&rows, "n"), [None, Some("8".into())]);
@@ -152,7 +204,12 @@ fn rescue_mode_keeps_the_schema_and_fail_mode_stays_stopped() {
     put(&st.input(), "a.json", "{\"a\":\"1\"}\n", 1);
     let mut s = st.start().unwrap();
     let (end0, _) = next(&mut s, None);
-    put(&st.input(), "b.json", "{\"a\":\"2\",\"b\":{\"x\":[1]}}\n", 2);
+    put(
+        &st.input(),
+        "b.json",
+        "{\"a\":\"2\",\"b\":{\"x\":[1]}}\n",
+        2,
+    );
     let (_, rows) = next(&mut s, Some(&end0));
     let rows = rows.unwrap();
     assert_eq!(names(s.as_ref()), ["a", "_rescued_data"]);
@@ -160,14 +217,20 @@ fn rescue_mode_keeps_the_schema_and_fail_mode_stays_stopped() {
         serde_json::from_str(strings(&rows, "_rescued_data")[0].as_deref().unwrap()).unwrap();
     assert_eq!(r["b"], serde_json::json!({"x": [1]}));
 
-    let st = Stream::new("json", &[("cloudFiles.schemaEvolutionMode", "failOnNewColumns")]);
+    let st = Stream::new(
+        "json",
+        &[("cloudFiles.schemaEvolutionMode", "failOnNewColumns")],
+    );
     put(&st.input(), "a.json", "{\"a\":\"1\"}\n", 1);
     let mut s = st.start().unwrap();
     let (end0, _) = next(&mut s, None);
     put(&st.input(), "b.json", "{\"a\":\"2\",\"b\":1}\n", 2);
     let (end1, rows) = next(&mut s, Some(&end0));
     let err = rows.unwrap_err();
-    assert!(!err.is_schema_change() && err.to_string().contains("failOnNewColumns"), "{err}");
+    assert!(
+        !err.is_schema_change() && err.to_string().contains("failOnNewColumns"),
+        "{err}"
+    );
     drop(s);
     // stays stopped: the same batch fails again after a restart
     let mut s = st.start().unwrap();
@@ -183,7 +246,12 @@ fn csv_by_header_with_partition_directories() {
     let (end0, rows) = next(&mut s, None);
     assert_eq!(strings(&rows.unwrap(), "day"), [Some("2026-01-01".into())]);
     // columns in another order, and an extra one: matched by name, the extra evolves
-    put(&st.input(), "day=2026-01-02/b.csv", "name,id,extra\ny,2,e\n", 2);
+    put(
+        &st.input(),
+        "day=2026-01-02/b.csv",
+        "name,id,extra\ny,2,e\n",
+        2,
+    );
     let (_, rows) = next(&mut s, Some(&end0));
     assert!(rows.unwrap_err().to_string().contains("extra"));
 }
@@ -192,16 +260,27 @@ fn csv_by_header_with_partition_directories() {
 fn options_are_checked_by_name() {
     let st = Stream::new("json", &[("cloudFiles.shemaHints", "a INT")]);
     put(&st.input(), "a.json", "{\"a\":1}\n", 1);
-    let err = CloudFilesFactory.resolve_schema(&st.spec()).unwrap_err().to_string();
+    let err = CloudFilesFactory
+        .resolve_schema(&st.spec())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cloudFiles.shemaHints"), "{err}");
     let mut spec = st.spec();
     spec.options.remove("cloudFiles.shemaHints");
     spec.options.remove("cloudFiles.schemaLocation");
-    let err = CloudFilesFactory.resolve_schema(&spec).unwrap_err().to_string();
+    let err = CloudFilesFactory
+        .resolve_schema(&spec)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cloudFiles.schemaLocation"), "{err}");
-    spec.options.set("cloudFiles.schemaLocation", "/nonexistent-x");
-    spec.options.set("cloudFiles.schemaEvolutionMode", "sometimes");
-    let err = CloudFilesFactory.resolve_schema(&spec).unwrap_err().to_string();
+    spec.options
+        .set("cloudFiles.schemaLocation", "/nonexistent-x");
+    spec.options
+        .set("cloudFiles.schemaEvolutionMode", "sometimes");
+    let err = CloudFilesFactory
+        .resolve_schema(&spec)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("schemaEvolutionMode"), "{err}");
 }
 

@@ -14,7 +14,11 @@ use super::AutoOptions;
 use crate::formats::{self, csv::CsvOptions};
 
 /// The sample inference reads: files in arrival order, up to `max_files` and `max_bytes`.
-pub(super) fn sample(mut files: Vec<FileEntry>, max_files: usize, max_bytes: u64) -> Vec<FileEntry> {
+pub(super) fn sample(
+    mut files: Vec<FileEntry>,
+    max_files: usize,
+    max_bytes: u64,
+) -> Vec<FileEntry> {
     files.sort_by(|a, b| (a.mtime_ms, &a.path).cmp(&(b.mtime_ms, &b.path)));
     let mut out = Vec::new();
     let mut bytes = 0u64;
@@ -31,7 +35,10 @@ pub(super) fn sample(mut files: Vec<FileEntry>, max_files: usize, max_bytes: u64
 /// Adds `(name, type)` unless a column of that name (in any case) is there; a name already
 /// there with another type becomes STRING (it can hold either).
 fn merge_column(fields: &mut Vec<Field>, name: &str, dt: DataType) {
-    match fields.iter_mut().find(|f| f.name().eq_ignore_ascii_case(name)) {
+    match fields
+        .iter_mut()
+        .find(|f| f.name().eq_ignore_ascii_case(name))
+    {
         Some(f) if f.data_type() != &dt && f.data_type() != &DataType::Null => {
             if dt != DataType::Null {
                 *f = Field::new(f.name(), DataType::Utf8, true);
@@ -57,7 +64,10 @@ pub(super) fn infer_data_schema(
     for f in files {
         let bytes = std::fs::read(&f.path).map_err(|e| EngineError::io(Path::new(&f.path), e))?;
         let cannot = |e: &dyn std::fmt::Display| {
-            EngineError::user(format!("Auto Loader cannot infer a schema from {}: {e}", f.path))
+            EngineError::user(format!(
+                "Auto Loader cannot infer a schema from {}: {e}",
+                f.path
+            ))
         };
         let file_schema: Vec<(String, DataType)> = match format {
             FileFormat::Json if !o.infer_types => json_names(formats::strip_bom(&bytes))
@@ -73,7 +83,9 @@ pub(super) fn infer_data_schema(
                     .map(|(n, t)| (n, if o.infer_types { t } else { DataType::Utf8 }))
                     .collect()
             }
-            FileFormat::Parquet => fields_of(&formats::parquet::infer(bytes).map_err(|e| cannot(&e))?),
+            FileFormat::Parquet => {
+                fields_of(&formats::parquet::infer(bytes).map_err(|e| cannot(&e))?)
+            }
             FileFormat::Text => vec![("value".to_string(), DataType::Utf8)],
         };
         for (n, t) in file_schema {
@@ -104,7 +116,8 @@ fn fields_of(s: &Schema) -> Vec<(String, DataType)> {
 pub(super) fn json_names(bytes: &[u8]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for (_, line) in formats::split_lines(bytes, false) {
-        if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(line) {
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(line)
+        {
             for k in m.keys() {
                 if !names.iter().any(|n| n.eq_ignore_ascii_case(k)) {
                     names.push(k.clone());
@@ -159,7 +172,10 @@ pub(super) fn apply_hints(schema: Schema, hints: Option<&str>) -> Result<Schema>
         .map_err(|e| EngineError::user(format!("option 'cloudFiles.schemaHints': {e}")))?;
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     for h in hinted.fields() {
-        match fields.iter_mut().find(|f| f.name().eq_ignore_ascii_case(h.name())) {
+        match fields
+            .iter_mut()
+            .find(|f| f.name().eq_ignore_ascii_case(h.name()))
+        {
             Some(f) => *f = Field::new(f.name(), h.data_type().clone(), true),
             None => fields.push(h.as_ref().clone().with_nullable(true)),
         }
@@ -206,13 +222,19 @@ mod tests {
         let cases: &[(&str, &str, &[(&str, &str)])] = &[
             ("/in", "/in/a.json", &[]),
             ("/in", "/in/day=2026-01-01/a.json", &[("day", "2026-01-01")]),
-            ("/in", "/in/y=2026/m=01/x/a.json", &[("y", "2026"), ("m", "01")]),
+            (
+                "/in",
+                "/in/y=2026/m=01/x/a.json",
+                &[("y", "2026"), ("m", "01")],
+            ),
             ("/in", "/in/=x/a.json", &[]),
         ];
         for (base, file, want) in cases {
             let got = partition_values(Path::new(base), Path::new(file));
-            let want: Vec<(String, String)> =
-                want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             assert_eq!(got, want, "{file}");
         }
     }
@@ -234,10 +256,17 @@ mod tests {
     #[test]
     fn sample_stops_at_files_or_bytes() {
         let files: Vec<FileEntry> = (0..5)
-            .map(|i| FileEntry { path: format!("/f{i}"), mtime_ms: 10 - i, size: 10 })
+            .map(|i| FileEntry {
+                path: format!("/f{i}"),
+                mtime_ms: 10 - i,
+                size: 10,
+            })
             .collect();
         let s = sample(files.clone(), 2, u64::MAX);
-        assert_eq!(s.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["/f4", "/f3"]);
+        assert_eq!(
+            s.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            ["/f4", "/f3"]
+        );
         assert_eq!(sample(files.clone(), 1000, 25).len(), 2);
         // the first file is read even if it alone is over the byte limit
         assert_eq!(sample(files, 1000, 1).len(), 1);

@@ -102,15 +102,14 @@ impl AutoOptions {
                 "the cloudFiles source needs option 'cloudFiles.format' (json, csv or parquet)",
             )
         })?;
-        let format = match FileFormat::parse(&format_name.to_ascii_lowercase())? {
-            FileFormat::Text => {
-                return Err(EngineError::user(
+        let format =
+            match FileFormat::parse(&format_name.to_ascii_lowercase())? {
+                FileFormat::Text => return Err(EngineError::user(
                     "option 'cloudFiles.format': text is read by format(\"text\"); Auto Loader \
                      reads json, csv or parquet",
-                ))
-            }
-            f => f,
-        };
+                )),
+                f => f,
+            };
         let mut known: Vec<&str> = CLOUD_OPTIONS.to_vec();
         known.extend(PLAIN_OPTIONS);
         match format {
@@ -121,7 +120,11 @@ impl AutoOptions {
             }
             _ => {}
         }
-        o.check_known(&format!("the cloudFiles source ({format_name})"), &known, &[])?;
+        o.check_known(
+            &format!("the cloudFiles source ({format_name})"),
+            &known,
+            &[],
+        )?;
         if o.get_bool("cloudFiles.useNotifications", false)? {
             return Err(EngineError::user(
                 "option 'cloudFiles.useNotifications' = true: file notification mode needs \
@@ -269,7 +272,14 @@ impl AutoRead {
         }
         let list = |cs: &[&NewColumn]| {
             cs.iter()
-                .map(|c| format!("{} ({} in {})", c.name, sluice_engine::ddl::type_to_ddl(&c.data_type), c.file))
+                .map(|c| {
+                    format!(
+                        "{} ({} in {})",
+                        c.name,
+                        sluice_engine::ddl::type_to_ddl(&c.data_type),
+                        c.file
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -282,9 +292,10 @@ impl AutoRead {
                 list(&names)
             ))),
             OnNew::Evolve => {
-                let (log, read_version) = self.log.as_ref().ok_or_else(|| {
-                    EngineError::bug("addNewColumns without a schema location")
-                })?;
+                let (log, read_version) = self
+                    .log
+                    .as_ref()
+                    .ok_or_else(|| EngineError::bug("addNewColumns without a schema location"))?;
                 let latest = log.latest()?.unwrap_or_else(|| read_version.clone());
                 let stored = latest.arrow_schema()?;
                 let parts = &latest.partition_columns;
@@ -295,7 +306,10 @@ impl AutoRead {
                     .map(|f| f.as_ref().clone())
                     .collect();
                 for c in &names {
-                    if !fields.iter().any(|f| f.name().eq_ignore_ascii_case(&c.name)) {
+                    if !fields
+                        .iter()
+                        .any(|f| f.name().eq_ignore_ascii_case(&c.name))
+                    {
                         fields.push(Field::new(&c.name, c.data_type.clone(), true));
                     }
                 }
@@ -340,9 +354,10 @@ struct Resolved {
 
 fn resolve(spec: &SourceSpec) -> Result<Resolved> {
     let opts = AutoOptions::parse(spec)?;
-    let dir = spec.path.as_deref().ok_or_else(|| {
-        EngineError::user("the cloudFiles source needs a path: load(\"dir\")")
-    })?;
+    let dir = spec
+        .path
+        .as_deref()
+        .ok_or_else(|| EngineError::user("the cloudFiles source needs a path: load(\"dir\")"))?;
     let base = PathBuf::from(dir);
     let glob = if base.is_dir() {
         format!("{}/**/*", glob::Pattern::escape(dir.trim_end_matches('/')))
@@ -394,7 +409,11 @@ fn resolve(spec: &SourceSpec) -> Result<Resolved> {
                         0,
                         &all,
                         &parts,
-                        format!("inferred from {} file(s), the first {}", files.len(), files[0].path),
+                        format!(
+                            "inferred from {} file(s), the first {}",
+                            files.len(),
+                            files[0].path
+                        ),
                     )?
                 }
             };
@@ -422,7 +441,11 @@ fn resolve(spec: &SourceSpec) -> Result<Resolved> {
             .collect::<Vec<_>>(),
     ));
     let mut full: Vec<Field> = parse.fields().iter().map(|f| f.as_ref().clone()).collect();
-    full.extend(partition_fields.iter().map(|(n, t)| Field::new(n, t.clone(), true)));
+    full.extend(
+        partition_fields
+            .iter()
+            .map(|(n, t)| Field::new(n, t.clone(), true)),
+    );
     if let Some(r) = &opts.rescued {
         if full.iter().any(|f| f.name() == r) {
             return Err(EngineError::user(format!(
@@ -442,7 +465,12 @@ fn resolve(spec: &SourceSpec) -> Result<Resolved> {
         mode: opts.mode,
         log,
     };
-    Ok(Resolved { opts, parse, read, glob })
+    Ok(Resolved {
+        opts,
+        parse,
+        read,
+        glob,
+    })
 }
 
 /// Creates Auto Loader streams (`format("cloudFiles")`).

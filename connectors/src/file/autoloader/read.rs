@@ -34,7 +34,12 @@ pub(in crate::file) struct Read {
 impl AutoRead {
     /// Appends the partition columns (from the file's `key=value` directories) and the rescued
     /// column (`rescued`, or NULL) to rows of the data columns.
-    fn finish(&self, path: &Path, data: RecordBatch, rescued: Option<ArrayRef>) -> Result<RecordBatch> {
+    fn finish(
+        &self,
+        path: &Path,
+        data: RecordBatch,
+        rescued: Option<ArrayRef>,
+    ) -> Result<RecordBatch> {
         let n = data.num_rows();
         let mut cols = data.columns().to_vec();
         let values = partition_values(&self.base, path);
@@ -63,7 +68,10 @@ impl AutoRead {
     }
 
     fn lower_names(&self, data: &Schema) -> HashSet<String> {
-        data.fields().iter().map(|f| f.name().to_lowercase()).collect()
+        data.fields()
+            .iter()
+            .map(|f| f.name().to_lowercase())
+            .collect()
     }
 
     /// One JSON-lines file.
@@ -80,7 +88,10 @@ impl AutoRead {
                 .into_iter()
                 .map(|b| self.finish(path, with_corrupt_column(b, settings, None)?, None))
                 .collect::<Result<_>>()?;
-            return Ok(Read { batches, new_columns: Vec::new() });
+            return Ok(Read {
+                batches,
+                new_columns: Vec::new(),
+            });
         }
         // something to rescue (or malformed): record by record
         let types: HashMap<&str, &DataType> = data
@@ -137,7 +148,10 @@ impl AutoRead {
                 batches.push(self.finish(path, b, None)?);
             }
         }
-        Ok(Read { batches, new_columns })
+        Ok(Read {
+            batches,
+            new_columns,
+        })
     }
 
     /// The rescued column of the records' rescued fields: NULL where nothing was rescued.
@@ -198,7 +212,9 @@ impl AutoRead {
                     continue;
                 }
                 if self.is_new(field.name(), &lower)
-                    && !new_columns.iter().any(|c: &NewColumn| &c.name == field.name())
+                    && !new_columns
+                        .iter()
+                        .any(|c: &NewColumn| &c.name == field.name())
                 {
                     new_columns.push(NewColumn {
                         name: field.name().clone(),
@@ -219,7 +235,10 @@ impl AutoRead {
             };
             batches.push(self.finish(path, with_corrupt_column(rows, settings, None)?, rescued)?);
         }
-        Ok(Read { batches, new_columns })
+        Ok(Read {
+            batches,
+            new_columns,
+        })
     }
 }
 
@@ -241,10 +260,15 @@ fn decode_clean(
     let mut rows = Vec::with_capacity(clean.len());
     for (i, line) in joined.iter().enumerate() {
         let row = match decode_json_with(data, line.as_bytes(), 1, false) {
-            Ok(b) if b.iter().map(|b| b.num_rows()).sum::<usize>() == 1 => concat_batches(data, &b)?,
+            Ok(b) if b.iter().map(|b| b.num_rows()).sum::<usize>() == 1 => {
+                concat_batches(data, &b)?
+            }
             _ => {
                 rescued[i].append(&mut clean[i]);
-                concat_batches(data, &decode_json_with(data, b"{}", 1, false).map_err(EngineError::bug)?)?
+                concat_batches(
+                    data,
+                    &decode_json_with(data, b"{}", 1, false).map_err(EngineError::bug)?,
+                )?
             }
         };
         rows.push(row);

@@ -117,7 +117,9 @@ impl SchemaLog {
             created_at: chrono::Utc::now().timestamp_millis(),
         };
         let path = self.dir.join(version.to_string());
-        let tmp = self.dir.join(format!(".{version}.{}.tmp", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".{version}.{}.tmp", std::process::id()));
         let text = serde_json::to_vec_pretty(&v)
             .map_err(|e| EngineError::bug(format!("schema version to JSON: {e}")))?;
         std::fs::write(&tmp, &text).map_err(|e| EngineError::io(&tmp, e))?;
@@ -153,14 +155,14 @@ mod tests {
         let log = SchemaLog::new(dir.path().to_str().unwrap());
         assert!(log.latest().unwrap().is_none());
         let s0 = parse_ddl_schema("a STRING, day STRING").unwrap();
-        let v0 = log.write(0, &s0, &["day".into()], "inferred".into()).unwrap();
+        let v0 = log
+            .write(0, &s0, &["day".into()], "inferred".into())
+            .unwrap();
         assert_eq!(v0.schema, "a STRING, day STRING");
         let s1 = parse_ddl_schema("a STRING, b BIGINT, day STRING").unwrap();
         log.write(1, &s1, &["day".into()], "new b".into()).unwrap();
         // a second writer of version 1 gets the stored one
-        let again = log
-            .write(1, &s0, &["day".into()], "other".into())
-            .unwrap();
+        let again = log.write(1, &s0, &["day".into()], "other".into()).unwrap();
         assert_eq!(again.schema, "a STRING, b BIGINT, day STRING");
         let latest = log.latest().unwrap().unwrap();
         assert_eq!(latest.version, 1);

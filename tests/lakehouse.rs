@@ -1,0 +1,570 @@
+//! Lakehouse ingestion, end to end with the `sluice` binary on examples/medallion.toml: Auto
+//! Loader over JSON files whose shape changes midway (a new column from one file on, a value of
+//! another type, a field differing only in case) in each schema evolution mode, expectations
+//! with their quarantine table, the pipeline run as a graph of tables (stage after stage with
+//! --available-now), each uninterrupted and killed with SIGKILL at random crash points of every
+//! stage; the bronze table read by an independent reader (Python `deltalake`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::delta::{python_rows, rows};
+use common::*;
+use serde_json::{json, Value};
+
+const FILES: u64 = 8;
+/// The first file with the new column `device`.
+const NEW_COLUMN_FROM: u64 = 3;
+
+/// Raw records per file: redeliveries (the same record again, in the same or the next file),
+/// dirty rows (no user, negative value), and the shape changes.
+fn raw() -> Vec<Vec<Value>> {
+    let actions = [" Click", "view", "BUY ", "scroll"];
+    let countries = ["de", "FR", "us", "JP"];
+    let mut x: u64 = 5;
+    let mut files: Vec<Vec<Value>> = Vec::new();
+    let mut carry: Option<Value> = None;
+    for f in 0..FILES {
+        let mut recs: Vec<Value> = carry.take().into_iter().collect();
+        for i in 0..25u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let r = x >> 24;
+            let id = f * 25 + i;
+            let ts = chrono::DateTime::from_timestamp(1_735_689_600 + id as i64 * 150, 0)
+                .expect("t")
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string();
+            let mut e = json!({
+                "event_id": format!("e{id}"),
+                "event_time": ts,
+                "action": actions[(r % 4) as usize],
+                "user_id": if r % 19 == 0 { Value::Null } else { json!(r % 40) },
+                "value": (r % 900) as f64 / 8.0 - if r % 13 == 0 { 150.0 } else { 0.0 },
+                "country": countries[((r >> 8) % 4) as usize],
+            });
+            if f >= NEW_COLUMN_FROM {
+                e["device"] = json!(["ios", "android", "web"][((r >> 4) % 3) as usize]);
+            }
+            if f == 5 && i == 2 {
+                e["value"] = json!("n/a"); // another type than the column's
+            }
+            if f == 6 && i == 3 {
+                let c = e["country"].take();
+                e.as_object_mut().expect("o").remove("country");
+                e["Country"] = c; // differs only in case
+            }
+            recs.push(e.clone());
+            if r % 7 == 0 {
+                recs.push(e.clone()); // redelivered at once
+            } else if r % 11 == 0 {
+                carry = Some(e); // redelivered with the next file
+            }
+        }
+        files.push(recs);
+    }
+    files
+}
+
+fn stage(dir: &Path) {
+    for (f, recs) in raw().iter().enumerate() {
+        let body: String = recs.iter().map(|r| format!("{r}\n")).collect();
+        put_file(
+            &dir.join("data/raw"),
+            &format!("raw-{f:02}.json"),
+            &body,
+            f as u64,
+        );
+    }
+}
+
+/// The example pipeline, with the schema inferred from the first two files only (so the new
+/// column arrives midway), a progress log for silver, and `mode` as the evolution mode.
+fn pipeline(dir: &Path, mode: Option<&str>) -> PathBuf {
+    let text = fs::read_to_string(repo_dir().join("examples/medallion.toml")).expect("example");
+    let mut extra = r#""cloudFiles.schemaInference.sampleSize.numFiles" = "2", "#.to_string();
+    if let Some(m) = mode {
+        extra.push_str(&format!(r#""cloudFiles.schemaEvolutionMode" = "{m}", "#));
+    }
+    let text = text
+        .replacen(
+            r#""cloudFiles.maxFilesPerTrigger""#,
+            &format!(r#"{extra}"cloudFiles.maxFilesPerTrigger""#),
+            1,
+        )
+        .replacen(
+            "checkpoint = \"data/chk/silver\"",
+            "checkpoint = \"data/chk/silver\"\nprogress_log = \"data/progress/silver.jsonl\"",
+            1,
+        );
+    assert!(
+        text.contains("sampleSize") && text.contains("progress/silver"),
+        "example changed"
+    );
+    let p = dir.join("medallion.toml");
+    fs::write(&p, text).expect("write pipeline");
+    p
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Distinct raw events by id (redeliveries are the same record).
+fn events() -> BTreeMap<String, Value> {
+    raw()
+        .into_iter()
+        .flatten()
+        .map(|e| (e["event_id"].as_str().expect("id").to_string(), e))
+        .collect()
+}
+
+fn failing_user(e: &Value) -> bool {
+    e["user_id"].is_null()
+}
+
+/// `value >= 0` is FALSE (a value that is not a number is NULL in its column: it passes).
+fn failing_value(e: &Value) -> bool {
+    e["value"].as_f64().is_some_and(|v| v < 0.0)
+}
+
+/// The same instant, written by Python (`+00:00`) or by the generator (`Z`).
+fn same_value(column: &Value, input: &Value) -> bool {
+    match (column, input) {
+        (Value::String(c), Value::String(i)) if c != i => {
+            let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+            t(c).is_some() && t(c) == t(i)
+        }
+        (Value::Number(c), Value::Number(i)) => c.as_f64() == i.as_f64(),
+        (c, i) => c == i,
+    }
+}
+
+/// Bronze, read by Python `deltalake`: every raw record once per delivery, and every input
+/// value either in its column or in `_rescued_data` (with the file it came from).
+fn check_bronze(dir: &Path, evolved: bool) {
+    let (names, bronze) = python_rows(&dir.join("data/bronze"));
+    assert_eq!(names.contains(&"device".to_string()), evolved, "{names:?}");
+    assert!(names.contains(&"_rescued_data".to_string()), "{names:?}");
+    let mut want: BTreeMap<String, usize> = BTreeMap::new();
+    for e in raw().iter().flatten() {
+        *want
+            .entry(e["event_id"].as_str().expect("id").to_string())
+            .or_default() += 1;
+    }
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    let events = events();
+    let mut rescued_rows = 0;
+    for row in &bronze {
+        let id = row["event_id"].as_str().expect("event_id").to_string();
+        *got.entry(id.clone()).or_default() += 1;
+        let rescued: Option<Value> = row["_rescued_data"]
+            .as_str()
+            .map(|s| serde_json::from_str(s).expect("rescued json"));
+        if let Some(r) = &rescued {
+            rescued_rows += 1;
+            assert!(
+                r["_file_path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("/data/raw/raw-")),
+                "{r}"
+            );
+        }
+        for (k, v) in events[&id].as_object().expect("record") {
+            let in_column = row.get(k).is_some_and(|c| same_value(c, v));
+            let in_rescued = rescued.as_ref().and_then(|r| r.get(k)) == Some(v);
+            assert!(in_column || in_rescued, "{id}.{k} = {v} lost: {row}");
+        }
+    }
+    assert_eq!(got, want, "every delivery once");
+    // the value of another type, the field in another case and (rescue mode) every device
+    let rescued = |e: &&Value| {
+        e["value"].is_string()
+            || e.get("Country").is_some()
+            || (!evolved && e.get("device").is_some())
+    };
+    assert_eq!(rescued_rows, raw().iter().flatten().filter(rescued).count());
+}
+
+/// Silver, quarantine and gold as computed here from the distinct raw events.
+fn check_downstream(dir: &Path) {
+    let data = dir.join("data");
+    let events = events();
+    let ids = |path: &Path| -> Vec<String> {
+        let mut v: Vec<String> = rows(path, &[])
+            .iter()
+            .map(|r| {
+                r.split('|')
+                    .find(|c| c.starts_with('e'))
+                    .expect("event id")
+                    .to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let bad = |e: &Value| failing_user(e) || failing_value(e);
+    let mut want_silver: Vec<String> = events
+        .iter()
+        .filter(|(_, e)| !bad(e))
+        .map(|(k, _)| k.clone())
+        .collect();
+    want_silver.sort();
+    assert_eq!(
+        ids(&data.join("silver")),
+        want_silver,
+        "silver: each clean event once"
+    );
+    let mut want_q: Vec<String> = events
+        .iter()
+        .filter(|(_, e)| bad(e))
+        .map(|(k, _)| k.clone())
+        .collect();
+    want_q.sort();
+    assert!(!want_q.is_empty());
+    assert_eq!(
+        ids(&data.join("quarantine/silver")),
+        want_q,
+        "quarantine: each dropped row once"
+    );
+
+    // gold: events and value per hour and action
+    let mut want: BTreeMap<(i64, String), (i64, f64)> = BTreeMap::new();
+    for e in events.values().filter(|e| !bad(e)) {
+        let t = chrono::DateTime::parse_from_rfc3339(e["event_time"].as_str().expect("t"))
+            .expect("t")
+            .timestamp();
+        let a = e["action"].as_str().expect("a").trim().to_lowercase();
+        let g = want.entry((t - t.rem_euclid(3600), a)).or_default();
+        g.0 += 1;
+        g.1 += e["value"].as_f64().unwrap_or(0.0);
+    }
+    let (_, gold) = python_rows(&data.join("gold"));
+    let mut got: BTreeMap<(i64, String), (i64, f64)> = BTreeMap::new();
+    for r in gold {
+        let w = chrono::DateTime::parse_from_rfc3339(r["window_start"].as_str().expect("ws"))
+            .expect("ws")
+            .timestamp();
+        got.insert(
+            (w, r["action"].as_str().expect("a").to_string()),
+            (
+                r["events"].as_i64().expect("n"),
+                r["total_value"].as_f64().unwrap_or(0.0),
+            ),
+        );
+    }
+    assert_eq!(got.len(), want.len());
+    for (k, (n, s)) in &want {
+        let (gn, gs) = got[k];
+        assert_eq!(gn, *n, "{k:?}");
+        assert!((gs - s).abs() < 1e-6, "{k:?}: {gs} vs {s}");
+    }
+}
+
+/// The expectation counts of silver's progress, summed over its batches.
+fn quality(dir: &Path) -> (BTreeMap<String, (u64, u64)>, u64) {
+    let text = fs::read_to_string(dir.join("data/progress/silver.jsonl")).expect("progress");
+    let mut per: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut dropped = 0;
+    for l in text.lines() {
+        let p: Value = serde_json::from_str(l).expect("progress json");
+        let dq = &p["dataQuality"];
+        dropped += dq["dropped_records"].as_u64().expect("dropped");
+        for e in dq["expectations"].as_array().expect("expectations") {
+            assert_eq!(e["dataset"], "silver");
+            let c = per
+                .entry(e["name"].as_str().expect("name").to_string())
+                .or_default();
+            c.0 += e["passed_records"].as_u64().expect("passed");
+            c.1 += e["failed_records"].as_u64().expect("failed");
+        }
+    }
+    (per, dropped)
+}
+
+/// Every table but bronze's ingest time and rescued file paths (another directory per run).
+fn tables(dir: &Path) -> Vec<Vec<String>> {
+    let d = dir.join("data");
+    let prefix = dir.display().to_string();
+    ["bronze", "silver", "quarantine/silver", "gold"]
+        .iter()
+        .map(|t| {
+            rows(&d.join(t), &["ingest_time"])
+                .into_iter()
+                .map(|r| r.replace(&prefix, "<dir>"))
+                .collect()
+        })
+        .collect()
+}
+
+/// Crash points in every stage, in the order the run reaches them (each must fire): two per
+/// stage, at distinct batches, each at a point drawn from the seed (printed, to replay a run).
+fn crash_points() -> Vec<String> {
+    const POINTS: [&str; 5] = [
+        "after-offsets",
+        "mid-sink",
+        "after-sink",
+        "after-state",
+        "after-commit",
+    ];
+    let mut x = test_seed() | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = Vec::new();
+    for q in ["bronze", "silver", "gold"] {
+        // gold's batch 0 may write no data file (mid-sink): its kills start at batch 1
+        let first = u64::from(q == "gold");
+        let a = first + next() % (FILES - 1 - first);
+        let b = loop {
+            let b = first + next() % (FILES - 1 - first);
+            if b != a {
+                break b;
+            }
+        };
+        for batch in [a.min(b), a.max(b)] {
+            out.push(format!("{q}:{}@{batch}", POINTS[(next() % 5) as usize]));
+        }
+    }
+    out
+}
+
+#[test]
+fn add_new_columns_restarts_rescues_and_survives_kills_as_stages_or_a_graph() {
+    // uninterrupted, the whole graph in one run
+    let clean = workdir();
+    stage(clean.path());
+    let p = pipeline(clean.path(), None);
+    let o = run_pipeline_args(&p, &["--available-now"], &[]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("new columns device")
+            && err.contains("raw-03.json")
+            && err.contains("schema version 1"),
+        "the stop names the columns, the file and the version: {err}"
+    );
+    assert!(err.contains("restarting it with the new schema"), "{err}");
+    check_bronze(clean.path(), true);
+    check_downstream(clean.path());
+    let versions: Vec<String> = fs::read_dir(
+        clean
+            .path()
+            .join("data/chk/bronze/_autoloader/raw/_schemas"),
+    )
+    .expect("schema location in the checkpoint")
+    .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+    .collect();
+    assert_eq!(sorted(versions), ["0", "1"]);
+
+    // expectations: counts equal a count over the input, dropped = the quarantine
+    let events = events();
+    let (per, dropped) = quality(clean.path());
+    let n = events.len() as u64;
+    let count = |f: &dyn Fn(&Value) -> bool| events.values().filter(|e| f(e)).count() as u64;
+    let want_user = count(&failing_user);
+    let want_value = count(&failing_value);
+    assert_eq!(per["valid_user"], (n - want_user, want_user));
+    assert_eq!(per["non_negative_value"], (n - want_value, want_value));
+    assert_eq!(per["valid_event_time"], (n, 0));
+    assert_eq!(per["known_action"], (n, 0));
+    assert_eq!(dropped, count(&|e| failing_user(e) || failing_value(e)));
+
+    // the stages one at a time give the same tables
+    let staged = workdir();
+    stage(staged.path());
+    let ps = pipeline(staged.path(), None);
+    for q in ["bronze", "silver", "gold"] {
+        let o = run_pipeline_args(&ps, &["--available-now", "--query", q], &[]);
+        assert!(o.status.success(), "{q}: {}", stderr(&o));
+    }
+    assert_eq!(
+        tables(staged.path()),
+        tables(clean.path()),
+        "stages one at a time"
+    );
+
+    // killed at random points of every stage, restarted: the same tables again
+    let killed = workdir();
+    stage(killed.path());
+    let pk = pipeline(killed.path(), None);
+    let points = crash_points();
+    run_killed(&pk, &["--available-now"], &points);
+    assert_eq!(
+        tables(killed.path()),
+        tables(clean.path()),
+        "killed at {points:?}"
+    );
+    check_bronze(killed.path(), true);
+}
+
+#[test]
+fn rescue_mode_keeps_the_schema_and_the_values_also_when_killed() {
+    let clean = workdir();
+    stage(clean.path());
+    let p = pipeline(clean.path(), Some("rescue"));
+    let o = run_pipeline_args(&p, &["--available-now"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("new columns"), "{}", stderr(&o));
+    check_bronze(clean.path(), false);
+    check_downstream(clean.path());
+
+    let killed = workdir();
+    stage(killed.path());
+    let pk = pipeline(killed.path(), Some("rescue"));
+    let points = crash_points();
+    run_killed(&pk, &["--available-now"], &points);
+    assert_eq!(
+        tables(killed.path()),
+        tables(clean.path()),
+        "killed at {points:?}"
+    );
+}
+
+#[test]
+fn fail_on_new_columns_stays_stopped_until_the_schema_is_updated() {
+    let w = workdir();
+    stage(w.path());
+    let p = pipeline(w.path(), Some("failOnNewColumns"));
+    // killed before the file with the new column, then run: it stops there, twice
+    run_killed_then(&p, &[format!("bronze:after-sink@{}", NEW_COLUMN_FROM - 2)]);
+    for _ in 0..2 {
+        let o = run_pipeline_args(&p, &["--available-now"], &[]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("failOnNewColumns")
+                && err.contains("device")
+                && err.contains("raw-03.json"),
+            "{err}"
+        );
+    }
+    let bronze = rows(&w.path().join("data/bronze"), &[]);
+    let before: usize = raw()[..NEW_COLUMN_FROM as usize].iter().map(Vec::len).sum();
+    assert_eq!(
+        bronze.len(),
+        before,
+        "the batches before the new column, once"
+    );
+
+    // the user adds the column to the schema location: the query goes on with it
+    let dir = w.path().join("data/chk/bronze/_autoloader/raw/_schemas");
+    let v0: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("0")).expect("v0")).expect("json");
+    let mut v1 = v0.clone();
+    v1["version"] = json!(1);
+    v1["schema"] = json!(format!(
+        "{}, device STRING",
+        v0["schema"].as_str().expect("s")
+    ));
+    fs::write(dir.join("1"), v1.to_string()).expect("write v1");
+    let o = run_pipeline_args(&p, &["--available-now"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    check_bronze(w.path(), true);
+    check_downstream(w.path());
+}
+
+/// Runs killed at each point (each must fire), without the final run to the end.
+fn run_killed_then(p: &Path, points: &[String]) {
+    for at in points {
+        let o = run_pipeline_args(p, &["--available-now"], &[("SLUICE_CRASH_AT", at)]);
+        assert!(killed(&o), "expected SIGKILL at {at}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn a_failing_expectation_stops_before_the_sink_commits() {
+    let w = workdir();
+    stage(w.path());
+    let p = pipeline(w.path(), None);
+    let text = fs::read_to_string(&p).expect("p").replace(
+        r#"condition = "value >= 0", on_violation = "drop""#,
+        r#"condition = "value >= 0", on_violation = "fail""#,
+    );
+    fs::write(&p, text).expect("w");
+    let first_bad = raw()
+        .iter()
+        .position(|f| f.iter().any(failing_value))
+        .expect("a file with a negative value") as u64;
+    for _ in 0..2 {
+        let o = run_pipeline_args(&p, &["--available-now"], &[]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("expectation 'non_negative_value'")
+                && err.contains(&format!("batch {first_bad} of 'silver'"))
+                && err.contains("\"value\":-"),
+            "{err}"
+        );
+    }
+    // the batches before the failing one are in silver, the failing one is not committed
+    let commits = fs::read_dir(w.path().join("data/chk/silver/commits"))
+        .expect("commits")
+        .count() as u64;
+    assert_eq!(commits, first_bad);
+    if first_bad > 0 {
+        let silver = rows(&w.path().join("data/silver"), &[]);
+        assert!(
+            silver.iter().all(|r| !r.contains("|-")),
+            "no negative value written"
+        );
+    }
+}
+
+#[test]
+fn the_graph_is_printed_and_cycles_and_unknown_names_are_refused() {
+    let w = workdir();
+    let p = pipeline(w.path(), None);
+    let o = std::process::Command::new(sluice_bin())
+        .arg("graph")
+        .arg(&p)
+        .output()
+        .expect("run");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        out.lines().map(str::trim).collect::<Vec<_>>(),
+        [
+            "inputs:",
+            "raw (source, cloudFiles data/raw)",
+            "stage 1:",
+            "bronze <- raw  => delta data/bronze",
+            "stage 2:",
+            "silver <- bronze  => delta data/silver, 4 expectation(s)",
+            "stage 3:",
+            "gold <- silver  => delta data/gold",
+        ]
+    );
+    let text = fs::read_to_string(&p).expect("p");
+    let cyclic = text.replace("FROM raw", "FROM gold");
+    fs::write(&p, cyclic).expect("w");
+    let (code, msg) = validate_pipeline(&p);
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(
+        msg.contains("cycle") && msg.contains("bronze -> silver -> gold -> bronze"),
+        "{msg}"
+    );
+    fs::write(&p, text.replace("FROM silver", "FROM silverr")).expect("w");
+    let (code, msg) = validate_pipeline(&p);
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("query 'gold' reads 'silverr'"), "{msg}");
+    fs::write(
+        &p,
+        text.replace(
+            "\"cloudFiles.format\"",
+            "\"cloudFiles.formatt\" = \"json\", \"cloudFiles.format\"",
+        ),
+    )
+    .expect("w");
+    stage(w.path());
+    let (code, msg) = validate_pipeline(&p);
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("unknown option 'cloudFiles.formatt'"), "{msg}");
+}
