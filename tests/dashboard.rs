@@ -81,9 +81,10 @@ checkpoint = "chk/counts"
 sink = { format = "console" }
 
 [query.plain]
-sql = "SELECT action FROM raw WHERE value > 0"
+sql = "SELECT action, value FROM raw WHERE value > 0"
 checkpoint = "chk/plain"
 sink = { format = "console" }
+expectations = [{ name = "big", condition = "value > 5" }]
 "#,
     )
     .expect("pipeline");
@@ -197,6 +198,32 @@ sink = { format = "console" }
         note_hidden(counts),
         "no note beside a drawn lag chart: {counts}"
     );
+
+    // expectations: the counts over the batches shown, and the pipeline's graph
+    assert!(
+        plain.contains("<tr data-expectation=\"big\"><td>big</td><td>0</td><td>30,002</td></tr>"),
+        "{plain}"
+    );
+    assert!(
+        !counts.contains("<table class=\"quality\">"),
+        "no expectations, no table: {counts}"
+    );
+    let graph = &dom[dom.find("id=\"graph\"").expect("graph")..];
+    assert!(
+        graph.contains("data-node=\"plain\"") && graph.contains("data-node=\"raw\""),
+        "{graph}"
+    );
+    // and in Prometheus
+    let metrics = http_get(port, "/metrics");
+    let failed = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("sluice_expectation_records_total{")
+                && l.contains("expectation=\"big\"")
+                && l.contains("result=\"failed\"")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(failed.ends_with(" 30002"), "{failed}");
 
     // a screenshot, kept as a test artifact
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

@@ -568,3 +568,212 @@ fn the_graph_is_printed_and_cycles_and_unknown_names_are_refused() {
     assert_eq!(code, Some(2), "{msg}");
     assert!(msg.contains("unknown option 'cloudFiles.formatt'"), "{msg}");
 }
+
+fn json_files(dir: &Path, files: &[&str]) {
+    for (i, body) in files.iter().enumerate() {
+        put_file(dir, &format!("{i}.json"), body, i as u64);
+    }
+}
+
+#[test]
+fn expectations_in_the_dataframe_api_count_drop_quarantine_and_fail() {
+    use sluice::prelude::*;
+    let w = workdir();
+    let input = w.path().join("in");
+    json_files(
+        &input,
+        &[
+            "{\"id\":1,\"v\":1.5}\n{\"id\":null,\"v\":2}\n{\"id\":3,\"v\":-1}\n",
+            "{\"id\":4,\"v\":null}\n{\"id\":null,\"v\":-3}\n",
+        ],
+    );
+    let s = Session::builder().build().expect("session");
+    let stream = || {
+        s.read_stream()
+            .schema("id BIGINT, v DOUBLE")
+            .option("maxFilesPerTrigger", 1)
+            .json(input.to_str().expect("p"))
+            .expect("load")
+    };
+    let err = stream()
+        .expect("bad", "nope > 1")
+        .expect_err("unknown column");
+    assert!(err.to_string().contains("expectation 'bad'"), "{err}");
+
+    let quarantine = w.path().join("quarantine");
+    let q = stream()
+        .expect("non_negative", "v >= 0")
+        .and_then(|d| d.expect_or_drop("has_id", "id IS NOT NULL"))
+        .expect("expectations")
+        .write_stream()
+        .format("memory")
+        .query_name("clean")
+        .quarantine_sink("json", [("path", quarantine.to_str().expect("p"))])
+        .checkpoint_location(w.path().join("chk"))
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .expect("start");
+    q.await_termination().expect("run");
+    let kept: Vec<String> = s
+        .sql("SELECT id FROM clean ORDER BY id")
+        .expect("sql")
+        .collect()
+        .expect("rows")
+        .iter()
+        .flat_map(|b| {
+            let c =
+                arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).expect("c");
+            let c = c
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .expect("s")
+                .clone();
+            c.iter()
+                .map(|v| v.unwrap_or("NULL").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(kept, ["1", "3", "4"], "warn keeps, drop removes");
+    let dropped = sorted(committed_lines(&quarantine, false));
+    assert_eq!(
+        dropped,
+        [r#"{"v":-3.0}"#, r#"{"v":2.0}"#],
+        "the dropped rows, once"
+    );
+    let counts: Vec<(u64, u64, u64, u64, u64)> = q
+        .recent_progress()
+        .iter()
+        .map(|p| {
+            let dq = p.data_quality.as_ref().expect("dataQuality");
+            let (a, b) = (&dq.expectations[0], &dq.expectations[1]);
+            assert_eq!(
+                (a.name.as_str(), b.name.as_str()),
+                ("non_negative", "has_id")
+            );
+            (
+                a.passed_records,
+                a.failed_records,
+                b.passed_records,
+                b.failed_records,
+                dq.dropped_records,
+            )
+        })
+        .collect();
+    // NULL passes: v = null counts as passed
+    assert_eq!(counts, [(2, 1, 2, 1, 1), (1, 1, 1, 1, 1)]);
+
+    // a quarantine sink needs a drop rule; a fail rule stops the query at its batch
+    let err = stream()
+        .expect("non_negative", "v >= 0")
+        .expect("df")
+        .write_stream()
+        .format("memory")
+        .query_name("x")
+        .quarantine_sink("json", [("path", "q2")])
+        .checkpoint_location(w.path().join("chk2"))
+        .start()
+        .expect_err("no drop rule");
+    assert!(err.to_string().contains("quarantine sink"), "{err}");
+    let q = stream()
+        .expect_or_fail("non_negative", "v >= 0")
+        .expect("df")
+        .write_stream()
+        .format("memory")
+        .query_name("strict")
+        .checkpoint_location(w.path().join("chk3"))
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .expect("start");
+    let err = q.await_termination().expect_err("fails");
+    assert!(
+        err.to_string().contains("expectation 'non_negative'")
+            && err.to_string().contains("batch 0"),
+        "{err}"
+    );
+    assert!(q.recent_progress().is_empty(), "batch 0 not committed");
+}
+
+#[test]
+fn delta_available_now_reads_up_to_the_version_of_its_start() {
+    use sluice::connectors::deltalake;
+    use sluice::prelude::*;
+    use std::sync::{Arc, Mutex};
+    let w = workdir();
+    let input = w.path().join("in");
+    json_files(&input, &["{\"id\":1}\n", "{\"id\":2}\n"]);
+    let s = Session::builder().build().expect("session");
+    let table = w.path().join("t");
+    let tpath = table.to_str().expect("p").to_string();
+    s.read_stream()
+        .schema("id BIGINT")
+        .option("maxFilesPerTrigger", 1)
+        .json(input.to_str().expect("p"))
+        .expect("load")
+        .write_stream()
+        .format("delta")
+        .option("path", &tpath)
+        .checkpoint_location(w.path().join("chk-w"))
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .expect("start")
+        .await_termination()
+        .expect("write");
+    // while the reader runs its first batch, another writer appends to the table
+    let read = |tag: &str| -> Vec<Vec<i64>> {
+        let seen: Arc<Mutex<Vec<Vec<i64>>>> = Arc::default();
+        let (seen2, tpath2) = (Arc::clone(&seen), tpath.clone());
+        s.read_stream()
+            .format("delta")
+            .option("maxFilesPerTrigger", 1)
+            .load(&tpath)
+            .expect("load")
+            .write_stream()
+            .foreach_batch(move |batch_id, batches| {
+                let ids: Vec<i64> = batches
+                    .iter()
+                    .flat_map(|b| {
+                        b.column(0)
+                            .as_any()
+                            .downcast_ref::<arrow::array::Int64Array>()
+                            .expect("ids")
+                            .values()
+                            .to_vec()
+                    })
+                    .collect();
+                if batch_id == 0 && ids == [1] {
+                    let rt = tokio::runtime::Runtime::new().expect("rt");
+                    let one = batches[0].slice(0, 1);
+                    rt.block_on(async {
+                        let url = deltalake::ensure_table_uri(&tpath2).expect("url");
+                        let t = deltalake::open_table(url).await.expect("open");
+                        t.write(vec![one]).await.expect("append")
+                    });
+                }
+                seen2.lock().expect("lock").push(ids);
+                Ok(())
+            })
+            .checkpoint_location(w.path().join("chk-r"))
+            .query_name(tag)
+            .trigger(Trigger::AvailableNow)
+            .start()
+            .expect("start")
+            .await_termination()
+            .expect("read");
+        let v = seen.lock().expect("lock").clone();
+        v
+    };
+    let first: Vec<Vec<i64>> = read("first")
+        .into_iter()
+        .filter(|b| !b.is_empty())
+        .collect();
+    assert_eq!(
+        first,
+        [vec![1], vec![2]],
+        "the commit appended during the run waits"
+    );
+    let second: Vec<Vec<i64>> = read("second")
+        .into_iter()
+        .filter(|b| !b.is_empty())
+        .collect();
+    assert_eq!(second, [vec![1]], "the next available-now run reads it");
+}

@@ -465,21 +465,6 @@ sink = {{ format = "csv", path = "silver" }}
     assert!(used <= 5, "{used} ticks of CPU in 3 idle seconds");
 }
 
-/// The body of a GET to the daemon's HTTP endpoint ("" while it does not answer).
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 /// A pipeline file reading `in/` as JSON into a CSV sink, with `extra` source options.
 fn csv_pipeline(dir: &std::path::Path, trigger: &str, extra: &str) -> std::path::PathBuf {
     let p = dir.join("p.toml");

@@ -292,3 +292,18 @@ pub fn generate_golden_set_input(golden: &Path, set: &str, script: &str, into: &
         );
     }
 }
+
+/// The body of a GET to the daemon's HTTP endpoint ("" while it does not answer).
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}

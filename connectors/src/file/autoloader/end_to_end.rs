@@ -296,3 +296,90 @@ fn include_existing_files_false_skips_what_was_there_at_first_start() {
     let (_, rows) = next(&mut s, None);
     assert_eq!(strings(&rows.unwrap(), "a"), [Some("new".into())]);
 }
+
+#[test]
+fn rate_limits_sampling_and_notifications_options() {
+    let st = Stream::new(
+        "json",
+        &[
+            ("cloudFiles.maxFilesPerTrigger", "2"),
+            ("cloudFiles.maxFileAge", "3650 days"),
+            ("cloudFiles.schemaInference.sampleSize.numFiles", "1"),
+            ("cloudFiles.schemaInference.sampleSize.numBytes", "1mb"),
+            ("cloudFiles.useNotifications", "false"),
+        ],
+    );
+    for i in 0..5 {
+        put(
+            &st.input(),
+            &format!("{i}.json"),
+            &format!("{{\"a\":\"{i}\",\"c{i}\":1}}\n"),
+            i,
+        );
+    }
+    let mut s = st.start().unwrap();
+    // inferred from the first file only
+    assert_eq!(names(s.as_ref()), ["a", "c0", "_rescued_data"]);
+    let end = s
+        .latest_offset(None, ReadLimit::Configured)
+        .unwrap()
+        .unwrap();
+    let rows = concat_batches(
+        &s.schema(),
+        &s.get_batch(None, &end).unwrap_or_else(|e| {
+            // the second file has a new column: addNewColumns stops the batch of two files
+            assert!(e.is_schema_change(), "{e}");
+            Vec::new()
+        }),
+    )
+    .unwrap();
+    assert_eq!(rows.num_rows(), 0);
+    assert!(
+        s.backlog().is_some_and(|b| b == 3),
+        "two files taken, three left"
+    );
+
+    // maxBytesPerTrigger: files of 10 bytes, 15 bytes per batch: one file each
+    let st = Stream::new(
+        "json",
+        &[
+            ("cloudFiles.maxBytesPerTrigger", "15b"),
+            ("cloudFiles.schemaEvolutionMode", "rescue"),
+        ],
+    );
+    for i in 0..3 {
+        put(
+            &st.input(),
+            &format!("{i}.json"),
+            &format!("{{\"a\":\"{i}\"}}\n"),
+            i,
+        );
+    }
+    let mut s = st.start().unwrap();
+    let mut start = None;
+    let mut batches = 0;
+    while let Some(end) = s
+        .latest_offset(start.as_ref(), ReadLimit::Configured)
+        .unwrap()
+    {
+        assert_eq!(
+            s.get_batch(start.as_ref(), &end)
+                .unwrap()
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            1
+        );
+        start = Some(end);
+        batches += 1;
+    }
+    assert_eq!(batches, 3);
+
+    let st = Stream::new("json", &[("cloudFiles.useNotifications", "true")]);
+    put(&st.input(), "a.json", "{\"a\":1}\n", 1);
+    let err = CloudFilesFactory
+        .resolve_schema(&st.spec())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cloudFiles.useNotifications"), "{err}");
+}
