@@ -28,7 +28,7 @@ pub fn graph(path: &Path) -> Result<String> {
 
 pub fn validate(path: &Path) -> Result<String> {
     let (pipeline, base) = Pipeline::load(path)?;
-    let session = pipeline.session("sluice-validate")?;
+    let session = pipeline.validate_session("sluice-validate")?;
     let checked = pipeline.validate(&session, &base, true)?;
     let mut out = String::new();
     let _ = writeln!(out, "{}: OK", path.display());

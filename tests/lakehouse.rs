@@ -777,3 +777,13 @@ fn delta_available_now_reads_up_to_the_version_of_its_start() {
         .collect();
     assert_eq!(second, [vec![1]], "the next available-now run reads it");
 }
+
+#[test]
+fn validate_infers_an_auto_loader_schema_without_keeping_it() {
+    let w = workdir();
+    stage(w.path());
+    let p = pipeline(w.path(), None);
+    let (code, out) = validate_pipeline(&p);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!w.path().join("data/chk").exists(), "validate created nothing");
+}

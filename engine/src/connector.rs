@@ -94,6 +94,10 @@ pub struct SourceSpec {
     pub schema: Option<SchemaRef>,
     /// Options as written.
     pub options: Options,
+    /// Only checking (`sluice validate`, session setting `sluice.validateOnly`): resolving the
+    /// schema must create and change nothing (an Auto Loader infers its schema without
+    /// keeping it).
+    pub validate_only: bool,
 }
 
 /// Everything a source gets when its query starts.

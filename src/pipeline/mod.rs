@@ -238,6 +238,18 @@ impl Pipeline {
 
     /// The session the pipeline's queries run in, with the pipeline's settings.
     pub fn session(&self, app_name: &str) -> Result<Session> {
+        self.session_builder(app_name).build()
+    }
+
+    /// The session `sluice validate` checks the pipeline in: as [`Pipeline::session`], and
+    /// sources create and change nothing while their schemas are resolved.
+    pub fn validate_session(&self, app_name: &str) -> Result<Session> {
+        self.session_builder(app_name)
+            .config(sluice_engine::api::session::VALIDATE_ONLY_CONF, "true")
+            .build()
+    }
+
+    fn session_builder(&self, app_name: &str) -> crate::SessionBuilder {
         let mut b = Session::builder().app_name(app_name);
         if let Some(n) = self.shuffle_partitions {
             b = b.config("spark.sql.shuffle.partitions", n.to_string());
@@ -245,7 +257,7 @@ impl Pipeline {
         if let Some(n) = self.state_worker_threads {
             b = b.config("sluice.state.workerThreads", n.to_string());
         }
-        b.build()
+        b
     }
 
     /// Registers the sources and checks and opens every query, without starting any.

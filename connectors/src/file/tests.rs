@@ -22,6 +22,7 @@ fn source(dir: &Path, path: &str, opts: &[(&str, &str)]) -> Box<dyn Source> {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        validate_only: false,
     };
     let f = FileSourceFactory;
     let schema = f.resolve_schema(&spec).expect("schema");

@@ -150,6 +150,11 @@ impl DataStreamReader {
             path,
             schema,
             options,
+            validate_only: self
+                .session
+                .conf(crate::api::session::VALIDATE_ONLY_CONF)
+                .as_deref()
+                == Some("true"),
         };
         if self.is_static {
             let reader = match (table_reader, &factory) {

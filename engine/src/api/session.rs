@@ -125,6 +125,9 @@ impl SessionBuilder {
     }
 }
 
+/// A session that only checks queries (`sluice validate`): sources create and change nothing
+/// while their schema is resolved.
+pub const VALIDATE_ONLY_CONF: &str = "sluice.validateOnly";
 /// Batches whose state and log entries are kept recoverable (default 100).
 pub const MIN_BATCHES_TO_RETAIN_CONF: &str = "spark.sql.streaming.minBatchesToRetain";
 /// A state snapshot every this many batches (default 10; 0 never).
@@ -137,6 +140,7 @@ pub const SLUICE_CONF_KEYS: &[&str] = &[
     crate::exec::retry::MAX_BACKOFF_CONF,
     crate::exec::retry::MAX_RETRIES_CONF,
     crate::exec::state::STATE_THREADS_CONF,
+    VALIDATE_ONLY_CONF,
 ];
 
 /// The Spark settings a session takes through [`SessionBuilder::config`] (a writer option

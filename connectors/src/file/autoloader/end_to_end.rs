@@ -46,6 +46,7 @@ impl Stream {
             path: Some(self.input().display().to_string()),
             schema: None,
             options: self.opts.iter().cloned().collect(),
+            validate_only: false,
         }
     }
     fn start(&self) -> sluice_engine::Result<Box<dyn Source>> {

@@ -405,16 +405,17 @@ fn resolve(spec: &SourceSpec) -> Result<Resolved> {
                     );
                     let data = infer::apply_hints(data, opts.hints.as_deref())?;
                     let all = infer::with_partitions(data, &parts, opts.hints.as_deref())?;
-                    log.write(
-                        0,
-                        &all,
-                        &parts,
-                        format!(
-                            "inferred from {} file(s), the first {}",
-                            files.len(),
-                            files[0].path
-                        ),
-                    )?
+                    let reason = format!(
+                        "inferred from {} file(s), the first {}",
+                        files.len(),
+                        files[0].path
+                    );
+                    if spec.validate_only {
+                        // checked, not kept: the first start infers it again and writes it
+                        schema_log::SchemaVersion::new(0, &all, &parts, reason)
+                    } else {
+                        log.write(0, &all, &parts, reason)?
+                    }
                 }
             };
             let schema = version.arrow_schema()?;
@@ -512,6 +513,7 @@ impl SourceFactory for CloudFilesFactory {
             path: Some(r.glob.clone()),
             schema: Some(Arc::clone(&r.parse)),
             options: r.opts.file_options(&spec.options)?,
+            validate_only: false,
         };
         let mut src = FileSourceFactory::create_file_source(&file_spec, Arc::clone(&r.parse), ctx)?;
         src.description = format!(

@@ -37,6 +37,17 @@ pub(super) struct SchemaVersion {
 }
 
 impl SchemaVersion {
+    /// A version of `schema` (data then partition columns), written now.
+    pub fn new(version: u64, schema: &Schema, partition_columns: &[String], reason: String) -> Self {
+        Self {
+            version,
+            schema: schema_to_ddl(schema),
+            partition_columns: partition_columns.to_vec(),
+            reason,
+            created_at: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+
     /// The columns (data, then partition).
     pub fn arrow_schema(&self) -> Result<SchemaRef> {
         Ok(Arc::new(parse_ddl_schema(&self.schema)?))
@@ -109,13 +120,7 @@ impl SchemaLog {
         reason: String,
     ) -> Result<SchemaVersion> {
         std::fs::create_dir_all(&self.dir).map_err(|e| EngineError::io(&self.dir, e))?;
-        let v = SchemaVersion {
-            version,
-            schema: schema_to_ddl(schema),
-            partition_columns: partition_columns.to_vec(),
-            reason,
-            created_at: chrono::Utc::now().timestamp_millis(),
-        };
+        let v = SchemaVersion::new(version, schema, partition_columns, reason);
         let path = self.dir.join(version.to_string());
         let tmp = self
             .dir
