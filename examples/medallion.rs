@@ -1,5 +1,6 @@
 //! The medallion pipeline of `examples/medallion.toml`, written with the Rust API: raw JSON files
-//! → bronze Delta (as-is + ingest time) → silver Delta (cleaned, deduplicated) → gold Delta
+//! read by Auto Loader → bronze Delta (as-is + ingest time) → silver Delta (deduplicated,
+//! checked by expectations, dropped rows in a quarantine table) → gold Delta
 //! (events and value per hour and action, merged as windows change). Each stage is a streaming
 //! query reading the table the previous stage writes; here they run one after the other in
 //! available-now mode, then the gold table is printed.
@@ -11,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use sluice::prelude::*;
 
-const RAW: &str =
-    "event_id STRING, event_time TIMESTAMP, action STRING, user_id BIGINT, value DOUBLE, country STRING";
+/// The types the later stages compute with (the other columns are inferred).
+const HINTS: &str = "event_time TIMESTAMP, user_id BIGINT, value DOUBLE";
 
 /// Sample raw events: some redelivered (same event_id), some dirty (no user, negative value,
 /// odd spacing and case).
@@ -74,34 +75,40 @@ fn main() -> sluice::Result<()> {
     let chk = base.join("chk");
     let session = Session::builder().app_name("medallion").build()?;
 
-    // bronze: as-is, plus the ingest time (the batch timestamp: a re-run writes the same rows)
+    // bronze: Auto Loader (schema inferred once, kept under the schema location, new columns
+    // added, values that do not fit rescued), as-is, plus the ingest time (the batch
+    // timestamp: a re-run writes the same rows)
     session
         .read_stream()
-        .schema(RAW)
-        .option("maxFilesPerTrigger", 1)
-        .json(path(&raw))?
+        .format("cloudFiles")
+        .option("cloudFiles.format", "json")
+        .option(
+            "cloudFiles.schemaLocation",
+            path(&chk.join("bronze_schema")),
+        )
+        .option("cloudFiles.inferColumnTypes", true)
+        .option("cloudFiles.schemaHints", HINTS)
+        .option("cloudFiles.maxFilesPerTrigger", 1)
+        .load(path(&raw))?
         .with_column("ingest_time", now())?
         .write_stream()
         .format("delta")
         .option("path", path(&bronze))
+        .option("mergeSchema", true)
         .option("optimizeEvery", 10)
         .checkpoint_location(chk.join("bronze"))
         .trigger(Trigger::AvailableNow)
         .start()?
         .await_termination()?;
 
-    // silver: cleaned and deduplicated (redelivered events share event_id and event_time)
+    // silver: deduplicated (redelivered events share event_id and event_time), normalised, and
+    // checked: rows without an event time or user, or with a negative value, are dropped by
+    // expectations (counted in each batch's progress) and kept in a quarantine table
     session
         .read_stream()
         .format("delta")
         .load(path(&bronze))?
         .with_watermark("event_time", "1 hour")?
-        .filter(
-            col("event_time")
-                .is_not_null()
-                .and(col("user_id").is_not_null())
-                .and(col("value").gt_eq(lit(0.0))),
-        )?
         .drop_duplicates(&["event_id", "event_time"])?
         .select(vec![
             col("event_id"),
@@ -111,9 +118,13 @@ fn main() -> sluice::Result<()> {
             col("value"),
             upper(col("country")).alias("country"),
         ])?
+        .expect_or_drop("valid_event_time", "event_time IS NOT NULL")?
+        .expect_or_drop("valid_user", "user_id IS NOT NULL")?
+        .expect_or_drop("non_negative_value", "value >= 0")?
         .write_stream()
         .format("delta")
         .option("path", path(&silver))
+        .quarantine_sink("delta", [("path", path(&base.join("quarantine")))])
         .checkpoint_location(chk.join("silver"))
         .trigger(Trigger::AvailableNow)
         .start()?

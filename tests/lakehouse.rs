@@ -43,8 +43,8 @@ fn raw() -> Vec<Vec<Value>> {
                 "event_id": format!("e{id}"),
                 "event_time": ts,
                 "action": actions[(r % 4) as usize],
-                "user_id": if r % 19 == 0 { Value::Null } else { json!(r % 40) },
-                "value": (r % 900) as f64 / 8.0 - if r % 13 == 0 { 150.0 } else { 0.0 },
+                "user_id": if r.is_multiple_of(19) { Value::Null } else { json!(r % 40) },
+                "value": (r % 900) as f64 / 8.0 - if r.is_multiple_of(13) { 150.0 } else { 0.0 },
                 "country": countries[((r >> 8) % 4) as usize],
             });
             if f >= NEW_COLUMN_FROM {
@@ -59,9 +59,9 @@ fn raw() -> Vec<Vec<Value>> {
                 e["Country"] = c; // differs only in case
             }
             recs.push(e.clone());
-            if r % 7 == 0 {
+            if r.is_multiple_of(7) {
                 recs.push(e.clone()); // redelivered at once
-            } else if r % 11 == 0 {
+            } else if r.is_multiple_of(11) {
                 carry = Some(e); // redelivered with the next file
             }
         }
@@ -785,5 +785,8 @@ fn validate_infers_an_auto_loader_schema_without_keeping_it() {
     let p = pipeline(w.path(), None);
     let (code, out) = validate_pipeline(&p);
     assert_eq!(code, Some(0), "{out}");
-    assert!(!w.path().join("data/chk").exists(), "validate created nothing");
+    assert!(
+        !w.path().join("data/chk").exists(),
+        "validate created nothing"
+    );
 }

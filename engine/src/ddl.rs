@@ -364,7 +364,7 @@ mod tests {
         let ddl = "`my col` DECIMAL(12, 2), tags ARRAY<STRING>, m MAP<STRING, INT>, \
                    p STRUCT<x: DOUBLE, `y y`: BIGINT>, d DATE, b BINARY, n TIMESTAMP_NTZ, \
                    t TIMESTAMP, f BOOLEAN";
-        let schema = parse_ddl_schema(ddl).unwrap();
+        let schema = parse_ddl_schema(ddl).expect("ok");
         let written = schema_to_ddl(&schema);
         assert_eq!(
             written,
@@ -372,7 +372,7 @@ mod tests {
              p STRUCT<x: DOUBLE, `y y`: BIGINT>, d DATE, b BINARY, n TIMESTAMP_NTZ, \
              t TIMESTAMP, f BOOLEAN"
         );
-        assert_eq!(parse_ddl_schema(&written).unwrap(), schema);
+        assert_eq!(parse_ddl_schema(&written).expect("ok"), schema);
     }
 
     #[test]

@@ -47,6 +47,7 @@
 //! | `exec/` [`state`]    | the query's state, owned by the execution: partition stores from the session's provider, `spark.sql.shuffle.partitions`, commits, per-operator progress |
 //! | `exec/` [`retry`]    | [`RetryPolicy`]: the one backoff policy of source, sink and query restarts |
 //! | `exec/` [`progress`] | [`QueryProgress`] with Spark's field names, [`QueryStatus`] |
+//! | `exec/` [`expectations`] | data-quality rules on the written rows (warn / drop / fail), the quarantine sink's rows, `dataQuality` counts |
 //! | `operators/` [`clock`] | the batch clock behind `now()`/`current_timestamp()` in streaming queries |
 //! | `exec/` [`fault`]    | `SLUICE_CRASH_AT` crash points for exactly-once tests |
 //! | `exec/` [`guarantee`] | [`Guarantee`]: exactly-once or at-least-once, the weakest of sources and sink |
@@ -69,7 +70,7 @@ pub mod plan;
 
 // the modules' former flat paths (`sluice_engine::session`, `crate::aggregate`, ...) stay valid
 pub use api::{dataframe, query, reader, session, writer};
-pub use exec::{execution, fault, guarantee, progress, retry};
+pub use exec::{execution, expectations, fault, guarantee, progress, retry};
 pub use operators::{
     aggregate, clock, dedup, join, json_fn, partitioned, stateful, watermark, window,
 };

@@ -249,7 +249,7 @@ mod tests {
                 ("audit", &["bronze", "raw"]),
             ]),
         )
-        .unwrap();
+        .expect("ok");
         assert_eq!(
             g.stages,
             vec![
@@ -266,7 +266,8 @@ mod tests {
     #[test]
     fn a_source_of_the_same_name_wins_over_a_query() {
         let n = names(&["raw", "bronze"], &[], &["bronze", "silver"]);
-        let g = Graph::build(&n, &reads(&[("bronze", &["raw"]), ("silver", &["bronze"])])).unwrap();
+        let g =
+            Graph::build(&n, &reads(&[("bronze", &["raw"]), ("silver", &["bronze"])])).expect("ok");
         assert_eq!(g.inputs["silver"], [Input::Source("bronze".into())]);
         assert_eq!(g.stages.len(), 1);
     }
@@ -275,21 +276,21 @@ mod tests {
     fn unknown_names_and_cycles_are_refused() {
         let n = names(&["raw"], &[], &["a", "b", "c"]);
         let err = Graph::build(&n, &reads(&[("a", &["raw"]), ("b", &["nope"]), ("c", &[])]))
-            .unwrap_err()
+            .expect_err("an error")
             .to_string();
         assert!(
             err.contains("query 'b' reads 'nope'") && err.contains("queries: a, b, c"),
             "{err}"
         );
         let err = Graph::build(&n, &reads(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"])]))
-            .unwrap_err()
+            .expect_err("an error")
             .to_string();
         assert!(
             err.contains("cycle") && err.contains("a -> b -> c -> a"),
             "{err}"
         );
         let err = Graph::build(&n, &reads(&[("a", &["a"]), ("b", &[]), ("c", &[])]))
-            .unwrap_err()
+            .expect_err("an error")
             .to_string();
         assert!(err.contains("a -> a"), "{err}");
     }

@@ -279,7 +279,7 @@ mod tests {
                 ])),
             ],
         )
-        .unwrap();
+        .expect("ok");
         (schema, b)
     }
 
@@ -301,9 +301,9 @@ mod tests {
             &state,
             "silver",
         )
-        .unwrap()
-        .unwrap();
-        let out = checks.apply(7, vec![b]).unwrap();
+        .expect("ok")
+        .expect("ok");
+        let out = checks.apply(7, vec![b]).expect("ok");
         let m = &out.quality.expectations;
         // user_id NULL: fails has_user, NULL (passes) for positive
         assert_eq!((m[0].passed_records, m[0].failed_records), (3, 1));
@@ -315,9 +315,9 @@ mod tests {
             .column(0)
             .as_any()
             .downcast_ref::<Int64Array>()
-            .unwrap()
+            .expect("ok")
             .iter()
-            .map(|v| v.unwrap())
+            .map(|v| v.expect("ok"))
             .collect();
         assert_eq!(kept, [1, 3]);
         assert_eq!(out.dropped[0].num_rows(), 2);
@@ -333,9 +333,9 @@ mod tests {
             &state,
             "silver",
         )
-        .unwrap()
-        .unwrap();
-        let err = checks.apply(7, vec![b]).unwrap_err().to_string();
+        .expect("ok")
+        .expect("ok");
+        let err = checks.apply(7, vec![b]).expect_err("an error").to_string();
         assert!(
             err.contains("'positive'") && err.contains("batch 7") && err.contains("\"user_id\":-4"),
             "{err}"
@@ -354,7 +354,7 @@ mod tests {
                 "q",
             )
             .err()
-            .unwrap()
+            .expect("ok")
             .to_string();
             assert!(
                 err.contains("expectation 'r'") && err.contains(want),

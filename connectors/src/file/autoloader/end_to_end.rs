@@ -10,13 +10,13 @@ use super::CloudFilesFactory;
 
 fn put(dir: &Path, name: &str, body: &str, secs: u64) {
     let p = dir.join(name);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, body).unwrap();
-    let f = std::fs::File::options().write(true).open(&p).unwrap();
+    std::fs::create_dir_all(p.parent().expect("ok")).expect("ok");
+    std::fs::write(&p, body).expect("ok");
+    let f = std::fs::File::options().write(true).open(&p).expect("ok");
     f.set_modified(
         std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + secs),
     )
-    .unwrap();
+    .expect("ok");
 }
 
 struct Stream {
@@ -26,7 +26,7 @@ struct Stream {
 
 impl Stream {
     fn new(format: &str, opts: &[(&str, &str)]) -> Self {
-        let root = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().expect("ok");
         let mut all = vec![
             ("cloudFiles.format".to_string(), format.to_string()),
             (
@@ -68,7 +68,7 @@ fn next(
 ) -> (Offset, sluice_engine::Result<RecordBatch>) {
     let end = s
         .latest_offset(start, ReadLimit::All)
-        .unwrap()
+        .expect("ok")
         .expect("a batch");
     let schema = s.schema();
     let rows = s
@@ -81,7 +81,7 @@ fn strings(b: &RecordBatch, col: &str) -> Vec<Option<String>> {
     let c = b
         .column_by_name(col)
         .unwrap_or_else(|| panic!("no column {col}"));
-    let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap();
+    let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).expect("ok");
     let c = c.as_string::<i32>();
     (0..c.len())
         .map(|i| c.is_valid(i).then(|| c.value(i).to_string()))
@@ -105,7 +105,7 @@ fn inferred_once_as_strings_then_new_columns_evolve_the_schema_and_the_batch_rer
         "{\"user_id\":1,\"ts\":\"2026-01-01T00:00:00Z\"}\n",
         1,
     );
-    let mut s = st.start().unwrap();
+    let mut s = st.start().expect("ok");
     assert_eq!(names(s.as_ref()), ["ts", "user_id", "_rescued_data"]);
     assert!(s
         .schema()
@@ -113,7 +113,7 @@ fn inferred_once_as_strings_then_new_columns_evolve_the_schema_and_the_batch_rer
         .iter()
         .all(|f| f.data_type() == &arrow::datatypes::DataType::Utf8));
     let (end0, rows) = next(&mut s, None);
-    let rows = rows.unwrap();
+    let rows = rows.expect("ok");
     assert_eq!(strings(&rows, "user_id"), [Some("1".into())]);
     assert_eq!(strings(&rows, "_rescued_data"), [None]);
     // a file with a new column, and one whose field differs only in case
@@ -124,7 +124,7 @@ fn inferred_once_as_strings_then_new_columns_evolve_the_schema_and_the_batch_rer
         2,
     );
     let (end1, rows) = next(&mut s, Some(&end0));
-    let err = rows.unwrap_err();
+    let err = rows.expect_err("an error");
     assert!(err.is_schema_change(), "{err}");
     let msg = err.to_string();
     assert!(
@@ -133,24 +133,25 @@ fn inferred_once_as_strings_then_new_columns_evolve_the_schema_and_the_batch_rer
     );
     drop(s);
     // the restart reads version 1 and the same batch again, now with the column
-    let mut s = st.start().unwrap();
+    let mut s = st.start().expect("ok");
     assert_eq!(
         names(s.as_ref()),
         ["ts", "user_id", "country", "_rescued_data"]
     );
     let schema = s.schema();
-    let rows = concat_batches(&schema, &s.get_batch(Some(&end0), &end1).unwrap()).unwrap();
+    let rows = concat_batches(&schema, &s.get_batch(Some(&end0), &end1).expect("ok")).expect("ok");
     assert_eq!(strings(&rows, "user_id"), [Some("2".into()), None]);
     assert_eq!(strings(&rows, "country"), [Some("NL".into()), None]);
     let rescued = strings(&rows, "_rescued_data");
     assert_eq!(rescued[0], None);
-    let r: serde_json::Value = serde_json::from_str(rescued[1].as_deref().unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(rescued[1].as_deref().expect("ok")).expect("ok");
     assert_eq!(r["USER_ID"], 3);
-    assert!(r["_file_path"].as_str().unwrap().ends_with("in/b.json"));
+    assert!(r["_file_path"].as_str().expect("ok").ends_with("in/b.json"));
     // files of another shape added later do not change what a restart reads
     put(&st.input(), "c.json", "{\"other\":1}\n", 3);
     drop(s);
-    let s = st.start().unwrap();
+    let s = st.start().expect("ok");
     assert_eq!(
         names(s.as_ref()),
         ["ts", "user_id", "country", "_rescued_data"]
@@ -172,14 +173,14 @@ fn typed_columns_rescue_values_of_another_type_and_hints_win() {
         "{\"n\":1,\"score\":2,\"s\":\"x\"}\n",
         1,
     );
-    let mut s = st.start().unwrap();
+    let mut s = st.start().expect("ok");
     let schema = s.schema();
     assert_eq!(
-        schema.field_with_name("n").unwrap().data_type(),
+        schema.field_with_name("n").expect("ok").data_type(),
         &arrow::datatypes::DataType::Int64
     );
     assert_eq!(
-        schema.field_with_name("score").unwrap().data_type(),
+        schema.field_with_name("score").expect("ok").data_type(),
         &arrow::datatypes::DataType::Float64
     );
     let (end0, _) = next(&mut s, None);
@@ -190,11 +191,12 @@ fn typed_columns_rescue_values_of_another_type_and_hints_win() {
         2,
     );
     let (_, rows) = next(&mut s, Some(&end0));
-    let rows = rows.unwrap();
+    let rows = rows.expect("ok");
     assert_eq!(strings(&rows, "n"), [None, Some("8".into())]);
     assert_eq!(strings(&rows, "s"), [Some("y".into()), None]);
     let r: serde_json::Value =
-        serde_json::from_str(strings(&rows, "_rescued_data")[0].as_deref().unwrap()).unwrap();
+        serde_json::from_str(strings(&rows, "_rescued_data")[0].as_deref().expect("ok"))
+            .expect("ok");
     assert_eq!(r["n"], "seven");
     assert_eq!(strings(&rows, "_rescued_data")[1], None);
 }
@@ -203,7 +205,7 @@ fn typed_columns_rescue_values_of_another_type_and_hints_win() {
 fn rescue_mode_keeps_the_schema_and_fail_mode_stays_stopped() {
     let st = Stream::new("json", &[("cloudFiles.schemaEvolutionMode", "rescue")]);
     put(&st.input(), "a.json", "{\"a\":\"1\"}\n", 1);
-    let mut s = st.start().unwrap();
+    let mut s = st.start().expect("ok");
     let (end0, _) = next(&mut s, None);
     put(
         &st.input(),
@@ -212,10 +214,11 @@ fn rescue_mode_keeps_the_schema_and_fail_mode_stays_stopped() {
         2,
     );
     let (_, rows) = next(&mut s, Some(&end0));
-    let rows = rows.unwrap();
+    let rows = rows.expect("ok");
     assert_eq!(names(s.as_ref()), ["a", "_rescued_data"]);
     let r: serde_json::Value =
-        serde_json::from_str(strings(&rows, "_rescued_data")[0].as_deref().unwrap()).unwrap();
+        serde_json::from_str(strings(&rows, "_rescued_data")[0].as_deref().expect("ok"))
+            .expect("ok");
     assert_eq!(r["b"], serde_json::json!({"x": [1]}));
 
     let st = Stream::new(
@@ -223,18 +226,18 @@ fn rescue_mode_keeps_the_schema_and_fail_mode_stays_stopped() {
         &[("cloudFiles.schemaEvolutionMode", "failOnNewColumns")],
     );
     put(&st.input(), "a.json", "{\"a\":\"1\"}\n", 1);
-    let mut s = st.start().unwrap();
+    let mut s = st.start().expect("ok");
     let (end0, _) = next(&mut s, None);
     put(&st.input(), "b.json", "{\"a\":\"2\",\"b\":1}\n", 2);
     let (end1, rows) = next(&mut s, Some(&end0));
-    let err = rows.unwrap_err();
+    let err = rows.expect_err("an error");
     assert!(
         !err.is_schema_change() && err.to_string().contains("failOnNewColumns"),
         "{err}"
     );
     drop(s);
     // stays stopped: the same batch fails again after a restart
-    let mut s = st.start().unwrap();
+    let mut s = st.start().expect("ok");
     assert!(s.get_batch(Some(&end0), &end1).is_err());
 }
 
@@ -242,10 +245,13 @@ fn rescue_mode_keeps_the_schema_and_fail_mode_stays_stopped() {
 fn csv_by_header_with_partition_directories() {
     let st = Stream::new("csv", &[("header", "true")]);
     put(&st.input(), "day=2026-01-01/a.csv", "id,name\n1,x\n", 1);
-    let mut s = st.start().unwrap();
+    let mut s = st.start().expect("ok");
     assert_eq!(names(s.as_ref()), ["id", "name", "day", "_rescued_data"]);
     let (end0, rows) = next(&mut s, None);
-    assert_eq!(strings(&rows.unwrap(), "day"), [Some("2026-01-01".into())]);
+    assert_eq!(
+        strings(&rows.expect("ok"), "day"),
+        [Some("2026-01-01".into())]
+    );
     // columns in another order, and an extra one: matched by name, the extra evolves
     put(
         &st.input(),
@@ -254,7 +260,7 @@ fn csv_by_header_with_partition_directories() {
         2,
     );
     let (_, rows) = next(&mut s, Some(&end0));
-    assert!(rows.unwrap_err().to_string().contains("extra"));
+    assert!(rows.expect_err("an error").to_string().contains("extra"));
 }
 
 #[test]
@@ -263,7 +269,7 @@ fn options_are_checked_by_name() {
     put(&st.input(), "a.json", "{\"a\":1}\n", 1);
     let err = CloudFilesFactory
         .resolve_schema(&st.spec())
-        .unwrap_err()
+        .expect_err("an error")
         .to_string();
     assert!(err.contains("cloudFiles.shemaHints"), "{err}");
     let mut spec = st.spec();
@@ -271,7 +277,7 @@ fn options_are_checked_by_name() {
     spec.options.remove("cloudFiles.schemaLocation");
     let err = CloudFilesFactory
         .resolve_schema(&spec)
-        .unwrap_err()
+        .expect_err("an error")
         .to_string();
     assert!(err.contains("cloudFiles.schemaLocation"), "{err}");
     spec.options
@@ -280,7 +286,7 @@ fn options_are_checked_by_name() {
         .set("cloudFiles.schemaEvolutionMode", "sometimes");
     let err = CloudFilesFactory
         .resolve_schema(&spec)
-        .unwrap_err()
+        .expect_err("an error")
         .to_string();
     assert!(err.contains("schemaEvolutionMode"), "{err}");
 }
@@ -289,13 +295,13 @@ fn options_are_checked_by_name() {
 fn include_existing_files_false_skips_what_was_there_at_first_start() {
     let st = Stream::new("json", &[("cloudFiles.includeExistingFiles", "false")]);
     put(&st.input(), "old.json", "{\"a\":\"old\"}\n", 1);
-    let mut s = st.start().unwrap();
-    assert!(s.latest_offset(None, ReadLimit::All).unwrap().is_none());
+    let mut s = st.start().expect("ok");
+    assert!(s.latest_offset(None, ReadLimit::All).expect("ok").is_none());
     drop(s);
     put(&st.input(), "new.json", "{\"a\":\"new\"}\n", 2);
-    let mut s = st.start().unwrap();
+    let mut s = st.start().expect("ok");
     let (_, rows) = next(&mut s, None);
-    assert_eq!(strings(&rows.unwrap(), "a"), [Some("new".into())]);
+    assert_eq!(strings(&rows.expect("ok"), "a"), [Some("new".into())]);
 }
 
 #[test]
@@ -318,13 +324,13 @@ fn rate_limits_sampling_and_notifications_options() {
             i,
         );
     }
-    let mut s = st.start().unwrap();
+    let mut s = st.start().expect("ok");
     // inferred from the first file only
     assert_eq!(names(s.as_ref()), ["a", "c0", "_rescued_data"]);
     let end = s
         .latest_offset(None, ReadLimit::Configured)
-        .unwrap()
-        .unwrap();
+        .expect("ok")
+        .expect("ok");
     let rows = concat_batches(
         &s.schema(),
         &s.get_batch(None, &end).unwrap_or_else(|e| {
@@ -333,7 +339,7 @@ fn rate_limits_sampling_and_notifications_options() {
             Vec::new()
         }),
     )
-    .unwrap();
+    .expect("ok");
     assert_eq!(rows.num_rows(), 0);
     assert!(
         s.backlog().is_some_and(|b| b == 3),
@@ -356,16 +362,16 @@ fn rate_limits_sampling_and_notifications_options() {
             i,
         );
     }
-    let mut s = st.start().unwrap();
+    let mut s = st.start().expect("ok");
     let mut start = None;
     let mut batches = 0;
     while let Some(end) = s
         .latest_offset(start.as_ref(), ReadLimit::Configured)
-        .unwrap()
+        .expect("ok")
     {
         assert_eq!(
             s.get_batch(start.as_ref(), &end)
-                .unwrap()
+                .expect("ok")
                 .iter()
                 .map(|b| b.num_rows())
                 .sum::<usize>(),
@@ -380,7 +386,7 @@ fn rate_limits_sampling_and_notifications_options() {
     put(&st.input(), "a.json", "{\"a\":1}\n", 1);
     let err = CloudFilesFactory
         .resolve_schema(&st.spec())
-        .unwrap_err()
+        .expect_err("an error")
         .to_string();
     assert!(err.contains("cloudFiles.useNotifications"), "{err}");
 }

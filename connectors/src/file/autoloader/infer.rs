@@ -219,7 +219,9 @@ mod tests {
 
     #[test]
     fn partition_values_come_from_key_value_directories() {
-        let cases: &[(&str, &str, &[(&str, &str)])] = &[
+        /// (base, file, the partition values found)
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: &[Case<'_>] = &[
             ("/in", "/in/a.json", &[]),
             ("/in", "/in/day=2026-01-01/a.json", &[("day", "2026-01-01")]),
             (
@@ -245,7 +247,7 @@ mod tests {
             Field::new("user_id", DataType::Utf8, true),
             Field::new("ts", DataType::Utf8, true),
         ]);
-        let h = apply_hints(s, Some("USER_ID BIGINT, tags ARRAY<STRING>")).unwrap();
+        let h = apply_hints(s, Some("USER_ID BIGINT, tags ARRAY<STRING>")).expect("ok");
         assert_eq!(h.field(0).name(), "user_id");
         assert_eq!(h.field(0).data_type(), &DataType::Int64);
         assert_eq!(h.field(1).data_type(), &DataType::Utf8);

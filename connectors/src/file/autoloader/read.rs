@@ -392,8 +392,8 @@ mod tests {
     fn rescued_json_leaves_out_nulls_and_adds_the_file() {
         let a: ArrayRef = Arc::new(StringArray::from(vec![Some("x"), None, None]));
         let b: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![Some(1), None, Some(3)]));
-        let out = rescued_json("/in/f.csv", vec![("a".into(), a), ("b".into(), b)], 3).unwrap();
-        let out = out.as_any().downcast_ref::<StringArray>().unwrap();
+        let out = rescued_json("/in/f.csv", vec![("a".into(), a), ("b".into(), b)], 3).expect("ok");
+        let out = out.as_any().downcast_ref::<StringArray>().expect("ok");
         assert_eq!(out.value(0), r#"{"a":"x","b":1,"_file_path":"/in/f.csv"}"#);
         assert!(out.is_null(1));
         assert_eq!(out.value(2), r#"{"b":3,"_file_path":"/in/f.csv"}"#);

@@ -38,7 +38,12 @@ pub(super) struct SchemaVersion {
 
 impl SchemaVersion {
     /// A version of `schema` (data then partition columns), written now.
-    pub fn new(version: u64, schema: &Schema, partition_columns: &[String], reason: String) -> Self {
+    pub fn new(
+        version: u64,
+        schema: &Schema,
+        partition_columns: &[String],
+        reason: String,
+    ) -> Self {
         Self {
             version,
             schema: schema_to_ddl(schema),
@@ -156,22 +161,25 @@ mod tests {
 
     #[test]
     fn versions_are_numbered_kept_and_never_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = SchemaLog::new(dir.path().to_str().unwrap());
-        assert!(log.latest().unwrap().is_none());
-        let s0 = parse_ddl_schema("a STRING, day STRING").unwrap();
+        let dir = tempfile::tempdir().expect("ok");
+        let log = SchemaLog::new(dir.path().to_str().expect("ok"));
+        assert!(log.latest().expect("ok").is_none());
+        let s0 = parse_ddl_schema("a STRING, day STRING").expect("ok");
         let v0 = log
             .write(0, &s0, &["day".into()], "inferred".into())
-            .unwrap();
+            .expect("ok");
         assert_eq!(v0.schema, "a STRING, day STRING");
-        let s1 = parse_ddl_schema("a STRING, b BIGINT, day STRING").unwrap();
-        log.write(1, &s1, &["day".into()], "new b".into()).unwrap();
+        let s1 = parse_ddl_schema("a STRING, b BIGINT, day STRING").expect("ok");
+        log.write(1, &s1, &["day".into()], "new b".into())
+            .expect("ok");
         // a second writer of version 1 gets the stored one
-        let again = log.write(1, &s0, &["day".into()], "other".into()).unwrap();
+        let again = log
+            .write(1, &s0, &["day".into()], "other".into())
+            .expect("ok");
         assert_eq!(again.schema, "a STRING, b BIGINT, day STRING");
-        let latest = log.latest().unwrap().unwrap();
+        let latest = log.latest().expect("ok").expect("ok");
         assert_eq!(latest.version, 1);
-        assert_eq!(latest.arrow_schema().unwrap().as_ref(), &s1);
+        assert_eq!(latest.arrow_schema().expect("ok").as_ref(), &s1);
         assert!(dir.path().join("_schemas/0").is_file());
     }
 }
