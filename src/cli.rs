@@ -13,11 +13,6 @@ use sluice_state::{
 use crate::pipeline::Pipeline;
 use crate::{EngineError, Result};
 
-/// `sluice validate`: parses the file, registers its sources (schemas, options, paths), plans
-/// every query (SQL, output mode, sink options), asks each source's and sink's system whether
-/// it answers (and whether an existing JDBC table has the key an upsert needs), without running
-/// or creating anything: no checkpoint, output directory, progress log or table. Returns the
-/// report to print.
 /// `sluice graph`: the pipeline's queries as a graph of tables, stage by stage (what each
 /// reads, what it writes), without running or creating anything.
 pub fn graph(path: &Path) -> Result<String> {
@@ -26,6 +21,11 @@ pub fn graph(path: &Path) -> Result<String> {
     pipeline.render_graph(&session)
 }
 
+/// `sluice validate`: parses the file, registers its sources (schemas, options, paths), plans
+/// every query (SQL, output mode, sink options), asks each source's and sink's system whether
+/// it answers (and whether an existing JDBC table has the key an upsert needs), without running
+/// or creating anything: no checkpoint, output directory, progress log or table. Returns the
+/// report to print.
 pub fn validate(path: &Path) -> Result<String> {
     let (pipeline, base) = Pipeline::load(path)?;
     let session = pipeline.validate_session("sluice-validate")?;
@@ -64,6 +64,23 @@ pub fn validate(path: &Path) -> Result<String> {
             c.guarantee.1,
             df.logical_plan().display_indent()
         );
+        for e in &q.expectations {
+            let _ = writeln!(
+                out,
+                "  expectation {}: {} (on violation: {})",
+                e.name,
+                e.condition,
+                e.on_violation.as_deref().unwrap_or("warn")
+            );
+        }
+        if let Some(qs) = &q.quarantine {
+            let _ = writeln!(
+                out,
+                "  quarantine: {} {}",
+                qs.format,
+                qs.path.as_deref().unwrap_or("")
+            );
+        }
     }
     Ok(out)
 }

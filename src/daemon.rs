@@ -92,7 +92,7 @@ pub fn run(
     let server = match http {
         Some((addr, token)) => {
             let server = crate::http::Server::new(metrics, token);
-            server.set_graph(graph_json(&pipeline, &graph));
+            server.set_graph(pipeline.graph_json(&graph));
             match crate::http::spawn(addr, Arc::clone(&server)) {
                 Ok(bound) => eprintln!("sluice: status API and metrics on http://{bound}"),
                 Err(e) => {
@@ -106,55 +106,93 @@ pub fn run(
     };
     spawn_signal_thread(tx.clone());
     let in_run: BTreeSet<String> = prepared.iter().map(|(n, _)| n.clone()).collect();
-    let mut pending = prepared;
+    // every query was prepared (so every error shows before anything runs); one that waits for
+    // its inputs is prepared again when it starts, so that it reads its upstream tables with
+    // the schema they have then (an upstream Auto Loader may have added columns)
+    let mut ready_now: Vec<(String, crate::PreparedQuery)> = Vec::new();
+    let mut pending: Vec<String> = Vec::new();
+    for (name, p) in prepared {
+        if graph.upstream(&name).iter().all(|u| !in_run.contains(*u)) {
+            ready_now.push((name, p));
+        } else {
+            pending.push(name);
+        }
+    }
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut queries: Vec<Running> = Vec::new();
-    // starts the waiting queries whose inputs are there: their upstream queries' tables exist
-    // (or, with --available-now, those queries have finished)
-    let launch_ready = |pending: &mut Vec<(String, crate::PreparedQuery)>,
+    let mut running = 0usize;
+    let launch = |name: String,
+                  p: Option<crate::PreparedQuery>,
+                  queries: &mut Vec<Running>,
+                  running: &mut usize|
+     -> Result<(), String> {
+        let p = match p {
+            Some(p) => p,
+            None => pipeline
+                .prepare_with(&session, &base, std::slice::from_ref(&name), trigger)
+                .and_then(|mut v| {
+                    v.pop()
+                        .map(|(_, p)| p)
+                        .ok_or_else(|| crate::EngineError::bug("no query prepared"))
+                })
+                .map_err(|e| format!("query '{name}': {e}"))?,
+        };
+        let q = p.launch().map_err(|e| format!("query '{name}': {e}"))?;
+        if let Some(s) = &server {
+            s.add(q.clone());
+        }
+        queries.push(Running {
+            name,
+            query: q,
+            failures: 0,
+        });
+        *running += 1;
+        Ok(())
+    };
+    // starts the waiting queries whose inputs are there: the tables of the queries they read
+    // exist (or, with --available-now, those queries have finished); a query not in this run
+    // counts as there
+    let launch_ready = |pending: &mut Vec<String>,
                         queries: &mut Vec<Running>,
-                        done: &BTreeSet<String>|
-     -> Result<usize, String> {
-        let mut launched = 0;
+                        done: &BTreeSet<String>,
+                        running: &mut usize|
+     -> Result<(), String> {
         let mut i = 0;
         while i < pending.len() {
-            let name = pending[i].0.clone();
-            let ready = graph.upstream(&name).iter().all(|u| {
-                if available_now {
-                    done.contains(*u) || !in_run.contains(*u)
-                } else {
-                    pipeline.output_exists(u, &base)
-                }
+            let ready = graph.upstream(&pending[i]).iter().all(|u| {
+                !in_run.contains(*u)
+                    || if available_now {
+                        done.contains(*u)
+                    } else {
+                        pipeline.output_exists(u, &base)
+                    }
             });
             if !ready {
                 i += 1;
                 continue;
             }
-            let (name, p) = pending.remove(i);
-            let q = p.launch().map_err(|e| format!("query '{name}': {e}"))?;
-            if let Some(s) = &server {
-                s.add(q.clone());
-            }
-            queries.push(Running {
-                name,
-                query: q,
-                failures: 0,
-            });
-            launched += 1;
+            let name = pending.remove(i);
+            launch(name, None, queries, running)?;
         }
-        Ok(launched)
+        Ok(())
     };
-    let mut running = match launch_ready(&mut pending, &mut queries, &done) {
-        Ok(n) => n,
-        Err(e) => {
+    for (name, p) in ready_now {
+        if let Err(e) = launch(name, Some(p), &mut queries, &mut running) {
             eprintln!("error: {e}");
             for r in &queries {
                 r.query.stop();
             }
             return ExitCode::from(1);
         }
-    };
-    for (name, _) in &pending {
+    }
+    if let Err(e) = launch_ready(&mut pending, &mut queries, &done, &mut running) {
+        eprintln!("error: {e}");
+        for r in &queries {
+            r.query.stop();
+        }
+        return ExitCode::from(1);
+    }
+    for name in &pending {
         tracing::info!(
             "query '{name}' waits for {}",
             if available_now {
@@ -191,7 +229,7 @@ pub fn run(
                  their tables",
                 pending
                     .iter()
-                    .map(|(n, _)| format!("query '{n}'"))
+                    .map(|n| format!("query '{n}'"))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -201,12 +239,9 @@ pub fn run(
         match rx.recv() {
             Ok(Event::Progress) => {
                 if !pending.is_empty() && !available_now {
-                    match launch_ready(&mut pending, &mut queries, &done) {
-                        Ok(n) => running += n,
-                        Err(e) => {
-                            tracing::error!("{e}");
-                            failed_for_good = true;
-                        }
+                    if let Err(e) = launch_ready(&mut pending, &mut queries, &done, &mut running) {
+                        tracing::error!("{e}");
+                        failed_for_good = true;
                     }
                 }
             }
@@ -249,12 +284,11 @@ pub fn run(
                     tracing::info!("query '{name}' stopped; {}", left(running));
                     done.insert(name);
                     if !pending.is_empty() {
-                        match launch_ready(&mut pending, &mut queries, &done) {
-                            Ok(n) => running += n,
-                            Err(e) => {
-                                tracing::error!("{e}");
-                                failed_for_good = true;
-                            }
+                        if let Err(e) =
+                            launch_ready(&mut pending, &mut queries, &done, &mut running)
+                        {
+                            tracing::error!("{e}");
+                            failed_for_good = true;
                         }
                     }
                     continue;
@@ -397,33 +431,4 @@ fn spawn_signal_thread(tx: mpsc::Sender<Event>) {
             let _ = tx.send(Event::Signal(sig));
         });
     });
-}
-
-/// The graph for the dashboard: nodes (sources, tables, queries) and edges.
-fn graph_json(pipeline: &Pipeline, graph: &crate::pipeline::Graph) -> serde_json::Value {
-    use crate::pipeline::Input;
-    let mut nodes = Vec::new();
-    let mut edges = Vec::new();
-    for (stage, names) in graph.stages.iter().enumerate() {
-        for q in names {
-            let def = &pipeline.query[q];
-            nodes.push(serde_json::json!({
-                "name": q, "kind": "query", "stage": stage + 1,
-                "sink": def.sink.format, "path": def.sink.path,
-                "expectations": def.expectations.iter().map(|e| &e.name).collect::<Vec<_>>(),
-            }));
-            for i in &graph.inputs[q] {
-                edges.push(serde_json::json!({ "from": i.name(), "to": q }));
-                let kind = match i {
-                    Input::Source(_) => "source",
-                    Input::Table(_) => "table",
-                    Input::Query(_) => continue,
-                };
-                if !nodes.iter().any(|n| n["name"] == i.name()) {
-                    nodes.push(serde_json::json!({ "name": i.name(), "kind": kind, "stage": 0 }));
-                }
-            }
-        }
-    }
-    serde_json::json!({ "nodes": nodes, "edges": edges })
 }

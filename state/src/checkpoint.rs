@@ -211,10 +211,6 @@ impl CheckpointDir {
     }
 }
 
-/// The directory in a checkpoint where a pipeline keeps its Auto Loader sources' schema
-/// versions by default (`<checkpoint>/_autoloader/<source>/_schemas/<n>`).
-pub const AUTOLOADER_DIR: &str = "_autoloader";
-
 fn first_visible_entry(dir: &Path) -> Result<Option<PathBuf>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -223,11 +219,7 @@ fn first_visible_entry(dir: &Path) -> Result<Option<PathBuf>> {
     };
     for entry in rd {
         let entry = entry.map_err(|e| StateError::io(dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        // `_autoloader`: Auto Loader schema versions a pipeline keeps in the query's checkpoint,
-        // written when the query is defined, before the checkpoint is created
-        if !name.starts_with('.') && name != AUTOLOADER_DIR {
+        if !entry.file_name().to_string_lossy().starts_with('.') {
             return Ok(Some(entry.path()));
         }
     }

@@ -28,7 +28,7 @@ pub mod store;
 
 pub use checkpoint::{
     state_fingerprint_path, state_is_unpartitioned, state_partition_dirs, state_partitions_found,
-    CheckpointDir, CommitEntry, OffsetsEntry, QueryMetadata, AUTOLOADER_DIR,
+    CheckpointDir, CommitEntry, OffsetsEntry, QueryMetadata,
 };
 pub use error::{ErrorKind, StateError};
 pub use log::VersionedLog;

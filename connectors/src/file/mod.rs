@@ -160,11 +160,7 @@ impl FileReader {
             return match &self.auto {
                 Some(auto) => {
                     let own = formats::parquet::read_own(path, bytes)?;
-                    auto.conform(
-                        path,
-                        &own,
-                        &ParseSettings::new(Arc::clone(&self.schema), &self.options)?,
-                    )
+                    auto.conform(path, &own, self.settings()?)
                 }
                 None => formats::parquet::read(path, bytes, &self.schema).map(plain),
             };

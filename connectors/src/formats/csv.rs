@@ -201,6 +201,11 @@ pub fn read(
     decode_lines(path, &lines, settings, &decode)
 }
 
+/// The name of column `i` of a CSV file without a header (Spark's `_c0`, `_c1`, ...).
+pub fn column_name(i: usize) -> String {
+    format!("_c{i}")
+}
+
 /// Reads a CSV file's columns as text, named by its header (`_c0`, `_c1`, ... without one, as
 /// Spark names them): Auto Loader matches columns by name, file by file.
 pub fn read_as_text(path: &Path, bytes: &[u8], opts: &CsvOptions) -> Result<RecordBatch> {
@@ -220,7 +225,7 @@ pub fn read_as_text(path: &Path, bytes: &[u8], opts: &CsvOptions) -> Result<Reco
                 let name = if opts.header {
                     f.name().clone()
                 } else {
-                    format!("_c{i}")
+                    column_name(i)
                 };
                 Field::new(name, DataType::Utf8, true)
             })

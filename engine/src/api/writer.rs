@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use crate::api::query::{QueryShared, StreamingQuery};
-use crate::api::session::{Session, MIN_BATCHES_TO_RETAIN_CONF, MIN_DELTAS_FOR_SNAPSHOT_CONF};
+use crate::api::session::{MIN_BATCHES_TO_RETAIN_CONF, MIN_DELTAS_FOR_SNAPSHOT_CONF};
 use crate::connector::{OutputMode, Sink, SinkContext, SinkSpec, SourceContext};
 use crate::error::{EngineError, Result};
 use crate::exec::execution::{Execution, SideOutputs};
@@ -26,6 +25,8 @@ use crate::exec::state::{QueryState, SHUFFLE_PARTITIONS_CONF, STATE_THREADS_CONF
 
 pub use crate::exec::trigger::Trigger;
 
+#[path = "side_sinks.rs"]
+mod side_sinks;
 #[path = "writer_validate.rs"]
 mod validate;
 pub use validate::QueryCheck;
@@ -190,6 +191,7 @@ impl DataStreamWriter {
             spec,
             checkpoint_dir,
             guarantee,
+            checks,
         } = self.checked()?;
         let checkpoint = CheckpointDir::open(&checkpoint_dir)?;
         for (i, _name) in plan.state_operators() {
@@ -223,22 +225,19 @@ impl DataStreamWriter {
                 Some(self.side_sink(&session, &checkpoint, "late", format, options, schema)?)
             }
         };
-        let checks = Checks::plan(
-            self.df.expectations(),
-            &plan.output_schema,
-            &session.context().state(),
-            self.query_name.as_deref().unwrap_or(checkpoint.query_id()),
-        )?;
+        let checks = checks.map(|c| c.named_if_unnamed(checkpoint.query_id()));
         let quarantine = match self.quarantine.take() {
             None => None,
-            Some(_) if !checks.as_ref().is_some_and(|c| c.drops()) => {
-                return Err(EngineError::user(
-                    "a quarantine sink receives the rows expect_or_drop expectations remove, and                      this query has none (on_violation = \"drop\")",
-                ))
-            }
             Some((format, options)) => {
                 let schema = Arc::clone(&plan.output_schema);
-                Some(self.side_sink(&session, &checkpoint, "quarantine", format, options, schema)?)
+                Some(self.side_sink(
+                    &session,
+                    &checkpoint,
+                    "quarantine",
+                    format,
+                    options,
+                    schema,
+                )?)
             }
         };
         let side = SideOutputs {
@@ -324,38 +323,6 @@ impl DataStreamWriter {
         })
     }
 
-    /// A sink beside the main one (`late`, `quarantine`), with its own query id: exactly-once
-    /// sinks key their markers / transactional ids on it, and must not mistake the main sink's
-    /// batches for its own.
-    fn side_sink(
-        &self,
-        session: &Session,
-        checkpoint: &CheckpointDir,
-        role: &str,
-        format: String,
-        options: Options,
-        schema: SchemaRef,
-    ) -> Result<Box<dyn Sink>> {
-        let f = session.registry().sink(&format)?;
-        let spec = SinkSpec {
-            format,
-            options,
-            output_mode: OutputMode::Append,
-        };
-        f.validate(&spec)?;
-        f.create(
-            &spec,
-            &SinkContext {
-                query_id: format!("{}-{role}", checkpoint.query_id()),
-                query_name: self.query_name.as_ref().map(|n| format!("{n}_{role}")),
-                schema,
-                key_columns: None,
-                checkpoint_dir: checkpoint.root().to_path_buf(),
-                session: session.context().clone(),
-            },
-        )
-    }
-
     /// What `prepare` and `validate` both check; touches nothing on disk.
     fn checked(&mut self) -> Result<Checked> {
         let session = self.df.session().clone();
@@ -368,6 +335,18 @@ impl DataStreamWriter {
             self.late_data.is_some(),
         )?;
 
+        let checks = Checks::plan(
+            self.df.expectations(),
+            &plan.output_schema,
+            &session.context().state(),
+            self.query_name.as_deref().unwrap_or_default(),
+        )?;
+        if self.quarantine.is_some() && !checks.as_ref().is_some_and(|c| c.drops()) {
+            return Err(EngineError::user(
+                "a quarantine sink receives the rows expect_or_drop expectations remove, and this \
+                 query has none (on_violation = \"drop\")",
+            ));
+        }
         if self.output_mode == OutputMode::Complete && !plan.stateful {
             return Err(EngineError::user(
                 "Complete output mode not supported when there are no streaming aggregations on streaming DataFrames; use append (or update)",
@@ -499,19 +478,19 @@ impl DataStreamWriter {
         let sink_exactly_once = factory.as_ref().is_some_and(|f| f.exactly_once(&spec));
         let mut guarantee =
             crate::exec::guarantee::of_query(&sources, (&format, sink_exactly_once));
-        // a late-data sink that writes a re-run batch again makes the query's output so too
-        if let Some((late_format, late_options)) = &self.late_data {
-            let late_spec = SinkSpec {
-                format: late_format.clone(),
-                options: late_options.clone(),
+        // a side sink that writes a re-run batch again makes the query's output so too
+        for (role, (side_format, side_options)) in self.side_sinks() {
+            let side_spec = SinkSpec {
+                format: side_format.clone(),
+                options: side_options.clone(),
                 output_mode: OutputMode::Append,
             };
-            let late_exactly_once = session
+            let side_exactly_once = session
                 .registry()
-                .sink(late_format)
-                .is_ok_and(|f| f.exactly_once(&late_spec));
-            if !late_exactly_once {
-                let why = format!("the {late_format} late-data sink writes a re-run batch again");
+                .sink(side_format)
+                .is_ok_and(|f| f.exactly_once(&side_spec));
+            if !side_exactly_once {
+                let why = format!("the {side_format} {role} sink writes a re-run batch again");
                 guarantee = match guarantee {
                     (crate::exec::guarantee::Guarantee::ExactlyOnce, _) => {
                         (crate::exec::guarantee::Guarantee::AtLeastOnce, why)
@@ -533,6 +512,7 @@ impl DataStreamWriter {
             }
         };
         Ok(Checked {
+            checks,
             session,
             clock,
             plan,
@@ -560,6 +540,8 @@ struct Checked {
     checkpoint_dir: PathBuf,
     /// The delivery guarantee, and why.
     guarantee: (Guarantee, String),
+    /// The expectations, planned against the written rows.
+    checks: Option<Checks>,
 }
 
 /// A query checked and opened but not running yet ([`DataStreamWriter::prepare`]).

@@ -43,32 +43,37 @@ impl DataStreamWriter {
                 )?;
             }
         }
-        if let Some(late) = &self.late_data {
-            let Some(schema) = c.plan.late_rows_schema() else {
-                return Err(EngineError::user(
-                    "a late-data sink needs a watermarked window aggregation: only it drops late rows",
-                ));
+        for (role, (format, options)) in self.side_sinks() {
+            let schema = if role == "late-data" {
+                c.plan.late_rows_schema().ok_or_else(|| {
+                    EngineError::user(
+                        "a late-data sink needs a watermarked window aggregation: only it drops late rows",
+                    )
+                })?
+            } else {
+                Arc::clone(&c.plan.output_schema)
             };
-            let f = c.session.registry().sink(&late.0)?;
+            let f = c.session.registry().sink(format)?;
             let spec = SinkSpec {
-                format: late.0.clone(),
-                options: late.1.clone(),
+                format: format.clone(),
+                options: options.clone(),
                 output_mode: OutputMode::Append,
             };
             f.validate(&spec)?;
+            let short = role.trim_end_matches("-data");
             let ctx = SinkContext {
-                query_id: format!("{}-late", id.as_deref().unwrap_or("new")),
-                query_name: self.query_name.as_ref().map(|n| format!("{n}_late")),
+                query_id: format!("{}-{short}", id.as_deref().unwrap_or("new")),
+                query_name: self.query_name.as_ref().map(|n| format!("{n}_{short}")),
                 schema,
                 key_columns: None,
                 checkpoint_dir: c.checkpoint_dir.clone(),
                 session: c.session.context().clone(),
             };
-            f.check(&spec, &ctx)
-                .map_err(|e| e.context("late-data sink"))?;
+            let what = format!("{role} sink");
+            f.check(&spec, &ctx).map_err(|e| e.context(&what))?;
             if reachable {
                 f.check_reachable(&spec, &ctx)
-                    .map_err(|e| e.context("late-data sink"))?;
+                    .map_err(|e| e.context(&what))?;
             }
         }
         let sink_ctx = SinkContext {

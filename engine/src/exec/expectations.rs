@@ -150,6 +150,15 @@ impl Checks {
         }))
     }
 
+    /// The same checks reporting `dataset` as their dataset if they had no name (a query
+    /// without a name is known by its id, found when its checkpoint opens).
+    pub fn named_if_unnamed(mut self, dataset: &str) -> Self {
+        if self.dataset.is_empty() {
+            self.dataset = dataset.to_string();
+        }
+        self
+    }
+
     /// Whether any rule drops rows (a quarantine sink needs one).
     pub fn drops(&self) -> bool {
         self.rules
@@ -187,16 +196,16 @@ impl Checks {
                     .as_any()
                     .downcast_ref::<BooleanArray>()
                     .ok_or_else(|| EngineError::bug("an expectation did not give booleans"))?;
-                // FALSE fails; TRUE and NULL pass (Kleene AND: NULL AND FALSE is FALSE, so the
-                // mask itself has no NULLs)
-                let failed = boolean::and_kleene(&boolean::not(held)?, &is_not_null(held)?)?;
-                let failures = failed.true_count() as u64;
+                // FALSE fails; TRUE and NULL pass
+                let failures = (n - held.true_count() - held.null_count()) as u64;
                 let m = &mut quality.expectations[i];
                 m.failed_records += failures;
                 m.passed_records += n as u64 - failures;
                 if failures == 0 {
-                    continue;
+                    continue; // the common case: no mask built
                 }
+                // Kleene AND: NULL AND FALSE is FALSE, so the mask itself has no NULLs
+                let failed = boolean::and_kleene(&boolean::not(held)?, &is_not_null(held)?)?;
                 match e.on_violation {
                     OnViolation::Warn => {}
                     OnViolation::Drop => {

@@ -331,16 +331,12 @@ fn rate_limits_sampling_and_notifications_options() {
         .latest_offset(None, ReadLimit::Configured)
         .expect("ok")
         .expect("ok");
-    let rows = concat_batches(
-        &s.schema(),
-        &s.get_batch(None, &end).unwrap_or_else(|e| {
-            // the second file has a new column: addNewColumns stops the batch of two files
-            assert!(e.is_schema_change(), "{e}");
-            Vec::new()
-        }),
-    )
-    .expect("ok");
-    assert_eq!(rows.num_rows(), 0);
+    // the second file has a new column: addNewColumns stops the batch of two files
+    let err = s.get_batch(None, &end).expect_err("a schema change");
+    assert!(
+        err.is_schema_change() && err.to_string().contains("c1"),
+        "{err}"
+    );
     assert!(
         s.backlog().is_some_and(|b| b == 3),
         "two files taken, three left"
@@ -389,4 +385,105 @@ fn rate_limits_sampling_and_notifications_options() {
         .expect_err("an error")
         .to_string();
     assert!(err.contains("cloudFiles.useNotifications"), "{err}");
+}
+
+#[test]
+fn csv_without_a_header_and_by_name_after_evolution() {
+    let st = Stream::new("csv", &[]);
+    put(&st.input(), "a.csv", "1,x\n2,y\n", 1);
+    let mut s = st.start().expect("ok");
+    assert_eq!(names(s.as_ref()), ["_c0", "_c1", "_rescued_data"]);
+    let (_, rows) = next(&mut s, None);
+    let rows = rows.expect("ok");
+    assert_eq!(strings(&rows, "_c0"), [Some("1".into()), Some("2".into())]);
+    assert_eq!(strings(&rows, "_rescued_data"), [None, None]);
+
+    // with a header: columns in another order and a new one, read by name after the restart
+    let st = Stream::new("csv", &[("header", "true")]);
+    put(&st.input(), "a.csv", "id,name\n1,x\n", 1);
+    let mut s = st.start().expect("ok");
+    let (end0, _) = next(&mut s, None);
+    put(&st.input(), "b.csv", "name,extra,id\ny,e,2\n", 2);
+    let (end1, rows) = next(&mut s, Some(&end0));
+    assert!(rows.expect_err("new column").is_schema_change());
+    drop(s);
+    let mut s = st.start().expect("ok");
+    assert_eq!(names(s.as_ref()), ["id", "name", "extra", "_rescued_data"]);
+    let schema = s.schema();
+    let rows = concat_batches(&schema, &s.get_batch(Some(&end0), &end1).expect("ok")).expect("ok");
+    assert_eq!(strings(&rows, "id"), [Some("2".into())]);
+    assert_eq!(strings(&rows, "name"), [Some("y".into())]);
+    assert_eq!(strings(&rows, "extra"), [Some("e".into())]);
+}
+
+#[test]
+fn json_values_are_never_truncated_whichever_path_reads_them() {
+    let st = Stream::new(
+        "json",
+        &[
+            ("cloudFiles.schemaHints", "n BIGINT, ok BOOLEAN"),
+            ("cloudFiles.schemaEvolutionMode", "rescue"),
+        ],
+    );
+    put(&st.input(), "a.json", "{\"n\":1,\"ok\":true}\n", 1);
+    let mut s = st.start().expect("ok");
+    let (end0, _) = next(&mut s, None);
+    // a file clean but for one value that would be truncated to 12 by a lenient decoder
+    put(
+        &st.input(),
+        "b.json",
+        "{\"n\":2,\"ok\":false}\n{\"n\":12.5,\"ok\":true}\n{\"n\":\"7\"}\n",
+        2,
+    );
+    let (_, rows) = next(&mut s, Some(&end0));
+    let rows = rows.expect("ok");
+    assert_eq!(
+        strings(&rows, "n"),
+        [Some("2".into()), None, Some("7".into())]
+    );
+    let r: serde_json::Value = serde_json::from_str(
+        strings(&rows, "_rescued_data")[1]
+            .as_deref()
+            .expect("rescued"),
+    )
+    .expect("ok");
+    assert_eq!(r["n"], serde_json::json!(12.5), "kept as the number it was");
+    assert_eq!(strings(&rows, "_rescued_data")[0], None);
+}
+
+#[test]
+fn a_given_schema_takes_its_partition_columns_from_the_directories() {
+    let root = tempfile::tempdir().expect("ok");
+    let input = root.path().join("in");
+    put(
+        &input,
+        "day=2026-01-02/a.json",
+        "{\"v\":\"x\",\"extra\":1}\n",
+        1,
+    );
+    let spec = SourceSpec {
+        format: "cloudFiles".into(),
+        path: Some(input.display().to_string()),
+        schema: Some(std::sync::Arc::new(
+            sluice_engine::parse_ddl_schema("v STRING, day DATE").expect("ok"),
+        )),
+        options: [("cloudFiles.format", "json")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        validate_only: false,
+    };
+    let schema = CloudFilesFactory.resolve_schema(&spec).expect("ok");
+    let ctx = SourceContext {
+        query_id: "q".into(),
+        index: 0,
+        checkpoint_dir: root.path().join("chk"),
+    };
+    let mut s = CloudFilesFactory.create(&spec, schema, &ctx).expect("ok");
+    // none mode: no rescued column unless asked, the unknown field ignored
+    assert_eq!(names(s.as_ref()), ["v", "day"]);
+    let (_, rows) = next(&mut s, None);
+    let rows = rows.expect("ok");
+    assert_eq!(strings(&rows, "day"), [Some("2026-01-02".into())]);
+    assert_eq!(strings(&rows, "v"), [Some("x".into())]);
 }

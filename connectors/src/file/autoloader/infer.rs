@@ -80,7 +80,16 @@ pub(super) fn infer_data_schema(
                 let s = formats::csv::infer(&bytes, csv).map_err(|e| cannot(&e))?;
                 fields_of(&s)
                     .into_iter()
-                    .map(|(n, t)| (n, if o.infer_types { t } else { DataType::Utf8 }))
+                    .enumerate()
+                    .map(|(i, (n, t))| {
+                        // named as the reader names them: by the header, else `_c0`, `_c1`, ...
+                        let n = if csv.header {
+                            n
+                        } else {
+                            formats::csv::column_name(i)
+                        };
+                        (n, if o.infer_types { t } else { DataType::Utf8 })
+                    })
                     .collect()
             }
             FileFormat::Parquet => {

@@ -28,7 +28,7 @@ use sluice_engine::{
 
 use super::listing::{key, Location};
 use super::settings::{validate_options, FileFormat, FileSourceFactory, CSV_OPTIONS, LINE_OPTIONS};
-use crate::formats::csv::CsvOptions;
+use crate::formats::{csv::CsvOptions, ParseSettings};
 use schema_log::SchemaLog;
 
 pub(super) use read::Read;
@@ -259,6 +259,8 @@ pub(super) struct AutoRead {
     mode: EvolutionMode,
     /// The schema location and the version read from it (inferred schemas only).
     log: Option<(SchemaLog, schema_log::SchemaVersion)>,
+    /// The data columns by name, for reading files.
+    lookup: read::Lookup,
 }
 
 impl AutoRead {
@@ -288,8 +290,17 @@ impl AutoRead {
             OnNew::Fail => Err(EngineError::user(format!(
                 "Auto Loader: new columns {} are not in the schema, and \
                  cloudFiles.schemaEvolutionMode is failOnNewColumns: the query stays stopped \
-                 until the schema location has a version with them (or the file is removed)",
-                list(&names)
+                 until {}",
+                list(&names),
+                match &self.log {
+                    Some((log, v)) => format!(
+                        "the schema location has a version with them (e.g. {}/{} with them \
+                         added to \"schema\")",
+                        log.dir().display(),
+                        v.version + 1
+                    ),
+                    None => "the schema given to the query has them".to_string(),
+                }
             ))),
             OnNew::Evolve => {
                 let (log, read_version) = self
@@ -372,7 +383,18 @@ fn resolve(spec: &SourceSpec) -> Result<Resolved> {
     };
     let (stored, partitions, log) = match &spec.schema {
         Some(given) => {
-            let parts = opts.partition_columns.clone().unwrap_or_default();
+            // the `key=value` directories that name a column of the schema (Spark's rule with
+            // a user schema), unless cloudFiles.partitionColumns says which
+            let parts = match &opts.partition_columns {
+                Some(p) => p.clone(),
+                None => {
+                    let files = infer::sample(loc.list()?, opts.sample_files, opts.sample_bytes);
+                    infer::partition_columns(&base, &files, &opts)
+                        .into_iter()
+                        .filter(|p| given.field_with_name(p).is_ok())
+                        .collect()
+                }
+            };
             (given.as_ref().clone(), parts, None)
         }
         None => {
@@ -457,7 +479,9 @@ fn resolve(spec: &SourceSpec) -> Result<Resolved> {
         }
         full.push(Field::new(r, DataType::Utf8, true));
     }
+    let data = ParseSettings::new(Arc::clone(&parse), &spec.options)?.data_schema;
     let read = AutoRead {
+        lookup: read::Lookup::new(data),
         partitions: partition_fields,
         rescued: opts.rescued.clone(),
         base,
@@ -524,7 +548,12 @@ impl SourceFactory for CloudFilesFactory {
         if !r.opts.include_existing {
             skip_existing(&mut src, ctx)?;
         }
-        Arc::make_mut(&mut src.reader).auto = Some(Arc::new(r.read));
+        let reader = Arc::make_mut(&mut src.reader);
+        if reader.parse.is_none() {
+            // Parquet too: the corrupt-record column, and the data columns, once
+            reader.parse = Some(ParseSettings::new(Arc::clone(&r.parse), &spec.options)?);
+        }
+        reader.auto = Some(Arc::new(r.read));
         Ok(Box::new(src))
     }
 }

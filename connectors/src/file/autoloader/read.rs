@@ -12,9 +12,14 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, StringArray};
-use arrow::compute::{cast_with_options, concat_batches, kernels::boolean, nullif, CastOptions};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{
+    new_null_array, Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, StringArray,
+};
+use arrow::compute::{
+    can_cast_types, cast_with_options, concat_batches, is_not_null, is_null, kernels::boolean,
+    nullif, CastOptions,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde_json::{Map, Value};
 use sluice_engine::json_fn::decode_json_with;
 use sluice_engine::{EngineError, Result};
@@ -29,6 +34,103 @@ const BATCH_ROWS: usize = 8192;
 pub(in crate::file) struct Read {
     pub batches: Vec<RecordBatch>,
     pub new_columns: Vec<NewColumn>,
+}
+
+/// What reading a file compares its fields with, computed once per stream.
+#[derive(Debug)]
+pub(super) struct Lookup {
+    /// The data columns (what the parser decodes; the corrupt-record column left out).
+    data: SchemaRef,
+    /// `data` with the scalar columns arrow-json would convert leniently (a JSON 12.5 into a
+    /// BIGINT, truncated) read as text, then cast with a check: what does not convert is
+    /// rescued, in the fast path and the slow path alike.
+    text: SchemaRef,
+    /// The columns read as text.
+    cast: Vec<usize>,
+    /// Column index and type by name.
+    types: HashMap<String, (usize, DataType)>,
+    /// The column names in lower case (a field differing only in case is rescued, not new).
+    lower: HashSet<String>,
+}
+
+impl Lookup {
+    pub(super) fn new(data: SchemaRef) -> Self {
+        let mut cast = Vec::new();
+        let text: Vec<Field> = data
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                if read_as_text(f.data_type()) {
+                    cast.push(i);
+                    Field::new(f.name(), DataType::Utf8, true)
+                } else {
+                    f.as_ref().clone()
+                }
+            })
+            .collect();
+        Self {
+            text: Arc::new(Schema::new(text)),
+            cast,
+            types: data
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.name().clone(), (i, f.data_type().clone())))
+                .collect(),
+            lower: data
+                .fields()
+                .iter()
+                .map(|f| f.name().to_lowercase())
+                .collect(),
+            data,
+        }
+    }
+
+    /// Casts the text columns of decoded rows to their types; per column, the rows whose value
+    /// did not convert (non-null text, null after the cast).
+    fn cast(&self, text: &RecordBatch) -> Result<(RecordBatch, Vec<(usize, BooleanArray)>)> {
+        let mut cols = text.columns().to_vec();
+        let mut lost = Vec::new();
+        for &i in &self.cast {
+            let dt = self.data.field(i).data_type();
+            let typed = cast_with_options(&cols[i], dt, &CastOptions::default())?;
+            let l = boolean::and(&is_not_null(&cols[i])?, &is_null(&typed)?)?;
+            if l.true_count() > 0 {
+                lost.push((i, l));
+            }
+            cols[i] = typed;
+        }
+        let batch = RecordBatch::try_new_with_options(
+            Arc::clone(&self.data),
+            cols,
+            &RecordBatchOptions::new().with_row_count(Some(text.num_rows())),
+        )?;
+        Ok((batch, lost))
+    }
+}
+
+/// Scalar types whose JSON values are read as text and cast with a check.
+fn read_as_text(t: &DataType) -> bool {
+    use DataType::*;
+    matches!(
+        t,
+        Int8 | Int16
+            | Int32
+            | Int64
+            | UInt8
+            | UInt16
+            | UInt32
+            | UInt64
+            | Float16
+            | Float32
+            | Float64
+            | Decimal128(..)
+            | Decimal256(..)
+            | Boolean
+            | Date32
+            | Date64
+    )
 }
 
 impl AutoRead {
@@ -61,17 +163,14 @@ impl AutoRead {
 
     /// Whether a field of the input that the schema lacks is a new column (not a partition
     /// column, not the rescued column, not a schema column in another case).
-    fn is_new(&self, name: &str, lower: &HashSet<String>) -> bool {
-        !lower.contains(&name.to_lowercase())
-            && !self.partitions.iter().any(|(p, _)| p == name)
+    fn is_new(&self, name: &str) -> bool {
+        let lower = name.to_lowercase();
+        !self.lookup.lower.contains(&lower)
+            && !self
+                .partitions
+                .iter()
+                .any(|(p, _)| p.to_lowercase() == lower)
             && self.rescued.as_deref() != Some(name)
-    }
-
-    fn lower_names(&self, data: &Schema) -> HashSet<String> {
-        data.fields()
-            .iter()
-            .map(|f| f.name().to_lowercase())
-            .collect()
     }
 
     /// One JSON-lines file.
@@ -82,24 +181,26 @@ impl AutoRead {
         settings: &ParseSettings,
     ) -> Result<Read> {
         let bytes = formats::strip_bom(bytes);
-        let data = &settings.data_schema;
-        if let Ok(batches) = decode_json_with(data, bytes, BATCH_ROWS, true) {
-            let batches = batches
-                .into_iter()
-                .map(|b| self.finish(path, with_corrupt_column(b, settings, None)?, None))
-                .collect::<Result<_>>()?;
-            return Ok(Read {
-                batches,
-                new_columns: Vec::new(),
-            });
+        let lk = &self.lookup;
+        // fast path: every field known, every value of its column's kind, every cast exact
+        if let Ok(text) = decode_json_with(&lk.text, bytes, BATCH_ROWS, true) {
+            let mut batches = Vec::with_capacity(text.len());
+            for t in &text {
+                let (b, lost) = lk.cast(t)?;
+                if !lost.is_empty() {
+                    batches.clear();
+                    break;
+                }
+                batches.push(self.finish(path, with_corrupt_column(b, settings, None)?, None)?);
+            }
+            if batches.len() == text.len() {
+                return Ok(Read {
+                    batches,
+                    new_columns: Vec::new(),
+                });
+            }
         }
         // something to rescue (or malformed): record by record
-        let types: HashMap<&str, &DataType> = data
-            .fields()
-            .iter()
-            .map(|f| (f.name().as_str(), f.data_type()))
-            .collect();
-        let lower = self.lower_names(data);
         let file = path.display().to_string();
         let mut new_columns: Vec<NewColumn> = Vec::new();
         let mut clean: Vec<Map<String, Value>> = Vec::new();
@@ -112,15 +213,19 @@ impl AutoRead {
             };
             let (mut keep, mut resc) = (Map::new(), Map::new());
             for (k, v) in record {
-                match types.get(k.as_str()) {
-                    Some(dt) if fits(&v, dt) => {
+                match lk.types.get(&k) {
+                    // text now, cast (and rescued if it does not convert) below
+                    Some((i, _)) if lk.cast.contains(i) && !v.is_object() && !v.is_array() => {
+                        keep.insert(k, v);
+                    }
+                    Some((i, dt)) if !lk.cast.contains(i) && fits(&v, dt) => {
                         keep.insert(k, as_column_value(v, dt));
                     }
                     Some(_) => {
                         resc.insert(k, v);
                     }
                     None => {
-                        if self.is_new(&k, &lower) && !new_columns.iter().any(|c| c.name == k) {
+                        if self.is_new(&k) && !new_columns.iter().any(|c| c.name == k) {
                             new_columns.push(NewColumn {
                                 data_type: new_column_type(&v, self.infer_types),
                                 name: k.clone(),
@@ -134,7 +239,16 @@ impl AutoRead {
             clean.push(keep);
             rescued.push(resc);
         }
-        let data_rows = decode_clean(data, &mut clean, &mut rescued)?;
+        let text = decode_clean(&lk.text, &mut clean, &mut rescued)?;
+        let (data_rows, lost) = lk.cast(&text)?;
+        for (i, rows) in lost {
+            let name = lk.data.field(i).name();
+            for r in (0..rows.len()).filter(|r| rows.value(*r)) {
+                if let Some(v) = clean[r].remove(name) {
+                    rescued[r].insert(name.clone(), v);
+                }
+            }
+        }
         let rescued_col = self.rescued_array(&file, rescued);
         let mut batches = vec![self.finish(
             path,
@@ -143,7 +257,7 @@ impl AutoRead {
         )?];
         // records that are not JSON objects: the `mode` option decides (counted, logged)
         if !malformed.is_empty() {
-            let decode = formats::json::line_decoder(Arc::clone(data));
+            let decode = formats::json::line_decoder(Arc::clone(&lk.data));
             for b in formats::decode_lines(path, &malformed, settings, &decode)? {
                 batches.push(self.finish(path, b, None)?);
             }
@@ -178,7 +292,6 @@ impl AutoRead {
         settings: &ParseSettings,
     ) -> Result<Read> {
         let data = &settings.data_schema;
-        let lower = self.lower_names(data);
         let file = path.display().to_string();
         let mut new_columns = Vec::new();
         let mut batches = Vec::with_capacity(own.len());
@@ -196,6 +309,12 @@ impl AutoRead {
                     cols.push(Arc::clone(orig));
                     continue;
                 }
+                if !can_cast_types(orig.data_type(), f.data_type()) {
+                    // e.g. a struct where the schema has a number: the whole column is rescued
+                    resc.push((f.name().clone(), Arc::clone(orig)));
+                    cols.push(new_null_array(f.data_type(), n));
+                    continue;
+                }
                 let cast = cast_with_options(orig, f.data_type(), &CastOptions::default())?;
                 // values the cast could not convert: non-null before, null after
                 let lost = boolean::and(
@@ -208,10 +327,10 @@ impl AutoRead {
                 cols.push(cast);
             }
             for (field, col) in fb.schema().fields().iter().zip(fb.columns()) {
-                if data.field_with_name(field.name()).is_ok() {
+                if self.lookup.types.contains_key(field.name()) {
                     continue;
                 }
-                if self.is_new(field.name(), &lower)
+                if self.is_new(field.name())
                     && !new_columns
                         .iter()
                         .any(|c: &NewColumn| &c.name == field.name())

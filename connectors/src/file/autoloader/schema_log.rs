@@ -29,10 +29,14 @@ pub(super) struct SchemaVersion {
     pub version: u64,
     /// DDL of the data columns, then the partition columns.
     pub schema: String,
+    /// (A version written by hand may leave out the fields below.)
+    #[serde(default)]
     pub partition_columns: Vec<String>,
     /// Why this version exists (inferred from which files; which new columns in which file).
+    #[serde(default)]
     pub reason: String,
     /// When it was written, ms since the epoch.
+    #[serde(default)]
     pub created_at: i64,
 }
 
