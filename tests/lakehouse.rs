@@ -301,6 +301,14 @@ fn tables(dir: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// A table's rows (as [`tables`] gives them), empty while it has no commit yet.
+fn rows_if_any(path: &Path) -> Vec<String> {
+    match sluice::connectors::delta::read_table(path.to_str().expect("p")) {
+        Ok(_) => rows(path, &["ingest_time"]),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Crash points in every stage, in the order the run reaches them (each must fire): two per
 /// stage, at distinct batches, each at a point drawn from the seed (printed, to replay a run).
 fn crash_points() -> Vec<String> {
@@ -804,4 +812,44 @@ fn validate_infers_an_auto_loader_schema_without_keeping_it() {
         !w.path().join("data/chk").exists(),
         "validate created nothing"
     );
+}
+
+#[test]
+fn a_continuous_run_starts_each_query_once_the_tables_it_reads_exist() {
+    let clean = workdir();
+    stage(clean.path());
+    let p = pipeline(clean.path(), None);
+    let o = run_pipeline_args(&p, &["--available-now"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = tables(clean.path());
+
+    let w = workdir();
+    stage(w.path());
+    let p = pipeline(w.path(), None);
+    // stderr to a file: a pipe nobody reads while the daemon runs would fill and block it
+    let log = w.path().join("daemon.log");
+    let child = std::process::Command::new(sluice_bin())
+        .arg("run")
+        .arg(&p)
+        .env("SLUICE_LOG", "warn,sluice=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn sluice");
+    let gold = w.path().join("data/gold/_delta_log");
+    wait_until(
+        "gold equal to the available-now run's",
+        std::time::Duration::from_secs(120),
+        || gold.exists() && rows_if_any(&w.path().join("data/gold")) == want[3],
+    );
+    signal(&child, "TERM");
+    let o = child.wait_with_output().expect("wait");
+    let err = fs::read_to_string(&log).expect("log");
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("query 'silver' waits for the tables of bronze to exist")
+            && err.contains("query 'gold' waits for the tables of silver to exist"),
+        "{err}"
+    );
+    assert_eq!(tables(w.path()), want, "every table as in the staged run");
 }
