@@ -51,8 +51,16 @@ pub fn read(path: &Path, bytes: &[u8], settings: &ParseSettings) -> Result<Vec<R
 
 /// Infers a schema from the first records of `bytes` (`inferSchema`).
 pub fn infer(bytes: &[u8]) -> Result<arrow::datatypes::Schema> {
-    let (schema, _) =
-        arrow::json::reader::infer_json_schema(std::io::Cursor::new(bytes), Some(1000))?;
+    infer_records(bytes, Some(1000))
+}
+
+/// Infers a schema from every record of `bytes` (Auto Loader's sample: whole files).
+pub fn infer_all(bytes: &[u8]) -> Result<arrow::datatypes::Schema> {
+    infer_records(bytes, None)
+}
+
+fn infer_records(bytes: &[u8], max: Option<usize>) -> Result<arrow::datatypes::Schema> {
+    let (schema, _) = arrow::json::reader::infer_json_schema(std::io::Cursor::new(bytes), max)?;
     Ok(normalize_inferred(schema))
 }
 

@@ -70,11 +70,20 @@ pub(super) fn infer_data_schema(
             ))
         };
         let file_schema: Vec<(String, DataType)> = match format {
-            FileFormat::Json if !o.infer_types => json_names(formats::strip_bom(&bytes))
-                .into_iter()
-                .map(|n| (n, DataType::Utf8))
-                .collect(),
-            FileFormat::Json => fields_of(&formats::json::infer(&bytes).map_err(|e| cannot(&e))?),
+            // arrow's inference reads the whole file fast; with STRING columns only the names
+            // count, so records whose types clash are named record by record instead
+            FileFormat::Json => match formats::json::infer_all(formats::strip_bom(&bytes)) {
+                Ok(s) if o.infer_types => fields_of(&s),
+                Ok(s) => fields_of(&s)
+                    .into_iter()
+                    .map(|(n, _)| (n, DataType::Utf8))
+                    .collect(),
+                Err(e) if o.infer_types => return Err(cannot(&e)),
+                Err(_) => json_names(formats::strip_bom(&bytes))
+                    .into_iter()
+                    .map(|n| (n, DataType::Utf8))
+                    .collect(),
+            },
             FileFormat::Csv => {
                 let csv = csv.ok_or_else(|| EngineError::bug("csv options missing"))?;
                 let s = formats::csv::infer(&bytes, csv).map_err(|e| cannot(&e))?;

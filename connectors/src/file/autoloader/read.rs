@@ -110,7 +110,10 @@ impl Lookup {
     }
 }
 
-/// Scalar types whose JSON values are read as text and cast with a check.
+/// Scalar types arrow-json would fill lossily (a JSON 12.5 into a BIGINT becomes 12): their
+/// values are read as text and cast with a check. Floats, booleans, dates and timestamps are
+/// decoded directly: a value that does not fit fails the decode (and the file is read record
+/// by record), none is changed.
 fn read_as_text(t: &DataType) -> bool {
     use DataType::*;
     matches!(
@@ -122,14 +125,8 @@ fn read_as_text(t: &DataType) -> bool {
             | UInt16
             | UInt32
             | UInt64
-            | Float16
-            | Float32
-            | Float64
             | Decimal128(..)
             | Decimal256(..)
-            | Boolean
-            | Date32
-            | Date64
     )
 }
 
@@ -438,6 +435,8 @@ fn fits(v: &Value, dt: &DataType) -> bool {
         }),
         (Value::Number(n), UInt8 | UInt16 | UInt32 | UInt64) => n.as_u64().is_some(),
         (Value::Number(_), Float16 | Float32 | Float64 | Decimal128(..) | Decimal256(..)) => true,
+        // arrow-json reads a number in a string into a float column, as the fast path does
+        (Value::String(s), Float16 | Float32 | Float64) => s.trim().parse::<f64>().is_ok(),
         (Value::Number(_), Timestamp(..)) => true,
         (Value::String(s), Timestamp(..)) => {
             arrow::compute::kernels::cast_utils::string_to_datetime(&chrono::Utc, s).is_ok()
