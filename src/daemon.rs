@@ -6,7 +6,7 @@
 //! its upstream queries must have finished (`--available-now`: stage after stage, so every
 //! stage reads all its upstream stages wrote in the same run).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -221,6 +221,11 @@ pub fn run(
         });
     };
     let mut failed_for_good = false;
+    // a query whose schema changed restarts once the running queries that read its table
+    // (directly or not) have stopped: they start again with its new columns, and none reads
+    // rows of the new shape with the old schema
+    let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut restart_when_stopped: BTreeSet<String> = BTreeSet::new();
     while running > 0 || !pending.is_empty() {
         if running == 0 {
             // nothing runs that could make the waiting queries' inputs appear
@@ -279,6 +284,27 @@ pub fn run(
                 };
                 running -= 1;
                 let name = queries[idx].name.clone();
+                // the queries held until this one stopped may go on
+                let mut released = Vec::new();
+                for (x, readers) in held.iter_mut() {
+                    if readers.remove(&name) && readers.is_empty() {
+                        released.push(x.clone());
+                    }
+                }
+                for x in released {
+                    held.remove(&x);
+                    tracing::info!("query '{x}' restarts with its new schema");
+                    schedule_restart(x, std::time::Duration::ZERO);
+                }
+                if restart_when_stopped.remove(&name) {
+                    if let Some(e) = &error {
+                        tracing::warn!("query '{name}' ended with an error while stopping: {e}");
+                    }
+                    tracing::info!("query '{name}' restarts to read the new columns of its input");
+                    running += 1;
+                    schedule_restart(name, std::time::Duration::ZERO);
+                    continue;
+                }
                 let Some(e) = error else {
                     queries[idx].failures = 0;
                     tracing::info!("query '{name}' stopped; {}", left(running));
@@ -299,7 +325,26 @@ pub fn run(
                     tracing::warn!("query '{name}' stopped on a schema change: {e}; restarting it with the new schema");
                     mark(&id, Some(QueryState::Retrying));
                     running += 1;
-                    schedule_restart(name, std::time::Duration::ZERO);
+                    let readers: BTreeSet<String> = graph
+                        .downstream(&name)
+                        .into_iter()
+                        .filter(|d| queries.iter().any(|r| r.name == *d && r.query.is_active()))
+                        .map(str::to_string)
+                        .collect();
+                    if readers.is_empty() {
+                        schedule_restart(name, std::time::Duration::ZERO);
+                    } else {
+                        for r in queries.iter().filter(|r| readers.contains(&r.name)) {
+                            r.query.request_stop();
+                        }
+                        tracing::info!(
+                            "query '{name}' restarts once {} (reading its table) have stopped; \
+                             they start again with its new columns",
+                            readers.iter().cloned().collect::<Vec<_>>().join(", ")
+                        );
+                        restart_when_stopped.extend(readers.iter().cloned());
+                        held.insert(name, readers);
+                    }
                     continue;
                 }
                 if fail_fast {

@@ -853,3 +853,101 @@ fn a_continuous_run_starts_each_query_once_the_tables_it_reads_exist() {
     );
     assert_eq!(tables(w.path()), want, "every table as in the staged run");
 }
+
+#[test]
+fn a_running_reader_restarts_with_the_columns_its_upstream_added() {
+    let w = workdir();
+    let p = w.path().join("p.toml");
+    fs::write(
+        &p,
+        r#"[source.raw]
+format = "cloudFiles"
+path = "data/raw"
+options = { "cloudFiles.format" = "json", "cloudFiles.maxFilesPerTrigger" = "1" }
+
+[query.bronze]
+sql = "SELECT * FROM raw"
+checkpoint = "data/chk/bronze"
+sink = { format = "delta", path = "data/bronze", options = { mergeSchema = "true" } }
+
+[query.copy]
+sql = "SELECT * FROM bronze"
+read.bronze = { options = { maxFilesPerTrigger = "1" } }
+checkpoint = "data/chk/copy"
+sink = { format = "delta", path = "data/copy", options = { mergeSchema = "true" } }
+"#,
+    )
+    .expect("pipeline");
+    let files = raw();
+    let write = |range: std::ops::Range<usize>| {
+        for f in range {
+            let body: String = files[f].iter().map(|r| format!("{r}\n")).collect();
+            put_file(
+                &w.path().join("data/raw"),
+                &format!("raw-{f:02}.json"),
+                &body,
+                f as u64,
+            );
+        }
+    };
+    let deliveries = |n: usize| files[..n].iter().map(Vec::len).sum::<usize>();
+    write(0..NEW_COLUMN_FROM as usize);
+    let log = w.path().join("daemon.log");
+    let child = std::process::Command::new(sluice_bin())
+        .arg("run")
+        .arg(&p)
+        .env("SLUICE_LOG", "warn,sluice=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn sluice");
+    let copy = w.path().join("data/copy");
+    let copied = || rows_if_any(&copy).len();
+    // copy runs, with the first schema, before the files with the new column arrive
+    wait_until(
+        "copy of the first files",
+        std::time::Duration::from_secs(60),
+        || copied() == deliveries(NEW_COLUMN_FROM as usize),
+    );
+    write(NEW_COLUMN_FROM as usize..files.len());
+    wait_until(
+        "copy of every file",
+        std::time::Duration::from_secs(120),
+        || copied() == deliveries(files.len()),
+    );
+    signal(&child, "TERM");
+    let o = child.wait_with_output().expect("wait");
+    let err = fs::read_to_string(&log).expect("log");
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("query 'bronze' restarts once copy (reading its table) have stopped")
+            && err.contains("query 'copy' restarts to read the new columns of its input"),
+        "{err}"
+    );
+    // the copy has the new column, with every value bronze has
+    let sorted_rows = |t: &str| {
+        let (names, rows) = python_rows(&w.path().join("data").join(t));
+        let mut rows: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        rows.sort();
+        (names.contains(&"device".to_string()), rows)
+    };
+    let (bronze_has, bronze) = sorted_rows("bronze");
+    let (copy_has, copy_rows) = sorted_rows("copy");
+    assert!(bronze_has && copy_has);
+    assert_eq!(
+        copy_rows, bronze,
+        "the copy equals bronze, device values included"
+    );
+    let with_device = copy_rows
+        .iter()
+        .filter(|r| r.contains("\"device\":\""))
+        .count();
+    assert_eq!(
+        with_device,
+        files[NEW_COLUMN_FROM as usize..]
+            .iter()
+            .flatten()
+            .filter(|e| e.get("device").is_some())
+            .count()
+    );
+}

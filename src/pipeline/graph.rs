@@ -113,6 +113,23 @@ impl Graph {
             .collect()
     }
 
+    /// The queries that read `name`'s output, directly or through other queries.
+    pub fn downstream(&self, name: &str) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let mut todo = vec![name];
+        while let Some(n) = todo.pop() {
+            for (q, ins) in &self.inputs {
+                let reads = ins.iter().any(|i| matches!(i, Input::Query(u) if u == n));
+                if reads && !out.contains(&q.as_str()) {
+                    out.push(q);
+                    todo.push(q);
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
     /// The queries in an order where each comes after every query it reads.
     pub fn order(&self) -> Vec<&str> {
         self.stages.iter().flatten().map(String::as_str).collect()
@@ -261,6 +278,9 @@ mod tests {
         assert_eq!(g.upstream("gold"), ["silver"]);
         assert_eq!(g.readers("bronze"), ["audit", "silver"]);
         assert_eq!(g.order(), ["bronze", "audit", "silver", "gold"]);
+        assert_eq!(g.downstream("bronze"), ["audit", "gold", "silver"]);
+        assert_eq!(g.downstream("silver"), ["gold"]);
+        assert!(g.downstream("gold").is_empty());
     }
 
     #[test]
