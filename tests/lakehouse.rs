@@ -301,6 +301,50 @@ fn tables(dir: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Starts `sluice run` in the background, its log (Sluice's INFO lines) into `log`: a pipe
+/// nobody reads while the daemon runs would fill and block it.
+fn spawn_logged(p: &Path, log: &Path) -> std::process::Child {
+    std::process::Command::new(sluice_bin())
+        .arg("run")
+        .arg(p)
+        .env("SLUICE_LOG", "warn,sluice=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("spawn sluice")
+}
+
+/// An uninterrupted `--available-now` run of the example over the staged input, in `mode`:
+/// its directory and its log.
+fn staged_run(mode: Option<&str>) -> (tempfile::TempDir, String) {
+    let w = workdir();
+    stage(w.path());
+    let o = run_pipeline_args(&pipeline(w.path(), mode), &["--available-now"], &[]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    (w, err)
+}
+
+/// What `sluice <command> <pipeline>` prints, checking it exits 0.
+fn sluice_stdout(command: &str, p: &Path) -> String {
+    let o = std::process::Command::new(sluice_bin())
+        .arg(command)
+        .arg(p)
+        .output()
+        .expect("run sluice");
+    assert!(o.status.success(), "{}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stops a daemon started by [`spawn_logged`] (SIGTERM), checks it exited 0, returns its log.
+fn stop_logged(child: std::process::Child, log: &Path) -> String {
+    signal(&child, "TERM");
+    let o = child.wait_with_output().expect("wait");
+    let err = fs::read_to_string(log).expect("log");
+    assert!(o.status.success(), "{err}");
+    err
+}
+
 /// A table's rows (as [`tables`] gives them), empty while it has no commit yet.
 fn rows_if_any(path: &Path) -> Vec<String> {
     match sluice::connectors::delta::read_table(path.to_str().expect("p")) {
@@ -347,12 +391,7 @@ fn crash_points() -> Vec<String> {
 #[test]
 fn add_new_columns_restarts_rescues_and_survives_kills_as_stages_or_a_graph() {
     // uninterrupted, the whole graph in one run
-    let clean = workdir();
-    stage(clean.path());
-    let p = pipeline(clean.path(), None);
-    let o = run_pipeline_args(&p, &["--available-now"], &[]);
-    let err = stderr(&o);
-    assert!(o.status.success(), "{err}");
+    let (clean, err) = staged_run(None);
     assert!(
         err.contains("new columns device")
             && err.contains("raw-03.json")
@@ -415,12 +454,8 @@ fn add_new_columns_restarts_rescues_and_survives_kills_as_stages_or_a_graph() {
 
 #[test]
 fn rescue_mode_keeps_the_schema_and_the_values_also_when_killed() {
-    let clean = workdir();
-    stage(clean.path());
-    let p = pipeline(clean.path(), Some("rescue"));
-    let o = run_pipeline_args(&p, &["--available-now"], &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!stderr(&o).contains("new columns"), "{}", stderr(&o));
+    let (clean, err) = staged_run(Some("rescue"));
+    assert!(!err.contains("new columns"), "{err}");
     check_bronze(clean.path(), false);
     check_downstream(clean.path());
 
@@ -531,13 +566,7 @@ fn a_failing_expectation_stops_before_the_sink_commits() {
 fn the_graph_is_printed_and_cycles_and_unknown_names_are_refused() {
     let w = workdir();
     let p = pipeline(w.path(), None);
-    let o = std::process::Command::new(sluice_bin())
-        .arg("graph")
-        .arg(&p)
-        .output()
-        .expect("run");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let out = sluice_stdout("graph", &p);
     assert_eq!(
         out.lines().map(str::trim).collect::<Vec<_>>(),
         [
@@ -792,13 +821,7 @@ fn validate_infers_an_auto_loader_schema_without_keeping_it() {
     let w = workdir();
     stage(w.path());
     let p = pipeline(w.path(), None);
-    let o = std::process::Command::new(sluice_bin())
-        .arg("validate")
-        .arg(&p)
-        .output()
-        .expect("run");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let out = sluice_stdout("validate", &p);
     // the inferred columns are in bronze's plan, the rules listed; nothing was kept
     assert!(
         out.contains("raw.event_id") && out.contains("raw._rescued_data"),
@@ -816,36 +839,21 @@ fn validate_infers_an_auto_loader_schema_without_keeping_it() {
 
 #[test]
 fn a_continuous_run_starts_each_query_once_the_tables_it_reads_exist() {
-    let clean = workdir();
-    stage(clean.path());
-    let p = pipeline(clean.path(), None);
-    let o = run_pipeline_args(&p, &["--available-now"], &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (clean, _) = staged_run(None);
     let want = tables(clean.path());
 
     let w = workdir();
     stage(w.path());
     let p = pipeline(w.path(), None);
-    // stderr to a file: a pipe nobody reads while the daemon runs would fill and block it
     let log = w.path().join("daemon.log");
-    let child = std::process::Command::new(sluice_bin())
-        .arg("run")
-        .arg(&p)
-        .env("SLUICE_LOG", "warn,sluice=info")
-        .stdout(std::process::Stdio::null())
-        .stderr(fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn sluice");
+    let child = spawn_logged(&p, &log);
     let gold = w.path().join("data/gold/_delta_log");
     wait_until(
         "gold equal to the available-now run's",
         std::time::Duration::from_secs(120),
         || gold.exists() && rows_if_any(&w.path().join("data/gold")) == want[3],
     );
-    signal(&child, "TERM");
-    let o = child.wait_with_output().expect("wait");
-    let err = fs::read_to_string(&log).expect("log");
-    assert!(o.status.success(), "{err}");
+    let err = stop_logged(child, &log);
     assert!(
         err.contains("query 'silver' waits for the tables of bronze to exist")
             && err.contains("query 'gold' waits for the tables of silver to exist"),
@@ -893,14 +901,7 @@ sink = { format = "delta", path = "data/copy", options = { mergeSchema = "true" 
     let deliveries = |n: usize| files[..n].iter().map(Vec::len).sum::<usize>();
     write(0..NEW_COLUMN_FROM as usize);
     let log = w.path().join("daemon.log");
-    let child = std::process::Command::new(sluice_bin())
-        .arg("run")
-        .arg(&p)
-        .env("SLUICE_LOG", "warn,sluice=info")
-        .stdout(std::process::Stdio::null())
-        .stderr(fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn sluice");
+    let child = spawn_logged(&p, &log);
     let copy = w.path().join("data/copy");
     let copied = || rows_if_any(&copy).len();
     // copy runs, with the first schema, before the files with the new column arrive
@@ -915,10 +916,7 @@ sink = { format = "delta", path = "data/copy", options = { mergeSchema = "true" 
         std::time::Duration::from_secs(120),
         || copied() == deliveries(files.len()),
     );
-    signal(&child, "TERM");
-    let o = child.wait_with_output().expect("wait");
-    let err = fs::read_to_string(&log).expect("log");
-    assert!(o.status.success(), "{err}");
+    let err = stop_logged(child, &log);
     assert!(
         err.contains("query 'bronze' restarts once copy (reading its table) have stopped")
             && err.contains("query 'copy' restarts to read the new columns of its input"),

@@ -58,6 +58,15 @@ impl CsvOptions {
         })
     }
 
+    /// arrow-csv's view of the file's dialect, for schema inference.
+    fn format(&self) -> arrow::csv::reader::Format {
+        arrow::csv::reader::Format::default()
+            .with_header(self.header)
+            .with_delimiter(self.delimiter)
+            .with_quote(self.quote)
+            .with_escape(self.escape)
+    }
+
     fn reader(&self, schema: SchemaRef, header: bool) -> Result<arrow::csv::ReaderBuilder> {
         let mut b = arrow::csv::ReaderBuilder::new(schema)
             .with_header(header)
@@ -210,12 +219,7 @@ pub fn column_name(i: usize) -> String {
 /// Spark names them): Auto Loader matches columns by name, file by file.
 pub fn read_as_text(path: &Path, bytes: &[u8], opts: &CsvOptions) -> Result<RecordBatch> {
     let bytes = super::strip_bom(bytes);
-    let (found, _) = arrow::csv::reader::Format::default()
-        .with_header(opts.header)
-        .with_delimiter(opts.delimiter)
-        .with_quote(opts.quote)
-        .with_escape(opts.escape)
-        .infer_schema(Cursor::new(bytes), Some(1))?;
+    let (found, _) = opts.format().infer_schema(Cursor::new(bytes), Some(1))?;
     let texts = Arc::new(Schema::new(
         found
             .fields()
@@ -237,11 +241,6 @@ pub fn read_as_text(path: &Path, bytes: &[u8], opts: &CsvOptions) -> Result<Reco
 
 /// Infers a schema from the first records of `bytes` (`inferSchema`).
 pub fn infer(bytes: &[u8], opts: &CsvOptions) -> Result<Schema> {
-    let (schema, _) = arrow::csv::reader::Format::default()
-        .with_header(opts.header)
-        .with_delimiter(opts.delimiter)
-        .with_quote(opts.quote)
-        .with_escape(opts.escape)
-        .infer_schema(Cursor::new(bytes), Some(1000))?;
+    let (schema, _) = opts.format().infer_schema(Cursor::new(bytes), Some(1000))?;
     Ok(super::json::normalize_inferred(schema))
 }

@@ -141,11 +141,7 @@ impl DataStreamWriter {
         format: &str,
         options: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        let mut o = Options::new();
-        for (k, v) in options {
-            o.set(k.as_ref(), v.to_string());
-        }
-        self.late_data = Some((format.to_ascii_lowercase(), o));
+        self.late_data = Some(side_sink_spec(format, options));
         self
     }
 
@@ -157,11 +153,7 @@ impl DataStreamWriter {
         format: &str,
         options: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        let mut o = Options::new();
-        for (k, v) in options {
-            o.set(k.as_ref(), v.to_string());
-        }
-        self.quarantine = Some((format.to_ascii_lowercase(), o));
+        self.quarantine = Some(side_sink_spec(format, options));
         self
     }
 
@@ -586,4 +578,16 @@ impl Sink for ForeachBatchSink {
     fn add_batch(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
         (self.f)(batch_id, batches)
     }
+}
+
+/// A side sink's format (lower case) and options, as the builder methods take them.
+fn side_sink_spec<K: AsRef<str>, V: ToString>(
+    format: &str,
+    options: impl IntoIterator<Item = (K, V)>,
+) -> (String, Options) {
+    let mut o = Options::new();
+    for (k, v) in options {
+        o.set(k.as_ref(), v.to_string());
+    }
+    (format.to_ascii_lowercase(), o)
 }

@@ -95,9 +95,9 @@ impl Lookup {
         for &i in &self.cast {
             let dt = self.data.field(i).data_type();
             let typed = cast_with_options(&cols[i], dt, &CastOptions::default())?;
-            let l = boolean::and(&is_not_null(&cols[i])?, &is_null(&typed)?)?;
-            if l.true_count() > 0 {
-                lost.push((i, l));
+            // a cast only adds NULLs: the mask is built only when it did
+            if typed.null_count() > cols[i].null_count() {
+                lost.push((i, boolean::and(&is_not_null(&cols[i])?, &is_null(&typed)?)?));
             }
             cols[i] = typed;
         }
