@@ -41,6 +41,7 @@ pub mod pipeline;
 pub use arrow;
 pub use datafusion;
 pub use sluice_connectors as connectors;
+pub use sluice_engine as engine;
 pub use sluice_engine::{
     functions, ConnectorRegistry, DataFrame, DataStreamReader, DataStreamWriter, EngineError,
     ErrorKind, Guarantee, OutputMode, PreparedQuery, QueryError, QueryProgress, QueryStatus,

@@ -194,6 +194,12 @@ pub trait Source: Send {
         None
     }
 
+    /// Whether the last `latest_offset` left out input that is there but not yet taken (a file
+    /// still settling, younger than `minFileAge`): `processAllAvailable` waits for it.
+    fn settling(&self) -> bool {
+        false
+    }
+
     /// Other figures for the progress report's `sources[].metrics` (Spark's map of strings),
     /// e.g. how the file source learns of new files (`watch` = `inotify` or `poll`).
     fn metrics(&self) -> BTreeMap<String, String> {

@@ -118,6 +118,8 @@ pub struct FileSource {
     completed: arrival::Completed,
     /// Files named in a warning for being modified after they were taken.
     warned_modified: HashSet<String>,
+    /// Whether the last listing left files for later (still settling).
+    settling: std::sync::atomic::AtomicBool,
     /// The timer that wakes the query when a file left for later is due.
     wakeup: arrival::Wakeup,
     /// Set by `watch`: the query waits for files to arrive.
@@ -245,6 +247,8 @@ impl FileSource {
             if let (Some(due), Some(n)) = (due, &self.notifier) {
                 self.wakeup.at(due, n);
             }
+            self.settling
+                .store(due.is_some(), std::sync::atomic::Ordering::Relaxed);
             files = ready;
         }
         files.sort_by(|a, b| (a.mtime_ms, &a.path).cmp(&(b.mtime_ms, &b.path)));
@@ -518,6 +522,10 @@ impl Source for FileSource {
 
     fn backlog(&self) -> Option<u64> {
         Some(self.backlog)
+    }
+
+    fn settling(&self) -> bool {
+        self.settling.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn metrics(&self) -> std::collections::BTreeMap<String, String> {

@@ -277,6 +277,7 @@ impl FileSourceFactory {
             min_file_age: o.get_duration(arrival::MIN_FILE_AGE)?,
             completed: arrival::Completed::default(),
             warned_modified: HashSet::new(),
+            settling: std::sync::atomic::AtomicBool::new(false),
             wakeup: arrival::Wakeup::default(),
             notifier: None,
             malformed: 0,

@@ -262,6 +262,35 @@ impl DataFrame {
         })
     }
 
+    /// Spark's generators on an array column (`explode`, `posexplode`, `_outer`): one row per
+    /// element, the other columns repeated; the element keeps the column's name, and
+    /// `position` names a 0-based INT position column put before it. Python's
+    /// `select(explode(split(value, " ")).alias("word"))` is a projection then this.
+    pub fn generate(self, column: &str, position: Option<&str>, outer: bool) -> Result<Self> {
+        if !self.is_streaming() && position.is_none() {
+            // a static table: DataFusion's own UNNEST runs it
+            let opts = datafusion::common::UnnestOptions::new().with_preserve_nulls(outer);
+            return self.map(|df| df.unnest_columns_with_options(&[column], opts));
+        }
+        let (state, plan) = self.df.into_parts();
+        let col = plan
+            .schema()
+            .qualified_field_with_unqualified_name(column)
+            .map(datafusion::common::Column::from)
+            .map_err(|_| EngineError::user(format!("explode: no column '{column}'")))?;
+        let plan = crate::operators::generate::GenerateNode::plan(
+            plan,
+            col,
+            position.map(str::to_string),
+            outer,
+        )?;
+        Ok(Self {
+            df: datafusion::dataframe::DataFrame::new(state, plan),
+            session: self.session,
+            expectations: self.expectations,
+        })
+    }
+
     /// An expectation on the rows the query writes (Databricks' `@dlt.expect`): rows where
     /// `condition` (a SQL boolean expression) is FALSE are counted and kept; NULL passes, as a
     /// SQL CHECK does. Counts are in each batch's progress (`dataQuality`). Expectations stay

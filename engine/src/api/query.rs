@@ -102,6 +102,22 @@ impl StreamingQuery {
         }
     }
 
+    /// Blocks until everything the sources had when called is processed and committed
+    /// (Spark's `processAllAvailable`, for tests): a trigger that starts after the call finds
+    /// no new data. Returns at once when the query has ended; its error if it failed.
+    pub fn process_all_available(&self) -> Result<(), QueryError> {
+        let ticket = self.shared.available_asked.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.notifier.notify();
+        let mut s = self.shared.lock();
+        while s.active && !self.shared.is_caught_up(ticket) {
+            s = self.shared.done.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        match &s.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Waits at most `timeout`; `Ok(true)` if the query ended (without error).
     pub fn await_termination_timeout(&self, timeout: Duration) -> Result<bool, QueryError> {
         let deadline = std::time::Instant::now() + timeout;

@@ -110,6 +110,9 @@ impl SessionBuilder {
         ctx.register_udf(ScalarUDF::new_from_impl(
             crate::operators::json_fn::ToJson::new(),
         ));
+        ctx.register_udf(ScalarUDF::new_from_impl(
+            crate::operators::split_fn::SplitUdf::new(),
+        ));
         Ok(Session {
             inner: Arc::new(SessionInner {
                 app_name: self.app_name.unwrap_or_else(|| "sluice".into()),
@@ -246,6 +249,17 @@ impl Session {
         let ctx = self.inner.ctx.clone();
         let name = name.to_string();
         let df = self.block_on(async move { ctx.table(name.as_str()).await })?;
+        Ok(DataFrame::from_datafusion(self.clone(), df))
+    }
+
+    /// A static DataFrame over rows in memory (a `foreachBatch` batch handed to Python).
+    pub fn create_dataframe(
+        &self,
+        schema: arrow::datatypes::SchemaRef,
+        batches: Vec<arrow::record_batch::RecordBatch>,
+    ) -> Result<DataFrame> {
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+        let df = self.inner.ctx.read_table(Arc::new(table))?;
         Ok(DataFrame::from_datafusion(self.clone(), df))
     }
 

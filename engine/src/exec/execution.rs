@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -228,6 +229,7 @@ impl Execution {
                 }
             }
             self.shared.notifier.clear();
+            let ticket = self.shared.available_asked.load(Ordering::SeqCst);
             let trigger_start = Instant::now();
             let ts_ms = chrono::Utc::now().timestamp_millis();
             self.shared
@@ -266,6 +268,9 @@ impl Execution {
                         }
                         self.shared
                             .set_status("Waiting for data to arrive", false, false);
+                        if !self.sources.iter().any(|s| s.settling()) {
+                            self.shared.caught_up(ticket);
+                        }
                         let timeout = if watched {
                             None
                         } else {

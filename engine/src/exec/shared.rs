@@ -64,6 +64,10 @@ pub(crate) struct QueryShared {
     pub(crate) guarantee: (crate::exec::guarantee::Guarantee, String),
     state: Mutex<QueryState>,
     pub(crate) done: Condvar,
+    /// `processAllAvailable` tickets handed out, and the highest ticket a trigger that started
+    /// after it found no new data for (then everything available at the call is processed).
+    pub(crate) available_asked: std::sync::atomic::AtomicU64,
+    available_done: std::sync::atomic::AtomicU64,
 }
 
 impl QueryShared {
@@ -92,7 +96,21 @@ impl QueryShared {
                 error: None,
             }),
             done: Condvar::new(),
+            available_asked: std::sync::atomic::AtomicU64::new(0),
+            available_done: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A trigger that read `ticket` from `available_asked` when it started found no new data.
+    pub(crate) fn caught_up(&self, ticket: u64) {
+        let _s = self.lock();
+        self.available_done.fetch_max(ticket, Ordering::SeqCst);
+        self.done.notify_all();
+    }
+
+    /// Whether a trigger started after `ticket` was handed out found no new data.
+    pub(crate) fn is_caught_up(&self, ticket: u64) -> bool {
+        self.available_done.load(Ordering::SeqCst) >= ticket
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, QueryState> {

@@ -55,6 +55,15 @@ pub(crate) enum Node {
     },
     /// A stream joined with a static table.
     StaticJoin(Box<StaticJoinNode>),
+    /// `explode` / `posexplode` (`_outer`) of an array column
+    /// ([`generate`](crate::operators::generate)).
+    Generate {
+        input: Box<Node>,
+        column: usize,
+        position: bool,
+        outer: bool,
+        schema: SchemaRef,
+    },
 }
 
 /// A stream joined with a static table: the stream's nodes, and the nodes over the static
@@ -79,7 +88,8 @@ impl Node {
             Node::Input => false,
             Node::Watermark { input, .. }
             | Node::Filter { input, .. }
-            | Node::Project { input, .. } => input.reads_source(),
+            | Node::Project { input, .. }
+            | Node::Generate { input, .. } => input.reads_source(),
             Node::Union { inputs, .. } => inputs.iter().any(Node::reads_source),
             Node::StaticJoin(j) => j.stream.reads_source(),
         }
@@ -90,7 +100,9 @@ impl Node {
         match self {
             Node::Watermark { .. } => true,
             Node::Scan { .. } | Node::Input => false,
-            Node::Filter { input, .. } | Node::Project { input, .. } => input.defines_watermark(),
+            Node::Filter { input, .. }
+            | Node::Project { input, .. }
+            | Node::Generate { input, .. } => input.defines_watermark(),
             Node::Union { inputs, .. } => inputs.iter().any(Node::defines_watermark),
             Node::StaticJoin(j) => j.stream.defines_watermark(),
         }
@@ -105,7 +117,8 @@ impl Node {
             Node::Input => {}
             Node::Watermark { input, .. }
             | Node::Filter { input, .. }
-            | Node::Project { input, .. } => input.scans_mut(f),
+            | Node::Project { input, .. }
+            | Node::Generate { input, .. } => input.scans_mut(f),
             Node::Union { inputs, .. } => inputs.iter_mut().for_each(|i| i.scans_mut(f)),
             Node::StaticJoin(j) => j.stream.scans_mut(f),
         }
@@ -203,6 +216,20 @@ impl Node {
                         &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
                     )?)
                 })
+                .collect(),
+            Node::Generate {
+                input: child,
+                column,
+                position,
+                outer,
+                schema,
+            } => child
+                .run(input, stats)?
+                .iter()
+                .map(|b| {
+                    crate::operators::generate::generate(b, *column, *position, *outer, schema)
+                })
+                .filter(|b| !matches!(b, Ok(b) if b.num_rows() == 0))
                 .collect(),
             Node::Union { inputs, schema } => {
                 let mut out = Vec::new();

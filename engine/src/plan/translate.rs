@@ -27,6 +27,7 @@ use crate::error::{EngineError, Result};
 use crate::operators::aggregate::{AggSpec, AggregateOp, WindowGroup};
 use crate::operators::clock::{BatchClock, BatchClockUdf};
 use crate::operators::dedup::{DedupNode, DedupOp};
+use crate::operators::generate::GenerateNode;
 use crate::operators::watermark::WatermarkNode;
 use crate::operators::window::{spec_of_args, WindowTimeUdf, WindowUdf};
 
@@ -192,7 +193,9 @@ pub(crate) fn check_supported(plan: &LogicalPlan) -> Result<()> {
             | LogicalPlan::TableScan(_) => None,
             LogicalPlan::Aggregate(_) => None,
             LogicalPlan::Extension(e)
-                if e.node.as_any().is::<WatermarkNode>() || e.node.as_any().is::<DedupNode>() =>
+                if e.node.as_any().is::<WatermarkNode>()
+                    || e.node.as_any().is::<DedupNode>()
+                    || e.node.as_any().is::<GenerateNode>() =>
             {
                 None
             }
@@ -403,6 +406,22 @@ pub(crate) fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
             ctx.stages
                 .push(Stage::single(Box::new(op), in_schema, below));
             Ok(Node::Input)
+        }
+        LogicalPlan::Extension(e) if e.node.as_any().is::<GenerateNode>() => {
+            let g = e
+                .node
+                .as_any()
+                .downcast_ref::<GenerateNode>()
+                .ok_or_else(|| EngineError::bug("generate node"))?;
+            let input = translate(&g.input, ctx)?;
+            let column = g.input.schema().index_of_column(&g.column)?;
+            Ok(Node::Generate {
+                input: Box::new(input),
+                column,
+                position: g.position.is_some(),
+                outer: g.outer,
+                schema: nullable_schema(e.node.schema().as_arrow()),
+            })
         }
         LogicalPlan::Extension(e) => {
             let w = e

@@ -1,0 +1,20 @@
+"""PySpark's exception names (``pyspark.errors``) for Sluice's errors."""
+
+from sluice._native import (
+    AnalysisException,
+    IllegalArgumentException,
+    SluiceException,
+    StreamingQueryException,
+)
+
+PySparkException = SluiceException
+PySparkValueError = IllegalArgumentException
+
+__all__ = [
+    "AnalysisException",
+    "IllegalArgumentException",
+    "PySparkException",
+    "PySparkValueError",
+    "SluiceException",
+    "StreamingQueryException",
+]

@@ -1,0 +1,181 @@
+"""``spark.read`` (static tables) and ``df.write`` (a static DataFrame written once through
+Sluice's sinks: parquet, csv, json, delta, jdbc, ...)."""
+
+import uuid
+
+from sluice.sql.types import StructType
+
+
+def _opt(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+class _Reader:
+    """What the stream and static readers share: format, options, schema."""
+
+    _static = False
+
+    def __init__(self, spark):
+        self._spark = spark
+        self._format = None
+        self._options = {}
+        self._schema = None
+
+    def format(self, source):
+        self._format = source
+        return self
+
+    def option(self, key, value):
+        self._options[key] = _opt(value)
+        return self
+
+    def options(self, **options):
+        for k, v in options.items():
+            self.option(k, v)
+        return self
+
+    def schema(self, schema):
+        self._schema = schema.toDDL() if isinstance(schema, StructType) else schema
+        return self
+
+    def load(self, path=None, format=None, schema=None, **options):
+        if format is not None:
+            self.format(format)
+        if schema is not None:
+            self.schema(schema)
+        self.options(**options)
+        from sluice.sql.dataframe import DataFrame
+
+        native = self._spark._native.read(
+            self._format or "parquet",
+            list(self._options.items()),
+            self._schema,
+            path,
+            self._static,
+        )
+        return DataFrame(native, self._spark)
+
+    def json(self, path, schema=None, **options):
+        return self.load(path, "json", schema, **{k: v for k, v in options.items() if v is not None})
+
+    def csv(self, path, schema=None, sep=None, header=None, **options):
+        opts = {k: v for k, v in options.items() if v is not None}
+        if sep is not None:
+            opts["sep"] = sep
+        if header is not None:
+            opts["header"] = header
+        return self.load(path, "csv", schema, **opts)
+
+    def parquet(self, path, **options):
+        return self.load(path, "parquet", None, **options)
+
+    def text(self, path, wholetext=False, lineSep=None, **options):
+        if wholetext:
+            raise ValueError("text: wholetext=True is not supported yet")
+        if lineSep is not None:
+            options["lineSep"] = lineSep
+        return self.load(path, "text", None, **options)
+
+    def table(self, tableName):
+        """A registered view, else the Delta table ``tableName`` in the warehouse directory."""
+        from sluice.sql.dataframe import DataFrame
+
+        try:
+            if not self._static:
+                raise LookupError
+            return DataFrame(self._spark._native.table(tableName), self._spark)
+        except Exception:
+            return self.load(self._spark._table_path(tableName), "delta")
+
+
+class DataFrameReader(_Reader):
+    """``spark.read``: a static table."""
+
+    _static = True
+
+    def jdbc(self, url, table, properties=None):
+        self.option("url", url).option("dbtable", table)
+        for k, v in (properties or {}).items():
+            self.option(k, v)
+        return self.load(None, "jdbc")
+
+
+class DataFrameWriter:
+    """``df.write``: the rows of a static DataFrame written once (Spark's save modes
+    ``append`` and ``overwrite``)."""
+
+    def __init__(self, df):
+        self._df = df
+        self._format = "parquet"
+        self._options = {}
+        self._mode = "append"
+
+    def format(self, source):
+        self._format = source
+        return self
+
+    def mode(self, saveMode):
+        self._mode = saveMode or "append"
+        return self
+
+    def option(self, key, value):
+        self._options[key] = _opt(value)
+        return self
+
+    def options(self, **options):
+        for k, v in options.items():
+            self.option(k, v)
+        return self
+
+    def partitionBy(self, *cols):
+        if len(cols) == 1 and isinstance(cols[0], (list, tuple)):
+            cols = cols[0]
+        return self.option("partitionBy", ",".join(cols))
+
+    def save(self, path=None, format=None, mode=None, **options):
+        if format is not None:
+            self.format(format)
+        if mode is not None:
+            self.mode(mode)
+        self.options(**options)
+        if path is not None:
+            self._options["path"] = path
+        batch = self._df._batch
+        if batch is not None:
+            # inside foreachBatch: named by the query's checkpoint, the target and the batch id,
+            # so a re-run batch is not written twice to a sink that keeps batch ids
+            write_id, batch_id, checkpoint = batch
+            target = self._options.get("path") or self._options.get("dbtable") or self._format
+            write_id = "%s-%s" % (write_id, uuid.uuid5(uuid.NAMESPACE_URL, self._format + ":" + target))
+        else:
+            write_id, batch_id, checkpoint = str(uuid.uuid4()), 0, None
+        self._df._df.write_batch(
+            self._format, list(self._options.items()), self._mode, write_id, batch_id, checkpoint
+        )
+
+    def parquet(self, path, mode=None, partitionBy=None, **options):
+        if partitionBy:
+            self.partitionBy(partitionBy)
+        self.save(path, "parquet", mode, **options)
+
+    def json(self, path, mode=None, **options):
+        self.save(path, "json", mode, **options)
+
+    def csv(self, path, mode=None, header=None, **options):
+        if header is not None:
+            options["header"] = header
+        self.save(path, "csv", mode, **options)
+
+    def text(self, path, **options):
+        self.save(path, "text", None, **options)
+
+    def jdbc(self, url, table, mode=None, properties=None):
+        self.option("url", url).option("dbtable", table)
+        for k, v in (properties or {}).items():
+            self.option(k, v)
+        self.save(None, "jdbc", mode)
+
+    def saveAsTable(self, name, format=None, mode=None, **options):
+        self.save(self._df.sparkSession._table_path(name), format or "delta", mode, **options)
