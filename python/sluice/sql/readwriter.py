@@ -148,7 +148,7 @@ class DataFrameWriter:
             # so a re-run batch is not written twice to a sink that keeps batch ids
             write_id, batch_id, checkpoint = batch
             target = self._options.get("path") or self._options.get("dbtable") or self._format
-            write_id = "%s-%s" % (write_id, uuid.uuid5(uuid.NAMESPACE_URL, self._format + ":" + target))
+            write_id = "%s-%s" % (write_id, uuid.uuid5(uuid.NAMESPACE_URL, self._format + ":" + target).hex[:12])
         else:
             write_id, batch_id, checkpoint = str(uuid.uuid4()), 0, None
         self._df._df.write_batch(

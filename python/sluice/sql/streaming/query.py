@@ -7,6 +7,27 @@ import time
 from sluice.errors import StreamingQueryException
 
 
+# the keys of PySpark's progress, in its order
+_PROGRESS_KEYS = (
+    "id", "runId", "name", "timestamp", "batchId", "batchDuration", "durationMs", "eventTime",
+    "stateOperators", "sources", "sink", "numInputRows", "inputRowsPerSecond",
+    "processedRowsPerSecond", "observedMetrics",
+)
+
+
+def _progress(text):
+    """A batch's progress as PySpark gives it: Spark's keys in Spark's order (``batchDuration``
+    is the trigger's execution time; ``eventTime`` and ``observedMetrics`` empty when there is
+    nothing to say), then Sluice's own (``dataQuality`` when the query has expectations)."""
+    p = json.loads(text)
+    p.setdefault("batchDuration", p.get("durationMs", {}).get("triggerExecution", 0))
+    p.setdefault("eventTime", {})
+    p.setdefault("observedMetrics", {})
+    out = {k: p[k] for k in _PROGRESS_KEYS if k in p}
+    out.update((k, v) for k, v in p.items() if k not in out)
+    return out
+
+
 class StreamingQuery:
     """A running (or finished) streaming query."""
 
@@ -37,11 +58,11 @@ class StreamingQuery:
     @property
     def lastProgress(self):
         p = self._q.last_progress_json()
-        return None if p is None else json.loads(p)
+        return None if p is None else _progress(p)
 
     @property
     def recentProgress(self):
-        return [json.loads(p) for p in self._q.recent_progress_json()]
+        return [_progress(p) for p in self._q.recent_progress_json()]
 
     def awaitTermination(self, timeout=None):
         """Waits for the query to end; with a timeout (seconds), whether it ended in time.

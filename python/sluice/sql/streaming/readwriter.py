@@ -1,6 +1,7 @@
 """``spark.readStream`` and ``df.writeStream``."""
 
 import os
+import uuid
 
 from sluice import _native
 from sluice.sql.readwriter import _Reader, _opt
@@ -100,7 +101,12 @@ class DataStreamWriter:
         func = None
         if self._foreach_batch is not None:
             user = self._foreach_batch
-            write_id = "foreach-batch:%s" % os.path.abspath(checkpoint) if checkpoint else None
+            # names the batch writes of this query (a sink keeps it, e.g. JDBC's marker rows)
+            write_id = (
+                "fb-%s" % uuid.uuid5(uuid.NAMESPACE_URL, os.path.abspath(checkpoint)).hex[:16]
+                if checkpoint
+                else None
+            )
 
             def func(native_df, batch_id):
                 from sluice.sql.dataframe import DataFrame
