@@ -192,6 +192,15 @@ impl PyDataFrame {
         }
     }
 
+    /// `orderBy(*cols)`: keys with (ascending, nulls first).
+    fn order_by(&self, keys: Vec<(PyColumn, bool, bool)>) -> PyResult<Self> {
+        let mut resolved = Vec::with_capacity(keys.len());
+        for (c, asc, nulls_first) in &keys {
+            resolved.push((self.resolve(c)?, *asc, *nulls_first));
+        }
+        self.with(|df| df.sort(resolved))
+    }
+
     fn alias(&self, name: &str) -> PyResult<Self> {
         self.with(|df| df.alias(name))
     }

@@ -262,6 +262,16 @@ impl DataFrame {
         })
     }
 
+    /// Sorts (`orderBy`): on a stream only an aggregation's result in complete mode, as in
+    /// Spark. Each key is (expression, ascending, nulls first).
+    pub fn sort(self, keys: Vec<(Expr, bool, bool)>) -> Result<Self> {
+        let exprs = keys
+            .into_iter()
+            .map(|(e, asc, nulls_first)| e.sort(asc, nulls_first))
+            .collect();
+        self.map(|df| df.sort(exprs))
+    }
+
     /// Spark's generators on an array column (`explode`, `posexplode`, `_outer`): one row per
     /// element, the other columns repeated; the element keeps the column's name, and
     /// `position` names a 0-based INT position column put before it. Python's

@@ -55,6 +55,14 @@ pub(crate) enum Node {
     },
     /// A stream joined with a static table.
     StaticJoin(Box<StaticJoinNode>),
+    /// `ORDER BY` of an aggregation's whole result (complete mode only, as in Spark): the
+    /// stage's rows sorted together.
+    Sort {
+        input: Box<Node>,
+        /// (key, descending, nulls first)
+        keys: Vec<(Arc<dyn PhysicalExpr>, bool, bool)>,
+        schema: SchemaRef,
+    },
     /// `explode` / `posexplode` (`_outer`) of an array column
     /// ([`generate`](crate::operators::generate)).
     Generate {
@@ -89,7 +97,8 @@ impl Node {
             Node::Watermark { input, .. }
             | Node::Filter { input, .. }
             | Node::Project { input, .. }
-            | Node::Generate { input, .. } => input.reads_source(),
+            | Node::Generate { input, .. }
+            | Node::Sort { input, .. } => input.reads_source(),
             Node::Union { inputs, .. } => inputs.iter().any(Node::reads_source),
             Node::StaticJoin(j) => j.stream.reads_source(),
         }
@@ -102,7 +111,8 @@ impl Node {
             Node::Scan { .. } | Node::Input => false,
             Node::Filter { input, .. }
             | Node::Project { input, .. }
-            | Node::Generate { input, .. } => input.defines_watermark(),
+            | Node::Generate { input, .. }
+            | Node::Sort { input, .. } => input.defines_watermark(),
             Node::Union { inputs, .. } => inputs.iter().any(Node::defines_watermark),
             Node::StaticJoin(j) => j.stream.defines_watermark(),
         }
@@ -118,7 +128,8 @@ impl Node {
             Node::Watermark { input, .. }
             | Node::Filter { input, .. }
             | Node::Project { input, .. }
-            | Node::Generate { input, .. } => input.scans_mut(f),
+            | Node::Generate { input, .. }
+            | Node::Sort { input, .. } => input.scans_mut(f),
             Node::Union { inputs, .. } => inputs.iter_mut().for_each(|i| i.scans_mut(f)),
             Node::StaticJoin(j) => j.stream.scans_mut(f),
         }
@@ -231,6 +242,32 @@ impl Node {
                 })
                 .filter(|b| !matches!(b, Ok(b) if b.num_rows() == 0))
                 .collect(),
+            Node::Sort {
+                input: child,
+                keys,
+                schema,
+            } => {
+                let rows = child.run(input, stats)?;
+                if rows.is_empty() {
+                    return Ok(rows);
+                }
+                let all = arrow::compute::concat_batches(schema, &rows)?;
+                let n = all.num_rows();
+                let columns = keys
+                    .iter()
+                    .map(|(e, descending, nulls_first)| {
+                        Ok(arrow::compute::SortColumn {
+                            values: e.evaluate(&all)?.into_array(n)?,
+                            options: Some(arrow::compute::SortOptions {
+                                descending: *descending,
+                                nulls_first: *nulls_first,
+                            }),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let order = arrow::compute::lexsort_to_indices(&columns, None)?;
+                Ok(vec![arrow::compute::take_record_batch(&all, &order)?])
+            }
             Node::Union { inputs, schema } => {
                 let mut out = Vec::new();
                 for child in inputs {

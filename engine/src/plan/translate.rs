@@ -201,9 +201,8 @@ pub(crate) fn check_supported(plan: &LogicalPlan) -> Result<()> {
             }
             LogicalPlan::Distinct(_) => Some("DISTINCT ON is not supported on a stream yet"),
             LogicalPlan::Join(_) => None,
-            LogicalPlan::Sort(_) => {
-                Some("ORDER BY is not supported on a stream (sorting needs the whole input)")
-            }
+            // only over an aggregation in complete mode (translate says so)
+            LogicalPlan::Sort(_) => None,
             LogicalPlan::Limit(_) => Some("LIMIT is not supported on a stream"),
             LogicalPlan::Window(_) => {
                 Some("window functions (OVER ...) are not supported on a stream")
@@ -334,6 +333,32 @@ pub(crate) fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
             })
         }
         LogicalPlan::SubqueryAlias(a) => translate(&a.input, ctx),
+        LogicalPlan::Sort(s) => {
+            let input = translate(&s.input, ctx)?;
+            if ctx.stages.is_empty() || ctx.mode != OutputMode::Complete || s.fetch.is_some() {
+                return Err(EngineError::user(
+                    "Sorting is not supported on streaming DataFrames/Datasets, unless it is on \
+                     aggregated DataFrame/Dataset in Complete output mode (ORDER BY / orderBy \
+                     over a stream; LIMIT is not supported)",
+                ));
+            }
+            let keys = s
+                .expr
+                .iter()
+                .map(|k| {
+                    Ok((
+                        state.create_physical_expr(k.expr.clone(), s.input.schema())?,
+                        !k.asc,
+                        k.nulls_first,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Node::Sort {
+                input: Box::new(input),
+                keys,
+                schema: nullable_schema(s.input.schema().as_arrow()),
+            })
+        }
         LogicalPlan::Union(u) => {
             let schema = nullable_schema(u.schema.as_arrow());
             let mut inputs = Vec::with_capacity(u.inputs.len());

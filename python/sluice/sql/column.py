@@ -24,11 +24,32 @@ def _col(v):
 class Column:
     """A column expression (``df.word``, ``col("word")``, ``F.lit(1)``, ``a + b``)."""
 
-    __slots__ = ("_c", "_case")
+    __slots__ = ("_c", "_case", "_sort")
 
-    def __init__(self, native, case=None):
+    def __init__(self, native, case=None, sort=None):
         self._c = native
         self._case = case
+        # (ascending, nulls first) for orderBy
+        self._sort = sort
+
+    # sort order (Spark: ascending puts NULLs first, descending last)
+    def asc(self):
+        return Column(self._c, None, (True, True))
+
+    def asc_nulls_first(self):
+        return Column(self._c, None, (True, True))
+
+    def asc_nulls_last(self):
+        return Column(self._c, None, (True, False))
+
+    def desc(self):
+        return Column(self._c, None, (False, False))
+
+    def desc_nulls_first(self):
+        return Column(self._c, None, (False, True))
+
+    def desc_nulls_last(self):
+        return Column(self._c, None, (False, False))
 
     # comparison and arithmetic
     def _bin(self, op, other, reverse=False):

@@ -147,6 +147,23 @@ class DataFrame:
             return self._wrap(self._df.join(other._df, [], cond._c, how))
         raise TypeError("join: on must be a column name, a list of names or a Column")
 
+    def orderBy(self, *cols, ascending=None):
+        """Sorts; on a stream only an aggregation's result in complete mode (as in Spark)."""
+        if len(cols) == 1 and isinstance(cols[0], (list, tuple)):
+            cols = tuple(cols[0])
+        if ascending is None:
+            ascending = [True] * len(cols)
+        elif isinstance(ascending, (bool, int)):
+            ascending = [bool(ascending)] * len(cols)
+        keys = []
+        for c, up in zip(cols, ascending):
+            c = _col(c)
+            asc, nulls_first = c._sort if c._sort is not None else (bool(up), bool(up))
+            keys.append((c._c, asc, nulls_first))
+        return self._wrap(self._df.order_by(keys))
+
+    sort = orderBy
+
     def alias(self, alias):
         return self._wrap(self._df.alias(alias))
 

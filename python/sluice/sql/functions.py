@@ -89,6 +89,14 @@ def split(str, pattern, limit=-1):
     return Column(_native.Column.call("split", [_c(str), _lit(pattern), _lit(limit)]))
 
 
+def asc(col):
+    return _col(col).asc()
+
+
+def desc(col):
+    return _col(col).desc()
+
+
 # --- conditionals -------------------------------------------------------------------------------
 
 def when(condition, value):

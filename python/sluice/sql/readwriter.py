@@ -79,14 +79,14 @@ class _Reader:
         return self.load(path, "text", None, **options)
 
     def table(self, tableName):
-        """A registered view, else the Delta table ``tableName`` in the warehouse directory."""
+        """A view registered with ``createOrReplaceTempView`` (or a memory sink's table), else
+        the Delta table ``tableName`` in the warehouse directory (``toTable`` writes there)."""
+        from sluice.errors import AnalysisException
         from sluice.sql.dataframe import DataFrame
 
         try:
-            if not self._static:
-                raise LookupError
             return DataFrame(self._spark._native.table(tableName), self._spark)
-        except Exception:
+        except AnalysisException:
             return self.load(self._spark._table_path(tableName), "delta")
 
 

@@ -19,7 +19,7 @@ words = lines.select(
 windowedCounts = words.groupBy(
     window(words.timestamp, "10 minutes", "5 minutes"),
     words.word
-).count()
+).count().orderBy("window")
 
 query = windowedCounts \
     .writeStream \
