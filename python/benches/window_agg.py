@@ -9,18 +9,17 @@ import sys
 import tempfile
 import time
 
-import pandas as pd
-
 from sluice.sql import SparkSession
 from sluice.sql import functions as F
 
 inp, max_files = sys.argv[1], sys.argv[2]
 udf = "--udf" in sys.argv
+if udf:
+    import pandas as pd
 
-
-@F.pandas_udf("double")
-def score(value: pd.Series) -> pd.Series:
-    return value * 0.5 + 1.0
+    @F.pandas_udf("double")
+    def score(value: pd.Series) -> pd.Series:
+        return value * 0.5 + 1.0
 
 
 with tempfile.TemporaryDirectory() as d:
