@@ -45,9 +45,17 @@ pub(crate) fn write(
         output_mode,
     };
     factory.validate(&spec)?;
-    let checkpoint_dir = match checkpoint_dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("sluice-write-{write_id}")),
+    // a one-off write keeps its sink's journal in a directory removed afterwards
+    let scratch = match checkpoint_dir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().map_err(|e| {
+            EngineError::external(format!("write: cannot create a temporary directory: {e}"))
+        })?),
+    };
+    let checkpoint_dir = match (checkpoint_dir, &scratch) {
+        (Some(d), _) => d,
+        (None, Some(t)) => t.path().to_path_buf(),
+        (None, None) => return Err(EngineError::bug("no directory for a batch write")),
     };
     std::fs::create_dir_all(&checkpoint_dir).map_err(|e| {
         EngineError::user(format!(

@@ -41,6 +41,10 @@ pub struct PyColumn {
     pub(crate) aliases: Vec<String>,
     /// How `str(col)` shows it.
     text: Arc<str>,
+    /// The name Spark gives the column when it is selected as is (`count(1)` for
+    /// `count("*")`, `from_json(value)`), where DataFusion's would differ; applied only at the
+    /// top of a select or aggregation list, never inside an expression.
+    name: Option<Arc<str>>,
 }
 
 impl PyColumn {
@@ -53,11 +57,51 @@ impl PyColumn {
             generator: None,
             aliases: Vec::new(),
             text: text.into(),
+            name: None,
         }
     }
 
+    /// The same column, named `name` when selected as is.
+    pub(crate) fn output_name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The expression; a generator is refused here (it is only allowed as an item of
+    /// `select`, which plans it with [`PyColumn::generator_input`]).
     pub(crate) fn resolve(&self, r: &Resolve<'_>) -> PyResult<Expr> {
+        if self.generator.is_some() {
+            return Err(analysis(format!(
+                "[UNSUPPORTED_GENERATOR.NESTED_IN_EXPRESSIONS] The generator is not supported: \
+                 nested in expressions \"{}\"; select it on its own: \
+                 select(explode(...).alias(...))",
+                self.text
+            )));
+        }
         (self.build)(r)
+    }
+
+    /// The array a generator explodes.
+    pub(crate) fn generator_input(&self, r: &Resolve<'_>) -> PyResult<Expr> {
+        (self.build)(r)
+    }
+
+    /// The expression as an item of a select or aggregation list, named as Spark names it: a
+    /// column keeps its name, a struct field is named after the field, anything else after its
+    /// text (`sum(n)`, `(a + 1)`, `count(1)`), unless aliased.
+    pub(crate) fn output(&self, r: &Resolve<'_>) -> PyResult<Expr> {
+        let e = self.resolve(r)?;
+        let name = match &e {
+            Expr::Column(_) | Expr::Alias(_) => return Ok(e),
+            Expr::ScalarFunction(f) if f.func.name() == "get_field" => self
+                .text
+                .rsplit('.')
+                .next()
+                .unwrap_or(&self.text)
+                .to_string(),
+            _ => self.name.as_deref().unwrap_or(&self.text).to_string(),
+        };
+        Ok(e.alias(name))
     }
 
     pub(crate) fn text(&self) -> &str {
@@ -74,8 +118,8 @@ impl PyColumn {
         text: String,
         f: impl Fn(Expr) -> PyResult<Expr> + Send + Sync + 'static,
     ) -> Self {
-        let inner = Arc::clone(&self.build);
-        Self::new(text, move |r| f(inner(r)?))
+        let inner = self.clone();
+        Self::new(text, move |r| f(inner.resolve(r)?))
     }
 
     fn combine(
@@ -84,8 +128,8 @@ impl PyColumn {
         text: String,
         f: impl Fn(Expr, Expr) -> PyResult<Expr> + Send + Sync + 'static,
     ) -> Self {
-        let (a, b) = (Arc::clone(&self.build), Arc::clone(&other.build));
-        Self::new(text, move |r| f(a(r)?, b(r)?))
+        let (a, b) = (self.clone(), other.clone());
+        Self::new(text, move |r| f(a.resolve(r)?, b.resolve(r)?))
     }
 
     /// A column by name: `a`, `` `a.b` `` (one name), `window.start` (a struct field when
@@ -177,10 +221,13 @@ fn column_expr(name: &str, schema: &DFSchema) -> PyResult<Expr> {
     Err(unknown_column(name, schema))
 }
 
+/// A column by its unqualified name, checked to exist (DataFusion resolves it when planning;
+/// an ambiguous one is refused there). Unqualified so that derived names are Spark's:
+/// `sum(n)`, not `sum(json.n)`.
 fn unqualified(name: &str, schema: &DFSchema) -> PyResult<sluice::datafusion::common::Column> {
     schema
         .qualified_field_with_unqualified_name(name)
-        .map(sluice::datafusion::common::Column::from)
+        .map(|_| sluice::datafusion::common::Column::from_name(name))
         .map_err(|_| unknown_column(name, schema))
 }
 
@@ -214,6 +261,7 @@ fn binary_op(op: &str) -> PyResult<Operator> {
         "&" => Operator::And,
         "|" => Operator::Or,
         "<=>" => Operator::IsNotDistinctFrom,
+        "||" => Operator::StringConcat,
         other => return Err(analysis(format!("unknown operator {other}"))),
     })
 }
@@ -319,23 +367,23 @@ impl PyColumn {
     /// `col.isin(values)`.
     fn isin(&self, values: Vec<Bound<'_, PyAny>>) -> PyResult<Self> {
         let list = values.iter().map(Self::of).collect::<PyResult<Vec<_>>>()?;
-        let inner = Arc::clone(&self.build);
+        let inner = self.clone();
         Ok(Self::new(format!("({} IN (...))", self.text), move |r| {
             let items = list
                 .iter()
                 .map(|c| c.resolve(r))
                 .collect::<PyResult<Vec<_>>>()?;
-            Ok(inner(r)?.in_list(items, false))
+            Ok(inner.resolve(r)?.in_list(items, false))
         }))
     }
 
     /// `col.between(lo, hi)`.
     fn between(&self, lo: &Bound<'_, PyAny>, hi: &Bound<'_, PyAny>) -> PyResult<Self> {
         let (lo, hi) = (Self::of(lo)?, Self::of(hi)?);
-        let inner = Arc::clone(&self.build);
+        let inner = self.clone();
         Ok(Self::new(
             format!("({} BETWEEN ...)", self.text),
-            move |r| Ok(inner(r)?.between(lo.resolve(r)?, hi.resolve(r)?)),
+            move |r| Ok(inner.resolve(r)?.between(lo.resolve(r)?, hi.resolve(r)?)),
         ))
     }
 
@@ -354,6 +402,12 @@ impl PyColumn {
                 None,
             )))
         })
+    }
+
+    /// The column's text (its name when it is a column reference).
+    #[getter]
+    fn text_(&self) -> String {
+        self.text.to_string()
     }
 
     /// The name Spark shows for the column.

@@ -34,14 +34,15 @@ impl PyDataFrame {
         Self { df }
     }
 
+    /// The items of a select or aggregation list, with Spark's names; `*` stands for every
+    /// column. A generator is planned by `select` only.
     fn resolve_all(&self, cols: &[PyColumn]) -> PyResult<Vec<Expr>> {
         let schema = self.df.logical_plan().schema();
         let ctx = self.df.session().context();
         let r = Resolve { schema, ctx };
         let mut out = Vec::with_capacity(cols.len());
         for c in cols {
-            let e = c.resolve(&r)?;
-            // `*` stands for every column
+            let e = c.output(&r)?;
             if matches!(&e, Expr::Column(c) if c.name == "*") {
                 out.extend(schema.columns().into_iter().map(Expr::Column));
             } else {
@@ -95,8 +96,16 @@ impl PyDataFrame {
                 )))
             }
         };
-        let mut exprs = self.resolve_all(&cols)?;
-        exprs[gi] = exprs[gi].clone().alias(col_name.clone());
+        // the other items as select resolves them, the generator's array in its place
+        let (before, rest) = cols.split_at(gi);
+        let mut exprs = self.resolve_all(before)?;
+        let schema = self.df.logical_plan().schema();
+        let r = Resolve {
+            schema,
+            ctx: self.df.session().context(),
+        };
+        exprs.push(g.generator_input(&r)?.alias(col_name.clone()));
+        exprs.extend(self.resolve_all(&rest[1..])?);
         let df = self.with(|df| df.select(exprs))?;
         df.with(|d| d.generate(&col_name, pos_name.as_deref(), gen.outer))
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use sluice::datafusion::common::ScalarValue;
 use sluice::datafusion::execution::FunctionRegistry;
-use sluice::datafusion::logical_expr::{Expr, ExprFunctionExt};
+use sluice::datafusion::logical_expr::{Expr, ExprFunctionExt, ExprSchemable};
 use sluice::functions as f;
 
 use crate::column::{Generator, PyColumn, Resolve};
@@ -17,18 +17,10 @@ use crate::errors::analysis;
 /// Spark's function names that DataFusion spells differently: (Spark, DataFusion).
 const SPARK_NAMES: &[(&str, &str)] = &[
     ("mean", "avg"),
-    ("collect_list", "array_agg"),
     ("length", "character_length"),
     ("char_length", "character_length"),
-    ("substring", "substr"),
-    ("current_timestamp", "now"),
     ("size", "cardinality"),
-    ("array_contains", "array_has"),
-    ("element_at", "array_element"),
-    ("date_format", "to_char"),
     ("trim", "btrim"),
-    ("log", "ln"),
-    ("pow", "power"),
     ("stddev", "stddev_samp"),
     ("variance", "var_samp"),
     ("ifnull", "coalesce"),
@@ -44,7 +36,6 @@ const DATE_PARTS: &[(&str, &str)] = &[
     ("hour", "hour"),
     ("minute", "minute"),
     ("second", "second"),
-    ("dayofweek", "dow"),
     ("quarter", "quarter"),
 ];
 
@@ -79,6 +70,35 @@ pub(crate) fn call_function(name: &str, args: Vec<PyColumn>) -> PyResult<PyColum
                 f::date_part(text_lit(&part), x),
                 sluice::arrow::datatypes::DataType::Int32,
             ))
+        }));
+    }
+    if spark == "dayofweek" {
+        // Spark's is 1 (Sunday) to 7; DataFusion's dow 0 to 6
+        return Ok(PyColumn::new(text, move |r| {
+            let a = resolve_args(&args, r)?;
+            let [x] = <[Expr; 1]>::try_from(a).map_err(|_| analysis("takes one column"))?;
+            Ok(f::cast(
+                f::date_part(text_lit("dow"), x),
+                sluice::arrow::datatypes::DataType::Int32,
+            ) + Expr::Literal(ScalarValue::Int32(Some(1)), None))
+        }));
+    }
+    if spark == "collect_list" {
+        // Spark's collect_list leaves NULLs out
+        return Ok(PyColumn::new(text, move |r| {
+            let a = resolve_args(&args, r)?;
+            let [x] = <[Expr; 1]>::try_from(a).map_err(|_| analysis("takes one column"))?;
+            let t = x
+                .get_type(r.schema)
+                .map_err(|e| analysis(format!("collect_list: {e}")))?;
+            let agg = sluice::datafusion::functions_aggregate::array_agg::array_agg_udaf()
+                .call(vec![x.clone()])
+                .filter(x.is_not_null())
+                .build()
+                .map_err(|e| analysis(e.to_string()))?;
+            // and an empty list, not NULL, when nothing is left
+            let empty = ScalarValue::List(ScalarValue::new_list_nullable(&[], &t));
+            Ok(f::coalesce(vec![agg, Expr::Literal(empty, None)]))
         }));
     }
     let df_name = SPARK_NAMES
@@ -142,17 +162,16 @@ pub(crate) fn window_time(w: PyColumn) -> PyColumn {
 pub(crate) fn from_json(c: PyColumn, schema: String) -> PyColumn {
     let text = format!("from_json({})", c.text());
     PyColumn::new(text.clone(), move |r| {
-        Ok(f::from_json(c.resolve(r)?, &schema).alias(text.clone()))
+        Ok(f::from_json(c.resolve(r)?, &schema))
     })
+    .output_name(text)
 }
 
 /// `to_json(col)`.
 #[pyfunction]
 pub(crate) fn to_json(c: PyColumn) -> PyColumn {
     let text = format!("to_json({})", c.text());
-    PyColumn::new(text.clone(), move |r| {
-        Ok(f::to_json(c.resolve(r)?).alias(text.clone()))
-    })
+    PyColumn::new(text.clone(), move |r| Ok(f::to_json(c.resolve(r)?))).output_name(text)
 }
 
 /// `explode(col)` / `posexplode` / `_outer`: a generator column for `select`.
@@ -165,8 +184,9 @@ pub(crate) fn explode(c: PyColumn, position: bool, outer: bool) -> PyColumn {
 #[pyfunction]
 pub(crate) fn count_star() -> PyColumn {
     PyColumn::new("count(1)", |_| {
-        Ok(f::count(Expr::Literal(ScalarValue::Int64(Some(1)), None)).alias("count(1)"))
+        Ok(f::count(Expr::Literal(ScalarValue::Int64(Some(1)), None)))
     })
+    .output_name("count(1)")
 }
 
 /// `count_distinct(cols...)`, named as Spark names it.
@@ -179,16 +199,15 @@ pub(crate) fn count_distinct(cols: Vec<PyColumn>) -> PyColumn {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let name = text.clone();
-    PyColumn::new(text, move |r| {
+    PyColumn::new(text.clone(), move |r| {
         let args = resolve_args(&cols, r)?;
-        let e = sluice::datafusion::functions_aggregate::count::count_udaf()
+        sluice::datafusion::functions_aggregate::count::count_udaf()
             .call(args)
             .distinct()
             .build()
-            .map_err(|e| analysis(e.to_string()))?;
-        Ok(e.alias(name.clone()))
+            .map_err(|e| analysis(e.to_string()))
     })
+    .output_name(text)
 }
 
 /// `when(c1, v1).when(c2, v2).otherwise(v)`: SQL's CASE.

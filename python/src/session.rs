@@ -5,7 +5,6 @@ use pyo3::prelude::*;
 
 use crate::dataframe::PyDataFrame;
 use crate::errors::engine;
-use crate::stream::PyQuery;
 
 /// The engine session behind a Python `SparkSession`.
 #[pyclass(frozen, module = "sluice._native", name = "Session")]
@@ -77,15 +76,6 @@ impl PySession {
             .table(name)
             .map(PyDataFrame::new)
             .map_err(engine)
-    }
-
-    /// The session's running queries.
-    fn active(&self) -> Vec<PyQuery> {
-        self.session
-            .active_queries()
-            .into_iter()
-            .map(|q| PyQuery::new(q, None))
-            .collect()
     }
 
     /// `spark.udf.register(name, f)`: a Python function over whole Arrow batches, by name in

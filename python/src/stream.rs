@@ -63,8 +63,13 @@ pub(crate) fn start(py: Python<'_>, df: &PyDataFrame, spec: WriteSpec) -> PyResu
         let session = df.df.session().clone();
         let schema = df.df.schema();
         w = w.foreach_batch(move |batch_id, batches| {
-            Python::attach(|py| {
-                let bdf = of_batches(&session, schema.clone(), batches.to_vec())
+            // the rows' own schema (the plan's output is nullable where the logical schema
+            // may not be)
+            let schema = batches
+                .first()
+                .map_or_else(|| schema.clone(), |b| b.schema());
+            Python::try_attach(|py| {
+                let bdf = of_batches(&session, schema, batches.to_vec())
                     .map_err(|e| EngineError::bug(e.to_string()))?;
                 func.call1(py, (bdf, batch_id)).map(|_| ()).map_err(|e| {
                     EngineError::user(format!(
@@ -72,6 +77,12 @@ pub(crate) fn start(py: Python<'_>, df: &PyDataFrame, spec: WriteSpec) -> PyResu
                         crate::udf::traceback(py, &e)
                     ))
                 })
+            })
+            .unwrap_or_else(|| {
+                Err(EngineError::user(format!(
+                    "foreachBatch: the Python interpreter is shutting down; batch {batch_id} \
+                     runs again when the query restarts"
+                )))
             })
         });
     }
@@ -131,7 +142,10 @@ impl PyQuery {
                     "timeout must be a non-negative number of seconds, got {t}"
                 )))
             }
-            Some(t) => Some(Instant::now() + Duration::from_secs_f64(t)),
+            // a timeout too long to represent waits without a deadline
+            Some(t) => Duration::try_from_secs_f64(t)
+                .ok()
+                .and_then(|d| Instant::now().checked_add(d)),
             None => None,
         };
         loop {
@@ -159,10 +173,24 @@ impl PyQuery {
         }
     }
 
-    /// Blocks until everything available when called is processed.
+    /// Blocks until everything available when called is processed (Ctrl-C interrupts the
+    /// wait and stops the query, as in `awaitTermination`).
     fn process_all_available(&self, py: Python<'_>) -> PyResult<()> {
-        let q = self.q.clone();
-        py.detach(move || q.process_all_available()).map_err(query)
+        let ticket = self.q.request_all_available();
+        loop {
+            let q = self.q.clone();
+            let done = py
+                .detach(move || q.wait_all_available(ticket, Duration::from_millis(100)))
+                .map_err(query)?;
+            if done {
+                return Ok(());
+            }
+            if let Err(interrupt) = py.check_signals() {
+                let q = self.q.clone();
+                py.detach(move || q.stop());
+                return Err(interrupt);
+            }
+        }
     }
 
     /// Stops the query and waits for its thread.

@@ -76,18 +76,27 @@ impl ScalarUDFImpl for PythonUdf {
             .iter()
             .map(|a| a.to_array(n))
             .collect::<DfResult<Vec<_>>>()?;
-        let out = Python::attach(|py| -> PyResult<ArrayData> {
+        let out = Python::try_attach(|py| -> PyResult<ArrayData> {
             let py_args = arrays
                 .iter()
                 .map(|a| a.to_data().to_pyarrow(py))
                 .collect::<PyResult<Vec<_>>>()?;
             let result = self.func.call1(py, (py_args, n))?;
             ArrayData::from_pyarrow_bound(result.bind(py))
-        })
-        .map_err(|e| {
-            let tb = Python::attach(|py| traceback(py, &e));
-            DataFusionError::Execution(format!("Python function '{}' failed: {tb}", self.name))
-        })?;
+        });
+        let out = match out {
+            None => {
+                return exec_err!(
+                    "Python function '{}': the Python interpreter is shutting down",
+                    self.name
+                )
+            }
+            Some(r) => r.map_err(|e| {
+                let tb =
+                    Python::try_attach(|py| traceback(py, &e)).unwrap_or_else(|| e.to_string());
+                DataFusionError::Execution(format!("Python function '{}' failed: {tb}", self.name))
+            })?,
+        };
         let array = make_array(out);
         if array.len() != n {
             return exec_err!(
@@ -97,7 +106,20 @@ impl ScalarUDFImpl for PythonUdf {
             );
         }
         if array.data_type() != &self.return_type {
-            let cast = sluice::arrow::compute::cast(&array, &self.return_type)?;
+            // a value that does not fit the declared type is an error, never a silent NULL
+            let opts = sluice::arrow::compute::CastOptions {
+                safe: false,
+                ..Default::default()
+            };
+            let cast = sluice::arrow::compute::cast_with_options(&array, &self.return_type, &opts)
+                .map_err(|e| {
+                    DataFusionError::Execution(format!(
+                        "Python function '{}' returned {} values that do not fit its return type {}: {e}",
+                        self.name,
+                        array.data_type(),
+                        self.return_type
+                    ))
+                })?;
             return Ok(ColumnarValue::Array(cast));
         }
         Ok(ColumnarValue::Array(array))

@@ -277,9 +277,16 @@ impl DataFrame {
     /// `position` names a 0-based INT position column put before it. Python's
     /// `select(explode(split(value, " ")).alias("word"))` is a projection then this.
     pub fn generate(self, column: &str, position: Option<&str>, outer: bool) -> Result<Self> {
-        if !self.is_streaming() && position.is_none() {
-            // a static table: DataFusion's own UNNEST runs it
-            let opts = datafusion::common::UnnestOptions::new().with_preserve_nulls(outer);
+        if !self.is_streaming() {
+            if position.is_some() || outer {
+                return Err(EngineError::user(
+                    "posexplode and explode_outer are supported on streams only for now; \
+                     use explode on a static DataFrame",
+                ));
+            }
+            // a static table: DataFusion's own UNNEST runs it (NULL and empty arrays give no
+            // row, as Spark's explode)
+            let opts = datafusion::common::UnnestOptions::new().with_preserve_nulls(false);
             return self.map(|df| df.unnest_columns_with_options(&[column], opts));
         }
         let (state, plan) = self.df.into_parts();

@@ -106,15 +106,39 @@ impl StreamingQuery {
     /// (Spark's `processAllAvailable`, for tests): a trigger that starts after the call finds
     /// no new data. Returns at once when the query has ended; its error if it failed.
     pub fn process_all_available(&self) -> Result<(), QueryError> {
+        let ticket = self.request_all_available();
+        while !self.wait_all_available(ticket, Duration::from_secs(3600))? {}
+        Ok(())
+    }
+
+    /// The first half of [`process_all_available`](Self::process_all_available): a ticket for
+    /// "everything available now", and a trigger asked for.
+    pub fn request_all_available(&self) -> u64 {
         let ticket = self.shared.available_asked.fetch_add(1, Ordering::SeqCst) + 1;
         self.shared.notifier.notify();
+        ticket
+    }
+
+    /// Waits at most `timeout` for `ticket`'s data to be processed: `Ok(true)` when it is (or
+    /// the query ended cleanly), `Ok(false)` on timeout, the error if the query failed.
+    pub fn wait_all_available(&self, ticket: u64, timeout: Duration) -> Result<bool, QueryError> {
+        let deadline = std::time::Instant::now() + timeout;
         let mut s = self.shared.lock();
         while s.active && !self.shared.is_caught_up(ticket) {
-            s = self.shared.done.wait(s).unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            s = self
+                .shared
+                .done
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         match &s.error {
             Some(e) => Err(e.clone()),
-            None => Ok(()),
+            None => Ok(true),
         }
     }
 

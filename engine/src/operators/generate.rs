@@ -192,10 +192,15 @@ fn indices<O: OffsetSizeTrait>(
             }
             continue;
         }
+        if i32::try_from(n).is_err() {
+            return Err(EngineError::user(format!(
+                "posexplode: an array of {n} elements has positions beyond INT"
+            )));
+        }
         for (p, e) in (start..end).enumerate() {
             rows.push(row);
             elements.push(Some(e as u64));
-            positions.push(Some(i32::try_from(p).unwrap_or(i32::MAX)));
+            positions.push(Some(p as i32));
         }
     }
     Ok((

@@ -66,14 +66,22 @@ impl ScalarUDFImpl for SplitUdf {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let n = args.number_rows;
-        let Some(Some(pattern)) = scalar_text(&args.args[1]) else {
-            return exec_err!("split: the pattern must be a non-NULL literal string");
+        let null = || -> DfResult<ColumnarValue> {
+            let t = DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));
+            Ok(ColumnarValue::Array(arrow::array::new_null_array(&t, n)))
+        };
+        let pattern = match args.args.get(1).map(scalar_text) {
+            Some(Some(Some(p))) => p,
+            // Spark: a NULL pattern gives NULL
+            Some(Some(None)) => return null(),
+            _ => return exec_err!("split: the pattern must be a literal string"),
         };
         let limit = match args.args.get(2) {
             None => -1,
             Some(ColumnarValue::Scalar(s)) => match s.cast_to(&DataType::Int64)? {
                 ScalarValue::Int64(Some(l)) => l,
-                _ => -1,
+                // Spark: a NULL limit gives NULL
+                _ => return null(),
             },
             Some(_) => return exec_err!("split: the limit must be a literal"),
         };

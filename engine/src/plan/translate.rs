@@ -335,11 +335,15 @@ pub(crate) fn translate(plan: &LogicalPlan, ctx: &mut Ctx<'_>) -> Result<Node> {
         LogicalPlan::SubqueryAlias(a) => translate(&a.input, ctx),
         LogicalPlan::Sort(s) => {
             let input = translate(&s.input, ctx)?;
-            if ctx.stages.is_empty() || ctx.mode != OutputMode::Complete || s.fetch.is_some() {
+            let over_aggregation = s
+                .input
+                .exists(|p| Ok(matches!(p, LogicalPlan::Aggregate(_))))?;
+            if !over_aggregation || ctx.mode != OutputMode::Complete || s.fetch.is_some() {
                 return Err(EngineError::user(
-                    "Sorting is not supported on streaming DataFrames/Datasets, unless it is on \
-                     aggregated DataFrame/Dataset in Complete output mode (ORDER BY / orderBy \
-                     over a stream; LIMIT is not supported)",
+                    "unsupported construct in streaming query: ORDER BY (Spark's rule: sorting \
+                     is not supported on streaming DataFrames/Datasets, unless it is on an \
+                     aggregated DataFrame/Dataset in Complete output mode; LIMIT is not \
+                     supported)",
                 ));
             }
             let keys = s

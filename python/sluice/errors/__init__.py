@@ -8,13 +8,11 @@ from sluice._native import (
 )
 
 PySparkException = SluiceException
-PySparkValueError = IllegalArgumentException
 
 __all__ = [
     "AnalysisException",
     "IllegalArgumentException",
     "PySparkException",
-    "PySparkValueError",
     "SluiceException",
     "StreamingQueryException",
 ]

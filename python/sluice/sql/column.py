@@ -12,6 +12,11 @@ def _n(v):
     return _native.Column.lit(v)
 
 
+def _name(c):
+    """The name of a column given as a name or a Column reference (``col("x")``)."""
+    return c if isinstance(c, str) else c._c.text_
+
+
 def _col(v):
     """A column given as a name or a Column (PySpark's ``ColumnOrName``)."""
     if isinstance(v, Column):
@@ -135,6 +140,8 @@ class Column:
 
     # names and types
     def alias(self, *alias, **kwargs):
+        if kwargs:
+            raise ValueError("alias: %s not supported (column metadata is not kept)" % sorted(kwargs))
         return Column(self._c.alias(*alias))
 
     name = alias
@@ -175,7 +182,7 @@ class Column:
         return Column(_native.Column.call("ends_with", [self._c, _n(other)]))
 
     def substr(self, startPos, length):
-        return Column(_native.Column.call("substr", [self._c, _n(startPos), _n(length)]))
+        return Column(_native.Column.call("substr", [self._c, _n(_spark_pos(startPos)), _n(length)]))
 
     # struct fields
     def getField(self, name):
@@ -185,6 +192,8 @@ class Column:
         if isinstance(key, str):
             return self.getField(key)
         # arrays: Spark's getItem is 0-based, SQL's element access 1-based
+        if not isinstance(key, int) or key < 0:
+            raise ValueError("getItem: an array index is a non-negative int, got %r" % (key,))
         return Column(_native.Column.call("array_element", [self._c, _n(key + 1)]))
 
     def __getitem__(self, key):
@@ -211,6 +220,15 @@ class Column:
         return str(self._c)
 
     __repr__ = __str__
+
+
+def _spark_pos(pos):
+    """Spark's 1-based string position: 0 counts as 1; negative ones (from the end) are refused."""
+    if isinstance(pos, int):
+        if pos < 0:
+            raise ValueError("substring: a negative position (from the end) is not supported yet")
+        return max(pos, 1)
+    return pos
 
 
 def _col_or_lit(v):

@@ -2,7 +2,7 @@
 DataFrames run with ``writeStream``; static ones (``spark.read``, a ``foreachBatch`` batch)
 also offer ``collect``, ``toPandas``, ``toArrow``, ``count`` and ``write``."""
 
-from sluice.sql.column import Column, _col
+from sluice.sql.column import Column, _col, _name
 from sluice.sql.row import Row
 from sluice.sql.types import from_arrow_schema
 
@@ -43,9 +43,14 @@ class DataFrame:
         return self._df.is_streaming()
 
     def printSchema(self, level=None):
+        if level is not None:
+            raise ValueError("printSchema: level is not supported; the whole tree is printed")
         print(self.schema.treeString(), end="")
 
     def explain(self, extended=None, mode=None):
+        """Prints the logical plan (Sluice has one plan: ``extended`` shows the same)."""
+        if mode not in (None, "simple", "extended"):
+            raise ValueError("explain: mode %r is not supported; simple or extended" % (mode,))
         print(self._df.plan_text())
 
     def __getattr__(self, name):
@@ -103,7 +108,7 @@ class DataFrame:
         return df
 
     def drop(self, *cols):
-        names = [c if isinstance(c, str) else str(c._c)[8:-2] for c in cols]
+        names = [_name(c) for c in cols]
         return self._wrap(self._df.drop(names))
 
     def withWatermark(self, eventTime, delayThreshold):
@@ -155,6 +160,8 @@ class DataFrame:
             ascending = [True] * len(cols)
         elif isinstance(ascending, (bool, int)):
             ascending = [bool(ascending)] * len(cols)
+        elif len(ascending) != len(cols):
+            raise ValueError("orderBy: %d columns but %d ascending flags" % (len(cols), len(ascending)))
         keys = []
         for c, up in zip(cols, ascending):
             c = _col(c)
@@ -194,7 +201,7 @@ class DataFrame:
     def collect(self):
         t = self.toArrow()
         names = t.column_names
-        return [Row._make(names, r.values()) for r in t.to_pylist()]
+        return [Row._make(names, r) for r in zip(*[c.to_pylist() for c in t.columns])]
 
     def take(self, num):
         return self.collect()[:num]
@@ -215,9 +222,11 @@ class DataFrame:
         return self.count() == 0
 
     def show(self, n=20, truncate=True, vertical=False):
+        if vertical:
+            raise ValueError("show: vertical=True is not supported")
         t = self.toArrow().slice(0, n)
         names = t.column_names
-        rows = [["null" if v is None else str(v) for v in r.values()] for r in t.to_pylist()]
+        rows = [["NULL" if v is None else str(v) for v in r] for r in zip(*[c.to_pylist() for c in t.columns])]
         if truncate:
             w = 20 if truncate is True else int(truncate)
             rows = [[v if len(v) <= w else v[: w - 3] + "..." for v in r] for r in rows]

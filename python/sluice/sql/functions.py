@@ -5,7 +5,7 @@ function registry when the column is used, so an unknown one is an ``AnalysisExc
 import functools
 
 from sluice import _native
-from sluice.sql.column import Column, _col
+from sluice.sql.column import Column, _col, _name, _spark_pos
 from sluice.sql.udf import UserDefinedFunction
 
 
@@ -170,7 +170,11 @@ quarter = _part("quarter")
 # --- strings --------------------------------------------------------------------------------------
 
 def concat(*cols):
-    return _fn("concat", *cols)
+    """Spark's concat: NULL if any input is NULL (SQL's ``||``)."""
+    out = _col(cols[0])
+    for c in cols[1:]:
+        out = Column(out._c.binary("||", _col(c)._c, False))
+    return out
 
 
 def concat_ws(sep, *cols):
@@ -184,7 +188,7 @@ def regexp_replace(string, pattern, replacement):
 
 
 def substring(str, pos, len):
-    return Column(_native.Column.call("substr", [_c(str), _lit(pos), _lit(len)]))
+    return Column(_native.Column.call("substr", [_c(str), _lit(_spark_pos(pos)), _lit(len)]))
 
 
 def format_string(format, *cols):
@@ -242,8 +246,7 @@ def struct(*cols):
         cols = cols[0]
     args = []
     for c in cols:
-        name = c if isinstance(c, str) else str(c._c).split("'")[1]
-        args += [_native.Column.lit(name), _c(c)]
+        args += [_native.Column.lit(_name(c)), _c(c)]
     return Column(_native.Column.call("named_struct", args))
 
 
@@ -271,11 +274,11 @@ for _name in (
 
 
 def collect_set(col):
-    return expr("array_agg(DISTINCT %s)" % (col if isinstance(col, str) else str(col._c)[8:-2]))
+    return expr("array_agg(DISTINCT `%s`) FILTER (WHERE `%s` IS NOT NULL)" % (_name(col), _name(col)))
 
 
 def sum_distinct(col):
-    return expr("sum(DISTINCT %s)" % col)
+    return expr("sum(DISTINCT `%s`)" % _name(col))
 
 
 # --- Python functions ---------------------------------------------------------------------------
@@ -296,6 +299,10 @@ def pandas_udf(f=None, returnType=None, functionType=None):
         return functools.partial(pandas_udf, returnType=rt)
     if returnType is None:
         raise ValueError("pandas_udf needs a returnType")
+    if functionType not in (None, 200, "SCALAR"):
+        raise ValueError(
+            "pandas_udf: functionType %r is not supported; Series to Series (SCALAR) only" % (functionType,)
+        )
     return UserDefinedFunction(f, returnType, kind="pandas")
 
 

@@ -1,7 +1,10 @@
 """``spark.read`` (static tables) and ``df.write`` (a static DataFrame written once through
 Sluice's sinks: parquet, csv, json, delta, jdbc, ...)."""
 
+import os
 import uuid
+
+from sluice.errors import AnalysisException
 
 from sluice.sql.types import StructType
 
@@ -86,7 +89,9 @@ class _Reader:
 
         try:
             return DataFrame(self._spark._native.table(tableName), self._spark)
-        except AnalysisException:
+        except AnalysisException as e:
+            if "not found" not in str(e):
+                raise
             return self.load(self._spark._table_path(tableName), "delta")
 
 
@@ -110,14 +115,18 @@ class DataFrameWriter:
         self._df = df
         self._format = "parquet"
         self._options = {}
-        self._mode = "append"
+        self._mode = "errorifexists"
 
     def format(self, source):
         self._format = source
         return self
 
     def mode(self, saveMode):
-        self._mode = saveMode or "append"
+        self._mode = (saveMode or "errorifexists").lower()
+        if self._mode == "error":
+            self._mode = "errorifexists"
+        if self._mode not in ("append", "overwrite", "errorifexists", "ignore"):
+            raise ValueError("mode: unknown save mode %r (append, overwrite, errorifexists, ignore)" % saveMode)
         return self
 
     def option(self, key, value):
@@ -134,14 +143,32 @@ class DataFrameWriter:
             cols = cols[0]
         return self.option("partitionBy", ",".join(cols))
 
-    def save(self, path=None, format=None, mode=None, **options):
+    def save(self, path=None, format=None, mode=None, partitionBy=None, **options):
         if format is not None:
             self.format(format)
         if mode is not None:
             self.mode(mode)
+        if partitionBy is not None:
+            self.partitionBy(partitionBy)
         self.options(**options)
         if path is not None:
             self._options["path"] = path
+        mode = self._mode
+        if mode in ("errorifexists", "ignore"):
+            target = self._options.get("path")
+            if target is None:
+                raise ValueError(
+                    "save: mode %r needs to know whether the target exists; give mode('append') "
+                    "or mode('overwrite') for %s" % (mode, self._format)
+                )
+            if os.path.exists(target) and os.listdir(target):
+                if mode == "ignore":
+                    return
+                raise AnalysisException(
+                    "[PATH_ALREADY_EXISTS] Path %s already exists. Set mode as \"overwrite\" to "
+                    "overwrite the existing path." % target
+                )
+            mode = "append"
         batch = self._df._batch
         if batch is not None:
             # inside foreachBatch: named by the query's checkpoint, the target and the batch id,
@@ -152,7 +179,7 @@ class DataFrameWriter:
         else:
             write_id, batch_id, checkpoint = str(uuid.uuid4()), 0, None
         self._df._df.write_batch(
-            self._format, list(self._options.items()), self._mode, write_id, batch_id, checkpoint
+            self._format, list(self._options.items()), mode, write_id, batch_id, checkpoint
         )
 
     def parquet(self, path, mode=None, partitionBy=None, **options):
@@ -177,5 +204,5 @@ class DataFrameWriter:
             self.option(k, v)
         self.save(None, "jdbc", mode)
 
-    def saveAsTable(self, name, format=None, mode=None, **options):
-        self.save(self._df.sparkSession._table_path(name), format or "delta", mode, **options)
+    def saveAsTable(self, name, format=None, mode=None, partitionBy=None, **options):
+        self.save(self._df.sparkSession._table_path(name), format or "delta", mode, partitionBy, **options)

@@ -22,7 +22,19 @@ class Row(tuple):
     def asDict(self, recursive=False):
         if self.__fields__ is None:
             raise TypeError("Cannot convert a Row class into dict")
-        return dict(zip(self.__fields__, self))
+        if not recursive:
+            return dict(zip(self.__fields__, self))
+
+        def conv(v):
+            if isinstance(v, Row):
+                return v.asDict(True)
+            if isinstance(v, list):
+                return [conv(x) for x in v]
+            if isinstance(v, dict):
+                return {k: conv(x) for k, x in v.items()}
+            return v
+
+        return {k: conv(v) for k, v in zip(self.__fields__, self)}
 
     def __getattr__(self, item):
         if item.startswith("__"):

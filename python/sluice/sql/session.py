@@ -1,6 +1,8 @@
 """``SparkSession``: the entry point, built with PySpark's builder."""
 
+import atexit
 import os
+import re
 import threading
 
 from sluice import _native
@@ -42,7 +44,10 @@ class UDFRegistration:
     def register(self, name, f, returnType=None):
         from sluice.sql.udf import UserDefinedFunction
 
-        if not isinstance(f, UserDefinedFunction):
+        if isinstance(f, UserDefinedFunction):
+            if returnType is not None:
+                raise TypeError("register: returnType can only be given for a plain Python function, not a UDF")
+        else:
             f = UserDefinedFunction(f, returnType or "string", kind="row")
         self._spark._native.register_udf(name, f._native)
         return f
@@ -82,11 +87,18 @@ class SparkSession:
         def master(self, master):
             """Sluice runs in this process on every core: ``local``, ``local[n]`` and
             ``local[*]`` are accepted; a cluster master is refused."""
-            if not str(master).startswith("local"):
+            m = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", str(master))
+            if m is None:
                 raise _native.IllegalArgumentException(
                     "master('%s'): Sluice runs in-process (local); run several `sluice run` "
                     "processes to scale out" % master
                 )
+            # local[n]: n threads for the stateful operators' partitions
+            n = m.group(1)
+            if n is None:
+                self._conf.setdefault("sluice.state.workerThreads", "1")
+            elif n != "*":
+                self._conf.setdefault("sluice.state.workerThreads", n)
             return self
 
         def config(self, key=None, value=None, conf=None, map=None):
@@ -110,6 +122,14 @@ class SparkSession:
                 if s is None:
                     s = SparkSession(self._app or "sluice", self._conf)
                     SparkSession._active = s
+                    return s
+                # the running session's settings are fixed: a different one is refused
+                for k, v in self._conf.items():
+                    if s.conf.get(k) != v:
+                        raise _native.IllegalArgumentException(
+                            "getOrCreate: a session is running with %s=%r; stop it "
+                            "(spark.stop()) to start one with %r" % (k, s.conf.get(k), v)
+                        )
                 return s
 
         create = getOrCreate
@@ -173,6 +193,14 @@ class SparkSession:
         import sluice
 
         return sluice.__version__
+
+
+@atexit.register
+def _stop_at_exit():
+    """Stops the running queries before the interpreter goes (their threads call Python)."""
+    s = SparkSession._active
+    if s is not None:
+        s.stop()
 
 
 class _BuilderDescriptor:

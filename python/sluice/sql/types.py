@@ -133,7 +133,10 @@ class StructType(DataType):
 
     def toDDL(self):
         """The schema as a DDL string (``a INT, b STRING``), as Sluice's reader takes it."""
-        return ", ".join("`%s` %s" % (f.name, f.dataType.simpleString()) for f in self.fields)
+        return ", ".join(
+            "`%s` %s%s" % (f.name, f.dataType.simpleString(), "" if f.nullable else " NOT NULL")
+            for f in self.fields
+        )
 
     def treeString(self):
         lines = ["root"]

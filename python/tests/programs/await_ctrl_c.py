@@ -2,6 +2,8 @@
 until Ctrl-C (SIGINT); reports whether the query was stopped (test_threads.py)."""
 
 import sys
+import threading
+import time
 
 from sluice.sql import SparkSession
 
@@ -15,7 +17,18 @@ q = (
     .start()
 )
 q.processAllAvailable()
-print("ready", len(spark.sql("SELECT * FROM lines").collect()), flush=True)
+rows = len(spark.sql("SELECT * FROM lines").collect())
+main = threading.main_thread().ident
+
+
+def say_ready():
+    # "ready" once the main thread is inside awaitTermination (the test's Ctrl-C must land there)
+    while sys._current_frames()[main].f_code.co_name != "awaitTermination":
+        time.sleep(0.01)
+    print("ready", rows, flush=True)
+
+
+threading.Thread(target=say_ready, daemon=True).start()
 try:
     q.awaitTermination()
 except KeyboardInterrupt:

@@ -66,13 +66,19 @@ class StreamingQuery:
 
     def awaitTermination(self, timeout=None):
         """Waits for the query to end; with a timeout (seconds), whether it ended in time.
-        Raises ``StreamingQueryException`` if it failed; Ctrl-C stops it cleanly."""
-        if timeout is not None:
-            if not isinstance(timeout, (int, float)) or timeout < 0:
-                raise ValueError("timeout must be a positive integer or float. Got %s" % timeout)
-            return self._q.await_termination(float(timeout))
-        self._q.await_termination(None)
-        return None
+        Raises ``StreamingQueryException`` if it failed; Ctrl-C stops it cleanly, then raises
+        ``KeyboardInterrupt``."""
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ValueError("timeout must be a positive integer or float. Got %s" % timeout)
+        try:
+            if timeout is not None:
+                return self._q.await_termination(float(timeout))
+            self._q.await_termination(None)
+            return None
+        except KeyboardInterrupt:
+            # (the native wait stops it too; a Ctrl-C between Python lines lands here)
+            self._q.stop()
+            raise
 
     def processAllAvailable(self):
         self._q.process_all_available()
