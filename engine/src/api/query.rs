@@ -122,31 +122,25 @@ impl StreamingQuery {
     /// Waits at most `timeout` for `ticket`'s data to be processed: `Ok(true)` when it is (or
     /// the query ended cleanly), `Ok(false)` on timeout, the error if the query failed.
     pub fn wait_all_available(&self, ticket: u64, timeout: Duration) -> Result<bool, QueryError> {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut s = self.shared.lock();
-        while s.active && !self.shared.is_caught_up(ticket) {
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            s = self
-                .shared
-                .done
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        match &s.error {
-            Some(e) => Err(e.clone()),
-            None => Ok(true),
-        }
+        self.wait_while(timeout, || !self.shared.is_caught_up(ticket))
     }
 
     /// Waits at most `timeout`; `Ok(true)` if the query ended (without error).
     pub fn await_termination_timeout(&self, timeout: Duration) -> Result<bool, QueryError> {
+        self.wait_while(timeout, || true)
+    }
+
+    /// Waits at most `timeout` while the query runs and `pending()` holds: `Ok(true)` when it
+    /// stopped holding or the query ended cleanly, `Ok(false)` on timeout, the query's error if
+    /// it failed. (`pending` is checked under the state lock the query signals `done` with.)
+    fn wait_while(
+        &self,
+        timeout: Duration,
+        pending: impl Fn() -> bool,
+    ) -> Result<bool, QueryError> {
         let deadline = std::time::Instant::now() + timeout;
         let mut s = self.shared.lock();
-        while s.active {
+        while s.active && pending() {
             let now = std::time::Instant::now();
             if now >= deadline {
                 return Ok(false);

@@ -15,16 +15,9 @@ def _opt(v):
     return str(v)
 
 
-class _Reader:
-    """What the stream and static readers share: format, options, schema."""
-
-    _static = False
-
-    def __init__(self, spark):
-        self._spark = spark
-        self._format = None
-        self._options = {}
-        self._schema = None
+class _Described:
+    """What readers and writers share: ``format``, ``option``, ``options`` (values written as
+    Spark writes them: ``true``/``false`` for booleans)."""
 
     def format(self, source):
         self._format = source
@@ -38,6 +31,27 @@ class _Reader:
         for k, v in options.items():
             self.option(k, v)
         return self
+
+
+class _Writer(_Described):
+    """What the static and stream writers share besides: ``partitionBy``."""
+
+    def partitionBy(self, *cols):
+        if len(cols) == 1 and isinstance(cols[0], (list, tuple)):
+            cols = cols[0]
+        return self.option("partitionBy", ",".join(cols))
+
+
+class _Reader(_Described):
+    """What the stream and static readers share: format, options, schema."""
+
+    _static = False
+
+    def __init__(self, spark):
+        self._spark = spark
+        self._format = None
+        self._options = {}
+        self._schema = None
 
     def schema(self, schema):
         self._schema = schema.toDDL() if isinstance(schema, StructType) else schema
@@ -107,7 +121,7 @@ class DataFrameReader(_Reader):
         return self.load(None, "jdbc")
 
 
-class DataFrameWriter:
+class DataFrameWriter(_Writer):
     """``df.write``: the rows of a static DataFrame written once (Spark's save modes
     ``append`` and ``overwrite``)."""
 
@@ -117,10 +131,6 @@ class DataFrameWriter:
         self._options = {}
         self._mode = "errorifexists"
 
-    def format(self, source):
-        self._format = source
-        return self
-
     def mode(self, saveMode):
         self._mode = (saveMode or "errorifexists").lower()
         if self._mode == "error":
@@ -128,20 +138,6 @@ class DataFrameWriter:
         if self._mode not in ("append", "overwrite", "errorifexists", "ignore"):
             raise ValueError("mode: unknown save mode %r (append, overwrite, errorifexists, ignore)" % saveMode)
         return self
-
-    def option(self, key, value):
-        self._options[key] = _opt(value)
-        return self
-
-    def options(self, **options):
-        for k, v in options.items():
-            self.option(k, v)
-        return self
-
-    def partitionBy(self, *cols):
-        if len(cols) == 1 and isinstance(cols[0], (list, tuple)):
-            cols = cols[0]
-        return self.option("partitionBy", ",".join(cols))
 
     def save(self, path=None, format=None, mode=None, partitionBy=None, **options):
         if format is not None:

@@ -4,7 +4,7 @@ import os
 import uuid
 
 from sluice import _native
-from sluice.sql.readwriter import _Reader, _opt
+from sluice.sql.readwriter import _Reader, _Writer
 
 
 class DataStreamReader(_Reader):
@@ -12,7 +12,7 @@ class DataStreamReader(_Reader):
     ``parquet``, ``text``, ``table``."""
 
 
-class DataStreamWriter:
+class DataStreamWriter(_Writer):
     """``df.writeStream``: where and how a stream's results are written."""
 
     def __init__(self, df):
@@ -24,31 +24,13 @@ class DataStreamWriter:
         self._name = None
         self._foreach_batch = None
 
-    def format(self, source):
-        self._format = source
-        return self
-
     def outputMode(self, outputMode):
         self._mode = outputMode
-        return self
-
-    def option(self, key, value):
-        self._options[key] = _opt(value)
-        return self
-
-    def options(self, **options):
-        for k, v in options.items():
-            self.option(k, v)
         return self
 
     def queryName(self, queryName):
         self._name = queryName
         return self
-
-    def partitionBy(self, *cols):
-        if len(cols) == 1 and isinstance(cols[0], (list, tuple)):
-            cols = cols[0]
-        return self.option("partitionBy", ",".join(cols))
 
     def trigger(self, processingTime=None, once=None, continuous=None, availableNow=None):
         given = [x for x in (processingTime, once, continuous, availableNow) if x is not None]
