@@ -21,7 +21,7 @@ use sluice::functions::{avg, count, get_field, max, sum, window};
 use sluice::prelude::*;
 
 mod common;
-use common::{arg, err, median, repo, shared_bench};
+use common::{arg, err, median, repo};
 
 fn run_rust(input: &str, max_files: &str) -> sluice::Result<(f64, u64)> {
     let dir = tempfile::tempdir().map_err(err)?;
@@ -105,8 +105,7 @@ fn python_child(
 }
 
 fn main() -> sluice::Result<()> {
-    let data = std::env::var("BENCH_DATA").unwrap_or_else(|_| "/tmp/sluice-bench".into());
-    let input = arg("--input").unwrap_or_else(|| format!("{data}/ev_10m"));
+    let input = common::window_input()?;
     let max_files = arg("--max-files").unwrap_or_else(|| "10".into());
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
     let python = std::env::var("SLUICE_BENCH_PYTHON")
@@ -115,20 +114,6 @@ fn main() -> sluice::Result<()> {
             PathBuf::from(std::env::var("HOME").unwrap_or_default())
                 .join(".cache/sluice-bench-venv/bin/python")
         });
-    common::ensure_input(
-        Path::new(&input),
-        &shared_bench().join("gen_events.py"),
-        &[
-            "--events",
-            "10000000",
-            "--files",
-            "200",
-            "--span-min",
-            "200",
-            "--seed",
-            "2",
-        ],
-    )?;
     if common::flag("--child-rust") {
         let (wall, events) = run_rust(&input, &max_files)?;
         println!("{}", serde_json::json!({"wall_s": wall, "events": events}));

@@ -14,7 +14,6 @@
 //! testdata/bench/README.md says). Sluice and Spark alternate (Sluice, Spark, Sluice, ...) so
 //! that both see the same machine; the ratio uses the median of each.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -115,24 +114,9 @@ fn run_spark(input: &str, max_files: &str) -> sluice::Result<SparkRun> {
 }
 
 fn main() -> sluice::Result<()> {
-    let data = std::env::var("BENCH_DATA").unwrap_or_else(|_| "/tmp/sluice-bench".into());
-    let input = arg("--input").unwrap_or_else(|| format!("{data}/ev_10m"));
+    let input = common::window_input()?;
     let max_files = arg("--max-files").unwrap_or_else(|| "10".into());
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
-    common::ensure_input(
-        Path::new(&input),
-        &shared_bench().join("gen_events.py"),
-        &[
-            "--events",
-            "10000000",
-            "--files",
-            "200",
-            "--span-min",
-            "200",
-            "--seed",
-            "2",
-        ],
-    )?;
     let with_spark = !flag("--no-spark");
     if with_spark {
         require_spark()?;

@@ -87,6 +87,28 @@ pub fn ensure_input(
     Ok(())
 }
 
+/// The 10M-event input of the windowed-aggregation benches (`--input DIR`, default
+/// `$BENCH_DATA/ev_10m`, `BENCH_DATA` defaulting to /tmp/sluice-bench), generated when missing.
+pub fn window_input() -> sluice::Result<String> {
+    let data = std::env::var("BENCH_DATA").unwrap_or_else(|_| "/tmp/sluice-bench".into());
+    let input = arg("--input").unwrap_or_else(|| format!("{data}/ev_10m"));
+    ensure_input(
+        std::path::Path::new(&input),
+        &shared_bench().join("gen_events.py"),
+        &[
+            "--events",
+            "10000000",
+            "--files",
+            "200",
+            "--span-min",
+            "200",
+            "--seed",
+            "2",
+        ],
+    )?;
+    Ok(input)
+}
+
 /// The median.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

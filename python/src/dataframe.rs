@@ -239,6 +239,17 @@ impl PyDataFrame {
         self.df.logical_plan().display_indent().to_string()
     }
 
+    /// `show(n, truncate)`: the first `n` rows as Spark's `show()` prints them (the console
+    /// sink's table).
+    fn show_text(&self, py: Python<'_>, n: usize, truncate: bool) -> PyResult<String> {
+        let df = self.df.clone();
+        let schema = df.schema();
+        let batches = py.detach(move || df.collect()).map_err(engine)?;
+        Ok(sluice::connectors::sinks::console::show(
+            &schema, &batches, n, truncate,
+        ))
+    }
+
     /// Runs a static DataFrame; a pyarrow table.
     fn collect_arrow(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let df = self.df.clone();

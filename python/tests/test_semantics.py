@@ -117,3 +117,11 @@ def test_order_by_an_aggregation_in_complete_mode(spark, tmp_path):
     with pytest.raises(AnalysisException, match="ORDER BY"):
         (spark.readStream.schema("k STRING").json(str(d)).orderBy("k")
          .writeStream.format("memory").queryName("no").start())
+
+
+def test_show_prints_sparks_table(df, capsys):
+    df.select("k", "n").show(2)
+    assert capsys.readouterr().out == (
+        "+---+---+\n|  k|  n|\n+---+---+\n|  a|  1|\n|  a|  2|\n+---+---+\n"
+        "only showing top 2 rows\n\n"
+    )

@@ -54,6 +54,20 @@ pub fn render(
     num_rows: usize,
     truncate: bool,
 ) -> Result<String> {
+    Ok(format!(
+        "-------------------------------------------\nBatch: {batch_id}\n-------------------------------------------\n{}",
+        show(schema, batches, num_rows, truncate)
+    ))
+}
+
+/// Spark's `Dataset.show(num_rows, truncate)` of rows: the table [`render`] prints under a
+/// batch's header (also Python's `df.show()`).
+pub fn show(
+    schema: &arrow::datatypes::Schema,
+    batches: &[RecordBatch],
+    num_rows: usize,
+    truncate: bool,
+) -> String {
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut table: Vec<Vec<String>> =
         vec![schema.fields().iter().map(|f| f.name().clone()).collect()];
@@ -89,9 +103,7 @@ pub fn render(
         s.push('+');
         s
     });
-    let mut out = format!(
-        "-------------------------------------------\nBatch: {batch_id}\n-------------------------------------------\n{line}\n"
-    );
+    let mut out = format!("{line}\n");
     for (i, r) in table.iter().enumerate() {
         out.push('|');
         for (v, w) in r.iter().zip(&widths) {
@@ -118,7 +130,7 @@ pub fn render(
         out.push_str(&format!("only showing top {num_rows} {word}\n"));
     }
     out.push('\n');
-    Ok(out)
+    out
 }
 
 /// One value as Spark's `show` prints it.

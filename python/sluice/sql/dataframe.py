@@ -222,22 +222,13 @@ class DataFrame:
         return self.count() == 0
 
     def show(self, n=20, truncate=True, vertical=False):
+        """Prints the first ``n`` rows as Spark does (the console sink's table); ``truncate``
+        cuts cells to 20 characters."""
         if vertical:
             raise ValueError("show: vertical=True is not supported")
-        t = self.toArrow().slice(0, n)
-        names = t.column_names
-        rows = [["NULL" if v is None else str(v) for v in r] for r in zip(*[c.to_pylist() for c in t.columns])]
-        if truncate:
-            w = 20 if truncate is True else int(truncate)
-            rows = [[v if len(v) <= w else v[: w - 3] + "..." for v in r] for r in rows]
-        widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
-        sep = "+" + "+".join("-" * w for w in widths) + "+"
-        print(sep)
-        print("|" + "|".join(n.rjust(w) for n, w in zip(names, widths)) + "|")
-        print(sep)
-        for r in rows:
-            print("|" + "|".join(v.rjust(w) for v, w in zip(r, widths)) + "|")
-        print(sep)
+        if not isinstance(truncate, bool):
+            raise ValueError("show: truncate takes True or False (a width is not supported)")
+        print(self._df.show_text(n, truncate), end="")
 
     def persist(self, storageLevel=None):
         """A no-op kept for PySpark programs: a batch's rows are already in memory."""
