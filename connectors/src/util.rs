@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
 use arrow::row::{Row, RowConverter, SortField};
-use sluice_engine::Result;
+use sluice_engine::{Notifier, Result};
 
 /// One row per key of `keys` (column names of `schema`), the last one in input order: what an
 /// upserting sink writes when a batch repeats a key (a stateless stream in update mode), since
@@ -128,3 +129,34 @@ mod watch_tests {
         }
     }
 }
+
+/// Wakes the query every interval while it lives (a bucket has no inotify: it is listed
+/// again at each tick). Dropping it stops the thread within one tick.
+#[derive(Debug)]
+pub(crate) struct Ticker(Arc<std::sync::atomic::AtomicBool>);
+
+impl Ticker {
+    pub(crate) fn start(every: Duration, notifier: Notifier) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name("bucket-listing".into())
+            .spawn(move || {
+                while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(every);
+                    notifier.notify();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the bucket listing timer: {e}");
+        }
+        Self(stop)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+

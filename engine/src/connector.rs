@@ -132,7 +132,8 @@ impl SourceContext {
 /// the state crate itself, so what they write survives a crash as the engine's logs do.
 pub mod storage {
     pub use sluice_state::atomic::write_atomic;
-    pub use sluice_state::log::VersionedLog;
+    pub use sluice_state::log::{parse_entry, VersionedLog};
+    pub use sluice_state::remote::{is_remote, local_path, redact, Location, StorageOptions};
 }
 
 /// A streaming source.

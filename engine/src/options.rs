@@ -51,6 +51,7 @@ impl Options {
     pub fn check_known(&self, what: &str, known: &[&str], prefixes: &[&str]) -> Result<()> {
         for (lower, (key, _)) in &self.map {
             let ok = known.iter().any(|k| k.eq_ignore_ascii_case(lower))
+                || sluice_state::remote::location::is_storage_option(lower)
                 || prefixes
                     .iter()
                     .any(|p| lower.starts_with(&p.to_ascii_lowercase()));
@@ -62,6 +63,28 @@ impl Options {
             }
         }
         Ok(())
+    }
+
+    /// The object-storage options among these (`fs.s3a.*` and the others; see
+    /// [`sluice_state::remote::Location`]).
+    pub fn storage(&self) -> sluice_state::remote::StorageOptions {
+        self.map
+            .values()
+            .filter(|(k, _)| sluice_state::remote::location::is_storage_option(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Adds the session's object-storage settings (`spark.hadoop.fs.s3a.endpoint` →
+    /// `fs.s3a.endpoint`) where these options do not set them.
+    pub fn with_storage_defaults(mut self, session: &sluice_state::remote::StorageOptions) -> Self {
+        for (k, v) in session {
+            let k = k.strip_prefix("spark.hadoop.").unwrap_or(k);
+            if !self.contains(k) {
+                self.set(k, v.clone());
+            }
+        }
+        self
     }
 
     /// A boolean option (`true`/`false`, any case).

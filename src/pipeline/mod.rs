@@ -480,7 +480,8 @@ impl Pipeline {
 
 fn resolve_path(base: &Path, p: &str) -> PathBuf {
     let pb = Path::new(p);
-    if pb.is_absolute() {
+    if pb.is_absolute() || p.contains("://") {
+        // absolute, or a URL (`s3://bucket/…`, `file:///…`): as written
         pb.to_path_buf()
     } else {
         base.join(pb)

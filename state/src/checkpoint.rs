@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::{ensure_dir, write_atomic};
+use crate::remote::{is_remote, CheckpointMirror, Location, StorageOptions};
 use crate::log::{parse_entry, VersionedLog, LOG_VERSION};
 use crate::recovery::{resolve_start, StartDecision};
 use crate::{Result, StateError};
@@ -66,10 +67,38 @@ pub struct CommitEntry {
     pub operator_watermarks_ms: Vec<i64>,
 }
 
+/// The local working copy of the checkpoint at `url`: `<base>/<hash of url>-<pid>`, where
+/// base is `$SLUICE_LOCAL_DIR` or the temporary directory. Copies left by processes that are
+/// gone are deleted.
+fn local_copy_dir(url: &str) -> Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let base = std::env::var_os("SLUICE_LOCAL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("sluice-checkpoints"));
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    url.hash(&mut h);
+    let stem = format!("{:016x}", h.finish());
+    if let Ok(rd) = fs::read_dir(&base) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(&format!("{stem}-"))
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(base.join(format!("{stem}-{}", std::process::id())))
+}
+
 /// An opened checkpoint directory.
 #[derive(Debug, Clone)]
 pub struct CheckpointDir {
     root: PathBuf,
+    /// The bucket this checkpoint lives in, when its location is a URL (`root` is then the
+    /// local working copy).
+    mirror: Option<std::sync::Arc<CheckpointMirror>>,
     metadata: QueryMetadata,
     offsets: VersionedLog<OffsetsEntry>,
     commits: VersionedLog<CommitEntry>,
@@ -137,7 +166,57 @@ impl CheckpointDir {
             commits: VersionedLog::open(root.join("commits"))?,
             metadata,
             root,
+            mirror: None,
         })
+    }
+
+    /// Opens the checkpoint at `location`: a local path (see [`Self::open`]), or a URL of an
+    /// object store (`s3://bucket/prefix`), restored into a local working copy under
+    /// `$SLUICE_LOCAL_DIR` (default: the system's temporary directory) and mirrored back to
+    /// the bucket at each [`Self::sync`].
+    pub fn open_location(location: &str, options: &StorageOptions) -> Result<Self> {
+        if !is_remote(location) {
+            let path = crate::remote::local_path(location).unwrap_or_else(|| location.into());
+            return Self::open(path);
+        }
+        let remote = Location::parse(location, options)?;
+        let local = local_copy_dir(&remote.url())?;
+        let mirror = CheckpointMirror::restore(remote, local.clone())?;
+        let mut chk = Self::open(local)?;
+        mirror.sync()?;
+        chk.mirror = Some(std::sync::Arc::new(mirror));
+        Ok(chk)
+    }
+
+    /// [`Self::peek_query_id`] of a location that may be a URL (asks the bucket for the
+    /// `metadata` object: `sluice validate` learns that the bucket answers).
+    pub fn peek_query_id_at(location: &str, options: &StorageOptions) -> Result<Option<String>> {
+        if !is_remote(location) {
+            let path = crate::remote::local_path(location).unwrap_or_else(|| location.into());
+            return Self::peek_query_id(&path);
+        }
+        let remote = Location::parse(location, options)?;
+        remote.check_reachable()?;
+        match remote.get("metadata")? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(
+                parse_entry::<QueryMetadata>(Path::new(location), &bytes)?.id,
+            )),
+        }
+    }
+
+    /// Uploads what changed to the bucket (nothing for a local checkpoint): called after
+    /// each offsets entry (before its batch runs) and each commit entry.
+    pub fn sync(&self) -> Result<()> {
+        match &self.mirror {
+            Some(m) => m.sync(),
+            None => Ok(()),
+        }
+    }
+
+    /// The checkpoint's URL when it lives in object storage.
+    pub fn remote_url(&self) -> Option<String> {
+        self.mirror.as_ref().map(|m| m.url())
     }
 
     /// The checkpoint's root directory.

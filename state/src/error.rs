@@ -58,6 +58,30 @@ pub enum StateError {
         /// What went wrong.
         reason: String,
     },
+    /// A setting or location is wrong (a bad URL, an unknown option, refused credentials).
+    #[error("{what}: {reason}")]
+    Config {
+        /// The URL or option.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An object store did not answer as it should (network, server error); retrying may help.
+    #[error("object store error on {url}: {reason}")]
+    Remote {
+        /// The object's URL.
+        url: String,
+        /// The store's answer.
+        reason: String,
+    },
+    /// Another query wrote an entry of this checkpoint: two queries run on one checkpoint.
+    #[error("checkpoint {url}: entry {entry} was written by another query running on the same checkpoint location (the conditional put was refused); this query stops so that no batch is written twice. Run one query per checkpoint location")]
+    ConcurrentWriter {
+        /// The checkpoint's URL.
+        url: String,
+        /// The entry (e.g. `offsets/7`).
+        entry: String,
+    },
     /// An entry that must not exist twice was written again with other content.
     #[error("log entry {path} already exists with different content")]
     Conflict {
@@ -73,6 +97,8 @@ impl StateError {
             StateError::Io { .. } => ErrorKind::External,
             StateError::Corrupt { .. } | StateError::Foreign { .. } => ErrorKind::User,
             StateError::Inconsistent { .. } => ErrorKind::User,
+            StateError::Config { .. } | StateError::ConcurrentWriter { .. } => ErrorKind::User,
+            StateError::Remote { .. } => ErrorKind::External,
             StateError::Conflict { .. } | StateError::Bug { .. } => ErrorKind::Bug,
         }
     }

@@ -11,6 +11,7 @@
 //! | [`recovery`]  | pure decisions: [`resolve_start`] (where a restarted query resumes), [`plan_state_recovery`] (restore a snapshot and replay), [`first_log_entry_to_keep`] (retention) |
 //! | [`partitions`] | pure decisions over partitioned state: [`partition_actions`] (which partitions re-run a batch after a crash between their commits), [`plan_partitioned_recovery`] |
 //! | [`read_only`] | [`ReadOnlyStore`]: a partition store opened read-only for the checkpoint commands (RocksDB read-only mode, changelogs applied in memory) |
+//! | [`remote`]    | object storage: [`remote::Location`] (a URL's store, credentials from the environment and options) and [`remote::CheckpointMirror`] (a checkpoint in a bucket, worked on through a local copy) |
 //! | [`store`]     | [`StateStore`] / [`StateStoreProvider`]: the traits stateful operators use (stage, commit, snapshots, restore) |
 //! | [`rocks`]     | [`RocksStateStore`]: the RocksDB implementation with changelog checkpointing and background snapshots (RocksDB stays in this module) |
 //!
@@ -23,6 +24,7 @@ pub mod log;
 pub mod partitions;
 pub mod read_only;
 pub mod recovery;
+pub mod remote;
 pub mod rocks;
 pub mod store;
 

@@ -17,6 +17,7 @@
 mod journal;
 mod sink;
 pub mod source;
+mod stores;
 
 pub(crate) use sink::norm;
 pub use sink::{DeltaSink, DeltaSinkFactory};
@@ -38,8 +39,10 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| EngineError::external(format!("cannot start the Delta runtime: {e}")))
 }
 
-/// The table URL of a local directory (created if missing).
+/// The table URL of a local directory (created if missing) or of a bucket prefix
+/// (`s3://bucket/table`).
 pub(crate) fn table_url(path: &str) -> Result<url::Url> {
+    stores::register();
     deltalake::ensure_table_uri(path)
         .map_err(|e| EngineError::user(format!("delta: bad table path '{path}': {e}")))
 }

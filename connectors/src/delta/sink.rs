@@ -173,6 +173,7 @@ impl SinkFactory for DeltaSinkFactory {
                     .join("sinks")
                     .join(format!("{}.delta-files", ctx.query_id)),
             )),
+            storage: spec.options.storage(),
         }))
     }
 }
@@ -219,6 +220,8 @@ pub struct DeltaSink {
     checked: bool,
     /// The data files written since the last commit of this sink (see `journal.rs`).
     journal: Arc<journal::Journal>,
+    /// Object-storage options (`fs.s3a.*`) for a table in a bucket.
+    storage: sluice_engine::connector::storage::StorageOptions,
 }
 
 impl DeltaSink {
@@ -229,10 +232,9 @@ impl DeltaSink {
 
     /// The store under the table: the one delta-rs would use, its data-file writes journaled.
     fn store(&self) -> Result<Arc<dyn object_store::ObjectStore>> {
-        let (base, _) = object_store::parse_url(&self.url)
-            .map_err(|e| EngineError::user(format!("delta: no storage for {}: {e}", self.url)))?;
+        let base = super::stores::root_store(&self.url, &self.storage)?;
         Ok(Arc::new(journal::JournaledStore::new(
-            Arc::from(base),
+            base,
             Arc::clone(&self.journal),
         )))
     }
@@ -254,8 +256,7 @@ impl DeltaSink {
             Err(DeltaTableError::NotInitialized) => Default::default(),
             Err(e) => return Err(delta_err("listing the table's files", e)),
         };
-        let (base, _) = object_store::parse_url(&self.url)
-            .map_err(|e| EngineError::user(format!("delta: no storage for {}: {e}", self.url)))?;
+        let base = super::stores::root_store(&self.url, &self.storage)?;
         let mut removed = 0;
         for p in recorded {
             if active.contains(p.filename().unwrap_or_default()) {

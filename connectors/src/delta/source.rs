@@ -168,6 +168,7 @@ impl SourceFactory for DeltaSourceFactory {
             commits: BTreeMap::new(),
             latest_seen: None,
             watcher: None,
+            ticker: None,
             available_now: None,
             initial: None,
             initial_path: ctx.file("initial-offset.json"),
@@ -198,6 +199,8 @@ pub struct DeltaSource {
     commits: BTreeMap<u64, Commit>,
     latest_seen: Option<u64>,
     watcher: Option<Box<dyn Watcher + Send>>,
+    /// A table in a bucket: the timer that reads its log again.
+    ticker: Option<crate::util::Ticker>,
     /// `Trigger::AvailableNow`: the last version to read, fixed when the query started
     /// (`Some(None)`: the table did not exist then, so there is nothing to read).
     available_now: Option<Option<u64>>,
@@ -535,6 +538,14 @@ impl Source for DeltaSource {
     }
 
     fn watch(&mut self, notifier: Notifier) -> Result<bool> {
+        if sluice_engine::connector::storage::is_remote(&self.dir.to_string_lossy()) {
+            // a table in a bucket: its log is listed again every second
+            self.ticker = Some(crate::util::Ticker::start(
+                std::time::Duration::from_secs(1),
+                notifier,
+            ));
+            return Ok(true);
+        }
         let log_dir = self.dir.join("_delta_log");
         std::fs::create_dir_all(&log_dir).map_err(|e| EngineError::io(&log_dir, e))?;
         let mut w = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {

@@ -226,28 +226,50 @@ pub(super) fn read_recorded(
     buf: &mut Vec<u8>,
     line_based: bool,
     ignore_missing: bool,
+    bucket: Option<&sluice_engine::connector::storage::Location>,
 ) -> Result<bool> {
     use std::io::Read;
     let path = Path::new(&f.path);
     buf.clear();
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if ignore_missing {
+    let missing = || {
+        if ignore_missing {
                 tracing::warn!(
                     "input file {} was deleted after it was taken into a batch; skipped \
                      (ignoreMissingFiles): its rows are not in the batch",
                     f.path
                 );
-                return Ok(false);
-            }
+            return Ok(false);
+        }
+        Err(EngineError::user(format!(
+            "input file {} was deleted after it was taken into a batch; the batch cannot be \
+             read again. Restore the file, or set option ignoreMissingFiles=true to skip it \
+             (its rows are then lost)",
+            f.path
+        )))
+    };
+    if let Some(b) = bucket {
+        // an object is immutable: the recorded bytes are all of it (a shorter one was replaced)
+        let key = b
+            .key_of_url(&f.path)
+            .ok_or_else(|| EngineError::bug(format!("{} is not in {}", f.path, b.url())))?;
+        let Some(bytes) = b.get_range_key(&key, 0..f.size)? else {
+            return missing();
+        };
+        if (bytes.len() as u64) < f.size {
             return Err(EngineError::user(format!(
-                "input file {} was deleted after it was taken into a batch; the batch cannot be \
-                 read again. Restore the file, or set option ignoreMissingFiles=true to skip it \
-                 (its rows are then lost)",
-                f.path
+                "input object {} has {} bytes, but its batch recorded {}: it was replaced \
+                 after it was taken, so the batch cannot read the same rows again",
+                f.path,
+                bytes.len(),
+                f.size
             )));
         }
+        buf.extend_from_slice(&bytes);
+        return Ok(true);
+    }
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return missing(),
         Err(e) => return Err(EngineError::io(path, e)),
     };
     let len = file.metadata().map_err(|e| EngineError::io(path, e))?.len();

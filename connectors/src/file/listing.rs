@@ -1,10 +1,12 @@
 //! Where a file source looks: a directory or a glob, listed into the files it may take.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
-use sluice_engine::{EngineError, Result};
+use sluice_engine::connector::storage::{is_remote, local_path, Location as Bucket};
+use sluice_engine::{EngineError, Options, Result};
 
 /// One input file, as recorded in the source log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,10 +27,49 @@ pub(super) struct Location {
     pub(super) base: PathBuf,
     /// The glob pattern, if the path had wildcards.
     pub(super) pattern: Option<String>,
+    /// An object store's prefix (`s3://bucket/raw`), when the path is a URL: `base` is then
+    /// unused, and `pattern` matches whole object URLs.
+    pub(super) bucket: Option<Arc<Bucket>>,
+}
+
+/// The first `/`-separated part of `path` with a wildcard, and what comes before it.
+fn split_glob(path: &str) -> (&str, bool) {
+    let mut end = 0;
+    for part in path.split('/') {
+        if part.contains(['*', '?', '[', '{']) {
+            return (path[..end].trim_end_matches('/'), true);
+        }
+        end += part.len() + 1;
+    }
+    (path, false)
 }
 
 impl Location {
-    pub(super) fn new(path: &str) -> Result<Self> {
+    /// Where `path` (a directory, a glob, one file, or a URL of either in object storage)
+    /// points; `options` may hold the object store's settings (`fs.s3a.*`).
+    pub(super) fn new(path: &str, options: &Options) -> Result<Self> {
+        if is_remote(path) {
+            let (base, globbed) = split_glob(path);
+            let bucket = Bucket::parse(base, &options.storage())?;
+            let pattern = if globbed {
+                glob::Pattern::new(path)
+                    .map_err(|e| EngineError::user(format!("invalid glob '{path}': {e}")))?;
+                Some(path.to_string())
+            } else {
+                None
+            };
+            return Ok(Self {
+                base: PathBuf::new(),
+                pattern,
+                bucket: Some(Arc::new(bucket)),
+            });
+        }
+        let local = local_path(path).ok_or_else(|| {
+            EngineError::user(format!(
+                "unsupported location '{path}': a local path, file://, s3://, gs://, az:// or abfss://"
+            ))
+        })?;
+        let path = &*local.to_string_lossy();
         if path.contains(['*', '?', '[', '{']) {
             let p = Path::new(path);
             let mut base = PathBuf::new();
@@ -46,6 +87,7 @@ impl Location {
             Ok(Self {
                 base,
                 pattern: Some(path.to_string()),
+                bucket: None,
             })
         } else {
             let base = PathBuf::from(path);
@@ -55,6 +97,7 @@ impl Location {
                 return Ok(Self {
                     base: dir,
                     pattern: Some(glob::Pattern::escape(path)),
+                    bucket: None,
                 });
             }
             if !base.is_dir() {
@@ -65,8 +108,42 @@ impl Location {
             Ok(Self {
                 base,
                 pattern: None,
+                bucket: None,
             })
         }
+    }
+
+    /// The objects below a bucket prefix: its direct children (every level with a glob,
+    /// which then must match), hidden names skipped at every level.
+    fn list_bucket(&self, bucket: &Bucket) -> Result<Vec<FileEntry>> {
+        let pattern = match &self.pattern {
+            Some(p) => Some(
+                glob::Pattern::new(p)
+                    .map_err(|e| EngineError::user(format!("invalid glob '{p}': {e}")))?,
+            ),
+            None => None,
+        };
+        let mut out = Vec::new();
+        for m in bucket.list_below(None)? {
+            let Some(rel) = bucket.rel_of(&m.location) else {
+                continue;
+            };
+            if rel.split('/').any(|p| p.is_empty() || Self::hidden(p))
+                || (pattern.is_none() && rel.contains('/'))
+            {
+                continue;
+            }
+            let url = bucket.url_of(&m.location);
+            if pattern.as_ref().is_some_and(|p| !p.matches(&url)) {
+                continue;
+            }
+            out.push(FileEntry {
+                path: url,
+                mtime_ms: m.last_modified.timestamp_millis(),
+                size: m.size,
+            });
+        }
+        Ok(out)
     }
 
     pub(super) fn hidden(name: &str) -> bool {
@@ -75,6 +152,9 @@ impl Location {
 
     /// All visible files now present.
     pub(super) fn list(&self) -> Result<Vec<FileEntry>> {
+        if let Some(b) = &self.bucket {
+            return self.list_bucket(b);
+        }
         let mut out = Vec::new();
         let mut push = |p: PathBuf| -> Result<()> {
             let name = p
@@ -137,6 +217,21 @@ impl Location {
             }
         }
         Ok(out)
+    }
+}
+
+/// The whole of file `f` (to infer a schema from).
+pub(super) fn read_whole(loc: &Location, f: &FileEntry) -> Result<Vec<u8>> {
+    match &loc.bucket {
+        Some(b) => {
+            let key = b.key_of_url(&f.path).ok_or_else(|| {
+                EngineError::bug(format!("{} is not an object of {}", f.path, b.url()))
+            })?;
+            b.get_key(&key)?
+                .map(|bytes| bytes.to_vec())
+                .ok_or_else(|| EngineError::user(format!("input object {} is gone", f.path)))
+        }
+        None => std::fs::read(&f.path).map_err(|e| EngineError::io(Path::new(&f.path), e)),
     }
 }
 

@@ -67,6 +67,8 @@ struct FileReader {
     ignore_missing: bool,
     /// Auto Loader (`format("cloudFiles")`): columns by name, rescued data, new columns.
     auto: Option<Arc<autoloader::AutoRead>>,
+    /// The object store the files are in (`None`: local files).
+    bucket: Option<Arc<sluice_engine::connector::storage::Location>>,
 }
 
 /// Batches with at least this many bytes of input are parsed on all cores (smaller ones on the
@@ -126,6 +128,8 @@ pub struct FileSource {
     notifier: Option<Notifier>,
     /// Malformed records in the files of the last batch read.
     malformed: u64,
+    /// The timer that lists a bucket again (object storage has no inotify).
+    lister: Option<crate::util::Ticker>,
 }
 
 /// One file parsed: its rows and how many of its records were malformed.
@@ -156,7 +160,7 @@ impl FileReader {
         };
         if self.format == FileFormat::Parquet {
             let mut bytes = Vec::new();
-            if !arrival::read_recorded(f, &mut bytes, false, self.ignore_missing)? {
+            if !arrival::read_recorded(f, &mut bytes, false, self.ignore_missing, self.bucket.as_deref())? {
                 return Ok(plain(Vec::new()));
             }
             return match &self.auto {
@@ -171,7 +175,7 @@ impl FileReader {
         // fault in for every file)
         READ_BUF.with(|cell| {
             let mut bytes = cell.borrow_mut();
-            if !arrival::read_recorded(f, &mut bytes, true, self.ignore_missing)? {
+            if !arrival::read_recorded(f, &mut bytes, true, self.ignore_missing, self.bucket.as_deref())? {
                 return Ok(plain(Vec::new()));
             }
             let csv = || {
@@ -237,7 +241,10 @@ impl FileSource {
         } else {
             Duration::ZERO
         });
-        if !min_age.is_zero() || self.reader.format == FileFormat::Parquet {
+        // an object appears whole when its upload ends: nothing to settle in a bucket
+        if self.loc.bucket.is_none()
+            && (!min_age.is_zero() || self.reader.format == FileFormat::Parquet)
+        {
             let (ready, due) = arrival::split_ready(
                 files,
                 &self.completed,
@@ -260,6 +267,16 @@ impl FileSource {
 
     fn clean_entry(&self, id: u64) -> Result<()> {
         let files = self.log.get(id)?.unwrap_or_default();
+        if let Some(b) = &self.loc.bucket {
+            if self.clean == CleanSource::Delete {
+                for f in files {
+                    if let Some(key) = b.key_of_url(&f.path) {
+                        b.delete_key(&key)?;
+                    }
+                }
+            }
+            return Ok(());
+        }
         for f in files {
             let p = Path::new(&f.path);
             let res = match &self.clean {
@@ -465,6 +482,13 @@ impl Source for FileSource {
 
     fn watch(&mut self, notifier: Notifier) -> Result<bool> {
         self.notifier = Some(notifier.clone());
+        if self.loc.bucket.is_some() {
+            // a bucket is listed every poll interval (Auto Loader's directory listing mode)
+            let every = self.watch_poll.unwrap_or(Duration::from_secs(1));
+            self.watch_kind = Some("listing");
+            self.lister = Some(crate::util::Ticker::start(every, notifier));
+            return Ok(true);
+        }
         let n2 = notifier.clone();
         let completed = self.completed.clone();
         let handler = move |res: notify::Result<notify::Event>| {

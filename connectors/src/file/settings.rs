@@ -2,7 +2,7 @@
 //! the factory that checks them and creates sources.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,7 +119,7 @@ impl SourceFactory for FileSourceFactory {
                 "{what} needs a path: load(\"dir\") or load(\"dir/*.json\")"
             ))
         })?;
-        let loc = Location::new(path)?;
+        let loc = Location::new(path, &spec.options)?;
         validate_options(&spec.options)?;
         if format == FileFormat::Text {
             if let Some(s) = &spec.schema {
@@ -156,8 +156,7 @@ impl SourceFactory for FileSourceFactory {
             }
             let mut schemas = Vec::with_capacity(files.len());
             for f in &files {
-                let bytes =
-                    std::fs::read(&f.path).map_err(|e| EngineError::io(Path::new(&f.path), e))?;
+                let bytes = read_whole(&loc, f)?;
                 schemas.push(formats::parquet::infer(bytes).map_err(|e| {
                     EngineError::user(format!("cannot infer a schema from {}: {e}", f.path))
                 })?);
@@ -174,8 +173,7 @@ impl SourceFactory for FileSourceFactory {
                 "cannot infer a schema for {what}: no file in '{path}' yet; give a schema"
             )));
         };
-        let bytes =
-            std::fs::read(&first.path).map_err(|e| EngineError::io(Path::new(&first.path), e))?;
+        let bytes = read_whole(&loc, &first)?;
         let schema = match format {
             FileFormat::Json => formats::json::infer(&bytes),
             FileFormat::Csv => {
@@ -209,9 +207,14 @@ impl FileSourceFactory {
     ) -> Result<FileSource> {
         let format = FileFormat::parse(&spec.format)?;
         let path = spec.path.clone().unwrap_or_default();
-        let loc = Location::new(&path)?;
+        let loc = Location::new(&path, &spec.options)?;
         let o = &spec.options;
         let clean = clean_source(o)?;
+        if loc.bucket.is_some() && matches!(clean, CleanSource::Archive(_)) {
+            return Err(EngineError::user(format!(
+                "cleanSource=archive is not supported for object storage ({path}); use delete or off"
+            )));
+        }
         let log: VersionedLog<Vec<FileEntry>> = ctx.log()?;
         let mut seen = HashSet::new();
         let mut max_mtime = i64::MIN;
@@ -241,6 +244,7 @@ impl FileSourceFactory {
                 options: o.clone(),
                 ignore_missing: o.get_bool("ignoreMissingFiles", false)?,
                 auto: None,
+                bucket: loc.bucket.clone(),
             }),
             pool: None,
             next_files: Vec::new(),
@@ -281,6 +285,7 @@ impl FileSourceFactory {
             wakeup: arrival::Wakeup::default(),
             notifier: None,
             malformed: 0,
+            lister: None,
         })
     }
 }

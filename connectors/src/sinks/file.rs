@@ -6,6 +6,10 @@
 //! (present but in no manifest entry) are removed, so a plain reader that skips names starting
 //! with `_` or `.` sees exactly the committed rows; a reader that honours the manifest
 //! ([`committed_files`]) sees each batch once at any time.
+//!
+//! In object storage (`path = "s3://bucket/out"`) a part file is put whole (an object appears
+//! when its upload ends, so there is no temporary name) and the manifest entry is created with
+//! a conditional put: a batch's entry is written once, by one writer.
 
 use std::fs::{self, File};
 use std::io::BufWriter;
@@ -16,7 +20,8 @@ use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde::{Deserialize, Serialize};
-use sluice_engine::connector::storage::VersionedLog;
+use bytes::Bytes;
+use sluice_engine::connector::storage::{is_remote, Location as Bucket, VersionedLog};
 use sluice_engine::fault::crash_point;
 use sluice_engine::{EngineError, OutputMode, Result, Sink, SinkContext, SinkFactory, SinkSpec};
 
@@ -98,14 +103,19 @@ impl SinkFactory for FileSinkFactory {
             "parquet" => Kind::Parquet,
             f => return Err(EngineError::user(format!("unknown file sink format '{f}'"))),
         };
-        let dir = PathBuf::from(spec.options.get("path").unwrap_or_default());
-        fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
-        let manifest: VersionedLog<ManifestEntry> = VersionedLog::open(dir.join(MANIFEST_DIR))?;
+        let path = spec.options.get("path").unwrap_or_default();
+        let out = if is_remote(path) {
+            Out::Bucket(Bucket::parse(path, &spec.options.storage())?)
+        } else {
+            let dir = PathBuf::from(path);
+            fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
+            let manifest = VersionedLog::open(dir.join(MANIFEST_DIR))?;
+            Out::Local { dir, manifest }
+        };
         let delimiter = crate::formats::csv::CsvOptions::from_options(&spec.options)?.delimiter;
         let sink = FileSink {
-            dir,
+            out,
             kind,
-            manifest,
             schema: Arc::clone(&ctx.schema),
             header: spec.options.get_bool("header", false)?,
             delimiter,
@@ -115,11 +125,21 @@ impl SinkFactory for FileSinkFactory {
     }
 }
 
+/// Where a file sink writes.
+enum Out {
+    /// A local directory and its manifest log.
+    Local {
+        dir: PathBuf,
+        manifest: VersionedLog<ManifestEntry>,
+    },
+    /// A bucket prefix (the manifest entries are objects below it).
+    Bucket(Bucket),
+}
+
 /// Writes each batch as files and records them in the manifest.
 pub struct FileSink {
-    dir: PathBuf,
+    out: Out,
     kind: Kind,
-    manifest: VersionedLog<ManifestEntry>,
     schema: SchemaRef,
     header: bool,
     delimiter: u8,
@@ -137,31 +157,74 @@ impl FileSink {
     /// Removes part files that no manifest entry lists (left by a batch that died mid-write).
     fn remove_uncommitted(&self) -> Result<()> {
         let mut listed = std::collections::HashSet::new();
-        for id in self.manifest.ids()? {
-            if let Some(e) = self.manifest.get(id)? {
-                listed.extend(e.files);
+        match &self.out {
+            Out::Local { dir, manifest } => {
+                for id in manifest.ids()? {
+                    if let Some(e) = manifest.get(id)? {
+                        listed.extend(e.files);
+                    }
+                }
+                let rd = fs::read_dir(dir).map_err(|e| EngineError::io(dir, e))?;
+                for entry in rd {
+                    let entry = entry.map_err(|e| EngineError::io(dir, e))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let ours = (is_part_file(&name, self.ext()) && !listed.contains(&name))
+                        || name
+                            .strip_prefix('.')
+                            .and_then(|n| n.strip_suffix(".tmp"))
+                            .is_some_and(|n| is_part_file(n, self.ext()));
+                    if ours {
+                        tracing::info!(file = %entry.path().display(), "removing output of an uncommitted batch");
+                        fs::remove_file(entry.path())
+                            .map_err(|e| EngineError::io(&entry.path(), e))?;
+                    }
+                }
             }
-        }
-        let rd = fs::read_dir(&self.dir).map_err(|e| EngineError::io(&self.dir, e))?;
-        for entry in rd {
-            let entry = entry.map_err(|e| EngineError::io(&self.dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let ours = (is_part_file(&name, self.ext()) && !listed.contains(&name))
-                || name
-                    .strip_prefix('.')
-                    .and_then(|n| n.strip_suffix(".tmp"))
-                    .is_some_and(|n| is_part_file(n, self.ext()));
-            if ours {
-                tracing::info!(file = %entry.path().display(), "removing output of an uncommitted batch");
-                fs::remove_file(entry.path()).map_err(|e| EngineError::io(&entry.path(), e))?;
+            Out::Bucket(b) => {
+                let objects = b.list_below(None)?;
+                for m in &objects {
+                    if b.rel_of(&m.location)
+                        .is_some_and(|r| r.starts_with(&format!("{MANIFEST_DIR}/")))
+                    {
+                        if let Some(bytes) = b.get_key(&m.location)? {
+                            listed.extend(manifest_entry(&b.url_of(&m.location), &bytes)?.files);
+                        }
+                    }
+                }
+                for m in &objects {
+                    let Some(name) = b.rel_of(&m.location) else {
+                        continue;
+                    };
+                    if is_part_file(&name, self.ext()) && !listed.contains(&name) {
+                        tracing::info!(file = %b.url_of(&m.location), "removing output of an uncommitted batch");
+                        b.delete_key(&m.location)?;
+                    }
+                }
             }
         }
         Ok(())
     }
 
+    /// Whether batch `batch_id` is in the manifest.
+    fn committed(&self, batch_id: u64) -> Result<bool> {
+        Ok(match &self.out {
+            Out::Local { manifest, .. } => manifest.get(batch_id)?.is_some(),
+            Out::Bucket(b) => b.get(&format!("{MANIFEST_DIR}/{batch_id}"))?.is_some(),
+        })
+    }
+
     fn write_file(&self, path: &Path, batches: &[RecordBatch]) -> Result<()> {
         let file = File::create(path).map_err(|e| EngineError::io(path, e))?;
         let mut w = BufWriter::new(file);
+        self.encode(&mut w, batches, &path.display().to_string())?;
+        let file = w
+            .into_inner()
+            .map_err(|e| EngineError::io(path, e.into_error()))?;
+        file.sync_all().map_err(|e| EngineError::io(path, e))
+    }
+
+    /// Encodes `batches` in the sink's format into `w` (`what` names the target in errors).
+    fn encode(&self, mut w: impl std::io::Write + Send, batches: &[RecordBatch], what: &str) -> Result<()> {
         match self.kind {
             Kind::Csv => {
                 let mut cw = arrow::csv::WriterBuilder::new()
@@ -189,20 +252,22 @@ impl FileSink {
                     parquet::arrow::ArrowWriter::try_new(&mut w, Arc::clone(&self.schema), None)
                         .map_err(|e| EngineError::external(format!("parquet writer: {e}")))?;
                 for b in batches {
-                    pw.write(b).map_err(|e| {
-                        EngineError::external(format!("writing {}: {e}", path.display()))
-                    })?;
+                    pw.write(b)
+                        .map_err(|e| EngineError::external(format!("writing {what}: {e}")))?;
                 }
-                pw.close().map_err(|e| {
-                    EngineError::external(format!("writing {}: {e}", path.display()))
-                })?;
+                pw.close()
+                    .map_err(|e| EngineError::external(format!("writing {what}: {e}")))?;
             }
         }
-        let file = w
-            .into_inner()
-            .map_err(|e| EngineError::io(path, e.into_error()))?;
-        file.sync_all().map_err(|e| EngineError::io(path, e))
+        Ok(())
     }
+}
+
+fn manifest_entry(url: &str, bytes: &[u8]) -> Result<ManifestEntry> {
+    Ok(sluice_engine::connector::storage::parse_entry(
+        Path::new(url),
+        bytes,
+    )?)
 }
 
 /// Whether `name` is one of this sink's part files: `part-<batch>-<n>.<ext>`.
@@ -254,11 +319,14 @@ fn timestamps_as_text(b: &RecordBatch) -> Result<RecordBatch> {
 
 impl Sink for FileSink {
     fn description(&self) -> String {
-        format!("FileSink[{}]", self.dir.display())
+        match &self.out {
+            Out::Local { dir, .. } => format!("FileSink[{}]", dir.display()),
+            Out::Bucket(b) => format!("FileSink[{}]", b.url()),
+        }
     }
 
     fn add_batch(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
-        if self.manifest.get(batch_id)?.is_some() {
+        if self.committed(batch_id)? {
             tracing::info!(
                 batch_id,
                 "batch already in the file sink's manifest; skipping"
@@ -267,24 +335,46 @@ impl Sink for FileSink {
         }
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let mut files = Vec::new();
-        if rows > 0 {
-            let name = format!("part-{batch_id:05}-0.{}", self.ext());
-            let tmp = self.dir.join(format!(".{name}.tmp"));
-            self.write_file(&tmp, batches)?;
-            crash_point("mid-sink", batch_id);
-            let target = self.dir.join(&name);
-            fs::rename(&tmp, &target).map_err(|e| EngineError::io(&target, e))?;
-            files.push(name);
-        }
-        crash_point("mid-sink-renamed", batch_id);
-        self.manifest.add(
+        let name = format!("part-{batch_id:05}-0.{}", self.ext());
+        let entry = |files| ManifestEntry {
             batch_id,
-            &ManifestEntry {
-                batch_id,
-                files,
-                rows,
-            },
-        )?;
+            files,
+            rows,
+        };
+        match &self.out {
+            Out::Local { dir, manifest } => {
+                if rows > 0 {
+                    let tmp = dir.join(format!(".{name}.tmp"));
+                    self.write_file(&tmp, batches)?;
+                    crash_point("mid-sink", batch_id);
+                    let target = dir.join(&name);
+                    fs::rename(&tmp, &target).map_err(|e| EngineError::io(&target, e))?;
+                    files.push(name);
+                }
+                crash_point("mid-sink-renamed", batch_id);
+                manifest.add(batch_id, &entry(files))?;
+            }
+            Out::Bucket(b) => {
+                if rows > 0 {
+                    let mut buf = Vec::new();
+                    self.encode(&mut buf, batches, &b.url())?;
+                    crash_point("mid-sink", batch_id);
+                    b.put(&name, Bytes::from(buf))?;
+                    files.push(name);
+                }
+                crash_point("mid-sink-renamed", batch_id);
+                let json = serde_json::to_string(&entry(files))
+                    .map_err(|e| EngineError::bug(format!("manifest entry: {e}")))?;
+                let rel = format!("{MANIFEST_DIR}/{batch_id}");
+                if !b.put_new(&rel, Bytes::from(format!("v1\n{json}")))? {
+                    return Err(EngineError::user(format!(
+                        "{}/{rel} was written meanwhile by another writer: two queries write \
+                         this output",
+                        b.url()
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -143,7 +143,9 @@ impl DataStreamReader {
             Some(_) => None,
             None => Some(self.session.registry().source(&self.format)?),
         };
-        let mut options = self.options;
+        let mut options = self
+            .options
+            .with_storage_defaults(&self.session.storage_options());
         options.remove("path");
         let spec = SourceSpec {
             format: self.format.clone(),

@@ -63,11 +63,15 @@ impl SessionBuilder {
         let mut spark_conf = std::collections::BTreeMap::new();
         for (k, v) in &self.config {
             if k.starts_with("spark.") || k.starts_with("sluice.") {
-                if !SPARK_CONF_KEYS.contains(&k.as_str()) && !SLUICE_CONF_KEYS.contains(&k.as_str())
+                let storage = k.starts_with("spark.hadoop.")
+                    && sluice_state::remote::location::is_storage_option(k);
+                if !storage
+                    && !SPARK_CONF_KEYS.contains(&k.as_str())
+                    && !SLUICE_CONF_KEYS.contains(&k.as_str())
                 {
                     return Err(EngineError::user(format!(
-                        "unknown setting '{k}': Sluice honours {}, {} (and DataFusion's \
-                         datafusion.* settings)",
+                        "unknown setting '{k}': Sluice honours {}, {}, object storage's \
+                         spark.hadoop.fs.s3a.* (and DataFusion's datafusion.* settings)",
                         SPARK_CONF_KEYS.join(", "),
                         SLUICE_CONF_KEYS.join(", ")
                     )));
@@ -196,6 +200,17 @@ impl Session {
     /// A Spark setting given to the builder (see [`SPARK_CONF_KEYS`]).
     pub fn conf(&self, key: &str) -> Option<String> {
         self.inner.spark_conf.get(key).cloned()
+    }
+
+    /// The object-storage settings given to the builder (`spark.hadoop.fs.s3a.*` and the
+    /// others): where the checkpoint goes, and the defaults of every source's and sink's.
+    pub fn storage_options(&self) -> sluice_state::remote::StorageOptions {
+        self.inner
+            .spark_conf
+            .iter()
+            .filter(|(k, _)| k.starts_with("spark.hadoop."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The application name.

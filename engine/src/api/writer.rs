@@ -185,7 +185,17 @@ impl DataStreamWriter {
             guarantee,
             checks,
         } = self.checked()?;
-        let checkpoint = CheckpointDir::open(&checkpoint_dir)?;
+        let checkpoint = CheckpointDir::open_location(
+            &checkpoint_dir.to_string_lossy(),
+            &session.storage_options(),
+        )?;
+        if checkpoint.remote_url().is_some() && plan.stateful && store_options.snapshot_interval == 0
+        {
+            return Err(EngineError::user(format!(
+                "{MIN_DELTAS_FOR_SNAPSHOT_CONF}=0 (no state snapshots) cannot be used with a \
+                 checkpoint in object storage: the state is restored from its snapshots there"
+            )));
+        }
         for (i, _name) in plan.state_operators() {
             check_state_fingerprint(
                 &checkpoint,
@@ -453,7 +463,10 @@ impl DataStreamWriter {
         };
         let spec = SinkSpec {
             format: format.clone(),
-            options: self.options.clone(),
+            options: self
+                .options
+                .clone()
+                .with_storage_defaults(&session.storage_options()),
             output_mode: self.output_mode,
         };
         if let Some(f) = &factory {

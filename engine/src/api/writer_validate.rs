@@ -32,8 +32,9 @@ impl DataStreamWriter {
     /// changing anything: no checkpoint, no output directory, no table. For `sluice validate`.
     pub fn validate(mut self, reachable: bool) -> Result<QueryCheck> {
         let c = self.checked()?;
-        let id = CheckpointDir::peek_query_id(&c.checkpoint_dir)?;
-        if id.is_some() {
+        let location = c.checkpoint_dir.to_string_lossy().into_owned();
+        let id = CheckpointDir::peek_query_id_at(&location, &c.session.storage_options())?;
+        if id.is_some() && !sluice_state::remote::is_remote(&location) {
             for (i, _) in c.plan.state_operators() {
                 verify_state_fingerprint(
                     &c.checkpoint_dir,

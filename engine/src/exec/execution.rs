@@ -300,6 +300,9 @@ impl Execution {
                     self.checkpoint.root().display()
                 )));
             }
+            // a checkpoint in object storage: the entry (and the source logs it points to) is
+            // in the bucket before the batch reaches the sink
+            self.checkpoint.sync()?;
             let wal_ms = t.elapsed().as_millis() as u64;
             crash_point("after-offsets", batch);
             self.run_batch(
@@ -430,6 +433,7 @@ impl Execution {
                 operator_watermarks_ms: node_watermarks.clone(),
             },
         )?;
+        self.checkpoint.sync()?;
         self.watermarks
             .committed(entry.watermark_ms, next_watermark_ms, node_watermarks);
         let commit_ms = t.elapsed().as_millis() as u64;

@@ -143,6 +143,15 @@ impl RocksStateStore {
         let changelog_dir = side_dir(dir, "changelog");
         clean_leftovers(dir, &snapshots_dir)?;
         crate::atomic::ensure_dir(&changelog_dir)?;
+        if !dir.exists() {
+            // a working copy restored from object storage (or a deleted live DB): start from
+            // the newest snapshot; the changelogs after it are applied below
+            if let Some(newest) = list_snapshots(&snapshots_dir)?.last() {
+                let fresh = side_dir(dir, "restore");
+                copy_snapshot(&snapshots_dir.join(newest.to_string()), &fresh)?;
+                std::fs::rename(&fresh, dir).map_err(|e| StateError::io(dir, e))?;
+            }
+        }
         let db = open_db(dir, &options)?;
         let (batch, rows) = replay_changelogs(&db, dir, &changelog_dir)?;
         Ok(Self {

@@ -369,13 +369,19 @@ fn resolve(spec: &SourceSpec) -> Result<Resolved> {
         .path
         .as_deref()
         .ok_or_else(|| EngineError::user("the cloudFiles source needs a path: load(\"dir\")"))?;
+    if sluice_engine::connector::storage::is_remote(dir) {
+        return Err(EngineError::user(format!(
+            "Auto Loader (cloudFiles) over object storage ({dir}) is not built yet; read the \
+             bucket with format json, csv, parquet or text and an s3:// path instead"
+        )));
+    }
     let base = PathBuf::from(dir);
     let glob = if base.is_dir() {
         format!("{}/**/*", glob::Pattern::escape(dir.trim_end_matches('/')))
     } else {
         dir.to_string()
     };
-    let loc = Location::new(&glob)?;
+    let loc = Location::new(&glob, &spec.options)?;
     let base = loc.base.clone();
     let csv = match opts.format {
         FileFormat::Csv => Some(CsvOptions::from_options(&spec.options)?),

@@ -1,0 +1,310 @@
+//! A checkpoint kept in object storage, worked on through a local copy.
+//!
+//! The local directory is a cache: at start it is emptied and filled from the bucket
+//! ([`CheckpointMirror::restore`]), and the engine calls [`CheckpointMirror::sync`] at its
+//! durable points (after an offsets entry is written, before the batch runs; after a commit
+//! entry). A sync uploads, in this order:
+//!
+//! 1. every new or changed file but the offsets and commit logs: source logs, state schemas,
+//!    each state store's committed changelogs, and each new state snapshot (its files, then a
+//!    `_SLUICE_SNAPSHOT_COMPLETE` marker: a snapshot without it is ignored by a restore);
+//! 2. new offsets entries, then new commit entries, each with a conditional put
+//!    (`If-None-Match: *`): when the entry exists with other content another query wrote it,
+//!    and this one stops (two writers on one checkpoint cannot both succeed);
+//! 3. deletions of what the query deleted (purged log entries, changelogs a snapshot covers,
+//!    old snapshots: marker first).
+//!
+//! The live RocksDB databases (and their lock files) stay local: a restore rebuilds each store
+//! from its newest complete snapshot and the changelogs after it.
+//!
+//! Crash safety: a crash between the local write and the upload of an offsets entry leaves the
+//! bucket without it, and the batch is planned again (its sink never saw it); a crash before a
+//! commit entry's upload re-runs the batch, which the exactly-once sinks recognise by its id.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::location::Location;
+use crate::{Result, StateError};
+
+/// The remote-only marker that closes a snapshot's upload.
+const SNAPSHOT_DONE: &str = "_SLUICE_SNAPSHOT_COMPLETE";
+
+/// A file of the local checkpoint that belongs in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    rel: String,
+    len: u64,
+    mtime: SystemTime,
+}
+
+/// What part of the checkpoint a relative path is (decides order and how it is written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    /// Plain files (source logs, schemas, metadata, changelogs).
+    Plain,
+    /// A file of state snapshot `dir` (its `<store>.snapshots/<batch>` path).
+    Snapshot,
+    /// An offsets entry (conditional put).
+    Offsets,
+    /// A commit entry (conditional put).
+    Commit,
+}
+
+/// The kind of `rel` and, for a snapshot file, its snapshot directory; `None`: not mirrored
+/// (a live RocksDB database, a lock, a temporary or hidden file).
+fn classify(rel: &str) -> Option<(Kind, Option<String>)> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    if parts.iter().any(|p| p.starts_with('.') || p.is_empty()) {
+        return None;
+    }
+    let numbered = |dir: &str| {
+        parts.len() == 2 && parts[0] == dir && parts[1].bytes().all(|b| b.is_ascii_digit())
+    };
+    if numbered("offsets") {
+        return Some((Kind::Offsets, None));
+    }
+    if numbered("commits") {
+        return Some((Kind::Commit, None));
+    }
+    if parts[0] != "state" {
+        return Some((Kind::Plain, None));
+    }
+    if let Some(i) = parts.iter().position(|p| p.ends_with(".snapshots")) {
+        // <store>.snapshots/<batch>/<file>
+        if parts.len() == i + 3 && parts[i + 1].bytes().all(|b| b.is_ascii_digit()) {
+            return Some((Kind::Snapshot, Some(parts[..i + 2].join("/"))));
+        }
+        return None;
+    }
+    if parts.iter().any(|p| p.ends_with(".changelog"))
+        || parts.last().is_some_and(|n| n.ends_with(".schema"))
+    {
+        return Some((Kind::Plain, None));
+    }
+    None
+}
+
+/// A checkpoint in object storage and its local working copy.
+pub struct CheckpointMirror {
+    remote: Location,
+    local: PathBuf,
+    /// What the bucket holds of this checkpoint, as this process knows it: path → (size, mtime)
+    /// of the local file uploaded.
+    held: Mutex<HashMap<String, (u64, SystemTime)>>,
+    /// Snapshot directories whose marker is in the bucket.
+    snapshots: Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for CheckpointMirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CheckpointMirror({} at {})", self.remote.url(), self.local.display())
+    }
+}
+
+fn write_local(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StateError::io(parent, e))?;
+    }
+    std::fs::write(path, bytes).map_err(|e| StateError::io(path, e))
+}
+
+fn metadata(path: &Path) -> Option<(u64, SystemTime)> {
+    let md = std::fs::metadata(path).ok()?;
+    Some((md.len(), md.modified().ok()?))
+}
+
+impl CheckpointMirror {
+    /// Empties `local` and fills it with the checkpoint at `remote` (nothing when there is
+    /// none yet): every file but snapshots whose upload was not completed.
+    pub fn restore(remote: Location, local: PathBuf) -> Result<Self> {
+        if local.exists() {
+            std::fs::remove_dir_all(&local).map_err(|e| StateError::io(&local, e))?;
+        }
+        std::fs::create_dir_all(&local).map_err(|e| StateError::io(&local, e))?;
+        let listed = remote.list_below(None)?;
+        let rels: Vec<(String, object_store::path::Path)> = listed
+            .into_iter()
+            .filter_map(|m| remote.rel_of(&m.location).map(|r| (r, m.location)))
+            .collect();
+        let complete: BTreeSet<String> = rels
+            .iter()
+            .filter_map(|(r, _)| r.strip_suffix(&format!("/{SNAPSHOT_DONE}")))
+            .map(str::to_string)
+            .collect();
+        let mut held = HashMap::new();
+        for (rel, key) in &rels {
+            let Some((kind, snap)) = classify(rel) else {
+                continue;
+            };
+            if kind == Kind::Snapshot && !snap.as_ref().is_some_and(|s| complete.contains(s)) {
+                continue;
+            }
+            let Some(bytes) = remote.get_key(key)? else {
+                continue; // deleted since the listing
+            };
+            let path = local.join(rel);
+            write_local(&path, &bytes)?;
+            if let Some(m) = metadata(&path) {
+                held.insert(rel.clone(), m);
+            }
+        }
+        tracing::info!(
+            "restored checkpoint {} into {} ({} files)",
+            remote.url(),
+            local.display(),
+            held.len()
+        );
+        Ok(Self {
+            remote,
+            local,
+            held: Mutex::new(held),
+            snapshots: Mutex::new(complete),
+        })
+    }
+
+    /// The local working copy.
+    pub fn local(&self) -> &Path {
+        &self.local
+    }
+
+    /// The checkpoint's URL.
+    pub fn url(&self) -> String {
+        self.remote.url()
+    }
+
+    fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<(Entry, Kind, Option<String>)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return; // removed while walking (a snapshot being replaced): the next sync sees it
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let r = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                self.walk(&e.path(), &r, out);
+            } else if let Some((kind, snap)) = classify(&r) {
+                if let Some((len, mtime)) = metadata(&e.path()) {
+                    out.push((Entry { rel: r, len, mtime }, kind, snap));
+                }
+            }
+        }
+    }
+
+    /// Uploads what changed locally since the last sync (see the module's notes for the
+    /// order). An error leaves the bucket consistent: the next sync (or a restart) goes on.
+    pub fn sync(&self) -> Result<()> {
+        let mut found = Vec::new();
+        self.walk(&self.local, "", &mut found);
+        found.sort_by(|a, b| {
+            (a.1, a.0.rel.len(), &a.0.rel).cmp(&(b.1, b.0.rel.len(), &b.0.rel))
+        });
+        let mut held = self.held.lock().map_err(|_| poisoned())?;
+        let mut marked = self.snapshots.lock().map_err(|_| poisoned())?;
+        let seen: BTreeSet<String> = found.iter().map(|(e, _, _)| e.rel.clone()).collect();
+        for (e, kind, snap) in &found {
+            if held.get(&e.rel) == Some(&(e.len, e.mtime))
+                || snap.as_ref().is_some_and(|s| marked.contains(s))
+            {
+                continue; // up already (snapshot files never change)
+            }
+            let path = self.local.join(&e.rel);
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => Bytes::from(b),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(StateError::io(&path, err)),
+            };
+            match kind {
+                Kind::Offsets | Kind::Commit => self.put_entry(&e.rel, bytes)?,
+                Kind::Plain | Kind::Snapshot => self.remote.put(&e.rel, bytes)?,
+            }
+            held.insert(e.rel.clone(), (e.len, e.mtime));
+        }
+        // a snapshot's marker goes up once all its files are
+        let local_snapshots: BTreeSet<String> =
+            found.iter().filter_map(|(_, _, s)| s.clone()).collect();
+        for s in local_snapshots.difference(&marked.clone()) {
+            self.remote
+                .put(&format!("{s}/{SNAPSHOT_DONE}"), Bytes::from_static(b"v1\n"))?;
+            marked.insert(s.clone());
+        }
+        // deletions: snapshot markers first, then files
+        let gone: Vec<String> = held.keys().filter(|r| !seen.contains(*r)).cloned().collect();
+        let gone_snapshots: Vec<String> =
+            marked.difference(&local_snapshots).cloned().collect();
+        for s in gone_snapshots {
+            self.remote.delete(&format!("{s}/{SNAPSHOT_DONE}"))?;
+            marked.remove(&s);
+        }
+        for rel in gone {
+            self.remote.delete(&rel)?;
+            held.remove(&rel);
+        }
+        Ok(())
+    }
+
+    /// Creates log entry `rel` in the bucket; when it exists, it must hold the same bytes (this
+    /// query's own earlier upload), else another query wrote it.
+    fn put_entry(&self, rel: &str, bytes: Bytes) -> Result<()> {
+        if self.remote.put_new(rel, bytes.clone())? {
+            return Ok(());
+        }
+        match self.remote.get(rel)? {
+            Some(there) if there == bytes => Ok(()),
+            _ => Err(StateError::ConcurrentWriter {
+                url: self.remote.url(),
+                entry: rel.to_string(),
+            }),
+        }
+    }
+}
+
+fn poisoned() -> StateError {
+    StateError::Bug {
+        dir: PathBuf::new(),
+        reason: "the checkpoint mirror's lock was poisoned by a panic".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_mirrored_and_how() {
+        let s = |x: &str| Some(x.to_string());
+        let table: &[(&str, Option<(Kind, Option<String>)>)] = &[
+            ("metadata", Some((Kind::Plain, None))),
+            ("offsets/12", Some((Kind::Offsets, None))),
+            ("commits/0", Some((Kind::Commit, None))),
+            ("offsets/.12.tmp", None),
+            ("sources/0/3", Some((Kind::Plain, None))),
+            ("state/0.schema", Some((Kind::Plain, None))),
+            ("state/0/1.changelog/7", Some((Kind::Plain, None))),
+            ("state/0/1.changelog/.staged", None),
+            (
+                "state/0/1.snapshots/10/000012.sst",
+                Some((Kind::Snapshot, s("state/0/1.snapshots/10"))),
+            ),
+            ("state/0/1.snapshots/.tmp-x/CURRENT", None),
+            ("state/0/1/000009.sst", None),
+            ("state/0/1/LOCK", None),
+            ("state/0/1.lock", None),
+            ("state/0/1.restore/CURRENT", None),
+        ];
+        for (rel, want) in table {
+            assert_eq!(&classify(rel), want, "{rel}");
+        }
+    }
+}

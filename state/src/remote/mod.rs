@@ -1,0 +1,18 @@
+//! Object storage: every place that takes a path also takes a URL.
+//!
+//! - [`location`]: [`Location`], a prefix in an object store named by a URL (`s3://`, `s3a://`,
+//!   `gs://`, `az://`, `abfss://`), built with `object_store` from the environment and from
+//!   options (Hadoop's `fs.s3a.*` names where Spark has them); its blocking calls, and
+//!   [`redact`] for anything that may hold a credential.
+//! - [`mirror`]: [`CheckpointMirror`], a checkpoint kept in object storage: a local directory
+//!   is its working copy (the live RocksDB stays local, as in Spark and Flink), restored from
+//!   the bucket at start and mirrored to it at the query's durable points; log entries are
+//!   written with conditional puts (`If-None-Match: *`), so two writers cannot both succeed.
+//!
+//! Plain paths and `file://` URLs stay local files: nothing here is used for them.
+
+pub mod location;
+pub mod mirror;
+
+pub use location::{is_remote, local_path, redact, Location, StorageOptions};
+pub use mirror::CheckpointMirror;
