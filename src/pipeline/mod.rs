@@ -5,6 +5,9 @@
 //! shuffle_partitions = 4               # optional: state partitions of a new checkpoint
 //!                                      # (spark.sql.shuffle.partitions; default: the cores)
 //! state_worker_threads = 2             # optional: cap on the threads running them
+//! min_deltas_for_snapshot = 10         # optional: a state snapshot every N batches
+//! storage = { "fs.s3a.endpoint" = "http://127.0.0.1:9000" }   # optional: object storage
+//!                                      # settings (spark.hadoop.*) for every path and checkpoint
 //!
 //! [source.events]
 //! format = "json"                      # json | csv | parquet | text
@@ -74,6 +77,13 @@ pub struct Pipeline {
     pub shuffle_partitions: Option<u32>,
     /// `sluice.state.workerThreads`: a cap on the threads that run the partitions.
     pub state_worker_threads: Option<u32>,
+    /// `spark.sql.streaming.stateStore.minDeltasForSnapshot`: a state snapshot every this many
+    /// batches.
+    pub min_deltas_for_snapshot: Option<u32>,
+    /// Object-storage settings for every location of the pipeline (`fs.s3a.endpoint`, ...:
+    /// the session's `spark.hadoop.*`); credentials are better left in the environment.
+    #[serde(default)]
+    pub storage: BTreeMap<String, String>,
     /// Sources by name (the SQL view name).
     #[serde(default)]
     pub source: BTreeMap<String, SourceDef>,
@@ -257,6 +267,16 @@ impl Pipeline {
         }
         if let Some(n) = self.state_worker_threads {
             b = b.config("sluice.state.workerThreads", n.to_string());
+        }
+        if let Some(n) = self.min_deltas_for_snapshot {
+            b = b.config(
+                sluice_engine::api::session::MIN_DELTAS_FOR_SNAPSHOT_CONF,
+                n.to_string(),
+            );
+        }
+        for (k, v) in &self.storage {
+            let k = k.strip_prefix("spark.hadoop.").unwrap_or(k);
+            b = b.config(format!("spark.hadoop.{k}"), v.clone());
         }
         b
     }

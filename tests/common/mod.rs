@@ -6,6 +6,8 @@
 pub mod db;
 #[cfg(feature = "delta")]
 pub mod delta;
+#[cfg(feature = "delta")]
+pub mod s3;
 pub mod joins;
 #[cfg(feature = "kafka")]
 pub mod kafka;
