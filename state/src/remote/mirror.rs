@@ -55,11 +55,22 @@ enum Kind {
     Commit,
 }
 
+/// Whether a file or directory name is a temporary one: an atomic write's `.<name>.tmp`, a
+/// snapshot being taken (`.tmp-…`) or deleted (`.del-…`), a changelog not yet committed
+/// (`.staged`). Other hidden files (a source's `.cloudfiles-existing-files.json`) are kept.
+fn temporary(name: &str) -> bool {
+    name.starts_with('.')
+        && (name.ends_with(".tmp")
+            || name.starts_with(".tmp-")
+            || name.starts_with(".del-")
+            || name == ".staged")
+}
+
 /// The kind of `rel` and, for a snapshot file, its snapshot directory; `None`: not mirrored
 /// (a live RocksDB database, a lock, a temporary or hidden file).
 fn classify(rel: &str) -> Option<(Kind, Option<String>)> {
     let parts: Vec<&str> = rel.split('/').collect();
-    if parts.iter().any(|p| p.starts_with('.') || p.is_empty()) {
+    if parts.iter().any(|p| temporary(p) || p.is_empty()) {
         return None;
     }
     let numbered = |dir: &str| {
@@ -183,7 +194,7 @@ impl CheckpointMirror {
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
+            if temporary(&name) {
                 continue;
             }
             let r = if rel.is_empty() {
@@ -289,6 +300,10 @@ mod tests {
             ("offsets/12", Some((Kind::Offsets, None))),
             ("commits/0", Some((Kind::Commit, None))),
             ("offsets/.12.tmp", None),
+            (
+                "sources/0/.cloudfiles-existing-files.json",
+                Some((Kind::Plain, None)),
+            ),
             ("sources/0/3", Some((Kind::Plain, None))),
             ("state/0.schema", Some((Kind::Plain, None))),
             ("state/0/1.changelog/7", Some((Kind::Plain, None))),

@@ -56,13 +56,14 @@ fn merge_column(fields: &mut Vec<Field>, name: &str, dt: DataType) {
 /// The data columns of the sampled files (no partition columns).
 pub(super) fn infer_data_schema(
     format: FileFormat,
+    loc: &super::super::listing::Location,
     files: &[FileEntry],
     o: &AutoOptions,
     csv: Option<&CsvOptions>,
 ) -> Result<Schema> {
     let mut fields: Vec<Field> = Vec::new();
     for f in files {
-        let bytes = std::fs::read(&f.path).map_err(|e| EngineError::io(Path::new(&f.path), e))?;
+        let bytes = super::super::listing::read_whole(loc, f)?;
         let cannot = |e: &dyn std::fmt::Display| {
             EngineError::user(format!(
                 "Auto Loader cannot infer a schema from {}: {e}",

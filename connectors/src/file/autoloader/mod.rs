@@ -369,20 +369,20 @@ fn resolve(spec: &SourceSpec) -> Result<Resolved> {
         .path
         .as_deref()
         .ok_or_else(|| EngineError::user("the cloudFiles source needs a path: load(\"dir\")"))?;
-    if sluice_engine::connector::storage::is_remote(dir) {
-        return Err(EngineError::user(format!(
-            "Auto Loader (cloudFiles) over object storage ({dir}) is not built yet; read the \
-             bucket with format json, csv, parquet or text and an s3:// path instead"
-        )));
-    }
+    let remote = sluice_engine::connector::storage::is_remote(dir);
     let base = PathBuf::from(dir);
-    let glob = if base.is_dir() {
+    let glob = if remote || base.is_dir() {
+        // (a bucket has no directories: a prefix is read as one)
         format!("{}/**/*", glob::Pattern::escape(dir.trim_end_matches('/')))
     } else {
         dir.to_string()
     };
     let loc = Location::new(&glob, &spec.options)?;
-    let base = loc.base.clone();
+    let base = if remote {
+        PathBuf::from(dir.trim_end_matches('/'))
+    } else {
+        loc.base.clone()
+    };
     let csv = match opts.format {
         FileFormat::Csv => Some(CsvOptions::from_options(&spec.options)?),
         _ => None,
@@ -422,7 +422,7 @@ fn resolve(spec: &SourceSpec) -> Result<Resolved> {
                              give a schema, or start it once files are there"
                         )));
                     }
-                    let data = infer::infer_data_schema(opts.format, &files, &opts, csv.as_ref())?;
+                    let data = infer::infer_data_schema(opts.format, &loc, &files, &opts, csv.as_ref())?;
                     let parts = infer::partition_columns(&base, &files, &opts);
                     let data = Schema::new(
                         data.fields()
