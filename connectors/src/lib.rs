@@ -11,6 +11,7 @@
 //! | [`sinks::file`]   | csv / json / parquet files, exactly-once through a manifest log |
 //! | `delta` (feature `delta`) | Delta Lake tables (delta-rs): exactly-once sink (app transactions, merge, compaction), streaming source |
 //! | `kafka` (feature `kafka`) | Kafka source (offsets in the checkpoint) and transactional exactly-once sink |
+//! | `aws` (feature `aws`)     | Auto Loader's file notifications from an SQS queue; the Kinesis source |
 //! | `jdbc` (feature `jdbc`)   | PostgreSQL and MySQL/MariaDB tables, exactly-once (rows + batch marker in one transaction), upserts |
 //!
 //! The three heavy connectors sit behind Cargo features (all on by default), so a program that
@@ -18,6 +19,8 @@
 //! [`builtin`] returns a registry with every connector compiled in; [`FORMATS`] names the
 //! formats each feature brings.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "delta")]
 pub mod delta;
 pub mod file;

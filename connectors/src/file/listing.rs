@@ -30,6 +30,8 @@ pub(super) struct Location {
     /// An object store's prefix (`s3://bucket/raw`), when the path is a URL: `base` is then
     /// unused, and `pattern` matches whole object URLs.
     pub(super) bucket: Option<Arc<Bucket>>,
+    /// The glob, compiled, for a bucket's object URLs.
+    matcher: Option<glob::Pattern>,
 }
 
 /// The first `/`-separated part of `path` with a wildcard, and what comes before it.
@@ -51,17 +53,19 @@ impl Location {
         if is_remote(path) {
             let (base, globbed) = split_glob(path);
             let bucket = Bucket::parse(base, &options.storage())?;
-            let pattern = if globbed {
-                glob::Pattern::new(path)
-                    .map_err(|e| EngineError::user(format!("invalid glob '{path}': {e}")))?;
-                Some(path.to_string())
+            let matcher = if globbed {
+                Some(
+                    glob::Pattern::new(path)
+                        .map_err(|e| EngineError::user(format!("invalid glob '{path}': {e}")))?,
+                )
             } else {
                 None
             };
             return Ok(Self {
                 base: PathBuf::new(),
-                pattern,
+                pattern: globbed.then(|| path.to_string()),
                 bucket: Some(Arc::new(bucket)),
+                matcher,
             });
         }
         let local = local_path(path).ok_or_else(|| {
@@ -88,6 +92,7 @@ impl Location {
                 base,
                 pattern: Some(path.to_string()),
                 bucket: None,
+                matcher: None,
             })
         } else {
             let base = PathBuf::from(path);
@@ -98,6 +103,7 @@ impl Location {
                     base: dir,
                     pattern: Some(glob::Pattern::escape(path)),
                     bucket: None,
+                matcher: None,
                 });
             }
             if !base.is_dir() {
@@ -109,39 +115,41 @@ impl Location {
                 base,
                 pattern: None,
                 bucket: None,
+                matcher: None,
             })
         }
     }
 
-    /// The objects below a bucket prefix: its direct children (every level with a glob,
-    /// which then must match), hidden names skipped at every level.
-    fn list_bucket(&self, bucket: &Bucket) -> Result<Vec<FileEntry>> {
-        let pattern = match &self.pattern {
-            Some(p) => Some(
-                glob::Pattern::new(p)
-                    .map_err(|e| EngineError::user(format!("invalid glob '{p}': {e}")))?,
-            ),
-            None => None,
+    /// Whether object `url` of the bucket is one this location reads: below its prefix, no
+    /// hidden name at any level, a direct child (any level with a glob, which must match).
+    pub(super) fn admits(&self, url: &str) -> bool {
+        let Some(bucket) = &self.bucket else {
+            return false;
         };
+        let Some(rel) = bucket.key_of_url(url).and_then(|k| bucket.rel_of(&k)) else {
+            return false;
+        };
+        if rel.is_empty() || rel.split('/').any(|p| p.is_empty() || Self::hidden(p)) {
+            return false;
+        }
+        match &self.matcher {
+            None => !rel.contains('/'),
+            Some(p) => p.matches(url),
+        }
+    }
+
+    /// The objects below a bucket prefix that [`Self::admits`].
+    fn list_bucket(&self, bucket: &Bucket) -> Result<Vec<FileEntry>> {
         let mut out = Vec::new();
         for m in bucket.list_below(None)? {
-            let Some(rel) = bucket.rel_of(&m.location) else {
-                continue;
-            };
-            if rel.split('/').any(|p| p.is_empty() || Self::hidden(p))
-                || (pattern.is_none() && rel.contains('/'))
-            {
-                continue;
-            }
             let url = bucket.url_of(&m.location);
-            if pattern.as_ref().is_some_and(|p| !p.matches(&url)) {
-                continue;
+            if self.admits(&url) {
+                out.push(FileEntry {
+                    path: url,
+                    mtime_ms: m.last_modified.timestamp_millis(),
+                    size: m.size,
+                });
             }
-            out.push(FileEntry {
-                path: url,
-                mtime_ms: m.last_modified.timestamp_millis(),
-                size: m.size,
-            });
         }
         Ok(out)
     }

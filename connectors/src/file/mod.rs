@@ -40,6 +40,22 @@ use listing::*;
 pub use settings::FileSourceFactory;
 use settings::*;
 
+/// A queue of a bucket's event notifications (Auto Loader's file-notification mode): how the
+/// file source learns of new objects without listing.
+///
+/// Called on the query's thread: `poll` when the source looks for new files (instead of a
+/// listing, after the one at start-up), `committed` after each batch's commit. Across a crash:
+/// an announcement may come again (the source log decides what was read), and none may be
+/// dropped before `committed` says its object was taken.
+pub trait ObjectNotifications: Send {
+    /// Every object announced and not yet reported taken. `url_of(bucket, key)` is the URL of
+    /// an object this source reads (`None`: not one of its objects).
+    fn poll(&mut self, url_of: &dyn Fn(&str, &str) -> Option<String>) -> Result<Vec<FileEntry>>;
+    /// After a commit: `taken(url)` tells whether an object is in the source log; the
+    /// announcements of those can go.
+    fn committed(&mut self, taken: &dyn Fn(&str) -> bool) -> Result<()>;
+}
+
 /// The progress metric (`sources[].metrics`) of the malformed records of a batch.
 pub const MALFORMED_METRIC: &str = "numMalformedRecords";
 
@@ -130,6 +146,10 @@ pub struct FileSource {
     malformed: u64,
     /// The timer that lists a bucket again (object storage has no inotify).
     lister: Option<crate::util::Ticker>,
+    /// File-notification mode: the bucket's event queue (listed once, at start-up).
+    notifications: Option<std::sync::Mutex<Box<dyn ObjectNotifications>>>,
+    /// Whether the start-up listing of notification mode is done.
+    listed_once: std::sync::atomic::AtomicBool,
 }
 
 /// One file parsed: its rows and how many of its records were malformed.
@@ -214,10 +234,37 @@ impl FileReader {
 }
 
 impl FileSource {
-    fn new_files(&self) -> Result<Vec<FileEntry>> {
-        let mut files: Vec<FileEntry> = self
+    /// The objects the notification queue announced (plus, the first time, a listing).
+    fn announced(&self, queue: &std::sync::Mutex<Box<dyn ObjectNotifications>>) -> Result<Vec<FileEntry>> {
+        let bucket = self
             .loc
-            .list()?
+            .bucket
+            .as_ref()
+            .ok_or_else(|| EngineError::bug("notifications without a bucket"))?;
+        let mut files = queue
+            .lock()
+            .map_err(|_| EngineError::bug("the notification queue's lock was poisoned"))?
+            .poll(&|b, key| {
+                let url = bucket.url_of_key(key);
+                (b == bucket.bucket() && self.loc.admits(&url)).then_some(url)
+            })?;
+        if !self.listed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let mut have: HashSet<String> = files.iter().map(|f| f.path.clone()).collect();
+            for f in self.loc.list()? {
+                if have.insert(f.path.clone()) {
+                    files.push(f);
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    fn new_files(&self) -> Result<Vec<FileEntry>> {
+        let listed = match &self.notifications {
+            Some(queue) => self.announced(queue)?,
+            None => self.loc.list()?,
+        };
+        let mut files: Vec<FileEntry> = listed
             .into_iter()
             .filter(|f| !self.seen.contains(&key(&f.path, self.file_name_only)))
             .filter(|f| match &self.available_now {
@@ -460,6 +507,13 @@ impl Source for FileSource {
     }
 
     fn commit(&mut self, end: &Offset) -> Result<()> {
+        if let Some(queue) = &self.notifications {
+            let (seen, name_only) = (&self.seen, self.file_name_only);
+            queue
+                .lock()
+                .map_err(|_| EngineError::bug("the notification queue's lock was poisoned"))?
+                .committed(&|url| seen.contains(&key(url, name_only)))?;
+        }
         if self.clean == CleanSource::Off {
             return Ok(());
         }
@@ -485,7 +539,11 @@ impl Source for FileSource {
         if self.loc.bucket.is_some() {
             // a bucket is listed every poll interval (Auto Loader's directory listing mode)
             let every = self.watch_poll.unwrap_or(Duration::from_secs(1));
-            self.watch_kind = Some("listing");
+            self.watch_kind = Some(if self.notifications.is_some() {
+                "notifications"
+            } else {
+                "listing"
+            });
             self.lister = Some(crate::util::Ticker::start(every, notifier));
             return Ok(true);
         }

@@ -286,6 +286,8 @@ impl FileSourceFactory {
             notifier: None,
             malformed: 0,
             lister: None,
+            notifications: None,
+            listed_once: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }

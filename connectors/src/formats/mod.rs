@@ -12,6 +12,7 @@
 pub mod csv;
 pub mod json;
 pub mod parquet;
+pub mod shortcut;
 pub mod text;
 
 use std::path::Path;

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanArray, Int32Array, Int64Array, ListBuilder, RecordBatch,
+    ArrayRef, BinaryBuilder, Int32Array, Int64Array, ListBuilder, RecordBatch,
     StringArray, StructBuilder, TimestampMicrosecondArray,
 };
-use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -17,10 +16,10 @@ use rdkafka::message::Headers;
 use rdkafka::{Message, Offset as KOffset, Timestamp, TopicPartitionList};
 use sluice_engine::{EngineError, Result};
 
-use crate::formats::{decode_records, Mode};
 
 use super::settings::*;
-use super::source::{KafkaSource, Shortcut};
+use super::source::KafkaSource;
+use crate::formats::shortcut::Shortcut;
 
 /// Spark's Kafka row schema (headers when `includeHeaders`).
 pub fn kafka_schema(headers: bool) -> Schema {
@@ -261,7 +260,6 @@ impl KafkaSource {
 
     /// The schema shortcut: values parsed as JSON into the user's columns, plus metadata.
     pub(super) fn parsed_batch(&self, sc: &Shortcut, recs: &[Rec]) -> Result<RecordBatch> {
-        let schema = Arc::clone(&sc.settings.data_schema);
         let mut parts: Vec<RecordBatch> = Vec::new();
         // per partition, so a FAILFAST error names the partition and offset
         let mut i = 0;
@@ -273,61 +271,18 @@ impl KafkaSource {
             {
                 j += 1;
             }
-            let cleaned: Vec<Vec<u8>> = recs[i..j]
+            let payloads: Vec<(usize, Option<&[u8]>)> = recs[i..j]
                 .iter()
-                .map(|r| {
-                    let v = r.value.as_deref().unwrap_or(b"null");
-                    let v: Vec<u8> = v
-                        .iter()
-                        .map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b })
-                        .collect();
-                    if v.iter().all(u8::is_ascii_whitespace) {
-                        b"null".to_vec()
-                    } else {
-                        v
-                    }
-                })
+                .map(|r| (r.offset.max(0) as usize, r.value.as_deref()))
                 .collect();
-            let lines: Vec<(usize, &[u8])> = recs[i..j]
-                .iter()
-                .zip(&cleaned)
-                .map(|(r, v)| (r.offset.max(0) as usize, v.as_slice()))
-                .collect();
-            let decode = crate::formats::json::line_decoder(Arc::clone(&schema));
             let what = format!(
                 "kafka topic {} partition {}",
                 recs[i].topic, recs[i].partition
             );
-            parts.extend(decode_records(
-                &what,
-                "offset",
-                &lines,
-                &sc.settings,
-                &decode,
-            )?);
+            parts.extend(sc.decode(&what, "offset", &payloads)?);
             i = j;
         }
-        let parsed = arrow::compute::concat_batches(&sc.settings.schema, &parts)?;
-        let corrupt_idx = sc
-            .settings
-            .corrupt_index
-            .ok_or_else(|| EngineError::bug("kafka shortcut without corrupt column"))?;
-        let keep: BooleanArray = match sc.mode {
-            Mode::DropMalformed => parsed
-                .column(corrupt_idx)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .map(|c| c.iter().map(|v| Some(v.is_none())).collect())
-                .ok_or_else(|| EngineError::bug("corrupt column type"))?,
-            _ => BooleanArray::from(vec![true; parsed.num_rows()]),
-        };
         let mut cols: Vec<ArrayRef> = Vec::new();
-        for (k, c) in parsed.columns().iter().enumerate() {
-            if k == corrupt_idx && !sc.keep_corrupt {
-                continue;
-            }
-            cols.push(Arc::clone(c));
-        }
         cols.push(Arc::new(
             recs.iter()
                 .map(|r| {
@@ -352,7 +307,6 @@ impl KafkaSource {
                 .collect::<TimestampMicrosecondArray>()
                 .with_timezone("UTC"),
         ));
-        let batch = RecordBatch::try_new(Arc::clone(&self.schema), cols)?;
-        Ok(filter_record_batch(&batch, &keep)?)
+        sc.assemble(&self.schema, &parts, cols)
     }
 }

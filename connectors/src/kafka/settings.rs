@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
@@ -13,10 +13,11 @@ use sluice_engine::{
     EngineError, Options, Result, Source, SourceContext, SourceFactory, SourceSpec,
 };
 
-use crate::formats::{Mode, ParseSettings};
+use crate::formats::ParseSettings;
 
 use super::records::{kafka_schema, shortcut_meta};
-use super::source::{KafkaSource, Offsets, Shortcut};
+use super::source::{KafkaSource, Offsets};
+use crate::formats::shortcut::Shortcut;
 
 pub(crate) const OPTIONS: &[&str] = &[
     "subscribe",
@@ -344,35 +345,7 @@ impl SourceFactory for KafkaSourceFactory {
             .create()
             .map_err(|e| kafka_err("creating the consumer", e))?;
         let parse = match &spec.schema {
-            Some(user) => {
-                // decode permissively with a corrupt column, then apply the user's mode: keeps
-                // each parsed row beside its record's key/topic/partition/offset
-                let mode = Mode::from_options(&spec.options)?;
-                let corrupt = spec
-                    .options
-                    .get("columnNameOfCorruptRecord")
-                    .unwrap_or("_corrupt_record")
-                    .to_string();
-                let has_corrupt = user.field_with_name(&corrupt).is_ok();
-                let mut fields: Vec<Field> =
-                    user.fields().iter().map(|f| f.as_ref().clone()).collect();
-                if !has_corrupt {
-                    fields.push(Field::new(&corrupt, DataType::Utf8, true));
-                }
-                let mut o = Options::new();
-                o.set("columnNameOfCorruptRecord", &corrupt);
-                let mut settings = ParseSettings::new(Arc::new(Schema::new(fields)), &o)?;
-                settings.mode = if mode == Mode::FailFast {
-                    Mode::FailFast
-                } else {
-                    Mode::Permissive
-                };
-                Some(Shortcut {
-                    settings,
-                    mode,
-                    keep_corrupt: has_corrupt,
-                })
-            }
+            Some(user) => Some(Shortcut::new(user, &spec.options)?),
             None => None,
         };
         Ok(Box::new(KafkaSource {

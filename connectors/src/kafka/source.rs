@@ -26,19 +26,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset as KOffset, TopicPartitionList};
 use sluice_engine::{EngineError, Notifier, Offset, ReadLimit, Result, Source};
 
-use crate::formats::{Mode, ParseSettings};
 
 /// Offsets per topic and partition.
 pub type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
 
 use super::settings::*;
 use super::watch::*;
-
-pub(crate) struct Shortcut {
-    pub(super) settings: ParseSettings,
-    pub(super) mode: Mode,
-    pub(super) keep_corrupt: bool,
-}
 
 /// Reads records of a set of topic partitions.
 pub struct KafkaSource {
@@ -52,7 +45,7 @@ pub struct KafkaSource {
     pub(super) new_starts: Option<Offsets>,
     pub(super) new_starts_path: PathBuf,
     pub(super) last_trigger: Instant,
-    pub(super) parse: Option<Shortcut>,
+    pub(super) parse: Option<crate::formats::shortcut::Shortcut>,
     pub(super) watcher: Option<Watcher>,
     pub(super) backlog: Option<u64>,
     /// Malformed values in the last batch read (the JSON shortcut).

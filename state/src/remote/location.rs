@@ -270,6 +270,17 @@ impl Location {
         format!("{}/{}", self.root, key)
     }
 
+    /// The URL of the object with key `key` (as text) of this store.
+    pub fn url_of_key(&self, key: &str) -> String {
+        format!("{}/{key}", self.root)
+    }
+
+    /// The bucket (or container) name.
+    pub fn bucket(&self) -> &str {
+        let host = self.root.split_once("://").map_or("", |(_, h)| h);
+        host.split_once('@').map_or(host, |(c, _)| c)
+    }
+
     /// The key a URL of this store names (`None`: another store or bucket).
     pub fn key_of_url(&self, url: &str) -> Option<ObjPath> {
         let rest = url.strip_prefix(&self.root)?.strip_prefix('/')?;

@@ -27,6 +27,7 @@ use sluice_engine::{
 };
 
 use super::listing::{key, Location};
+use sluice_engine::connector::storage::is_remote;
 use super::settings::{validate_options, FileFormat, FileSourceFactory, CSV_OPTIONS, LINE_OPTIONS};
 use crate::formats::{csv::CsvOptions, ParseSettings};
 use schema_log::SchemaLog;
@@ -46,6 +47,12 @@ const CLOUD_OPTIONS: &[&str] = &[
     "cloudFiles.includeExistingFiles",
     "cloudFiles.partitionColumns",
     "cloudFiles.useNotifications",
+    "cloudFiles.queueUrl",
+    "cloudFiles.region",
+    "cloudFiles.endpoint",
+    "cloudFiles.awsAccessKey",
+    "cloudFiles.awsSecretKey",
+    "cloudFiles.awsSessionToken",
     "cloudFiles.schemaInference.sampleSize.numFiles",
     "cloudFiles.schemaInference.sampleSize.numBytes",
 ];
@@ -88,6 +95,8 @@ pub(super) struct AutoOptions {
     mode: EvolutionMode,
     hints: Option<String>,
     include_existing: bool,
+    /// `cloudFiles.useNotifications`: new objects from the bucket's event queue.
+    notifications: bool,
     partition_columns: Option<Vec<String>>,
     sample_files: usize,
     sample_bytes: u64,
@@ -125,11 +134,18 @@ impl AutoOptions {
             &known,
             &[],
         )?;
-        if o.get_bool("cloudFiles.useNotifications", false)? {
+        let notifications = o.get_bool("cloudFiles.useNotifications", false)?;
+        if notifications && !spec.path.as_deref().is_some_and(is_remote) {
             return Err(EngineError::user(
-                "option 'cloudFiles.useNotifications' = true: file notification mode needs \
-                 object storage with an event queue, which this build does not have; directory \
-                 listing (the default, with inotify wake-ups) is used without it",
+                "option 'cloudFiles.useNotifications' = true: file notification mode reads a \
+                 bucket's event queue (an s3:// path with cloudFiles.queueUrl); a local \
+                 directory is watched with inotify without it",
+            ));
+        }
+        if notifications && !cfg!(feature = "aws") {
+            return Err(EngineError::user(
+                "option 'cloudFiles.useNotifications' = true needs Sluice built with feature \
+                 'aws' (the SQS client)",
             ));
         }
         let given = spec.schema.is_some();
@@ -186,6 +202,7 @@ impl AutoOptions {
             mode,
             hints,
             include_existing: o.get_bool("cloudFiles.includeExistingFiles", true)?,
+            notifications,
             partition_columns,
             sample_files: o
                 .get_u64("cloudFiles.schemaInference.sampleSize.numFiles")?
@@ -553,6 +570,12 @@ impl SourceFactory for CloudFilesFactory {
         src.schema = Arc::clone(&r.read.full);
         if !r.opts.include_existing {
             skip_existing(&mut src, ctx)?;
+        }
+        #[cfg(feature = "aws")]
+        if r.opts.notifications {
+            src.notifications = Some(std::sync::Mutex::new(Box::new(
+                crate::aws::notifications::SqsNotifications::open(&spec.options)?,
+            )));
         }
         let reader = Arc::make_mut(&mut src.reader);
         if reader.parse.is_none() {
