@@ -115,6 +115,12 @@ pub const FORMATS: &[Format] = &[
         "sink",
         "PostgreSQL and MySQL/MariaDB tables (upserts)",
     ),
+    format(
+        "kinesis",
+        Some("aws"),
+        "source",
+        "Amazon Kinesis data streams (shards split and merged while read)",
+    ),
 ];
 
 use std::sync::Arc;
@@ -139,6 +145,8 @@ pub fn builtin() -> ConnectorRegistry {
         r.add_source(Arc::new(kafka::KafkaSourceFactory));
         r.add_sink(Arc::new(kafka::sink::KafkaSinkFactory));
     }
+    #[cfg(feature = "aws")]
+    r.add_source(Arc::new(aws::kinesis::KinesisSourceFactory));
     #[cfg(feature = "jdbc")]
     {
         r.add_sink(Arc::new(jdbc::JdbcSinkFactory));

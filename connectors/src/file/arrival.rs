@@ -375,20 +375,20 @@ mod tests {
         std::fs::write(&p, "{\"a\":1}\n{\"a\":2}\n{\"a\"").expect("write");
         let mut buf = Vec::new();
         // recorded all 20 bytes: read as they are (a last line without newline is kept)
-        assert!(read_recorded(&entry(&p, 20), &mut buf, true, false).expect("read"));
+        assert!(read_recorded(&entry(&p, 20), &mut buf, true, false, None).expect("read"));
         assert_eq!(buf.len(), 20);
         // the file grew: exactly the recorded bytes again (a re-run reads what the first
         // attempt read)
         std::fs::write(&p, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n").expect("write");
-        assert!(read_recorded(&entry(&p, 20), &mut buf, true, false).expect("read"));
+        assert!(read_recorded(&entry(&p, 20), &mut buf, true, false, None).expect("read"));
         assert_eq!(buf, b"{\"a\":1}\n{\"a\":2}\n{\"a\"");
         // shorter than recorded: an error naming the file
-        let e = read_recorded(&entry(&p, 99), &mut buf, true, false).expect_err("short");
+        let e = read_recorded(&entry(&p, 99), &mut buf, true, false, None).expect_err("short");
         assert!(e.to_string().contains("f.json has 24 bytes"), "{e}");
         // gone
         std::fs::remove_file(&p).expect("rm");
-        let e = read_recorded(&entry(&p, 20), &mut buf, true, false).expect_err("gone");
+        let e = read_recorded(&entry(&p, 20), &mut buf, true, false, None).expect_err("gone");
         assert!(e.to_string().contains("ignoreMissingFiles"), "{e}");
-        assert!(!read_recorded(&entry(&p, 20), &mut buf, true, true).expect("skipped"));
+        assert!(!read_recorded(&entry(&p, 20), &mut buf, true, true, None).expect("skipped"));
     }
 }
