@@ -370,3 +370,246 @@ sink = {{ format = "csv", path = "{d}/out" }}
     assert_eq!(committed_lines(&dir.join("out"), false), vec!["1".to_string()]);
     assert!(dir.join("chk/metadata").is_file());
 }
+
+/// One JSON line per event `i` of `range`: `{"id": i, "k": "k<i % 7>"}`.
+fn events(range: std::ops::Range<u64>) -> String {
+    range
+        .map(|i| format!("{{\"id\": {i}, \"k\": \"k{}\"}}\n", i % 7))
+        .collect()
+}
+
+#[test]
+fn file_notifications_start_batches_without_listing_and_the_modes_swap_on_restart() {
+    let s3 = S3Server::start();
+    s3.create_bucket("notes");
+    // the bucket's ObjectCreated events go to a queue, as Auto Loader's setup makes them
+    let queue = s3
+        .boto(
+            "q = sqs.create_queue(QueueName='notes-events')['QueueUrl']\n\
+             arn = sqs.get_queue_attributes(QueueUrl=q, AttributeNames=['QueueArn'])['Attributes']['QueueArn']\n\
+             s3.put_bucket_notification_configuration(Bucket='notes', NotificationConfiguration=\
+             {'QueueConfigurations': [{'QueueArn': arn, 'Events': ['s3:ObjectCreated:*']}]})\n\
+             print(q)",
+            &[],
+        )
+        .trim()
+        .to_string();
+    let w = workdir();
+    let pipeline = |notifications: bool, trigger: &str| {
+        let p = w.path().join(format!("p-{notifications}.toml"));
+        fs::write(
+            &p,
+            format!(
+                r#"[source.ev]
+format = "cloudFiles"
+path = "s3://notes/in"
+schema = "id BIGINT, k STRING"
+options = {{ "cloudFiles.format" = "json", "cloudFiles.useNotifications" = "{notifications}", "cloudFiles.queueUrl" = "{queue}" }}
+
+[query.q]
+sql = "SELECT id, k FROM ev"
+trigger = "{trigger}"
+checkpoint = "s3://notes/chk"
+sink = {{ format = "csv", path = "s3://notes/out" }}
+"#
+            ),
+        )
+        .expect("pipeline");
+        p
+    };
+    let mut env: Vec<(&str, String)> = s3.env();
+    env.push(("SLUICE_LOCAL_DIR", w.path().join("local").to_string_lossy().into_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let input = s3.location("s3://notes/in");
+    let put = |name: &str, range: std::ops::Range<u64>| {
+        input
+            .put(name, events(range).into_bytes().into())
+            .expect("put");
+    };
+    let rows = || -> Vec<u64> {
+        let mut ids: Vec<u64> = s3
+            .committed_lines("s3://notes/out", false)
+            .iter()
+            .map(|l| l.split(',').next().expect("id").parse().expect("id"))
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    // 1. listing mode
+    put("a1.json", 0..10);
+    put("a2.json", 10..20);
+    let o = run_pipeline(&pipeline(false, "available-now"), &env);
+    assert!(o.status.success(), "listing: {}", stderr(&o));
+    assert_eq!(rows(), (0..20).collect::<Vec<_>>());
+    // 2. notification mode: the queue also holds a1 and a2's events, already read
+    let daemon = spawn_pipeline(&pipeline(true, "200 milliseconds"), &env);
+    put("b1.json", 20..30);
+    wait_until("b1 is committed", Duration::from_secs(60), || rows().len() == 30);
+    // (the test itself lists out/ to read the rows: only listings of in/ count)
+    let listings = || s3.requests("\"GET /notes?list-type=2&prefix=in");
+    let after_start = listings();
+    put("b2.json", 30..40);
+    wait_until("b2 is committed", Duration::from_secs(60), || rows().len() == 40);
+    put("sub/b3.json", 40..50); // below the prefix: Auto Loader reads sub-directories too
+    wait_until("b3 is committed", Duration::from_secs(60), || rows().len() == 50);
+    assert_eq!(
+        listings(),
+        after_start,
+        "objects put after start-up started batches without a listing"
+    );
+    signal(&daemon, "TERM");
+    let o = daemon.wait_with_output().expect("daemon");
+    assert!(o.status.success(), "notifications: {}", stderr(&o));
+    // 3. listing mode again: what arrived since is read, nothing twice
+    put("c1.json", 50..60);
+    let o = run_pipeline(&pipeline(false, "available-now"), &env);
+    assert!(o.status.success(), "listing again: {}", stderr(&o));
+    assert_eq!(rows(), (0..60).collect::<Vec<_>>());
+    // 4. and notifications again: an object that arrived while stopped is found by the
+    // start-up listing, one announced while running by the queue
+    put("d1.json", 60..70);
+    let daemon = spawn_pipeline(&pipeline(true, "200 milliseconds"), &env);
+    put("d2.json", 70..80);
+    wait_until("d1 and d2 are committed", Duration::from_secs(60), || rows().len() == 80);
+    signal(&daemon, "TERM");
+    let o = daemon.wait_with_output().expect("daemon");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(rows(), (0..80).collect::<Vec<_>>());
+}
+
+#[test]
+fn kinesis_records_are_read_once_across_a_shard_split_and_a_kill() {
+    let s3 = S3Server::start();
+    // three shards, 90 records
+    let put = |range: std::ops::Range<u64>| {
+        s3.boto(
+            "for line in sys.argv[2].splitlines():\n\
+             \x20   r = json.loads(line)\n\
+             \x20   kinesis.put_record(StreamName=sys.argv[1], Data=line.encode(), PartitionKey='p%d' % r['id'])",
+            &["events", &events(range)],
+        );
+    };
+    s3.boto("kinesis.create_stream(StreamName='events', ShardCount=3)", &[]);
+    put(0..90);
+    let w = workdir();
+    let pipeline = |trigger: &str| {
+        let p = w.path().join("p.toml");
+        fs::write(
+            &p,
+            format!(
+                r#"[source.ev]
+format = "kinesis"
+schema = "id BIGINT, k STRING"
+options = {{ streamName = "events", initialPosition = "trim_horizon", maxRecordsPerFetch = 7, shardFetchInterval = "100 milliseconds" }}
+
+[query.q]
+sql = "SELECT id, k, \"shardId\" FROM ev"
+trigger = "{trigger}"
+checkpoint = "chk"
+sink = {{ format = "csv", path = "out" }}
+"#
+            ),
+        )
+        .expect("pipeline");
+        p
+    };
+    let env: Vec<(&str, String)> = s3.env();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // the query runs; the first shard is split while it does; it is killed after batch 8's
+    // sink write and restarted
+    env.push(("SLUICE_CRASH_AT", "after-sink@8"));
+    let daemon = spawn_pipeline(&pipeline("100 milliseconds"), &env);
+    let out = w.path().join("out");
+    wait_until("two batches are committed", Duration::from_secs(60), || {
+        w.path().join("chk/commits/1").exists()
+    });
+    s3.boto(
+        "s = kinesis.list_shards(StreamName='events')['Shards'][0]\n\
+         r = s['HashKeyRange']\n\
+         mid = (int(r['StartingHashKey']) + int(r['EndingHashKey'])) // 2\n\
+         kinesis.split_shard(StreamName='events', ShardToSplit=s['ShardId'], NewStartingHashKey=str(mid))",
+        &[],
+    );
+    put(90..180);
+    let o = daemon.wait_with_output().expect("daemon");
+    assert!(killed(&o), "killed at after-sink@8: {}", stderr(&o));
+    env.pop();
+    let o = run_pipeline(&pipeline("available-now"), &env);
+    assert!(o.status.success(), "restart: {}", stderr(&o));
+    let lines = committed_lines(&out, false);
+    let mut ids: Vec<u64> = lines
+        .iter()
+        .map(|l| l.split(',').next().expect("id").parse().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..180).collect::<Vec<_>>(), "every record once");
+    // the split closed shard 0 and made two children; each child was read only after its
+    // parent was finished: its first batch comes after the parent's last
+    let shards = s3.boto(
+        "for s in kinesis.list_shards(StreamName='events')['Shards']:\n\
+         \x20   print(s['ShardId'], s.get('ParentShardId', '-'))",
+        &[],
+    );
+    let children: Vec<&str> = shards
+        .lines()
+        .filter(|l| l.ends_with("shardId-000000000000"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(children.len(), 2, "{shards}");
+    let batches_of = |shard: &str| -> Vec<u64> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(&out).expect("out") {
+            let name = e.expect("e").file_name().to_string_lossy().into_owned();
+            let Some(b) = name
+                .strip_prefix("part-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|b| b.parse().ok())
+            else {
+                continue;
+            };
+            if fs::read_to_string(out.join(&name))
+                .expect("part")
+                .lines()
+                .any(|l| l.ends_with(shard))
+            {
+                v.push(b);
+            }
+        }
+        v
+    };
+    let parent_last = batches_of("shardId-000000000000").into_iter().max().expect("parent rows");
+    for c in &children {
+        let first = batches_of(c).into_iter().min().expect("child rows");
+        assert!(first > parent_last, "{c} read in batch {first}, its parent until {parent_last}");
+    }
+    // the same records read from files give the same rows
+    let files = workdir();
+    fs::create_dir_all(files.path().join("in")).expect("in");
+    put_file(&files.path().join("in"), "all.json", &events(0..180), 1);
+    let p = files.path().join("p.toml");
+    fs::write(
+        &p,
+        r#"[source.ev]
+format = "json"
+path = "in"
+schema = "id BIGINT, k STRING"
+
+[query.q]
+sql = "SELECT id, k FROM ev"
+trigger = "available-now"
+checkpoint = "chk"
+sink = { format = "csv", path = "out" }
+"#,
+    )
+    .expect("pipeline");
+    let o = run_pipeline(&p, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let from_files = sorted(committed_lines(&files.path().join("out"), false));
+    let from_kinesis = sorted(
+        lines
+            .iter()
+            .map(|l| l.rsplit_once(',').expect("shard column").0.to_string())
+            .collect(),
+    );
+    assert_eq!(from_kinesis, from_files);
+}

@@ -1,6 +1,8 @@
 //! Object storage for the tests: a real S3/SQS/Kinesis-protocol server process per test
-//! (moto in server mode, from PyPI; `scripts/test` installs it into `~/.cache/sluice-venv`),
-//! on its own port, with its access log kept to count the requests it served.
+//! (moto in server mode, from PyPI; `scripts/test` installs it into `~/.cache/sluice-venv`;
+//! started by `tests/servers/moto_server.py`, which corrects moto's Kinesis shard split), on
+//! its own port, with its access log kept to count the requests it served. Setting up queues,
+//! notifications and streams, and writing to them, goes through boto3 (moto's dependency).
 
 #![allow(dead_code)]
 
@@ -24,13 +26,9 @@ pub struct S3Server {
     child: Child,
 }
 
-/// The moto server script: SLUICE_TEST_MOTO, else the one in the venv scripts/test makes.
-fn moto_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SLUICE_TEST_MOTO") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    PathBuf::from(home).join(".cache/sluice-venv/bin/moto_server")
+/// The server's launcher (moto's server, with the split corrected).
+fn moto_script() -> PathBuf {
+    super::repo_dir().join("tests/servers/moto_server.py")
 }
 
 impl S3Server {
@@ -42,7 +40,8 @@ impl S3Server {
             .expect("tempdir");
         let port = super::db::free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
-        let child = Command::new(moto_bin())
+        let child = Command::new(super::delta::python())
+            .arg(moto_script())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -52,7 +51,7 @@ impl S3Server {
             .unwrap_or_else(|e| {
                 panic!(
                     "start {} (scripts/test installs moto[server]): {e}",
-                    moto_bin().display()
+                    moto_script().display()
                 )
             });
         let s = Self { dir, port, child };
@@ -192,6 +191,32 @@ impl S3Server {
             }
         }
         lines
+    }
+
+    /// Runs Python `code` with `s3`, `sqs` and `kinesis` boto3 clients of this server bound,
+    /// and `args` as `sys.argv[1:]`; returns what it printed.
+    pub fn boto(&self, code: &str, args: &[&str]) -> String {
+        let script = format!(
+            "import sys, json, time, boto3\n\
+             kw = dict(endpoint_url={ep:?}, region_name='us-east-1', \
+             aws_access_key_id='test', aws_secret_access_key='test')\n\
+             s3 = boto3.client('s3', **kw)\n\
+             sqs = boto3.client('sqs', **kw)\n\
+             kinesis = boto3.client('kinesis', **kw)\n{code}\n",
+            ep = self.endpoint()
+        );
+        let o = Command::new(super::delta::python())
+            .arg("-c")
+            .arg(&script)
+            .args(args)
+            .output()
+            .expect("python boto3");
+        assert!(
+            o.status.success(),
+            "boto3 script failed: {}\n{script}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// Python `deltalake`'s rows of the Delta table at `url` (the independent reader), each a
