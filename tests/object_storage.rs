@@ -613,3 +613,41 @@ sink = { format = "csv", path = "out" }
     );
     assert_eq!(from_kinesis, from_files);
 }
+
+#[test]
+fn a_store_without_conditional_puts_is_refused_unless_the_user_accepts_the_risk() {
+    let s3 = S3Server::start();
+    // object_store's S3 client with conditional puts turned off stands for such a store
+    let st = Staged::new(
+        &s3,
+        "clicks",
+        "unsafe",
+        "storage = { \"aws_conditional_put\" = \"disabled\" }\n",
+    );
+    let o = st.run(&s3, &[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot create an object only if it is absent")
+            && err.contains("sluice.allowUnsafeCreate"),
+        "{err}"
+    );
+    assert!(
+        !s3.names(&format!("{}/chk", st.bucket))
+            .iter()
+            .any(|n| n.contains("offsets/")),
+        "no batch was planned"
+    );
+    let text = fs::read_to_string(&st.pipeline).expect("pipeline");
+    fs::write(
+        &st.pipeline,
+        text.replace(
+            "\"aws_conditional_put\" = \"disabled\" }",
+            "\"aws_conditional_put\" = \"disabled\", \"sluice.allowUnsafeCreate\" = \"true\" }",
+        ),
+    )
+    .expect("pipeline");
+    let o = st.run(&s3, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(st.output(&s3), expected("clicks"));
+}

@@ -65,10 +65,15 @@ const S3A_NAMES: &[(&str, AmazonS3ConfigKey)] = &[
     ("fs.s3a.region", AmazonS3ConfigKey::Region),
 ];
 
+/// The storage option that accepts a store without conditional puts (see
+/// [`Location::put_new_key`]).
+pub const ALLOW_UNSAFE_CREATE: &str = "sluice.allowUnsafeCreate";
+
 /// Whether option `key` configures storage (and so must never be printed).
 pub fn is_storage_option(key: &str) -> bool {
     let k = key.strip_prefix("spark.hadoop.").unwrap_or(key);
-    k.starts_with("fs.s3a.")
+    k.eq_ignore_ascii_case(ALLOW_UNSAFE_CREATE)
+        || k.starts_with("fs.s3a.")
         || k.starts_with("fs.gs.")
         || k.starts_with("fs.azure.")
         || k.starts_with("aws_")
@@ -139,6 +144,8 @@ pub fn block_on<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) 
 #[derive(Clone)]
 pub struct Location {
     store: Arc<dyn ObjectStore>,
+    /// [`ALLOW_UNSAFE_CREATE`]: a store without conditional puts is used anyway.
+    unsafe_create: bool,
     /// `scheme://bucket` (no credentials, no path).
     root: String,
     prefix: ObjPath,
@@ -169,6 +176,9 @@ impl Location {
             .map(|(k, v)| (k.strip_prefix("spark.hadoop.").unwrap_or(k).to_string(), v))
             .collect();
         let scheme = u.scheme().to_ascii_lowercase();
+        let unsafe_create = opts
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(ALLOW_UNSAFE_CREATE) && v.eq_ignore_ascii_case("true"));
         let store: Arc<dyn ObjectStore> = match scheme.as_str() {
             "s3" | "s3a" => {
                 let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket);
@@ -232,6 +242,7 @@ impl Location {
         };
         Ok(Self {
             store,
+            unsafe_create,
             root,
             prefix,
         })
@@ -321,22 +332,34 @@ impl Location {
 
     /// Creates object `key` unless it exists (a conditional put, `If-None-Match: *`):
     /// `Ok(false)` when it already exists. A store that cannot put conditionally is an error
-    /// saying so.
+    /// saying so — unless [`ALLOW_UNSAFE_CREATE`] is set: then an existence check and a plain
+    /// put (two writers racing between them can both succeed).
     pub fn put_new_key(&self, key: &ObjPath, bytes: Bytes) -> Result<bool> {
         let (store, k) = (self.store(), key.clone());
         let opts = PutOptions::from(PutMode::Create);
-        match block_on(async move { store.put_opts(&k, PutPayload::from(bytes), opts).await })? {
+        let payload = bytes.clone();
+        match block_on(async move { store.put_opts(&k, PutPayload::from(payload), opts).await })? {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented { .. })
+            | Err(object_store::Error::NotSupported { .. })
+                if self.unsafe_create =>
+            {
+                if self.get_key(key)?.is_some() {
+                    return Ok(false);
+                }
+                self.put_key(key, bytes)?;
+                Ok(true)
+            }
             Err(e @ object_store::Error::NotImplemented { .. })
             | Err(e @ object_store::Error::NotSupported { .. }) => Err(StateError::Config {
                 what: self.url_of(key),
                 reason: format!(
                     "this object store cannot create an object only if it is absent ({e}); a \
                      checkpoint there could be written by two queries at once. Use a store \
-                     with conditional puts (S3, GCS, Azure, MinIO, R2), or set \
-                     sluice.checkpoint.allowUnsafeStore=true to accept that risk"
+                     with conditional puts (S3, GCS, Azure, MinIO, R2), or set the storage \
+                     option {ALLOW_UNSAFE_CREATE} = \"true\" to accept that risk"
                 ),
             }),
             Err(e) => Err(self.err(key, e)),
