@@ -53,7 +53,11 @@ fn start_server() -> sluice::Result<Server> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| err(format!("{python} (scripts/test installs moto[server] there): {e}")))?;
+        .map_err(|e| {
+            err(format!(
+                "{python} (scripts/test installs moto[server] there): {e}"
+            ))
+        })?;
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if t.elapsed() > Duration::from_secs(60) {
@@ -120,7 +124,11 @@ fn run(input: &str, out: &str, checkpoint: &str, endpoint: &str) -> sluice::Resu
         .trigger(Trigger::AvailableNow)
         .start()?;
     query.await_termination()?;
-    let events = query.recent_progress().iter().map(|p| p.num_input_rows).sum();
+    let events = query
+        .recent_progress()
+        .iter()
+        .map(|p| p.num_input_rows)
+        .sum();
     Ok((events, t0.elapsed().as_secs_f64()))
 }
 
@@ -170,7 +178,12 @@ fn main() -> sluice::Result<()> {
     for i in 0..runs {
         let work = tempfile::tempdir().map_err(err)?;
         let w = |p: &str| work.path().join(p).to_string_lossy().into_owned();
-        let (n, s) = run(&local_in.to_string_lossy(), &w("out"), &w("chk"), &server.endpoint)?;
+        let (n, s) = run(
+            &local_in.to_string_lossy(),
+            &w("out"),
+            &w("chk"),
+            &server.endpoint,
+        )?;
         events = n;
         t_local.push(s);
         let (n2, s2) = run("s3://bench/in", &w("out2"), &w("chk2"), &server.endpoint)?;
@@ -183,7 +196,9 @@ fn main() -> sluice::Result<()> {
         )?;
         t_all.push(s3);
         if n2 != n || n3 != n {
-            return Err(err(format!("events differ: local {n}, s3 input {n2}, all s3 {n3}")));
+            return Err(err(format!(
+                "events differ: local {n}, s3 input {n2}, all s3 {n3}"
+            )));
         }
         eprintln!("run {i}: local {s:.2} s, input in S3 {s2:.2} s, all in S3 {s3:.2} s");
     }

@@ -56,11 +56,17 @@ impl Staged {
             let line = line
                 .replace(r#"path = "in""#, &format!(r#"path = "{url}/in""#))
                 .replace(r#"path = "out""#, &format!(r#"path = "{url}/out""#))
-                .replace(r#"checkpoint = "chk/"#, &format!(r#"checkpoint = "{url}/chk/"#));
+                .replace(
+                    r#"checkpoint = "chk/"#,
+                    &format!(r#"checkpoint = "{url}/chk/"#),
+                );
             out.push_str(&line);
             out.push('\n');
         }
-        assert!(!out.contains(r#""in""#) && !out.contains(r#""out""#), "{out}");
+        assert!(
+            !out.contains(r#""in""#) && !out.contains(r#""out""#),
+            "{out}"
+        );
         let w = workdir();
         let pipeline = w.path().join("pipeline.toml");
         fs::write(&pipeline, &out).expect("pipeline");
@@ -123,13 +129,24 @@ fn golden_pipelines_run_with_every_path_in_a_bucket() {
         let st = Staged::new(&s3, &name, "plain", "");
         let o = st.run(&s3, &[]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
-        assert_eq!(st.output(&s3), expected(&name), "{name}: rows in the bucket");
+        assert_eq!(
+            st.output(&s3),
+            expected(&name),
+            "{name}: rows in the bucket"
+        );
         // the checkpoint is in the bucket: its logs, and nothing of the live RocksDB
         let chk = s3.names(&format!("{}/chk", st.bucket));
-        assert!(chk.iter().any(|n| n.ends_with("/metadata")), "{name}: {chk:?}");
-        assert!(chk.iter().any(|n| n.contains("/commits/")), "{name}: {chk:?}");
         assert!(
-            !chk.iter().any(|n| n.ends_with("/LOCK") || n.ends_with(".lock")),
+            chk.iter().any(|n| n.ends_with("/metadata")),
+            "{name}: {chk:?}"
+        );
+        assert!(
+            chk.iter().any(|n| n.contains("/commits/")),
+            "{name}: {chk:?}"
+        );
+        assert!(
+            !chk.iter()
+                .any(|n| n.ends_with("/LOCK") || n.ends_with(".lock")),
             "{name}: a live database was uploaded: {chk:?}"
         );
     }
@@ -154,7 +171,11 @@ fn golden_pipelines_killed_at_every_crash_point_with_the_checkpoint_in_a_bucket(
             }
             let at = format!("{point}@1");
             let o = st.run(&s3, &[("SLUICE_CRASH_AT", &at)]);
-            assert!(killed(&o), "{name}: expected SIGKILL at {at}: {}", stderr(&o));
+            assert!(
+                killed(&o),
+                "{name}: expected SIGKILL at {at}: {}",
+                stderr(&o)
+            );
             // the restart has nothing local: everything comes from the bucket
             fs::remove_dir_all(st.local_dir()).expect("remove the local copy");
             let o = st.run(&s3, &[]);
@@ -184,7 +205,9 @@ fn the_state_is_restored_from_the_bucket_when_the_local_copy_is_gone() {
     assert_eq!(all.len(), 4);
     // the first run sees only the first three files
     let last = &all[3];
-    s3.location(&input).delete(&last.0).expect("hold back the last file");
+    s3.location(&input)
+        .delete(&last.0)
+        .expect("hold back the last file");
     let o = st.run(&s3, &[]);
     assert!(o.status.success(), "first run: {}", stderr(&o));
     let chk = s3.names(&format!("{}/chk", st.bucket));
@@ -201,7 +224,8 @@ fn the_state_is_restored_from_the_bucket_when_the_local_copy_is_gone() {
     for (n, _) in &all[..3] {
         loc.delete(n).expect("delete input");
     }
-    loc.put(&last.0, last.1.clone().into()).expect("the last file arrives");
+    loc.put(&last.0, last.1.clone().into())
+        .expect("the last file arrives");
     let o = st.run(&s3, &[]);
     assert!(o.status.success(), "second run: {}", stderr(&o));
     assert_eq!(st.output(&s3), expected(name));
@@ -223,13 +247,18 @@ fn a_second_daemon_on_the_same_checkpoint_is_refused_and_nothing_is_written_twic
         }
     }
     let mut env: Vec<(&str, String)> = s3.env();
-    env.push(("SLUICE_LOCAL_DIR", st.local_dir().to_string_lossy().into_owned()));
+    env.push((
+        "SLUICE_LOCAL_DIR",
+        st.local_dir().to_string_lossy().into_owned(),
+    ));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let first = spawn_pipeline(&st.pipeline, &env);
     let chk = format!("{}/chk", st.bucket);
-    wait_until("the first daemon commits batch 3", Duration::from_secs(60), || {
-        s3.names(&chk).iter().any(|n| n.ends_with("/commits/3"))
-    });
+    wait_until(
+        "the first daemon commits batch 3",
+        Duration::from_secs(60),
+        || s3.names(&chk).iter().any(|n| n.ends_with("/commits/3")),
+    );
     let second = spawn_pipeline(&st.pipeline, &env);
     let a = first.wait_with_output().expect("first");
     let b = second.wait_with_output().expect("second");
@@ -280,15 +309,22 @@ fn credentials_never_appear_in_logs_progress_status_or_errors() {
     let text = fs::read_to_string(&st.pipeline).expect("pipeline");
     fs::write(
         &st.pipeline,
-        text.replace(r#"trigger = "available-now""#, r#"trigger = "500 milliseconds""#),
+        text.replace(
+            r#"trigger = "available-now""#,
+            r#"trigger = "500 milliseconds""#,
+        ),
     )
     .expect("pipeline");
     let child = c.spawn().expect("spawn");
     let port: u16 = port.parse().expect("port");
-    wait_until("the status API answers with progress", Duration::from_secs(60), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && http_get(port, "/api/queries").contains("numInputRows")
-    });
+    wait_until(
+        "the status API answers with progress",
+        Duration::from_secs(60),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && http_get(port, "/api/queries").contains("numInputRows")
+        },
+    );
     let mut seen = String::new();
     for path in ["/api/queries", "/metrics", "/"] {
         seen.push_str(&http_get(port, path));
@@ -313,7 +349,10 @@ fn credentials_never_appear_in_logs_progress_status_or_errors() {
     let o = run_pipeline(&bad, &env2);
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(err.contains("no-such-bucket"), "the error names the bucket: {err}");
+    assert!(
+        err.contains("no-such-bucket"),
+        "the error names the bucket: {err}"
+    );
     seen.push_str(&err);
     let mut v = std::process::Command::new(sluice_bin());
     v.arg("validate").arg(&bad);
@@ -322,7 +361,11 @@ fn credentials_never_appear_in_logs_progress_status_or_errors() {
     }
     let o = v.output().expect("validate");
     // a checkpoint that cannot be reached is exit status 1, as for `sluice run`
-    assert_eq!(o.status.code(), Some(1), "validate checks the bucket answers");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "validate checks the bucket answers"
+    );
     let err = stderr(&o);
     assert!(err.contains("no-such-bucket"), "{err}");
     seen.push_str(&err);
@@ -367,7 +410,10 @@ sink = {{ format = "csv", path = "{d}/out" }}
     .expect("pipeline");
     let o = run_pipeline(&p, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(committed_lines(&dir.join("out"), false), vec!["1".to_string()]);
+    assert_eq!(
+        committed_lines(&dir.join("out"), false),
+        vec!["1".to_string()]
+    );
     assert!(dir.join("chk/metadata").is_file());
 }
 
@@ -418,7 +464,10 @@ sink = {{ format = "csv", path = "s3://notes/out" }}
         p
     };
     let mut env: Vec<(&str, String)> = s3.env();
-    env.push(("SLUICE_LOCAL_DIR", w.path().join("local").to_string_lossy().into_owned()));
+    env.push((
+        "SLUICE_LOCAL_DIR",
+        w.path().join("local").to_string_lossy().into_owned(),
+    ));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let input = s3.location("s3://notes/in");
     let put = |name: &str, range: std::ops::Range<u64>| {
@@ -444,14 +493,20 @@ sink = {{ format = "csv", path = "s3://notes/out" }}
     // 2. notification mode: the queue also holds a1 and a2's events, already read
     let daemon = spawn_pipeline(&pipeline(true, "200 milliseconds"), &env);
     put("b1.json", 20..30);
-    wait_until("b1 is committed", Duration::from_secs(60), || rows().len() == 30);
+    wait_until("b1 is committed", Duration::from_secs(60), || {
+        rows().len() == 30
+    });
     // (the test itself lists out/ to read the rows: only listings of in/ count)
     let listings = || s3.requests("\"GET /notes?list-type=2&prefix=in");
     let after_start = listings();
     put("b2.json", 30..40);
-    wait_until("b2 is committed", Duration::from_secs(60), || rows().len() == 40);
+    wait_until("b2 is committed", Duration::from_secs(60), || {
+        rows().len() == 40
+    });
     put("sub/b3.json", 40..50); // below the prefix: Auto Loader reads sub-directories too
-    wait_until("b3 is committed", Duration::from_secs(60), || rows().len() == 50);
+    wait_until("b3 is committed", Duration::from_secs(60), || {
+        rows().len() == 50
+    });
     assert_eq!(
         listings(),
         after_start,
@@ -470,7 +525,9 @@ sink = {{ format = "csv", path = "s3://notes/out" }}
     put("d1.json", 60..70);
     let daemon = spawn_pipeline(&pipeline(true, "200 milliseconds"), &env);
     put("d2.json", 70..80);
-    wait_until("d1 and d2 are committed", Duration::from_secs(60), || rows().len() == 80);
+    wait_until("d1 and d2 are committed", Duration::from_secs(60), || {
+        rows().len() == 80
+    });
     signal(&daemon, "TERM");
     let o = daemon.wait_with_output().expect("daemon");
     assert!(o.status.success(), "{}", stderr(&o));
@@ -489,7 +546,10 @@ fn kinesis_records_are_read_once_across_a_shard_split_and_a_kill() {
             &["events", &events(range)],
         );
     };
-    s3.boto("kinesis.create_stream(StreamName='events', ShardCount=3)", &[]);
+    s3.boto(
+        "kinesis.create_stream(StreamName='events', ShardCount=3)",
+        &[],
+    );
     put(0..90);
     let w = workdir();
     let pipeline = |trigger: &str| {
@@ -577,10 +637,16 @@ sink = {{ format = "csv", path = "out" }}
         }
         v
     };
-    let parent_last = batches_of("shardId-000000000000").into_iter().max().expect("parent rows");
+    let parent_last = batches_of("shardId-000000000000")
+        .into_iter()
+        .max()
+        .expect("parent rows");
     for c in &children {
         let first = batches_of(c).into_iter().min().expect("child rows");
-        assert!(first > parent_last, "{c} read in batch {first}, its parent until {parent_last}");
+        assert!(
+            first > parent_last,
+            "{c} read in batch {first}, its parent until {parent_last}"
+        );
     }
     // the same records read from files give the same rows
     let files = workdir();

@@ -159,4 +159,3 @@ impl Drop for Ticker {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
-

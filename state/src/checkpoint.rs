@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::{ensure_dir, write_atomic};
-use crate::remote::{is_remote, CheckpointMirror, Location, StorageOptions};
 use crate::log::{parse_entry, VersionedLog, LOG_VERSION};
 use crate::recovery::{resolve_start, StartDecision};
+use crate::remote::{is_remote, CheckpointMirror, Location, StorageOptions};
 use crate::{Result, StateError};
 
 /// The query's identity, written once when the checkpoint is created.

@@ -6,11 +6,11 @@
 pub mod db;
 #[cfg(feature = "delta")]
 pub mod delta;
-#[cfg(feature = "delta")]
-pub mod s3;
 pub mod joins;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "delta")]
+pub mod s3;
 pub mod spark;
 
 use std::fs;

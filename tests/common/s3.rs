@@ -92,7 +92,13 @@ impl S3Server {
     }
 
     /// Sends a raw HTTP request (moto takes unsigned ones) and returns the status and body.
-    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n",

@@ -52,10 +52,13 @@ impl SqsNotifications {
                 )
             })?
             .to_string();
-        let mut s = ClientSettings::from(options, "cloudFiles.", "SQS", "cloudFiles notifications")?;
+        let mut s =
+            ClientSettings::from(options, "cloudFiles.", "SQS", "cloudFiles notifications")?;
         if s.endpoint.is_none() {
             let u = url::Url::parse(&queue_url).map_err(|e| {
-                EngineError::user(format!("cloudFiles.queueUrl '{queue_url}' is not a URL: {e}"))
+                EngineError::user(format!(
+                    "cloudFiles.queueUrl '{queue_url}' is not a URL: {e}"
+                ))
             })?;
             s.endpoint = Some(u.origin().ascii_serialization());
         }

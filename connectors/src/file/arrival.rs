@@ -233,11 +233,11 @@ pub(super) fn read_recorded(
     buf.clear();
     let missing = || {
         if ignore_missing {
-                tracing::warn!(
-                    "input file {} was deleted after it was taken into a batch; skipped \
+            tracing::warn!(
+                "input file {} was deleted after it was taken into a batch; skipped \
                      (ignoreMissingFiles): its rows are not in the batch",
-                    f.path
-                );
+                f.path
+            );
             return Ok(false);
         }
         Err(EngineError::user(format!(

@@ -103,7 +103,7 @@ impl Location {
                     base: dir,
                     pattern: Some(glob::Pattern::escape(path)),
                     bucket: None,
-                matcher: None,
+                    matcher: None,
                 });
             }
             if !base.is_dir() {

@@ -180,7 +180,13 @@ impl FileReader {
         };
         if self.format == FileFormat::Parquet {
             let mut bytes = Vec::new();
-            if !arrival::read_recorded(f, &mut bytes, false, self.ignore_missing, self.bucket.as_deref())? {
+            if !arrival::read_recorded(
+                f,
+                &mut bytes,
+                false,
+                self.ignore_missing,
+                self.bucket.as_deref(),
+            )? {
                 return Ok(plain(Vec::new()));
             }
             return match &self.auto {
@@ -195,7 +201,13 @@ impl FileReader {
         // fault in for every file)
         READ_BUF.with(|cell| {
             let mut bytes = cell.borrow_mut();
-            if !arrival::read_recorded(f, &mut bytes, true, self.ignore_missing, self.bucket.as_deref())? {
+            if !arrival::read_recorded(
+                f,
+                &mut bytes,
+                true,
+                self.ignore_missing,
+                self.bucket.as_deref(),
+            )? {
                 return Ok(plain(Vec::new()));
             }
             let csv = || {
@@ -235,7 +247,10 @@ impl FileReader {
 
 impl FileSource {
     /// The objects the notification queue announced (plus, the first time, a listing).
-    fn announced(&self, queue: &std::sync::Mutex<Box<dyn ObjectNotifications>>) -> Result<Vec<FileEntry>> {
+    fn announced(
+        &self,
+        queue: &std::sync::Mutex<Box<dyn ObjectNotifications>>,
+    ) -> Result<Vec<FileEntry>> {
         let bucket = self
             .loc
             .bucket
@@ -248,7 +263,10 @@ impl FileSource {
                 let url = bucket.url_of_key(key);
                 (b == bucket.bucket() && self.loc.admits(&url)).then_some(url)
             })?;
-        if !self.listed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if !self
+            .listed_once
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             let mut have: HashSet<String> = files.iter().map(|f| f.path.clone()).collect();
             for f in self.loc.list()? {
                 if have.insert(f.path.clone()) {

@@ -55,7 +55,12 @@ impl Shortcut {
 
     /// Decodes the payloads of one group of records (`what` names it, `unit` the numbers given
     /// with each payload: `offset`, `sequence number`). A missing or blank payload is `null`.
-    pub fn decode(&self, what: &str, unit: &str, payloads: &[(usize, Option<&[u8]>)]) -> Result<Vec<RecordBatch>> {
+    pub fn decode(
+        &self,
+        what: &str,
+        unit: &str,
+        payloads: &[(usize, Option<&[u8]>)],
+    ) -> Result<Vec<RecordBatch>> {
         let cleaned: Vec<Vec<u8>> = payloads
             .iter()
             .map(|(_, v)| {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, Int32Array, Int64Array, ListBuilder, RecordBatch,
-    StringArray, StructBuilder, TimestampMicrosecondArray,
+    ArrayRef, BinaryBuilder, Int32Array, Int64Array, ListBuilder, RecordBatch, StringArray,
+    StructBuilder, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
 use rdkafka::consumer::Consumer;
@@ -15,7 +15,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Headers;
 use rdkafka::{Message, Offset as KOffset, Timestamp, TopicPartitionList};
 use sluice_engine::{EngineError, Result};
-
 
 use super::settings::*;
 use super::source::KafkaSource;

@@ -26,7 +26,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset as KOffset, TopicPartitionList};
 use sluice_engine::{EngineError, Notifier, Offset, ReadLimit, Result, Source};
 
-
 /// Offsets per topic and partition.
 pub type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
 

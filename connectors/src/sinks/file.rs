@@ -19,8 +19,8 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use serde::{Deserialize, Serialize};
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use sluice_engine::connector::storage::{is_remote, Location as Bucket, VersionedLog};
 use sluice_engine::fault::crash_point;
 use sluice_engine::{EngineError, OutputMode, Result, Sink, SinkContext, SinkFactory, SinkSpec};
@@ -224,7 +224,12 @@ impl FileSink {
     }
 
     /// Encodes `batches` in the sink's format into `w` (`what` names the target in errors).
-    fn encode(&self, mut w: impl std::io::Write + Send, batches: &[RecordBatch], what: &str) -> Result<()> {
+    fn encode(
+        &self,
+        mut w: impl std::io::Write + Send,
+        batches: &[RecordBatch],
+        what: &str,
+    ) -> Result<()> {
         match self.kind {
             Kind::Csv => {
                 let mut cw = arrow::csv::WriterBuilder::new()

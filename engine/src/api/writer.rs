@@ -189,7 +189,9 @@ impl DataStreamWriter {
             &checkpoint_dir.to_string_lossy(),
             &session.storage_options(),
         )?;
-        if checkpoint.remote_url().is_some() && plan.stateful && store_options.snapshot_interval == 0
+        if checkpoint.remote_url().is_some()
+            && plan.stateful
+            && store_options.snapshot_interval == 0
         {
             return Err(EngineError::user(format!(
                 "{MIN_DELTAS_FOR_SNAPSHOT_CONF}=0 (no state snapshots) cannot be used with a \

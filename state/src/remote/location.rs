@@ -34,8 +34,11 @@ const REMOTE_SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "abfs", "abfss", "azu
 
 fn scheme(s: &str) -> Option<&str> {
     let (scheme, _) = s.split_once("://")?;
-    (!scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+'))
-        .then_some(scheme)
+    (!scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+'))
+    .then_some(scheme)
 }
 
 /// Whether `s` names a location in an object store (`s3://…` and the others).
@@ -48,9 +51,9 @@ pub fn is_remote(s: &str) -> bool {
 pub fn local_path(s: &str) -> Option<PathBuf> {
     match scheme(s) {
         None => Some(PathBuf::from(s)),
-        Some(sc) if sc.eq_ignore_ascii_case("file") => url::Url::parse(s)
-            .ok()
-            .and_then(|u| u.to_file_path().ok()),
+        Some(sc) if sc.eq_ignore_ascii_case("file") => {
+            url::Url::parse(s).ok().and_then(|u| u.to_file_path().ok())
+        }
         Some(_) => None,
     }
 }
@@ -176,9 +179,9 @@ impl Location {
             .map(|(k, v)| (k.strip_prefix("spark.hadoop.").unwrap_or(k).to_string(), v))
             .collect();
         let scheme = u.scheme().to_ascii_lowercase();
-        let unsafe_create = opts
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case(ALLOW_UNSAFE_CREATE) && v.eq_ignore_ascii_case("true"));
+        let unsafe_create = opts.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case(ALLOW_UNSAFE_CREATE) && v.eq_ignore_ascii_case("true")
+        });
         let store: Arc<dyn ObjectStore> = match scheme.as_str() {
             "s3" | "s3a" => {
                 let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket);

@@ -34,6 +34,9 @@ use crate::{Result, StateError};
 /// The remote-only marker that closes a snapshot's upload.
 const SNAPSHOT_DONE: &str = "_SLUICE_SNAPSHOT_COMPLETE";
 
+/// How a path is mirrored: its kind and, for a snapshot file, its snapshot directory.
+type Class = (Kind, Option<String>);
+
 /// A file of the local checkpoint that belongs in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
@@ -68,7 +71,7 @@ fn temporary(name: &str) -> bool {
 
 /// The kind of `rel` and, for a snapshot file, its snapshot directory; `None`: not mirrored
 /// (a live RocksDB database, a lock, a temporary or hidden file).
-fn classify(rel: &str) -> Option<(Kind, Option<String>)> {
+fn classify(rel: &str) -> Option<Class> {
     let parts: Vec<&str> = rel.split('/').collect();
     if parts.iter().any(|p| temporary(p) || p.is_empty()) {
         return None;
@@ -113,7 +116,12 @@ pub struct CheckpointMirror {
 
 impl std::fmt::Debug for CheckpointMirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CheckpointMirror({} at {})", self.remote.url(), self.local.display())
+        write!(
+            f,
+            "CheckpointMirror({} at {})",
+            self.remote.url(),
+            self.local.display()
+        )
     }
 }
 
@@ -218,9 +226,7 @@ impl CheckpointMirror {
     pub fn sync(&self) -> Result<()> {
         let mut found = Vec::new();
         self.walk(&self.local, "", &mut found);
-        found.sort_by(|a, b| {
-            (a.1, a.0.rel.len(), &a.0.rel).cmp(&(b.1, b.0.rel.len(), &b.0.rel))
-        });
+        found.sort_by(|a, b| (a.1, a.0.rel.len(), &a.0.rel).cmp(&(b.1, b.0.rel.len(), &b.0.rel)));
         let mut held = self.held.lock().map_err(|_| poisoned())?;
         let mut marked = self.snapshots.lock().map_err(|_| poisoned())?;
         let seen: BTreeSet<String> = found.iter().map(|(e, _, _)| e.rel.clone()).collect();
@@ -251,9 +257,12 @@ impl CheckpointMirror {
             marked.insert(s.clone());
         }
         // deletions: snapshot markers first, then files
-        let gone: Vec<String> = held.keys().filter(|r| !seen.contains(*r)).cloned().collect();
-        let gone_snapshots: Vec<String> =
-            marked.difference(&local_snapshots).cloned().collect();
+        let gone: Vec<String> = held
+            .keys()
+            .filter(|r| !seen.contains(*r))
+            .cloned()
+            .collect();
+        let gone_snapshots: Vec<String> = marked.difference(&local_snapshots).cloned().collect();
         for s in gone_snapshots {
             self.remote.delete(&format!("{s}/{SNAPSHOT_DONE}"))?;
             marked.remove(&s);
@@ -295,7 +304,7 @@ mod tests {
     #[test]
     fn what_is_mirrored_and_how() {
         let s = |x: &str| Some(x.to_string());
-        let table: &[(&str, Option<(Kind, Option<String>)>)] = &[
+        let table: &[(&str, Option<Class>)] = &[
             ("metadata", Some((Kind::Plain, None))),
             ("offsets/12", Some((Kind::Offsets, None))),
             ("commits/0", Some((Kind::Commit, None))),

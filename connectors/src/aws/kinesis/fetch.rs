@@ -76,7 +76,13 @@ impl Client {
 
     /// The records of `shard` after `from`, at most `limit` of them, none after `until` (a
     /// batch read again stops where its first attempt stopped).
-    pub fn read(&self, shard: &str, from: &Pos, limit: usize, until: Option<&str>) -> Result<Fetched> {
+    pub fn read(
+        &self,
+        shard: &str,
+        from: &Pos,
+        limit: usize,
+        until: Option<&str>,
+    ) -> Result<Fetched> {
         let what = |e: String| {
             EngineError::external(format!("kinesis stream {} shard {shard}: {e}", self.stream))
         };

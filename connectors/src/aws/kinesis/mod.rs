@@ -164,7 +164,12 @@ impl SourceFactory for KinesisSourceFactory {
         Ok(Arc::new(Schema::new(fields)))
     }
 
-    fn create(&self, spec: &SourceSpec, schema: SchemaRef, ctx: &SourceContext) -> Result<Box<dyn Source>> {
+    fn create(
+        &self,
+        spec: &SourceSpec,
+        schema: SchemaRef,
+        ctx: &SourceContext,
+    ) -> Result<Box<dyn Source>> {
         let o = &spec.options;
         let client = client(o)?;
         // `latest` means "from the first start on", also for a re-run of batch 0
@@ -236,7 +241,9 @@ impl KinesisSource {
             Arc::new(StringArray::from_iter_values(
                 recs.iter().map(|r| r.partition_key.as_str()),
             )),
-            Arc::new(StringArray::from_iter_values(recs.iter().map(|r| r.seq.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                recs.iter().map(|r| r.seq.as_str()),
+            )),
             Arc::new(
                 recs.iter()
                     .map(|r| r.arrival_us)
@@ -246,7 +253,9 @@ impl KinesisSource {
             Arc::new(StringArray::from_iter_values(
                 recs.iter().map(|_| self.client.stream.as_str()),
             )),
-            Arc::new(StringArray::from_iter_values(recs.iter().map(|r| r.shard.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                recs.iter().map(|r| r.shard.as_str()),
+            )),
         ];
         let Some(sc) = &self.shortcut else {
             let mut cols: Vec<ArrayRef> = vec![Arc::new(BinaryArray::from_iter_values(
@@ -270,9 +279,7 @@ impl KinesisSource {
                 .collect();
             let what = format!(
                 "kinesis stream {} shard {} (records after sequence number {})",
-                self.client.stream,
-                recs[i].shard,
-                recs[i].seq
+                self.client.stream, recs[i].shard, recs[i].seq
             );
             parts.extend(sc.decode(&what, "record", &payloads)?);
             i = j;
@@ -290,7 +297,11 @@ impl Source for KinesisSource {
         self.description.clone()
     }
 
-    fn latest_offset(&mut self, start: Option<&Offset>, _limit: ReadLimit) -> Result<Option<Offset>> {
+    fn latest_offset(
+        &mut self,
+        start: Option<&Offset>,
+        _limit: ReadLimit,
+    ) -> Result<Option<Offset>> {
         let state = positions(start)?;
         let listing = self.client.shards()?;
         let mut end = state.clone();
@@ -300,10 +311,7 @@ impl Source for KinesisSource {
                 continue;
             };
             let f = self.client.read(&s.id, &pos, self.max_records, None)?;
-            let pos = f
-                .records
-                .last()
-                .map_or(pos, |r| Pos::After(r.seq.clone()));
+            let pos = f.records.last().map_or(pos, |r| Pos::After(r.seq.clone()));
             let done = finished(s, &pos, f.records.len(), f.next_iterator, f.behind_ms);
             end.insert(s.id.clone(), ShardPos { from, pos, done });
             recs.extend(f.records);
@@ -327,14 +335,20 @@ impl Source for KinesisSource {
         let before = positions(start)?;
         let mut recs = Vec::new();
         for (id, e) in positions(Some(end))? {
-            let from = before.get(&id).map_or_else(|| e.from.clone(), |p| p.pos.clone());
+            let from = before
+                .get(&id)
+                .map_or_else(|| e.from.clone(), |p| p.pos.clone());
             let Pos::After(until) = &e.pos else {
                 continue; // nothing read from it yet
             };
             if from == e.pos {
                 continue;
             }
-            recs.extend(self.client.read(&id, &from, usize::MAX, Some(until))?.records);
+            recs.extend(
+                self.client
+                    .read(&id, &from, usize::MAX, Some(until))?
+                    .records,
+            );
         }
         self.batch(&recs)
     }
@@ -361,7 +375,10 @@ mod tests {
             ("latest", Some(Pos::AtMs(7))),
             ("TRIM_HORIZON", Some(Pos::TrimHorizon)),
             ("earliest", Some(Pos::TrimHorizon)),
-            (r#"{"at_timestamp": "2026-12-04T10:00:00Z"}"#, Some(Pos::AtMs(1_796_378_400_000))),
+            (
+                r#"{"at_timestamp": "2026-12-04T10:00:00Z"}"#,
+                Some(Pos::AtMs(1_796_378_400_000)),
+            ),
             (r#"{"at_timestamp": 1234}"#, Some(Pos::AtMs(1234))),
             ("yesterday", None),
             (r#"{"at": 1}"#, None),

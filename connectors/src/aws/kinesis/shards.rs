@@ -55,7 +55,12 @@ pub fn seq_cmp(a: &str, b: &str) -> Ordering {
 /// shard the query has not read yet starts at `initial` when it has no parent the stream or
 /// the offsets know of (a parent past retention is gone), and before its oldest record once
 /// every parent is finished.
-pub fn next_read(s: &ShardInfo, listing: &[ShardInfo], state: &Positions, initial: &Pos) -> Option<(Pos, Pos)> {
+pub fn next_read(
+    s: &ShardInfo,
+    listing: &[ShardInfo],
+    state: &Positions,
+    initial: &Pos,
+) -> Option<(Pos, Pos)> {
     if let Some(p) = state.get(&s.id) {
         return (!p.done).then(|| (p.from.clone(), p.pos.clone()));
     }
@@ -77,7 +82,13 @@ pub fn next_read(s: &ShardInfo, listing: &[ShardInfo], state: &Positions, initia
 
 /// Whether a shard is finished after a read: the service said so (no next iterator), or the
 /// shard is closed and the read reached its last sequence number, or found nothing more.
-pub fn finished(s: &ShardInfo, pos: &Pos, records: usize, next_iterator: bool, behind_ms: Option<i64>) -> bool {
+pub fn finished(
+    s: &ShardInfo,
+    pos: &Pos,
+    records: usize,
+    next_iterator: bool,
+    behind_ms: Option<i64>,
+) -> bool {
     if !next_iterator {
         return true;
     }
@@ -113,7 +124,13 @@ mod tests {
     #[test]
     fn sequence_numbers_compare_as_numbers() {
         assert_eq!(seq_cmp("9", "10"), Ordering::Less);
-        assert_eq!(seq_cmp("49590338271490256608559692538361571095921575989136588898", "49590338271490256608559692538361571095921575989136588899"), Ordering::Less);
+        assert_eq!(
+            seq_cmp(
+                "49590338271490256608559692538361571095921575989136588898",
+                "49590338271490256608559692538361571095921575989136588899"
+            ),
+            Ordering::Less
+        );
         assert_eq!(seq_cmp("007", "7"), Ordering::Equal);
     }
 
@@ -126,10 +143,21 @@ mod tests {
         let latest = Pos::AtMs(5);
         let mut state = Positions::new();
         // (shard, state, want)
-        assert_eq!(next_read(&p, &listing, &state, &latest), Some((latest.clone(), latest.clone())));
-        assert_eq!(next_read(&c1, &listing, &state, &latest), None, "parent not read yet");
+        assert_eq!(
+            next_read(&p, &listing, &state, &latest),
+            Some((latest.clone(), latest.clone()))
+        );
+        assert_eq!(
+            next_read(&c1, &listing, &state, &latest),
+            None,
+            "parent not read yet"
+        );
         state.insert("p".into(), at(Pos::After("3".into()), false));
-        assert_eq!(next_read(&c1, &listing, &state, &latest), None, "parent not finished");
+        assert_eq!(
+            next_read(&c1, &listing, &state, &latest),
+            None,
+            "parent not finished"
+        );
         assert_eq!(
             next_read(&p, &listing, &state, &latest),
             Some((Pos::TrimHorizon, Pos::After("3".into())))
@@ -141,7 +169,11 @@ mod tests {
             Some((Pos::TrimHorizon, Pos::TrimHorizon)),
             "a child reads from its oldest record"
         );
-        assert_eq!(next_read(&m, &listing, &state, &latest), None, "c1 not finished");
+        assert_eq!(
+            next_read(&m, &listing, &state, &latest),
+            None,
+            "c1 not finished"
+        );
         state.insert("c1".into(), at(Pos::TrimHorizon, true));
         assert_eq!(
             next_read(&m, &listing, &state, &latest),
@@ -166,7 +198,11 @@ mod tests {
             (&closed, Pos::TrimHorizon, 0, true, Some(40), false),
         ];
         for (s, pos, n, next, behind, want) in table {
-            assert_eq!(finished(s, &pos, n, next, behind), want, "{s:?} {pos:?} {n} {next} {behind:?}");
+            assert_eq!(
+                finished(s, &pos, n, next, behind),
+                want,
+                "{s:?} {pos:?} {n} {next} {behind:?}"
+            );
         }
     }
 

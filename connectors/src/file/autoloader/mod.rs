@@ -27,10 +27,10 @@ use sluice_engine::{
 };
 
 use super::listing::{key, Location};
-use sluice_engine::connector::storage::is_remote;
 use super::settings::{validate_options, FileFormat, FileSourceFactory, CSV_OPTIONS, LINE_OPTIONS};
 use crate::formats::{csv::CsvOptions, ParseSettings};
 use schema_log::SchemaLog;
+use sluice_engine::connector::storage::is_remote;
 
 pub(super) use read::Read;
 
@@ -439,7 +439,8 @@ fn resolve(spec: &SourceSpec) -> Result<Resolved> {
                              give a schema, or start it once files are there"
                         )));
                     }
-                    let data = infer::infer_data_schema(opts.format, &loc, &files, &opts, csv.as_ref())?;
+                    let data =
+                        infer::infer_data_schema(opts.format, &loc, &files, &opts, csv.as_ref())?;
                     let parts = infer::partition_columns(&base, &files, &opts);
                     let data = Schema::new(
                         data.fields()
