@@ -110,6 +110,8 @@ pub fn features() -> &'static [&'static str] {
         "delta",
         #[cfg(feature = "jdbc")]
         "jdbc",
+        #[cfg(feature = "aws")]
+        "aws",
     ]
 }
 

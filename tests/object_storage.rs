@@ -156,11 +156,13 @@ fn golden_pipelines_run_with_every_path_in_a_bucket() {
 fn golden_pipelines_killed_at_every_crash_point_with_the_checkpoint_in_a_bucket() {
     let s3 = S3Server::start();
     let points = [
+        "before-offsets-upload",
         "after-offsets",
         "mid-sink",
         "mid-sink-renamed",
         "after-sink",
         "after-state",
+        "before-commit-upload",
         "after-commit",
     ];
     for name in cases() {
@@ -428,13 +430,15 @@ fn events(range: std::ops::Range<u64>) -> String {
 fn file_notifications_start_batches_without_listing_and_the_modes_swap_on_restart() {
     let s3 = S3Server::start();
     s3.create_bucket("notes");
-    // the bucket's ObjectCreated events go to a queue, as Auto Loader's setup makes them
+    // the ObjectCreated events of the input prefix go to a queue, as Auto Loader's setup makes
+    // them
     let queue = s3
         .boto(
             "q = sqs.create_queue(QueueName='notes-events')['QueueUrl']\n\
              arn = sqs.get_queue_attributes(QueueUrl=q, AttributeNames=['QueueArn'])['Attributes']['QueueArn']\n\
              s3.put_bucket_notification_configuration(Bucket='notes', NotificationConfiguration=\
-             {'QueueConfigurations': [{'QueueArn': arn, 'Events': ['s3:ObjectCreated:*']}]})\n\
+             {'QueueConfigurations': [{'QueueArn': arn, 'Events': ['s3:ObjectCreated:*'], \
+             'Filter': {'Key': {'FilterRules': [{'Name': 'prefix', 'Value': 'in/'}]}}}]})\n\
              print(q)",
             &[],
         )
@@ -499,6 +503,10 @@ sink = {{ format = "csv", path = "s3://notes/out" }}
     // (the test itself lists out/ to read the rows: only listings of in/ count)
     let listings = || s3.requests("\"GET /notes?list-type=2&prefix=in");
     let after_start = listings();
+    assert!(
+        after_start >= 1,
+        "the server's log names the start-up listing"
+    );
     put("b2.json", 30..40);
     wait_until("b2 is committed", Duration::from_secs(60), || {
         rows().len() == 40
@@ -532,6 +540,19 @@ sink = {{ format = "csv", path = "s3://notes/out" }}
     let o = daemon.wait_with_output().expect("daemon");
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(rows(), (0..80).collect::<Vec<_>>());
+    // every announcement of a committed object was deleted from the queue (none left visible
+    // or in flight)
+    let left = s3.boto(
+        "a = sqs.get_queue_attributes(QueueUrl=sys.argv[1], AttributeNames=['All'])['Attributes']\n\
+         print(int(a['ApproximateNumberOfMessages']) + int(a['ApproximateNumberOfMessagesNotVisible']))",
+        &[&queue],
+    );
+    let bodies = s3.boto(
+        "m = sqs.receive_message(QueueUrl=sys.argv[1], MaxNumberOfMessages=10, VisibilityTimeout=0)\n\
+         print([x['Body'][:300] for x in m.get('Messages', [])])",
+        &[&queue],
+    );
+    assert_eq!(left.trim(), "0", "messages left in the queue: {bodies}");
 }
 
 #[test]
@@ -550,6 +571,7 @@ fn kinesis_records_are_read_once_across_a_shard_split_and_a_kill() {
         "kinesis.create_stream(StreamName='events', ShardCount=3)",
         &[],
     );
+    s3.create_bucket("kin");
     put(0..90);
     let w = workdir();
     let pipeline = |trigger: &str| {
@@ -565,7 +587,7 @@ options = {{ streamName = "events", initialPosition = "trim_horizon", maxRecords
 [query.q]
 sql = "SELECT id, k, \"shardId\" FROM ev"
 trigger = "{trigger}"
-checkpoint = "chk"
+checkpoint = "s3://kin/chk"
 sink = {{ format = "csv", path = "out" }}
 "#
             ),
@@ -573,7 +595,11 @@ sink = {{ format = "csv", path = "out" }}
         .expect("pipeline");
         p
     };
-    let env: Vec<(&str, String)> = s3.env();
+    let mut env: Vec<(&str, String)> = s3.env();
+    env.push((
+        "SLUICE_LOCAL_DIR",
+        w.path().join("local").to_string_lossy().into_owned(),
+    ));
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // the query runs; the first shard is split while it does; it is killed after batch 8's
     // sink write and restarted
@@ -581,7 +607,7 @@ sink = {{ format = "csv", path = "out" }}
     let daemon = spawn_pipeline(&pipeline("100 milliseconds"), &env);
     let out = w.path().join("out");
     wait_until("two batches are committed", Duration::from_secs(60), || {
-        w.path().join("chk/commits/1").exists()
+        s3.names("s3://kin/chk").iter().any(|n| n == "commits/1")
     });
     s3.boto(
         "s = kinesis.list_shards(StreamName='events')['Shards'][0]\n\

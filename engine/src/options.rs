@@ -6,9 +6,41 @@ use std::time::Duration;
 use crate::error::{EngineError, Result};
 
 /// Options of a source or sink. Keys compare case-insensitively (as in Spark); values are strings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Options {
     map: BTreeMap<String, (String, String)>, // lowercased key -> (key as written, value)
+}
+
+/// Whether option `key` holds a credential (its value is never printed).
+pub fn is_secret_option(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "secret",
+        "password",
+        "token",
+        "access.key",
+        "accesskey",
+        "access_key",
+        "sas",
+        "credential",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.map.values().map(|(k, v)| {
+                let shown = if is_secret_option(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k, shown)
+            }))
+            .finish()
+    }
 }
 
 impl Options {
@@ -88,6 +120,8 @@ impl Options {
     }
 
     /// A boolean option (`true`/`false`, any case).
+    ///
+    /// (The options' `Debug` form masks credentials: see [`is_secret_option`].)
     pub fn get_bool(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
@@ -224,6 +258,22 @@ fn max_duration() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_show_in_debug() {
+        let mut o = Options::new();
+        o.set("fs.s3a.secret.key", "s3cr3t-value");
+        o.set("awsSecretKey", "s3cr3t-value");
+        o.set("fs.s3a.access.key", "AKIDVALUE");
+        o.set("kafka.sasl.password", "s3cr3t-value");
+        o.set("path", "s3://b/x");
+        let shown = format!("{o:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("AKIDVALUE"),
+            "{shown}"
+        );
+        assert!(shown.contains("s3://b/x"), "{shown}");
+    }
 
     #[test]
     fn durations() {

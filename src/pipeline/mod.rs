@@ -67,6 +67,22 @@ use crate::{
 };
 pub use graph::{Graph, Input};
 
+/// The `storage` table of a pipeline file (its `Debug` form masks credentials).
+#[derive(Default, Deserialize)]
+#[serde(transparent)]
+pub struct StorageSettings(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let masked = sluice_engine::options::is_secret_option(k);
+                (k, if masked { "***" } else { v.as_str() })
+            }))
+            .finish()
+    }
+}
+
 /// A whole pipeline file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,7 +99,7 @@ pub struct Pipeline {
     /// Object-storage settings for every location of the pipeline (`fs.s3a.endpoint`, ...:
     /// the session's `spark.hadoop.*`); credentials are better left in the environment.
     #[serde(default)]
-    pub storage: BTreeMap<String, String>,
+    pub storage: StorageSettings,
     /// Sources by name (the SQL view name).
     #[serde(default)]
     pub source: BTreeMap<String, SourceDef>,
@@ -260,6 +276,18 @@ impl Pipeline {
             .build()
     }
 
+    /// The pipeline's object-storage settings as the session's (`spark.hadoop.*`).
+    pub(crate) fn storage_options(&self) -> sluice_state::remote::StorageOptions {
+        self.storage
+            .0
+            .iter()
+            .map(|(k, v)| {
+                let k = k.strip_prefix("spark.hadoop.").unwrap_or(k);
+                (format!("spark.hadoop.{k}"), v.clone())
+            })
+            .collect()
+    }
+
     fn session_builder(&self, app_name: &str) -> crate::SessionBuilder {
         let mut b = Session::builder().app_name(app_name);
         if let Some(n) = self.shuffle_partitions {
@@ -274,9 +302,8 @@ impl Pipeline {
                 n.to_string(),
             );
         }
-        for (k, v) in &self.storage {
-            let k = k.strip_prefix("spark.hadoop.").unwrap_or(k);
-            b = b.config(format!("spark.hadoop.{k}"), v.clone());
+        for (k, v) in self.storage_options() {
+            b = b.config(k, v);
         }
         b
     }

@@ -136,7 +136,10 @@ impl Pipeline {
                     let checkpoint = resolve_path(base, c);
                     if !validate_only {
                         // the checkpoint exists before the schema is kept inside it
-                        sluice_state::CheckpointDir::open(&checkpoint)?;
+                        sluice_state::CheckpointDir::open_location(
+                            &checkpoint.to_string_lossy(),
+                            &self.storage_options(),
+                        )?;
                     }
                     Ok(Some(
                         checkpoint

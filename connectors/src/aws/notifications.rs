@@ -92,13 +92,26 @@ impl SqsNotifications {
                     .map_err(|e| EngineError::bug(format!("SQS delete entry: {e}")))?;
                 req = req.entries(entry);
             }
-            block_on(async move { req.send().await })?.map_err(|e| {
+            let out = block_on(async move { req.send().await })?.map_err(|e| {
                 EngineError::external(format!(
                     "deleting notifications from {}: {}",
                     self.queue_url,
                     sdk_error(&e)
                 ))
             })?;
+            // a message not deleted comes back after its visibility timeout, and the source
+            // log recognises its objects: worth a warning, not a failure
+            if let Some(f) = out.failed().first() {
+                tracing::warn!(
+                    "{} of {} notifications could not be deleted from {} ({}: {}); they will be \
+                     delivered again and skipped",
+                    out.failed().len(),
+                    chunk.len(),
+                    self.queue_url,
+                    f.code(),
+                    f.message().unwrap_or_default()
+                );
+            }
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use deltalake::kernel::Action;
 use deltalake::logstore::{get_actions, LogStore, LogStoreRef};
-use deltalake::{DeltaTable, DeltaTableBuilder};
+use deltalake::DeltaTableBuilder;
 use notify::Watcher;
 use serde::{Deserialize, Serialize};
 use sluice_engine::{
@@ -110,8 +110,15 @@ impl SourceFactory for DeltaSourceFactory {
         }
         let rt = runtime()?;
         let url = table_url(&path)?;
+        let storage: std::collections::HashMap<String, String> =
+            spec.options.storage().into_iter().collect();
         let t = rt
-            .block_on(DeltaTable::try_from_url(url))
+            .block_on(async move {
+                DeltaTableBuilder::from_url(url)?
+                    .with_storage_options(storage)
+                    .load()
+                    .await
+            })
             .map_err(|e| delta_err(&format!("opening {path}"), e))?;
         if t.version().is_none() {
             return Err(EngineError::user(format!(
@@ -141,8 +148,10 @@ impl SourceFactory for DeltaSourceFactory {
         let path = path_of(spec)?;
         let rt = runtime()?;
         let url = table_url(&path)?;
+        let storage: std::collections::HashMap<String, String> =
+            spec.options.storage().into_iter().collect();
         let log = DeltaTableBuilder::from_url(url.clone())
-            .and_then(|b| b.build_storage())
+            .and_then(|b| b.with_storage_options(storage).build_storage())
             .map_err(|e| delta_err("opening the table's log", e))?;
         let starting = match spec.options.get("startingVersion") {
             None => Starting::Version(0),

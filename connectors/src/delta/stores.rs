@@ -15,7 +15,8 @@ use deltalake::{DeltaResult, DeltaTableError, Path};
 use sluice_engine::connector::storage::{Location, StorageOptions};
 use url::Url;
 
-const SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "abfs", "abfss"];
+/// The schemes served by [`Location`] (`is_remote`'s).
+const SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "abfs", "abfss", "azure"];
 
 struct Stores;
 
@@ -72,7 +73,7 @@ pub(crate) fn root_store(
     url: &Url,
     options: &StorageOptions,
 ) -> sluice_engine::Result<Arc<dyn deltalake::ObjectStore>> {
-    if SCHEMES.contains(&url.scheme()) {
+    if sluice_engine::connector::storage::is_remote(url.as_str()) {
         return Ok(Location::parse(url.as_str(), options)?.store());
     }
     let (base, _) = deltalake::logstore::object_store::parse_url(url).map_err(|e| {

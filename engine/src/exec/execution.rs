@@ -302,6 +302,7 @@ impl Execution {
             }
             // a checkpoint in object storage: the entry (and the source logs it points to) is
             // in the bucket before the batch reaches the sink
+            crash_point("before-offsets-upload", batch);
             self.checkpoint.sync()?;
             let wal_ms = t.elapsed().as_millis() as u64;
             crash_point("after-offsets", batch);
@@ -433,6 +434,7 @@ impl Execution {
                 operator_watermarks_ms: node_watermarks.clone(),
             },
         )?;
+        crash_point("before-commit-upload", batch);
         self.checkpoint.sync()?;
         self.watermarks
             .committed(entry.watermark_ms, next_watermark_ms, node_watermarks);

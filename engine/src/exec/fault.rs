@@ -5,8 +5,9 @@
 //! batch: no destructor, no flush, as a power cut or `kill -9` would. `<query>:<point>@<batch>`
 //! (e.g. `silver:after-sink@3`) fires only in the query of that name (a pipeline runs several).
 //! Points: `after-offsets` (offsets entry written, nothing else), `mid-sink` (a sink wrote part
-//! of its output), `after-sink` (sink done, commit entry not written), `after-commit`. Unset,
-//! this costs one cached lookup.
+//! of its output), `after-sink` (sink done, commit entry not written), `after-commit`; with a
+//! checkpoint in object storage also `before-offsets-upload` and `before-commit-upload` (the
+//! entry written locally, not yet in the bucket). Unset, this costs one cached lookup.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;

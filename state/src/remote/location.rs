@@ -75,10 +75,9 @@ pub const ALLOW_UNSAFE_CREATE: &str = "sluice.allowUnsafeCreate";
 /// Whether option `key` configures storage (and so must never be printed).
 pub fn is_storage_option(key: &str) -> bool {
     let k = key.strip_prefix("spark.hadoop.").unwrap_or(key);
+    let k = k.to_ascii_lowercase();
     k.eq_ignore_ascii_case(ALLOW_UNSAFE_CREATE)
         || k.starts_with("fs.s3a.")
-        || k.starts_with("fs.gs.")
-        || k.starts_with("fs.azure.")
         || k.starts_with("aws_")
         || k.starts_with("google_")
         || k.starts_with("azure_")
@@ -110,6 +109,18 @@ pub fn redact(text: &str, options: &StorageOptions) -> String {
         out = out.replace(s.as_str(), "***");
     }
     out
+}
+
+/// `url` without a password or query string (an Azure SAS token), for messages.
+fn without_secrets(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => url.split('?').next().unwrap_or_default().to_string(),
+    }
 }
 
 /// The runtime that drives object-store requests for the engine's (blocking) threads.
@@ -164,8 +175,9 @@ impl Location {
     /// Opens the location `url` names with `options` (see the module's notes). An error names
     /// the URL and what is wrong, never an option's value.
     pub fn parse(url: &str, options: &StorageOptions) -> Result<Self> {
+        let shown = without_secrets(url);
         let bad = |reason: String| StateError::Config {
-            what: url.to_string(),
+            what: shown.clone(),
             reason,
         };
         let u = url::Url::parse(url).map_err(|e| bad(format!("not a valid URL: {e}")))?;
@@ -176,7 +188,10 @@ impl Location {
             .to_string();
         let opts: BTreeMap<String, &String> = options
             .iter()
-            .map(|(k, v)| (k.strip_prefix("spark.hadoop.").unwrap_or(k).to_string(), v))
+            .map(|(k, v)| {
+                let k = k.strip_prefix("spark.hadoop.").unwrap_or(k);
+                (k.to_ascii_lowercase(), v)
+            })
             .collect();
         let scheme = u.scheme().to_ascii_lowercase();
         let unsafe_create = opts.iter().any(|(k, v)| {
@@ -193,6 +208,13 @@ impl Location {
                         b = b.with_virtual_hosted_style_request(!path_style);
                     } else if k == "fs.s3a.connection.ssl.enabled" {
                         b = b.with_allow_http(v.eq_ignore_ascii_case("false"));
+                    } else if k.starts_with("fs.s3a.") {
+                        return Err(bad(format!(
+                            "option {k} is not one Sluice maps to its S3 client (fs.s3a.endpoint, \
+                             .access.key, .secret.key, .session.token, .endpoint.region, .region, \
+                             .path.style.access, .connection.ssl.enabled; or object_store's aws_* \
+                             keys)"
+                        )));
                     } else if k.starts_with("aws_") {
                         let key: AmazonS3ConfigKey = k
                             .parse()

@@ -5,14 +5,19 @@
 //! durable points (after an offsets entry is written, before the batch runs; after a commit
 //! entry). A sync uploads, in this order:
 //!
-//! 1. every new or changed file but the offsets and commit logs: source logs, state schemas,
-//!    each state store's committed changelogs, and each new state snapshot (its files, then a
-//!    `_SLUICE_SNAPSHOT_COMPLETE` marker: a snapshot without it is ignored by a restore);
-//! 2. new offsets entries, then new commit entries, each with a conditional put
-//!    (`If-None-Match: *`): when the entry exists with other content another query wrote it,
-//!    and this one stops (two writers on one checkpoint cannot both succeed);
-//! 3. deletions of what the query deleted (purged log entries, changelogs a snapshot covers,
-//!    old snapshots: marker first).
+//! 1. every new or changed file but the offsets and commit logs: state schemas, each state
+//!    store's committed changelogs, the `metadata` and each source log entry (those two with a
+//!    conditional put, `If-None-Match: *`), and each new state snapshot's files;
+//! 2. new offsets entries, then new commit entries, each with a conditional put: when the entry
+//!    exists with other content another query wrote it, and this one stops (two writers on one
+//!    checkpoint cannot both succeed);
+//! 3. the `_SLUICE_SNAPSHOT_COMPLETE` marker of each snapshot whose files are all up (a restore
+//!    ignores a snapshot without it; a snapshot replaced under the same number loses its marker
+//!    before its new files go up);
+//! 4. deletions of what the query deleted (purged log entries, old snapshots: marker first); a
+//!    changelog only once the bucket holds a complete snapshot at or after its batch (the
+//!    snapshot thread deletes a changelog right after it renamed its snapshot into place, which
+//!    a walk may not have seen yet).
 //!
 //! The live RocksDB databases (and their lock files) stay local: a restore rebuilds each store
 //! from its newest complete snapshot and the changelogs after it.
@@ -48,8 +53,10 @@ struct Entry {
 /// What part of the checkpoint a relative path is (decides order and how it is written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
-    /// Plain files (source logs, schemas, metadata, changelogs).
+    /// Plain files (schemas, changelogs, a source's own files).
     Plain,
+    /// Written once (the `metadata`, a source's numbered log entries): a conditional put.
+    Entry,
     /// A file of state snapshot `dir` (its `<store>.snapshots/<batch>` path).
     Snapshot,
     /// An offsets entry (conditional put).
@@ -84,6 +91,11 @@ fn classify(rel: &str) -> Option<Class> {
     }
     if numbered("commits") {
         return Some((Kind::Commit, None));
+    }
+    let source_entry =
+        parts.len() == 3 && parts[0] == "sources" && parts[2].bytes().all(|b| b.is_ascii_digit());
+    if rel == "metadata" || source_entry {
+        return Some((Kind::Entry, None));
     }
     if parts[0] != "state" {
         return Some((Kind::Plain, None));
@@ -132,7 +144,7 @@ fn write_local(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| StateError::io(path, e))
 }
 
-fn metadata(path: &Path) -> Option<(u64, SystemTime)> {
+fn file_meta(path: &Path) -> Option<(u64, SystemTime)> {
     let md = std::fs::metadata(path).ok()?;
     Some((md.len(), md.modified().ok()?))
 }
@@ -168,7 +180,7 @@ impl CheckpointMirror {
             };
             let path = local.join(rel);
             write_local(&path, &bytes)?;
-            if let Some(m) = metadata(&path) {
+            if let Some(m) = file_meta(&path) {
                 held.insert(rel.clone(), m);
             }
         }
@@ -196,11 +208,23 @@ impl CheckpointMirror {
         self.remote.url()
     }
 
-    fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<(Entry, Kind, Option<String>)>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return; // removed while walking (a snapshot being replaced): the next sync sees it
+    /// The files below `dir` that belong in the bucket. A file or directory that vanishes
+    /// while walking is skipped (the next sync sees what replaced it); any other error stops
+    /// the sync, which then deletes nothing.
+    fn walk(
+        &self,
+        dir: &Path,
+        rel: &str,
+        out: &mut Vec<(Entry, Kind, Option<String>)>,
+    ) -> Result<()> {
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(StateError::io(dir, e)),
         };
-        for e in rd.flatten() {
+        for e in rd {
+            let e = e.map_err(|err| StateError::io(dir, err))?;
             let name = e.file_name().to_string_lossy().into_owned();
             if temporary(&name) {
                 continue;
@@ -210,40 +234,56 @@ impl CheckpointMirror {
             } else {
                 format!("{rel}/{name}")
             };
-            let Ok(ft) = e.file_type() else { continue };
+            let ft = match e.file_type() {
+                Ok(ft) => ft,
+                Err(err) if gone(&err) => continue,
+                Err(err) => return Err(StateError::io(e.path(), err)),
+            };
             if ft.is_dir() {
-                self.walk(&e.path(), &r, out);
+                self.walk(&e.path(), &r, out)?;
             } else if let Some((kind, snap)) = classify(&r) {
-                if let Some((len, mtime)) = metadata(&e.path()) {
-                    out.push((Entry { rel: r, len, mtime }, kind, snap));
+                match std::fs::metadata(e.path()).and_then(|m| Ok((m.len(), m.modified()?))) {
+                    Ok((len, mtime)) => out.push((Entry { rel: r, len, mtime }, kind, snap)),
+                    Err(err) if gone(&err) => {}
+                    Err(err) => return Err(StateError::io(e.path(), err)),
                 }
             }
         }
+        Ok(())
     }
 
     /// Uploads what changed locally since the last sync (see the module's notes for the
     /// order). An error leaves the bucket consistent: the next sync (or a restart) goes on.
     pub fn sync(&self) -> Result<()> {
         let mut found = Vec::new();
-        self.walk(&self.local, "", &mut found);
+        self.walk(&self.local, "", &mut found)?;
         found.sort_by(|a, b| (a.1, a.0.rel.len(), &a.0.rel).cmp(&(b.1, b.0.rel.len(), &b.0.rel)));
         let mut held = self.held.lock().map_err(|_| poisoned())?;
         let mut marked = self.snapshots.lock().map_err(|_| poisoned())?;
         let seen: BTreeSet<String> = found.iter().map(|(e, _, _)| e.rel.clone()).collect();
+        // snapshots with a file that vanished before it was read: no marker this time
+        let mut incomplete = BTreeSet::new();
         for (e, kind, snap) in &found {
-            if held.get(&e.rel) == Some(&(e.len, e.mtime))
-                || snap.as_ref().is_some_and(|s| marked.contains(s))
-            {
-                continue; // up already (snapshot files never change)
+            if held.get(&e.rel) == Some(&(e.len, e.mtime)) {
+                continue;
+            }
+            if let Some(s) = snap {
+                if marked.remove(s) {
+                    // replaced under the same number: unmarked before its new files go up
+                    self.remote.delete(&format!("{s}/{SNAPSHOT_DONE}"))?;
+                }
             }
             let path = self.local.join(&e.rel);
             let bytes = match std::fs::read(&path) {
                 Ok(b) => Bytes::from(b),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    incomplete.extend(snap.clone());
+                    continue;
+                }
                 Err(err) => return Err(StateError::io(&path, err)),
             };
             match kind {
-                Kind::Offsets | Kind::Commit => self.put_entry(&e.rel, bytes)?,
+                Kind::Offsets | Kind::Commit | Kind::Entry => self.put_entry(&e.rel, bytes)?,
                 Kind::Plain | Kind::Snapshot => self.remote.put(&e.rel, bytes)?,
             }
             held.insert(e.rel.clone(), (e.len, e.mtime));
@@ -251,22 +291,26 @@ impl CheckpointMirror {
         // a snapshot's marker goes up once all its files are
         let local_snapshots: BTreeSet<String> =
             found.iter().filter_map(|(_, _, s)| s.clone()).collect();
-        for s in local_snapshots.difference(&marked.clone()) {
-            self.remote
-                .put(&format!("{s}/{SNAPSHOT_DONE}"), Bytes::from_static(b"v1\n"))?;
-            marked.insert(s.clone());
+        for s in local_snapshots.difference(&incomplete) {
+            if !marked.contains(s) {
+                self.remote
+                    .put(&format!("{s}/{SNAPSHOT_DONE}"), Bytes::from_static(b"v1\n"))?;
+                marked.insert(s.clone());
+            }
         }
-        // deletions: snapshot markers first, then files
-        let gone: Vec<String> = held
-            .keys()
-            .filter(|r| !seen.contains(*r))
-            .cloned()
-            .collect();
+        // deletions: snapshot markers first, then files (a changelog once a complete snapshot
+        // in the bucket covers it)
         let gone_snapshots: Vec<String> = marked.difference(&local_snapshots).cloned().collect();
         for s in gone_snapshots {
             self.remote.delete(&format!("{s}/{SNAPSHOT_DONE}"))?;
             marked.remove(&s);
         }
+        let gone: Vec<String> = held
+            .keys()
+            .filter(|r| !seen.contains(*r))
+            .filter(|r| covered_changelog(r, &marked).unwrap_or(true))
+            .cloned()
+            .collect();
         for rel in gone {
             self.remote.delete(&rel)?;
             held.remove(&rel);
@@ -290,6 +334,19 @@ impl CheckpointMirror {
     }
 }
 
+/// For a changelog `<store>.changelog/<n>`: whether a marked snapshot `<store>.snapshots/<m>`
+/// with m >= n is in the bucket (`None`: not a changelog).
+fn covered_changelog(rel: &str, marked: &BTreeSet<String>) -> Option<bool> {
+    let (store, n) = rel.rsplit_once(".changelog/")?;
+    let n: u64 = n.parse().ok()?;
+    let prefix = format!("{store}.snapshots/");
+    Some(marked.iter().any(|s| {
+        s.strip_prefix(&prefix)
+            .and_then(|m| m.parse::<u64>().ok())
+            .is_some_and(|m| m >= n)
+    }))
+}
+
 fn poisoned() -> StateError {
     StateError::Bug {
         dir: PathBuf::new(),
@@ -302,10 +359,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_changelog_goes_once_a_snapshot_in_the_bucket_covers_it() {
+        let marked: BTreeSet<String> = ["state/0/1.snapshots/10", "state/0/2.snapshots/4"]
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        // (path, covered)
+        let table = [
+            ("state/0/1.changelog/9", Some(true)),
+            ("state/0/1.changelog/10", Some(true)),
+            ("state/0/1.changelog/11", Some(false)),
+            ("state/0/2.changelog/9", Some(false)),
+            ("state/1/1.changelog/3", Some(false)),
+            ("offsets/3", None),
+        ];
+        for (rel, want) in table {
+            assert_eq!(covered_changelog(rel, &marked), want, "{rel}");
+        }
+    }
+
+    #[test]
     fn what_is_mirrored_and_how() {
         let s = |x: &str| Some(x.to_string());
         let table: &[(&str, Option<Class>)] = &[
-            ("metadata", Some((Kind::Plain, None))),
+            ("metadata", Some((Kind::Entry, None))),
             ("offsets/12", Some((Kind::Offsets, None))),
             ("commits/0", Some((Kind::Commit, None))),
             ("offsets/.12.tmp", None),
@@ -313,7 +390,8 @@ mod tests {
                 "sources/0/.cloudfiles-existing-files.json",
                 Some((Kind::Plain, None)),
             ),
-            ("sources/0/3", Some((Kind::Plain, None))),
+            ("sources/0/3", Some((Kind::Entry, None))),
+            ("sources/0/initial-offsets.json", Some((Kind::Plain, None))),
             ("state/0.schema", Some((Kind::Plain, None))),
             ("state/0/1.changelog/7", Some((Kind::Plain, None))),
             ("state/0/1.changelog/.staged", None),

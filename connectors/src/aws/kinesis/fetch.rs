@@ -61,6 +61,9 @@ impl Client {
                         .flatten()
                         .map(str::to_string)
                         .collect(),
+                    starting: s
+                        .sequence_number_range()
+                        .map(|r| r.starting_sequence_number().to_string()),
                     ending: s
                         .sequence_number_range()
                         .and_then(|r| r.ending_sequence_number())

@@ -312,7 +312,7 @@ impl Source for KinesisSource {
             };
             let f = self.client.read(&s.id, &pos, self.max_records, None)?;
             let pos = f.records.last().map_or(pos, |r| Pos::After(r.seq.clone()));
-            let done = finished(s, &pos, f.records.len(), f.next_iterator, f.behind_ms);
+            let done = finished(s, &pos, f.records.len(), f.next_iterator);
             end.insert(s.id.clone(), ShardPos { from, pos, done });
             recs.extend(f.records);
         }

@@ -40,6 +40,8 @@ pub struct ShardInfo {
     pub id: String,
     /// Its parent and adjacent parent (a split has one, a merge two).
     pub parents: Vec<String>,
+    /// Its first sequence number.
+    pub starting: Option<String>,
     /// The last sequence number of a closed shard.
     pub ending: Option<String>,
 }
@@ -51,10 +53,11 @@ pub fn seq_cmp(a: &str, b: &str) -> Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
-/// Where shard `s` is read from next: `None` when it is finished, or waits for a parent. A
-/// shard the query has not read yet starts at `initial` when it has no parent the stream or
-/// the offsets know of (a parent past retention is gone), and before its oldest record once
-/// every parent is finished.
+/// Where shard `s` is read from next: `None` when it is finished, or waits for a parent (one
+/// the stream or the offsets know of: a parent past retention is gone). A shard the query has
+/// not read yet starts at `initial` — before its oldest record, or at the query's start time
+/// (`latest` and `at_timestamp`, valid on every shard: a child of a shard split before the
+/// query started does not bring back records from before that time).
 pub fn next_read(
     s: &ShardInfo,
     listing: &[ShardInfo],
@@ -72,32 +75,27 @@ pub fn next_read(
     if known.iter().any(|p| !state.get(*p).is_some_and(|x| x.done)) {
         return None;
     }
-    let from = if known.is_empty() {
-        initial.clone()
-    } else {
-        Pos::TrimHorizon
-    };
-    Some((from.clone(), from))
+    Some((initial.clone(), initial.clone()))
 }
 
 /// Whether a shard is finished after a read: the service said so (no next iterator), or the
-/// shard is closed and the read reached its last sequence number, or found nothing more.
-pub fn finished(
-    s: &ShardInfo,
-    pos: &Pos,
-    records: usize,
-    next_iterator: bool,
-    behind_ms: Option<i64>,
-) -> bool {
+/// shard is closed and the read reached its last sequence number (or it is closed empty: its
+/// last sequence number is before its first). An empty read of a closed shard proves nothing
+/// (Kinesis may answer empty before the end).
+pub fn finished(s: &ShardInfo, pos: &Pos, records: usize, next_iterator: bool) -> bool {
     if !next_iterator {
         return true;
     }
     let Some(end) = &s.ending else {
         return false;
     };
+    let empty_shard = s
+        .starting
+        .as_deref()
+        .is_some_and(|start| seq_cmp(end, start) == Ordering::Less);
     match pos {
-        Pos::After(seq) if seq_cmp(seq, end) != Ordering::Less => true,
-        _ => records == 0 && behind_ms.unwrap_or(0) == 0,
+        Pos::After(seq) => seq_cmp(seq, end) != Ordering::Less,
+        _ => empty_shard && records == 0,
     }
 }
 
@@ -109,6 +107,7 @@ mod tests {
         ShardInfo {
             id: id.into(),
             parents: parents.iter().map(|p| p.to_string()).collect(),
+            starting: Some("1".into()),
             ending: ending.map(str::to_string),
         }
     }
@@ -166,8 +165,8 @@ mod tests {
         assert_eq!(next_read(&p, &listing, &state, &latest), None, "finished");
         assert_eq!(
             next_read(&c1, &listing, &state, &latest),
-            Some((Pos::TrimHorizon, Pos::TrimHorizon)),
-            "a child reads from its oldest record"
+            Some((latest.clone(), latest.clone())),
+            "a child starts where the query did"
         );
         assert_eq!(
             next_read(&m, &listing, &state, &latest),
@@ -177,8 +176,13 @@ mod tests {
         state.insert("c1".into(), at(Pos::TrimHorizon, true));
         assert_eq!(
             next_read(&m, &listing, &state, &latest),
-            Some((Pos::TrimHorizon, Pos::TrimHorizon)),
+            Some((latest.clone(), latest.clone())),
             "x is gone: only c1 counts"
+        );
+        assert_eq!(
+            next_read(&m, &listing, &state, &Pos::TrimHorizon),
+            Some((Pos::TrimHorizon, Pos::TrimHorizon)),
+            "from the oldest record when the query reads from there"
         );
     }
 
@@ -186,23 +190,21 @@ mod tests {
     fn a_shard_is_finished_at_its_end() {
         let open = shard("o", &[], None);
         let closed = shard("c", &[], Some("7"));
+        let closed_empty = shard("e", &[], Some("0"));
         let after = |s: &str| Pos::After(s.into());
-        // (shard, position after the read, records read, next iterator?, behind, finished)
+        // (shard, position after the read, records read, next iterator?, finished)
         let table = [
-            (&open, after("9"), 3, true, Some(0), false),
-            (&open, after("9"), 0, false, None, true),
-            (&closed, after("5"), 2, true, Some(10), false),
-            (&closed, after("7"), 2, true, Some(10), true),
-            (&closed, after("12"), 0, true, Some(0), true),
-            (&closed, Pos::TrimHorizon, 0, true, Some(0), true),
-            (&closed, Pos::TrimHorizon, 0, true, Some(40), false),
+            (&open, after("9"), 3, true, false),
+            (&open, after("9"), 0, false, true),
+            (&closed, after("5"), 2, true, false),
+            (&closed, after("7"), 2, true, true),
+            (&closed, after("12"), 0, true, true),
+            (&closed, Pos::TrimHorizon, 0, true, false),
+            (&closed, Pos::AtMs(5), 0, true, false),
+            (&closed_empty, Pos::TrimHorizon, 0, true, true),
         ];
-        for (s, pos, n, next, behind, want) in table {
-            assert_eq!(
-                finished(s, &pos, n, next, behind),
-                want,
-                "{s:?} {pos:?} {n} {next} {behind:?}"
-            );
+        for (s, pos, n, next, want) in table {
+            assert_eq!(finished(s, &pos, n, next), want, "{s:?} {pos:?} {n} {next}");
         }
     }
 

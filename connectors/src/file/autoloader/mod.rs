@@ -428,7 +428,7 @@ fn resolve(spec: &SourceSpec) -> Result<Resolved> {
                      in a pipeline file it defaults to the query's checkpoint), or a schema"
                 ))
             })?;
-            let log = SchemaLog::new(location);
+            let log = SchemaLog::new(location, &spec.options)?;
             let version = match log.latest()? {
                 Some(v) => v,
                 None => {

@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
-use sluice_engine::{parse_ddl_schema, schema_to_ddl, EngineError, Result};
+use sluice_engine::connector::storage::{is_remote, Location as Bucket};
+use sluice_engine::{parse_ddl_schema, schema_to_ddl, EngineError, Options, Result};
 
 /// One version of the schema, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,20 +68,43 @@ impl SchemaVersion {
 #[derive(Debug, Clone)]
 pub(super) struct SchemaLog {
     dir: PathBuf,
+    /// A schema location in object storage (`dir` then only names it).
+    bucket: Option<Arc<Bucket>>,
 }
 
 impl SchemaLog {
-    pub fn new(location: &str) -> Self {
-        Self {
-            dir: Path::new(location).join("_schemas"),
+    /// The log at `location` (a directory, or a bucket prefix reached with `options`' storage
+    /// settings).
+    pub fn new(location: &str, options: &Options) -> Result<Self> {
+        let dir = Path::new(location).join("_schemas");
+        if !is_remote(location) {
+            return Ok(Self { dir, bucket: None });
+        }
+        let url = format!("{}/_schemas", location.trim_end_matches('/'));
+        Ok(Self {
+            dir,
+            bucket: Some(Arc::new(Bucket::parse(&url, &options.storage())?)),
+        })
+    }
+
+    /// Where the versions are (for messages).
+    pub fn dir(&self) -> PathBuf {
+        match &self.bucket {
+            Some(b) => PathBuf::from(b.url()),
+            None => self.dir.clone(),
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn ids(&self) -> Result<Vec<u64>> {
+        if let Some(b) = &self.bucket {
+            let mut ids: Vec<u64> = b
+                .list_below(None)?
+                .iter()
+                .filter_map(|m| b.rel_of(&m.location)?.parse().ok())
+                .collect();
+            ids.sort_unstable();
+            return Ok(ids);
+        }
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -102,8 +126,16 @@ impl SchemaLog {
         let Some(id) = self.ids()?.last().copied() else {
             return Ok(None);
         };
-        let path = self.dir.join(id.to_string());
-        let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
+        let path = self.dir().join(id.to_string());
+        let text = match &self.bucket {
+            Some(b) => {
+                let bytes = b.get(&id.to_string())?.ok_or_else(|| {
+                    EngineError::external(format!("{} vanished while read", path.display()))
+                })?;
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            None => std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?,
+        };
         let v: SchemaVersion = serde_json::from_str(&text).map_err(|e| {
             EngineError::user(format!(
                 "the Auto Loader schema version {} is not valid JSON of a schema version: {e}",
@@ -128,8 +160,20 @@ impl SchemaLog {
         partition_columns: &[String],
         reason: String,
     ) -> Result<SchemaVersion> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| EngineError::io(&self.dir, e))?;
         let v = SchemaVersion::new(version, schema, partition_columns, reason);
+        if let Some(b) = &self.bucket {
+            let text = serde_json::to_vec_pretty(&v)
+                .map_err(|e| EngineError::bug(format!("schema version to JSON: {e}")))?;
+            // created once (a conditional put): another writer's version wins, as below
+            if b.put_new(&version.to_string(), text.into())? {
+                return Ok(v);
+            }
+            return self
+                .latest()?
+                .filter(|l| l.version >= version)
+                .ok_or_else(|| EngineError::bug(format!("schema version {version} vanished")));
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| EngineError::io(&self.dir, e))?;
         let path = self.dir.join(version.to_string());
         let tmp = self
             .dir
@@ -166,7 +210,7 @@ mod tests {
     #[test]
     fn versions_are_numbered_kept_and_never_overwritten() {
         let dir = tempfile::tempdir().expect("ok");
-        let log = SchemaLog::new(dir.path().to_str().expect("ok"));
+        let log = SchemaLog::new(dir.path().to_str().expect("ok"), &Options::new()).expect("ok");
         assert!(log.latest().expect("ok").is_none());
         let s0 = parse_ddl_schema("a STRING, day STRING").expect("ok");
         let v0 = log
