@@ -109,6 +109,10 @@ impl SourceFactory for FileSourceFactory {
     fn replayable(&self, _spec: &SourceSpec) -> bool {
         true // a batch's files are in the source's log
     }
+
+    fn check_reachable(&self, spec: &SourceSpec) -> Result<()> {
+        check_bucket(spec)
+    }
     fn resolve_schema(&self, spec: &SourceSpec) -> Result<SchemaRef> {
         let format = FileFormat::parse(&spec.format)?;
         let what = format!("the {} source", spec.format);
@@ -290,6 +294,20 @@ impl FileSourceFactory {
             listed_once: std::sync::atomic::AtomicBool::new(false),
         })
     }
+}
+
+/// `sluice validate`: a source reading a bucket asks it once (a listing of its prefix).
+pub(super) fn check_bucket(spec: &SourceSpec) -> Result<()> {
+    let path = spec.path.as_deref().unwrap_or_default();
+    if !sluice_engine::connector::storage::is_remote(path) {
+        return Ok(());
+    }
+    let base = match path.find(['*', '?', '[', '{']) {
+        Some(i) => path[..i].rsplit_once('/').map_or(path, |(b, _)| b),
+        None => path,
+    };
+    let b = sluice_engine::connector::storage::Location::parse(base, &spec.options.storage())?;
+    Ok(b.check_reachable()?)
 }
 
 pub(super) fn unreachable_text() -> Result<arrow::datatypes::Schema> {

@@ -535,6 +535,10 @@ impl SourceFactory for CloudFilesFactory {
         true // a batch's files are in the source's log
     }
 
+    fn check_reachable(&self, spec: &SourceSpec) -> Result<()> {
+        super::settings::check_bucket(spec)
+    }
+
     fn resolve_schema(&self, spec: &SourceSpec) -> Result<SchemaRef> {
         let r = resolve(spec)?;
         r.opts.file_options(&spec.options)?;
