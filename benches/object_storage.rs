@@ -104,25 +104,7 @@ fn run(input: &str, out: &str, checkpoint: &str, endpoint: &str) -> sluice::Resu
     }
     let session = b.build()?;
     let t0 = Instant::now();
-    session
-        .read_stream()
-        .schema("event_time TIMESTAMP, action STRING, user_id BIGINT, value DOUBLE, country STRING")
-        .option("maxFilesPerTrigger", "10")
-        .json(input)?
-        .with_watermark("event_time", "10 minutes")?
-        .create_or_replace_temp_view("events")?;
-    let query = session
-        .sql(
-            "SELECT window.start AS window_start, window.end AS window_end, action, count(*) AS count, \
-             sum(value) AS sum, avg(value) AS avg, max(value) AS max \
-             FROM events GROUP BY window(event_time, '1 minute'), action",
-        )?
-        .write_stream()
-        .format("parquet")
-        .option("path", out)
-        .checkpoint_location(checkpoint)
-        .trigger(Trigger::AvailableNow)
-        .start()?;
+    let query = common::start_window_query(&session, input, "10", out, checkpoint)?;
     query.await_termination()?;
     let events = query
         .recent_progress()

@@ -38,25 +38,13 @@ fn run_sluice(input: &str, max_files: &str) -> sluice::Result<SluiceRun> {
     }
     let session = builder.build()?;
     let t0 = Instant::now();
-    session
-        .read_stream()
-        .schema("event_time TIMESTAMP, action STRING, user_id BIGINT, value DOUBLE, country STRING")
-        .option("maxFilesPerTrigger", max_files)
-        .json(input)?
-        .with_watermark("event_time", "10 minutes")?
-        .create_or_replace_temp_view("events")?;
-    let query = session
-        .sql(
-            "SELECT window.start AS window_start, window.end AS window_end, action, count(*) AS count, \
-             sum(value) AS sum, avg(value) AS avg, max(value) AS max \
-             FROM events GROUP BY window(event_time, '1 minute'), action",
-        )?
-        .write_stream()
-        .format("parquet")
-        .option("path", dir.path().join("out").to_string_lossy())
-        .checkpoint_location(dir.path().join("chk"))
-        .trigger(Trigger::AvailableNow)
-        .start()?;
+    let query = common::start_window_query(
+        &session,
+        input,
+        max_files,
+        &dir.path().join("out").to_string_lossy(),
+        &dir.path().join("chk").to_string_lossy(),
+    )?;
     query.await_termination()?;
     let wall_s = t0.elapsed().as_secs_f64();
     let progress = query.recent_progress();

@@ -109,6 +109,38 @@ pub fn window_input() -> sluice::Result<String> {
     Ok(input)
 }
 
+/// Starts the windowed aggregation the windowed benches measure (Spark's
+/// `spark_window_agg.py`): `input`'s JSON events, `maxFilesPerTrigger` `max_files`, a 10-minute
+/// watermark, 1-minute windows by action, append mode into Parquet at `out`, available-now.
+pub fn start_window_query(
+    session: &sluice::Session,
+    input: &str,
+    max_files: &str,
+    out: &str,
+    checkpoint: &str,
+) -> sluice::Result<sluice::StreamingQuery> {
+    use sluice::prelude::*;
+    session
+        .read_stream()
+        .schema("event_time TIMESTAMP, action STRING, user_id BIGINT, value DOUBLE, country STRING")
+        .option("maxFilesPerTrigger", max_files)
+        .json(input)?
+        .with_watermark("event_time", "10 minutes")?
+        .create_or_replace_temp_view("events")?;
+    session
+        .sql(
+            "SELECT window.start AS window_start, window.end AS window_end, action, count(*) AS count, \
+             sum(value) AS sum, avg(value) AS avg, max(value) AS max \
+             FROM events GROUP BY window(event_time, '1 minute'), action",
+        )?
+        .write_stream()
+        .format("parquet")
+        .option("path", out)
+        .checkpoint_location(checkpoint)
+        .trigger(Trigger::AvailableNow)
+        .start()
+}
+
 /// The median.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

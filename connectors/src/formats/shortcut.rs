@@ -53,6 +53,23 @@ impl Shortcut {
         })
     }
 
+    /// The rows' schema: the user's columns, then the source's `meta` columns; a user column
+    /// named like one of those is refused (`source` names the source in the message).
+    pub fn output_schema(user: &SchemaRef, meta: Vec<Field>, source: &str) -> Result<SchemaRef> {
+        if let Some(f) = meta.iter().find(|f| user.field_with_name(f.name()).is_ok()) {
+            let names: Vec<&str> = meta.iter().map(|f| f.name().as_str()).collect();
+            return Err(EngineError::user(format!(
+                "{source} source: the schema has a column '{}', which the source adds itself \
+                 ({}); rename it",
+                f.name(),
+                names.join(", ")
+            )));
+        }
+        let mut fields: Vec<Field> = user.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(meta);
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
     /// Decodes the payloads of one group of records (`what` names it, `unit` the numbers given
     /// with each payload: `offset`, `sequence number`). A missing or blank payload is `null`.
     pub fn decode(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
@@ -290,20 +290,8 @@ impl SourceFactory for KafkaSourceFactory {
                  parse with from_json(CAST(value AS STRING), ...)",
             )),
             Some(user) => {
-                for f in shortcut_meta() {
-                    if user.field_with_name(f.name()).is_ok() {
-                        return Err(EngineError::user(format!(
-                            "kafka source: the value schema has a column '{}', which the source adds itself \
-                             (key, topic, partition, offset, timestamp); rename it",
-                            f.name()
-                        )));
-                    }
-                }
                 ParseSettings::new(Arc::clone(user), &spec.options)?;
-                let mut fields: Vec<Field> =
-                    user.fields().iter().map(|f| f.as_ref().clone()).collect();
-                fields.extend(shortcut_meta());
-                Ok(Arc::new(Schema::new(fields)))
+                Shortcut::output_schema(user, shortcut_meta(), "kafka")
             }
         }
     }

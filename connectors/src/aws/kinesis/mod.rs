@@ -144,24 +144,17 @@ impl SourceFactory for KinesisSourceFactory {
         initial_position(o, 0)?;
         o.get_u64("maxRecordsPerFetch")?;
         o.get_duration("shardFetchInterval")?;
-        let mut fields: Vec<Field> = match &spec.schema {
-            None => vec![Field::new("data", DataType::Binary, true)],
+        match &spec.schema {
+            None => {
+                let mut fields = vec![Field::new("data", DataType::Binary, true)];
+                fields.extend(meta_fields());
+                Ok(Arc::new(Schema::new(fields)))
+            }
             Some(user) => {
                 Shortcut::new(user, o)?;
-                for f in meta_fields() {
-                    if user.field_with_name(f.name()).is_ok() {
-                        return Err(EngineError::user(format!(
-                            "kinesis source: the schema has a column '{}', which the source \
-                             adds itself; rename it",
-                            f.name()
-                        )));
-                    }
-                }
-                user.fields().iter().map(|f| f.as_ref().clone()).collect()
+                Shortcut::output_schema(user, meta_fields(), "kinesis")
             }
-        };
-        fields.extend(meta_fields());
-        Ok(Arc::new(Schema::new(fields)))
+        }
     }
 
     fn create(
