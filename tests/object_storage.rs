@@ -233,11 +233,14 @@ fn the_state_is_restored_from_the_bucket_when_the_local_copy_is_gone() {
     assert_eq!(st.output(&s3), expected(name));
 }
 
-#[test]
-fn a_second_daemon_on_the_same_checkpoint_is_refused_and_nothing_is_written_twice() {
+/// Two `sluice run` of one pipeline on one checkpoint in a bucket, the second started once the
+/// first has committed batch 3 of 44 (one file each); with `lease_lost`, the first's lease is
+/// deleted just before (as if it had expired): (first, second, the rows in the sink, the rows
+/// an uninterrupted run writes).
+fn two_daemons(tag: &str, lease_lost: bool) -> (Output, Output, Vec<String>, Vec<String>) {
     let s3 = S3Server::start();
     let name = "clicks";
-    let st = Staged::new(&s3, name, "two", "");
+    let st = Staged::new(&s3, name, tag, "");
     // forty more files (copies of the case's input under new names): a long run of batches
     let input = format!("{}/in", st.bucket);
     let loc = s3.location(&input);
@@ -261,10 +264,44 @@ fn a_second_daemon_on_the_same_checkpoint_is_refused_and_nothing_is_written_twic
         Duration::from_secs(60),
         || s3.names(&chk).iter().any(|n| n.ends_with("/commits/3")),
     );
+    if lease_lost {
+        s3.location(&chk)
+            .delete("clicks/_lease")
+            .expect("delete the lease");
+    }
     let second = spawn_pipeline(&st.pipeline, &env);
     let a = first.wait_with_output().expect("first");
     let b = second.wait_with_output().expect("second");
-    let refused = |o: &Output| !o.status.success() && stderr(o).contains("another query");
+    // every row once: 11 copies of the case's rows
+    let mut want = Vec::new();
+    for _ in 0..11 {
+        want.extend(expected(name));
+    }
+    (a, b, st.output(&s3), sorted(want))
+}
+
+#[test]
+fn a_second_daemon_on_the_same_checkpoint_is_refused_and_nothing_is_written_twice() {
+    let (a, b, rows, want) = two_daemons("two", false);
+    // the first one holds the checkpoint's lease: the second is refused before it writes
+    // anything; the first goes on to the end
+    assert!(!b.status.success(), "the second daemon ran");
+    let err = stderr(&b);
+    assert!(
+        err.contains("is in use by process")
+            && err.contains("another query runs on this checkpoint"),
+        "{err}"
+    );
+    assert!(a.status.success(), "first: {}", stderr(&a));
+    assert_eq!(rows, want);
+}
+
+#[test]
+fn two_daemons_past_the_lease_are_stopped_by_the_conditional_puts() {
+    let (a, b, rows, want) = two_daemons("race", true);
+    // both run; the first entry one of them writes that the other wrote already stops it
+    let refused =
+        |o: &Output| !o.status.success() && stderr(o).contains("written by another query");
     assert!(
         refused(&a) != refused(&b),
         "exactly one daemon is refused:\nfirst: {:?} {}\nsecond: {:?} {}",
@@ -275,12 +312,7 @@ fn a_second_daemon_on_the_same_checkpoint_is_refused_and_nothing_is_written_twic
     );
     let survivor = if refused(&a) { &b } else { &a };
     assert!(survivor.status.success(), "{}", stderr(survivor));
-    // every row once: 11 copies of the case's rows
-    let mut want = Vec::new();
-    for _ in 0..11 {
-        want.extend(expected(name));
-    }
-    assert_eq!(st.output(&s3), sorted(want));
+    assert_eq!(rows, want);
 }
 
 #[test]

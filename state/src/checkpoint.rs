@@ -182,6 +182,7 @@ impl CheckpointDir {
         let remote = Location::parse(location, options)?;
         let local = local_copy_dir(&remote.url())?;
         let mirror = CheckpointMirror::restore(remote, local.clone())?;
+        mirror.take_lease()?;
         let mut chk = Self::open(local)?;
         mirror.sync()?;
         chk.mirror = Some(std::sync::Arc::new(mirror));

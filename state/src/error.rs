@@ -82,6 +82,14 @@ pub enum StateError {
         /// The entry (e.g. `offsets/7`).
         entry: String,
     },
+    /// Another live process holds the checkpoint's lease.
+    #[error("checkpoint {url} is in use by {holder}: another query runs on this checkpoint location; stop it first (if it is dead, delete {url}/_lease)")]
+    InUse {
+        /// The checkpoint's URL.
+        url: String,
+        /// Who holds it.
+        holder: String,
+    },
     /// An entry that must not exist twice was written again with other content.
     #[error("log entry {path} already exists with different content")]
     Conflict {
@@ -97,7 +105,9 @@ impl StateError {
             StateError::Io { .. } => ErrorKind::External,
             StateError::Corrupt { .. } | StateError::Foreign { .. } => ErrorKind::User,
             StateError::Inconsistent { .. } => ErrorKind::User,
-            StateError::Config { .. } | StateError::ConcurrentWriter { .. } => ErrorKind::User,
+            StateError::Config { .. }
+            | StateError::ConcurrentWriter { .. }
+            | StateError::InUse { .. } => ErrorKind::User,
             StateError::Remote { .. } => ErrorKind::External,
             StateError::Conflict { .. } | StateError::Bug { .. } => ErrorKind::Bug,
         }

@@ -19,6 +19,13 @@
 //!    snapshot thread deletes a changelog right after it renamed its snapshot into place, which
 //!    a walk may not have seen yet).
 //!
+//! A lease (`_lease`: owner, host, pid, heartbeat) says which process runs on the checkpoint:
+//! a second process is refused at start while the holder lives — on the same machine, while
+//! its pid exists; elsewhere, while its heartbeat (renewed by its syncs, at most every
+//! [`HEARTBEAT`]) is younger than [`LEASE_TIMEOUT`]. A holder killed on another machine is
+//! waited out; one that stops cleanly releases it. The conditional puts below guard what the
+//! lease cannot (two starts at the same moment, an idle holder elsewhere).
+//!
 //! The live RocksDB databases (and their lock files) stay local: a restore rebuilds each store
 //! from its newest complete snapshot and the changelogs after it.
 //!
@@ -35,6 +42,51 @@ use bytes::Bytes;
 
 use super::location::Location;
 use crate::{Result, StateError};
+
+/// The lease object (remote only).
+const LEASE: &str = "_lease";
+/// How often a syncing holder renews its lease.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a lease of a process on another machine holds without a heartbeat.
+pub const LEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Who runs on a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Lease {
+    owner: String,
+    host: String,
+    pid: u32,
+    heartbeat_ms: i64,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Whether `lease` (found at start) still holds for a process `me_pid` on `me_host` at
+/// `now_ms`; `pid_alive` tells whether a pid exists on this machine.
+fn lease_holds(
+    lease: &Lease,
+    me_host: &str,
+    me_pid: u32,
+    now_ms: i64,
+    pid_alive: &dyn Fn(u32) -> bool,
+) -> bool {
+    if lease.host == me_host {
+        lease.pid != me_pid && pid_alive(lease.pid)
+    } else {
+        now_ms - lease.heartbeat_ms < LEASE_TIMEOUT.as_millis() as i64
+    }
+}
 
 /// The remote-only marker that closes a snapshot's upload.
 const SNAPSHOT_DONE: &str = "_SLUICE_SNAPSHOT_COMPLETE";
@@ -79,6 +131,9 @@ fn temporary(name: &str) -> bool {
 /// The kind of `rel` and, for a snapshot file, its snapshot directory; `None`: not mirrored
 /// (a live RocksDB database, a lock, a temporary or hidden file).
 fn classify(rel: &str) -> Option<Class> {
+    if rel == LEASE {
+        return None;
+    }
     let parts: Vec<&str> = rel.split('/').collect();
     if parts.iter().any(|p| temporary(p) || p.is_empty()) {
         return None;
@@ -124,6 +179,8 @@ pub struct CheckpointMirror {
     held: Mutex<HashMap<String, (u64, SystemTime)>>,
     /// Snapshot directories whose marker is in the bucket.
     snapshots: Mutex<BTreeSet<String>>,
+    /// This process's lease and when it was last renewed.
+    lease: Mutex<(Lease, std::time::Instant)>,
 }
 
 impl std::fmt::Debug for CheckpointMirror {
@@ -190,12 +247,61 @@ impl CheckpointMirror {
             local.display(),
             held.len()
         );
+        let lease = Lease {
+            owner: uuid::Uuid::new_v4().to_string(),
+            host: hostname(),
+            pid: std::process::id(),
+            heartbeat_ms: now_ms(),
+        };
         Ok(Self {
             remote,
             local,
             held: Mutex::new(held),
             snapshots: Mutex::new(complete),
+            lease: Mutex::new((lease, std::time::Instant::now())),
         })
+    }
+
+    /// Takes the checkpoint's lease, or refuses when another live process holds it (see the
+    /// module's notes). Called at start, before anything is written.
+    pub fn take_lease(&self) -> Result<()> {
+        if let Some(bytes) = self.remote.get(LEASE)? {
+            if let Ok(l) = serde_json::from_slice::<Lease>(&bytes) {
+                let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+                if lease_holds(&l, &hostname(), std::process::id(), now_ms(), &alive) {
+                    return Err(StateError::InUse {
+                        url: self.remote.url(),
+                        holder: if l.host == hostname() {
+                            format!("process {} on this machine", l.pid)
+                        } else {
+                            format!(
+                                "process {} on {} (heartbeat {} s ago)",
+                                l.pid,
+                                l.host,
+                                (now_ms() - l.heartbeat_ms) / 1000
+                            )
+                        },
+                    });
+                }
+            }
+        }
+        self.renew_lease(true)
+    }
+
+    /// Writes the lease again when `now` or a heartbeat is due.
+    fn renew_lease(&self, now: bool) -> Result<()> {
+        let mut g = self.lease.lock().map_err(|_| poisoned())?;
+        if !now && g.1.elapsed() < HEARTBEAT {
+            return Ok(());
+        }
+        g.0.heartbeat_ms = now_ms();
+        let bytes = serde_json::to_vec(&g.0).map_err(|e| StateError::Bug {
+            dir: self.local.clone(),
+            reason: format!("lease to JSON: {e}"),
+        })?;
+        self.remote.put(LEASE, bytes.into())?;
+        g.1 = std::time::Instant::now();
+        Ok(())
     }
 
     /// The local working copy.
@@ -255,6 +361,7 @@ impl CheckpointMirror {
     /// Uploads what changed locally since the last sync (see the module's notes for the
     /// order). An error leaves the bucket consistent: the next sync (or a restart) goes on.
     pub fn sync(&self) -> Result<()> {
+        self.renew_lease(false)?;
         let mut found = Vec::new();
         self.walk(&self.local, "", &mut found)?;
         found.sort_by(|a, b| (a.1, a.0.rel.len(), &a.0.rel).cmp(&(b.1, b.0.rel.len(), &b.0.rel)));
@@ -334,6 +441,18 @@ impl CheckpointMirror {
     }
 }
 
+impl Drop for CheckpointMirror {
+    /// A clean stop releases the lease (when it is still this process's).
+    fn drop(&mut self) {
+        let Ok(g) = self.lease.lock() else { return };
+        if let Ok(Some(bytes)) = self.remote.get(LEASE) {
+            if serde_json::from_slice::<Lease>(&bytes).is_ok_and(|l| l.owner == g.0.owner) {
+                let _ = self.remote.delete(LEASE);
+            }
+        }
+    }
+}
+
 /// For a changelog `<store>.changelog/<n>`: whether a marked snapshot `<store>.snapshots/<m>`
 /// with m >= n is in the bucket (`None`: not a changelog).
 fn covered_changelog(rel: &str, marked: &BTreeSet<String>) -> Option<bool> {
@@ -357,6 +476,29 @@ fn poisoned() -> StateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_holds_while_its_holder_lives() {
+        let lease = |host: &str, pid: u32, heartbeat_ms: i64| Lease {
+            owner: "o".into(),
+            host: host.into(),
+            pid,
+            heartbeat_ms,
+        };
+        let alive = |pid: u32| pid == 7;
+        let timeout = LEASE_TIMEOUT.as_millis() as i64;
+        // (lease, holds for pid 9 on host "a" at time 1_000_000)
+        let table = [
+            (lease("a", 7, 0), true),                       // alive here, however old
+            (lease("a", 8, 1_000_000), false),              // dead here
+            (lease("a", 9, 1_000_000), false),              // this very process
+            (lease("b", 7, 1_000_000 - timeout + 1), true), // fresh elsewhere
+            (lease("b", 7, 1_000_000 - timeout), false),    // stale elsewhere
+        ];
+        for (l, want) in table {
+            assert_eq!(lease_holds(&l, "a", 9, 1_000_000, &alive), want, "{l:?}");
+        }
+    }
 
     #[test]
     fn a_changelog_goes_once_a_snapshot_in_the_bucket_covers_it() {
