@@ -123,13 +123,16 @@ fn without_secrets(url: &str) -> String {
     }
 }
 
+/// The name of the object-store runtime's threads.
+const RUNTIME_THREAD: &str = "sluice-objects";
+
 /// The runtime that drives object-store requests for the engine's (blocking) threads.
 fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     static RT: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name("sluice-objects")
+            .thread_name(RUNTIME_THREAD)
             .enable_all()
             .build()
             .map_err(|e| e.to_string())
@@ -144,6 +147,13 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
 /// Runs `f` on the object-store runtime and waits for it (from any thread, inside another
 /// runtime or not).
 pub fn block_on<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> Result<T> {
+    if std::thread::current().name() == Some(RUNTIME_THREAD) {
+        // waiting here would hold one of the two threads the request needs
+        return Err(StateError::Bug {
+            dir: PathBuf::new(),
+            reason: "block_on called from the object-store runtime's own thread".into(),
+        });
+    }
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime()?.spawn(async move {
         let _ = tx.send(f.await);

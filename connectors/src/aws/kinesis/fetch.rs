@@ -150,6 +150,8 @@ impl Client {
                 if caught_up || empty_reads > MAX_EMPTY_READS {
                     break;
                 }
+                // Kinesis serves five reads a second per shard
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
         }
         if let Some(u) = until {
