@@ -1,11 +1,14 @@
 //! The file sink (csv, json, parquet): exactly-once through a manifest log.
 //!
-//! Batch N is written as `part-<N>-0.<ext>` (hidden `.part-...tmp` until complete, then renamed),
-//! then recorded in `<path>/_sluice_metadata/<N>` (the manifest entry, atomic). A batch whose
-//! manifest entry exists is not written again. When the sink opens, files of an unfinished batch
-//! (present but in no manifest entry) are removed, so a plain reader that skips names starting
-//! with `_` or `.` sees exactly the committed rows; a reader that honours the manifest
-//! ([`committed_files`]) sees each batch once at any time.
+//! Batch N is written as `part-<N>-<attempt>.<ext>` (hidden `.part-...tmp` until complete, then
+//! renamed; `<attempt>` is new for every attempt), then recorded in
+//! `<path>/_sluice_metadata/<N>` (the manifest entry, atomic). A batch whose manifest entry
+//! exists is not written again. Part files no manifest entry lists are removed: at open, those
+//! of batches whose entry exists (a losing or dead attempt's); after a batch's entry is written,
+//! that batch's others (the attempt that died before it). A part of a batch without an entry is
+//! never removed at open — another writer may be about to list it. So a plain reader that skips
+//! names starting with `_` or `.` sees exactly the committed rows once a batch is re-run; a
+//! reader that honours the manifest ([`committed_files`]) sees each batch once at any time.
 //!
 //! In object storage (`path = "s3://bucket/out"`) a part file is put whole (an object appears
 //! when its upload ends, so there is no temporary name) and the manifest entry is created with
@@ -113,12 +116,13 @@ impl SinkFactory for FileSinkFactory {
             Out::Local { dir, manifest }
         };
         let delimiter = crate::formats::csv::CsvOptions::from_options(&spec.options)?.delimiter;
-        let sink = FileSink {
+        let mut sink = FileSink {
             out,
             kind,
             schema: Arc::clone(&ctx.schema),
             header: spec.options.get_bool("header", false)?,
             delimiter,
+            unlisted: std::collections::BTreeSet::new(),
         };
         sink.remove_uncommitted()?;
         Ok(Box::new(sink))
@@ -143,6 +147,9 @@ pub struct FileSink {
     schema: SchemaRef,
     header: bool,
     delimiter: u8,
+    /// Batches without a manifest entry that had part files at open (a dead attempt's): they
+    /// are removed once the batch's entry is written.
+    unlisted: std::collections::BTreeSet<u64>,
 }
 
 impl FileSink {
@@ -154,52 +161,101 @@ impl FileSink {
         }
     }
 
-    /// Removes part files that no manifest entry lists (left by a batch that died mid-write).
-    fn remove_uncommitted(&self) -> Result<()> {
-        let mut listed = std::collections::HashSet::new();
+    /// Removes the part files of batches whose manifest entry does not list them, and the
+    /// temporary files of local writes; remembers the batches without an entry that have parts.
+    fn remove_uncommitted(&mut self) -> Result<()> {
+        let ext = self.ext();
+        let (entries, names) = self.listing()?;
+        let listed: std::collections::HashSet<&String> =
+            entries.values().flat_map(|e| &e.files).collect();
+        for name in &names {
+            if let Some(tmp) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
+                if is_part_file(tmp, ext) {
+                    self.remove(name)?;
+                }
+                continue;
+            }
+            let Some(batch) = part_batch(name, ext) else {
+                continue;
+            };
+            if listed.contains(name) {
+                continue;
+            }
+            if entries.contains_key(&batch) {
+                self.remove(name)?;
+            } else {
+                self.unlisted.insert(batch);
+            }
+        }
+        Ok(())
+    }
+
+    /// The manifest entries by batch, and the names of the files beside them.
+    fn listing(&self) -> Result<(std::collections::BTreeMap<u64, ManifestEntry>, Vec<String>)> {
+        let mut entries = std::collections::BTreeMap::new();
+        let mut names = Vec::new();
         match &self.out {
             Out::Local { dir, manifest } => {
                 for id in manifest.ids()? {
                     if let Some(e) = manifest.get(id)? {
-                        listed.extend(e.files);
+                        entries.insert(id, e);
                     }
                 }
-                let rd = fs::read_dir(dir).map_err(|e| EngineError::io(dir, e))?;
-                for entry in rd {
+                for entry in fs::read_dir(dir).map_err(|e| EngineError::io(dir, e))? {
                     let entry = entry.map_err(|e| EngineError::io(dir, e))?;
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    let ours = (is_part_file(&name, self.ext()) && !listed.contains(&name))
-                        || name
-                            .strip_prefix('.')
-                            .and_then(|n| n.strip_suffix(".tmp"))
-                            .is_some_and(|n| is_part_file(n, self.ext()));
-                    if ours {
-                        tracing::info!(file = %entry.path().display(), "removing output of an uncommitted batch");
-                        fs::remove_file(entry.path())
-                            .map_err(|e| EngineError::io(&entry.path(), e))?;
-                    }
+                    names.push(entry.file_name().to_string_lossy().into_owned());
                 }
             }
             Out::Bucket(b) => {
-                let objects = b.list_below(None)?;
-                for m in &objects {
-                    if b.rel_of(&m.location)
-                        .is_some_and(|r| r.starts_with(&format!("{MANIFEST_DIR}/")))
-                    {
-                        if let Some(bytes) = b.get_key(&m.location)? {
-                            listed.extend(manifest_entry(&b.url_of(&m.location), &bytes)?.files);
-                        }
-                    }
-                }
-                for m in &objects {
-                    let Some(name) = b.rel_of(&m.location) else {
+                for m in b.list_below(None)? {
+                    let Some(rel) = b.rel_of(&m.location) else {
                         continue;
                     };
-                    if is_part_file(&name, self.ext()) && !listed.contains(&name) {
-                        tracing::info!(file = %b.url_of(&m.location), "removing output of an uncommitted batch");
-                        b.delete_key(&m.location)?;
+                    match rel.strip_prefix(&format!("{MANIFEST_DIR}/")) {
+                        Some(id) => {
+                            if let (Ok(id), Some(bytes)) = (id.parse(), b.get_key(&m.location)?) {
+                                entries.insert(id, manifest_entry(&b.url_of(&m.location), &bytes)?);
+                            }
+                        }
+                        None if !rel.contains('/') => names.push(rel),
+                        None => {}
                     }
                 }
+            }
+        }
+        Ok((entries, names))
+    }
+
+    /// Removes output file `name` (gone already is fine).
+    fn remove(&self, name: &str) -> Result<()> {
+        match &self.out {
+            Out::Local { dir, .. } => {
+                let p = dir.join(name);
+                tracing::info!(file = %p.display(), "removing output of an uncommitted batch");
+                match fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(EngineError::io(&p, e))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Out::Bucket(b) => {
+                tracing::info!(file = %format!("{}/{name}", b.url()), "removing output of an uncommitted batch");
+                Ok(b.delete(name)?)
+            }
+        }
+    }
+
+    /// After batch `batch_id`'s entry listing `files`: the batch's other part files go (an
+    /// earlier attempt's), when the sink found some at open.
+    fn remove_earlier_attempts(&mut self, batch_id: u64, files: &[String]) -> Result<()> {
+        if !self.unlisted.remove(&batch_id) {
+            return Ok(());
+        }
+        let (_, names) = self.listing()?;
+        for name in names {
+            if part_batch(&name, self.ext()) == Some(batch_id) && !files.contains(&name) {
+                self.remove(&name)?;
             }
         }
         Ok(())
@@ -275,20 +331,27 @@ fn manifest_entry(url: &str, bytes: &[u8]) -> Result<ManifestEntry> {
     )?)
 }
 
-/// Whether `name` is one of this sink's part files: `part-<batch>-<n>.<ext>`.
-fn is_part_file(name: &str, ext: &str) -> bool {
-    let Some(rest) = name.strip_prefix("part-") else {
-        return false;
-    };
-    let Some(rest) = rest.strip_suffix(ext).and_then(|r| r.strip_suffix('.')) else {
-        return false;
-    };
+/// The batch of one of this sink's part files: `part-<batch>-<attempt>.<ext>`.
+fn part_batch(name: &str, ext: &str) -> Option<u64> {
+    let rest = name.strip_prefix("part-")?;
+    let rest = rest.strip_suffix(ext).and_then(|r| r.strip_suffix('.'))?;
     let mut parts = rest.split('-');
-    matches!(
-        (parts.next(), parts.next(), parts.next()),
-        (Some(b), Some(n), None) if !b.is_empty() && !n.is_empty()
-            && b.bytes().all(|c| c.is_ascii_digit()) && n.bytes().all(|c| c.is_ascii_digit())
-    )
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(b), Some(n), None)
+            if !b.is_empty()
+                && !n.is_empty()
+                && b.bytes().all(|c| c.is_ascii_digit())
+                && n.bytes().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            b.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// Whether `name` is one of this sink's part files.
+fn is_part_file(name: &str, ext: &str) -> bool {
+    part_batch(name, ext).is_some()
 }
 
 /// Timestamps as Spark's JSON text (`2025-01-01T00:00:00.027Z`).
@@ -340,7 +403,10 @@ impl Sink for FileSink {
         }
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let mut files = Vec::new();
-        let name = format!("part-{batch_id:05}-0.{}", self.ext());
+        // a name of this attempt's own: a concurrent or earlier attempt's file is never
+        // overwritten, and is removed only once an entry says which one the batch is
+        let attempt = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("part-{batch_id:05}-{}.{}", &attempt[..8], self.ext());
         let entry = |files| ManifestEntry {
             batch_id,
             files,
@@ -357,7 +423,7 @@ impl Sink for FileSink {
                     files.push(name);
                 }
                 crash_point("mid-sink-renamed", batch_id);
-                manifest.add(batch_id, &entry(files))?;
+                manifest.add(batch_id, &entry(files.clone()))?;
             }
             Out::Bucket(b) => {
                 if rows > 0 {
@@ -368,10 +434,14 @@ impl Sink for FileSink {
                     files.push(name);
                 }
                 crash_point("mid-sink-renamed", batch_id);
-                let json = serde_json::to_string(&entry(files))
+                let json = serde_json::to_string(&entry(files.clone()))
                     .map_err(|e| EngineError::bug(format!("manifest entry: {e}")))?;
                 let rel = format!("{MANIFEST_DIR}/{batch_id}");
                 if !b.put_new(&rel, Bytes::from(format!("v1\n{json}")))? {
+                    // the other writer's entry lists its own files: ours go
+                    for f in &files {
+                        self.remove(f)?;
+                    }
                     return Err(EngineError::user(format!(
                         "{}/{rel} was written meanwhile by another writer: two queries write \
                          this output",
@@ -380,17 +450,19 @@ impl Sink for FileSink {
                 }
             }
         }
-        Ok(())
+        self.remove_earlier_attempts(batch_id, &files)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_part_file;
+    use super::{is_part_file, part_batch};
 
     #[test]
     fn only_our_part_files_are_ours() {
         assert!(is_part_file("part-00012-0.csv", "csv"));
+        assert_eq!(part_batch("part-00012-9f3a0c1e.csv", "csv"), Some(12));
+        assert!(!is_part_file("part-00012-9f3a.0c1e.csv", "csv"));
         assert!(!is_part_file("part-00012-0.json", "csv"));
         assert!(!is_part_file("part-of-my-data.csv", "csv"));
         assert!(!is_part_file("part-1.csv", "csv"));
