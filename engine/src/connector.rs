@@ -134,7 +134,7 @@ pub mod storage {
     pub use sluice_state::atomic::write_atomic;
     pub use sluice_state::log::{parse_entry, VersionedLog};
     pub use sluice_state::remote::location::block_on;
-    pub use sluice_state::remote::{is_remote, local_path, redact, Location, StorageOptions};
+    pub use sluice_state::remote::{is_remote, local_path, Location, StorageOptions};
 }
 
 /// A streaming source.

@@ -83,34 +83,6 @@ pub fn is_storage_option(key: &str) -> bool {
         || k.starts_with("azure_")
 }
 
-/// `text` with every value of a credential-like option (and the credential environment
-/// variables) replaced by `***`: for text that may echo what a user wrote.
-pub fn redact(text: &str, options: &StorageOptions) -> String {
-    let mut secrets: Vec<String> = options
-        .iter()
-        .filter(|(k, _)| {
-            let k = k.to_ascii_lowercase();
-            is_storage_option(&k)
-                && (k.contains("secret") || k.contains("key") || k.contains("token"))
-        })
-        .map(|(_, v)| v.clone())
-        .collect();
-    for var in [
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AZURE_STORAGE_ACCOUNT_KEY",
-    ] {
-        if let Ok(v) = std::env::var(var) {
-            secrets.push(v);
-        }
-    }
-    let mut out = text.to_string();
-    for s in secrets.iter().filter(|s| s.len() >= 4) {
-        out = out.replace(s.as_str(), "***");
-    }
-    out
-}
-
 /// `url` without a password or query string (an Azure SAS token), for messages.
 fn without_secrets(url: &str) -> String {
     match url::Url::parse(url) {
@@ -506,15 +478,11 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_redacted_and_never_in_a_location() {
+    fn a_location_never_shows_its_secrets() {
         let mut o = StorageOptions::new();
         o.insert("fs.s3a.secret.key".into(), "sEcReT-42".into());
         o.insert("fs.s3a.access.key".into(), "AKIDEXAMPLE".into());
         o.insert("fs.s3a.endpoint".into(), "http://127.0.0.1:9".into());
-        assert_eq!(
-            redact("denied for AKIDEXAMPLE/sEcReT-42 at x", &o),
-            "denied for ***/*** at x"
-        );
         let l = Location::parse("s3://bkt/chk/q1", &o).expect("location");
         assert_eq!(l.url(), "s3://bkt/chk/q1");
         assert!(!format!("{l:?}").contains("sEcReT"));

@@ -2,8 +2,7 @@
 //!
 //! - [`location`]: [`Location`], a prefix in an object store named by a URL (`s3://`, `s3a://`,
 //!   `gs://`, `az://`, `abfss://`), built with `object_store` from the environment and from
-//!   options (Hadoop's `fs.s3a.*` names where Spark has them); its blocking calls, and
-//!   [`redact`] for anything that may hold a credential.
+//!   options (Hadoop's `fs.s3a.*` names where Spark has them); its blocking calls.
 //! - [`mirror`]: [`CheckpointMirror`], a checkpoint kept in object storage: a local directory
 //!   is its working copy (the live RocksDB stays local, as in Spark and Flink), restored from
 //!   the bucket at start and mirrored to it at the query's durable points; log entries are
@@ -14,5 +13,5 @@
 pub mod location;
 pub mod mirror;
 
-pub use location::{is_remote, local_path, redact, Location, StorageOptions};
+pub use location::{is_remote, local_path, Location, StorageOptions};
 pub use mirror::CheckpointMirror;
