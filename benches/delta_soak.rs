@@ -65,6 +65,7 @@ fn soak(batches: u64, rows: u64, every: Option<u64>) -> sluice::Result<Outcome> 
         key_columns: None,
         checkpoint_dir: dir.path().join("chk"),
         session: sluice::datafusion::prelude::SessionContext::new(),
+        task: None,
     };
     let mut sink = DeltaSinkFactory.create(&spec, &ctx)?;
     let start = Instant::now();

@@ -139,9 +139,47 @@ fn operators(dir: &Path) -> Result<Vec<(usize, Vec<std::path::PathBuf>)>> {
     Ok(out)
 }
 
+/// `sluice checkpoint inspect` of a query run as tasks (`sluice run --group`): the layout, then
+/// every task's owner (its newest epoch) and its own checkpoint's position.
+fn inspect_group(dir: &Path) -> Result<String> {
+    let g = sluice_state::remote::GroupCheckpoint::open(
+        &dir.to_string_lossy(),
+        &Default::default(),
+    )?;
+    let layout = g.layout()?.ok_or_else(|| not_a_checkpoint(dir))?;
+    let mut out = String::new();
+    let _ = writeln!(out, "checkpoint   {} (a query run as tasks)", dir.display());
+    let _ = writeln!(out, "query id     {}", layout.id);
+    let _ = writeln!(
+        out,
+        "tasks        {} (partition t of {} is task t)",
+        layout.tasks,
+        layout.topics.join(", ")
+    );
+    for t in 0..layout.tasks {
+        let _ = writeln!(out);
+        let owner = match g.epochs(t)?.pop() {
+            None => "never taken".to_string(),
+            Some((e, Some(o))) => format!("epoch {e}, taken by {} at {}", o.owner, ms_text(o.taken_ms)),
+            Some((e, None)) => format!("epoch {e}"),
+        };
+        let _ = writeln!(out, "task {t}       {owner}");
+        let task_dir = dir.join("tasks").join(t.to_string());
+        if task_dir.join("metadata").is_file() {
+            for line in inspect(&task_dir)?.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `sluice checkpoint inspect`: query id, last batch and whether it is committed, offsets per
 /// source, watermark, state per operator.
 pub fn inspect(dir: &Path) -> Result<String> {
+    if dir.join("tasks").join("_layout").is_file() {
+        return inspect_group(dir);
+    }
     if !dir.join("metadata").is_file() {
         return Err(not_a_checkpoint(dir));
     }

@@ -449,6 +449,13 @@ fn stop_all(queries: &[Running], timeout: std::time::Duration) -> Vec<String> {
 }
 
 fn spawn_signal_thread(tx: mpsc::Sender<Event>) {
+    spawn_signals(move |sig| {
+        let _ = tx.send(Event::Signal(sig));
+    });
+}
+
+/// Calls `on_signal` with the name of the first SIGTERM or SIGINT, on a thread of its own.
+pub(crate) fn spawn_signals(on_signal: impl FnOnce(&'static str) + Send + 'static) {
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -473,7 +480,7 @@ fn spawn_signal_thread(tx: mpsc::Sender<Event>) {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             };
-            let _ = tx.send(Event::Signal(sig));
+            on_signal(sig);
         });
     });
 }

@@ -25,6 +25,7 @@
 //! | [`pipeline`] | the pipeline file (`sluice run pipeline.toml`): parsing, checking, preparing its queries |
 //! | [`cli`]      | `sluice validate`, `sluice graph` and `sluice checkpoint inspect|state` |
 //! | [`daemon`]   | `sluice run`'s loop: queries launched in the graph's order, restarted, stopped |
+//! | `group`      | `sluice run --group`/`--tasks` (feature `kafka`): one query as tasks shared by processes, membership by Kafka consumer group |
 //! | [`http`]     | the daemon's status API, `/healthz`, Prometheus metrics ([`http::metrics`]) and dashboard |
 //! | [`backfill`] | the progress line of `sluice run --available-now` |
 //!
@@ -35,6 +36,8 @@
 pub mod backfill;
 pub mod cli;
 pub mod daemon;
+#[cfg(feature = "kafka")]
+pub mod group;
 pub mod http;
 pub mod pipeline;
 

@@ -81,6 +81,16 @@ enum Command {
         /// daemon exits without them (they run again on restart).
         #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
         stop_timeout: f64,
+        /// Run the query (one: --query NAME if the file has several) as tasks, one per Kafka
+        /// input partition, shared by every process started with the same group: a member of
+        /// this Kafka consumer group (the query's `group` key, else `sluice-<query id>`, when
+        /// given without a name). The checkpoint must be a location every process reaches.
+        #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
+        group: Option<String>,
+        /// Run these tasks of the query (comma-separated task numbers) without a group: a
+        /// fixed split, or a failover driven from outside. Epochs and fencing as with --group.
+        #[arg(long, value_name = "LIST", value_delimiter = ',', conflicts_with = "group")]
+        tasks: Option<Vec<u32>>,
     },
     /// Parses a pipeline file, registers its sources and plans every query without running
     /// anything; prints the plans. Exit status 2 with a message naming the problem.
@@ -200,6 +210,8 @@ fn main() -> ExitCode {
             insecure,
             fail_fast,
             stop_timeout,
+            group,
+            tasks,
         } => {
             // at most a day: a bound that is not one is no bound (and would overflow a clock)
             let Some(stop_timeout) = std::time::Duration::try_from_secs_f64(stop_timeout)
@@ -216,6 +228,24 @@ fn main() -> ExitCode {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
+            }
+            let members = match (group, tasks) {
+                (Some(g), _) => Some(sluice::group::Members::Group(Some(g).filter(|g| !g.is_empty()))),
+                (None, Some(t)) => Some(sluice::group::Members::Fixed(t)),
+                (None, None) => None,
+            };
+            if let Some(members) = members {
+                if available_now || fail_fast {
+                    eprintln!("error: --group and --tasks run continuously: drop --available-now and --fail-fast");
+                    return ExitCode::from(2);
+                }
+                return sluice::group::run(
+                    pipeline,
+                    &queries,
+                    members,
+                    http.map(|a| (a, auth_token)),
+                    stop_timeout,
+                );
             }
             sluice::daemon::run(
                 pipeline,

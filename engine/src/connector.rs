@@ -301,6 +301,17 @@ pub struct SinkSpec {
     pub output_mode: OutputMode,
 }
 
+/// A query run as one task of a group (`sluice run --group`): which task, and the lease
+/// epoch this process holds on it. A sink that [fences tasks](SinkFactory::fences_tasks) refuses
+/// every write once a newer epoch of the task has written (or claimed) its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskInfo {
+    /// The task (the input partition).
+    pub index: u32,
+    /// The epoch this process holds.
+    pub epoch: u64,
+}
+
 /// Everything a sink gets when its query starts.
 #[derive(Clone)]
 pub struct SinkContext {
@@ -317,6 +328,8 @@ pub struct SinkContext {
     pub checkpoint_dir: PathBuf,
     /// The session's DataFusion context (e.g. for the memory sink's table).
     pub session: datafusion::prelude::SessionContext,
+    /// The task, when the query runs as one task of a group.
+    pub task: Option<TaskInfo>,
 }
 
 /// A streaming sink.
@@ -353,6 +366,14 @@ pub trait SinkFactory: Send + Sync {
     /// written once (and the output is durable): the query is then exactly-once, given
     /// replayable sources. A sink must claim it; the default is no.
     fn exactly_once(&self, _spec: &SinkSpec) -> bool {
+        false
+    }
+
+    /// Whether the sink can run as a task of a group: its `create` claims the target for the
+    /// context's [`TaskInfo::epoch`] (so a holder of an older epoch is refused from then on),
+    /// and every write checks, in the same transaction, that no newer epoch claimed it. Such a
+    /// refusal is an error for which [`EngineError::is_fenced`] holds.
+    fn fences_tasks(&self, _spec: &SinkSpec) -> bool {
         false
     }
 

@@ -100,6 +100,23 @@ impl EngineError {
         }
     }
 
+    /// A sink refused a task's write: a newer epoch of the task claimed the target (this
+    /// process lost the task; its new owner writes).
+    /// `sink` names the sink and its target.
+    pub fn fenced(task: u32, epoch: u64, newer: u64, sink: &str) -> Self {
+        EngineError::State(StateError::Fenced { task, epoch, newer }).context(sink)
+    }
+
+    /// Whether this process lost the task it ran ([`StateError::Fenced`], under any context):
+    /// it must stop the task without retrying.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            EngineError::State(StateError::Fenced { .. }) => true,
+            EngineError::Context { source, .. } => source.is_fenced(),
+            _ => false,
+        }
+    }
+
     /// Whether the checkpoint directory or state store is what failed (corrupt, foreign,
     /// inconsistent, or its disk): the query fails, the pipeline file is not at fault.
     pub fn is_checkpoint(&self) -> bool {

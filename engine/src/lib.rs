@@ -84,7 +84,7 @@ pub use api::session::{Session, SessionBuilder};
 pub use api::writer::{DataStreamWriter, PreparedQuery, Trigger};
 pub use connector::{
     ConnectorRegistry, Notifier, Offset, OutputMode, ReadLimit, Sink, SinkContext, SinkFactory,
-    SinkSpec, Source, SourceContext, SourceFactory, SourceSpec, TableFactory,
+    SinkSpec, Source, SourceContext, SourceFactory, SourceSpec, TableFactory, TaskInfo,
 };
 pub use ddl::{parse_ddl_schema, schema_to_ddl, timestamp_type};
 pub use error::{EngineError, ErrorKind, Result};

@@ -70,6 +70,7 @@ pub(crate) fn write(
         key_columns: None,
         checkpoint_dir,
         session: session.context().clone(),
+        task: None,
     };
     let mut sink = factory.create(&spec, &ctx)?;
     let written = sink.add_batch(batch_id, &batches);

@@ -7,6 +7,7 @@
 //! | `GET /` | the live dashboard (`/?query=NAME` for one query) |
 //! | `GET /healthz` | 200 `ok`, or 503 naming the queries that failed for good |
 //! | `GET /api/queries` | id, name, status, active, last progress, exception of every query |
+//! | `GET /api/tasks` | with `sluice run --group`/`--tasks`: the tasks this process runs (task, epoch, query, lag) |
 //! | `GET /api/queries/{name}/progress?limit=N` | the last N progress reports (default 100) |
 //! | `POST /api/queries/{name}/stop` | stops the query (202), the others go on |
 //! | `GET /metrics` | Prometheus text, label `query` ([`metrics`]) |
@@ -44,6 +45,8 @@ pub struct Server {
     token: Option<String>,
     /// The pipeline's graph (nodes and edges), when the daemon runs a pipeline file.
     graph: Mutex<Option<serde_json::Value>>,
+    /// The tasks this process runs (`sluice run --group`): task → (epoch, query id).
+    tasks: Mutex<BTreeMap<u32, (u64, String)>>,
 }
 
 impl Server {
@@ -56,7 +59,29 @@ impl Server {
             metrics,
             token,
             graph: Mutex::new(None),
+            tasks: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Task `t` runs here at `epoch` as query `q` (replacing an earlier run of the task).
+    pub fn add_task(&self, t: u32, epoch: u64, q: StreamingQuery) {
+        let id = q.id().to_string();
+        self.add(q);
+        let mut m = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(t, (epoch, id));
+    }
+
+    /// Task `t` no longer runs here: it leaves `/api/tasks` and `/api/queries`.
+    pub fn remove_task(&self, t: u32) {
+        let gone = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&t);
+        if let Some((_, id)) = gone {
+            let mut v = self.queries.lock().unwrap_or_else(|e| e.into_inner());
+            v.retain(|q| q.id() != id);
+        }
     }
 
     /// The pipeline's graph, served at `/api/graph` and drawn by the dashboard.
@@ -207,6 +232,34 @@ fn query_json(q: &StreamingQuery, state: QueryState) -> serde_json::Value {
 async fn graph(State(s): State<Arc<Server>>) -> Response {
     let g = s.graph.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Json(g.unwrap_or_else(|| json!({ "nodes": [], "edges": [] }))).into_response()
+}
+
+/// The tasks this process runs: task, epoch, query name and id, status, and lag (the input
+/// offsets still waiting after the last batch, summed over the task's sources).
+async fn tasks(State(s): State<Arc<Server>>) -> Response {
+    let tasks = s.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let queries = s.all();
+    let list: Vec<serde_json::Value> = tasks
+        .iter()
+        .map(|(t, (epoch, id))| {
+            let q = queries.iter().find(|q| q.id() == id);
+            let lag: Option<u64> = q.and_then(|q| q.last_progress()).map(|p| {
+                p.sources
+                    .iter()
+                    .filter_map(|s| s.metrics.get("backlog")?.parse::<u64>().ok())
+                    .sum()
+            });
+            json!({
+                "task": t,
+                "epoch": epoch,
+                "query": q.and_then(|q| q.name().map(str::to_string)),
+                "id": id,
+                "status": q.map(|q| s.state_of(q).name()),
+                "lag": lag,
+            })
+        })
+        .collect();
+    Json(list).into_response()
 }
 
 async fn queries(State(s): State<Arc<Server>>) -> Response {
@@ -360,6 +413,7 @@ pub fn spawn(addr: SocketAddr, server: Arc<Server>) -> Result<SocketAddr> {
     let protected = Router::new()
         .route("/api/queries", get(queries))
         .route("/api/graph", get(graph))
+        .route("/api/tasks", get(tasks))
         .route("/api/queries/{name}/progress", get(progress))
         .route("/api/queries/{name}/stop", post(stop))
         .route("/metrics", get(metrics))

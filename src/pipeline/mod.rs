@@ -68,7 +68,7 @@ use crate::{
 pub use graph::{Graph, Input};
 
 /// The `storage` table of a pipeline file (its `Debug` form masks credentials).
-#[derive(Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct StorageSettings(pub BTreeMap<String, String>);
 
@@ -84,7 +84,7 @@ impl std::fmt::Debug for StorageSettings {
 }
 
 /// A whole pipeline file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
     /// `spark.sql.shuffle.partitions` of the pipeline's session: the state partitions of every
@@ -113,7 +113,7 @@ pub struct Pipeline {
 
 /// `[table.NAME]`: a table that is not a stream, read whole (a stream-static join's dimension
 /// table).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableDef {
     /// Format (csv, json, parquet, delta, jdbc).
@@ -131,7 +131,7 @@ pub struct TableDef {
 }
 
 /// `[source.NAME]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceDef {
     /// Format (json, csv, parquet, text).
@@ -158,7 +158,7 @@ pub struct WatermarkDef {
 }
 
 /// `[query.NAME]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryDef {
     /// The query.
@@ -185,10 +185,12 @@ pub struct QueryDef {
     /// How this query reads other queries' output tables, by query name.
     #[serde(default)]
     pub read: BTreeMap<String, ReadDef>,
+    /// The Kafka consumer group of `sluice run --group` when the flag gives no name.
+    pub group: Option<String>,
 }
 
 /// `{ name = "...", condition = "...", on_violation = "warn" | "drop" | "fail" }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectationDef {
     /// Its name, as reported in progress and metrics.
@@ -201,7 +203,7 @@ pub struct ExpectationDef {
 
 /// `read.<query> = { watermark = {...}, options = {...} }`: how a query reads another query's
 /// output table as a stream.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadDef {
     /// Event-time watermark on the rows read.
@@ -212,7 +214,7 @@ pub struct ReadDef {
 }
 
 /// `sink = { format = "...", path = "...", options = {...} }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkDef {
     /// Sink format.
@@ -331,6 +333,28 @@ impl Pipeline {
                 Ok((name, p))
             })
             .collect()
+    }
+
+    /// The writer of query `name` (its sources registered in `session`), not yet prepared.
+    pub(crate) fn writer_of(
+        &self,
+        session: &Session,
+        base: &Path,
+        name: &str,
+    ) -> Result<DataStreamWriter> {
+        self.writers(session, base, &[name.to_string()], None)?
+            .pop()
+            .map(|(_, w)| w)
+            .ok_or_else(|| EngineError::user(format!("no [query.{name}] in the pipeline file")))
+    }
+
+    /// Checks that query `name` can run as tasks: it plans, and its state follows the Kafka
+    /// partitioning (every stateful operator groups by the message `key`).
+    pub(crate) fn check_task_query(&self, base: &Path, name: &str) -> Result<()> {
+        let session = self.validate_session("sluice")?;
+        self.writer_of(&session, base, name)?
+            .check_state_follows("key")
+            .map_err(|e| e.context(&format!("query '{name}'")))
     }
 
     /// Checks every query as [`Pipeline::prepare`] does, without creating or changing anything
@@ -523,6 +547,12 @@ impl Pipeline {
         }
         Ok(w)
     }
+}
+
+/// A location of the pipeline file as text: relative paths resolved against its directory,
+/// URLs as written.
+pub(crate) fn resolve_location(base: &Path, p: &str) -> String {
+    resolve_path(base, p).to_string_lossy().into_owned()
 }
 
 fn resolve_path(base: &Path, p: &str) -> PathBuf {

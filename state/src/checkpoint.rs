@@ -189,6 +189,21 @@ impl CheckpointDir {
         Ok(chk)
     }
 
+    /// Opens task `fence.task`'s checkpoint of a group checkpoint, through a local working
+    /// copy restored from the shared location (a directory or a bucket), guarded by the epoch
+    /// `fence` holds: see [`crate::remote::tasks`].
+    pub fn open_task(fence: crate::remote::TaskFence) -> Result<Self> {
+        let url = fence.checkpoint().url();
+        // one copy per epoch: a task taken again by this process never meets the copy of its
+        // earlier epoch, which a stopping query may still hold
+        let local = local_copy_dir(&format!("{url}#epoch={}", fence.epoch))?;
+        let mirror = CheckpointMirror::restore_task(fence, local.clone())?;
+        let mut chk = Self::open(local)?;
+        mirror.sync()?;
+        chk.mirror = Some(std::sync::Arc::new(mirror));
+        Ok(chk)
+    }
+
     /// [`Self::peek_query_id`] of a location that may be a URL (asks the bucket for the
     /// `metadata` object: `sluice validate` learns that the bucket answers).
     pub fn peek_query_id_at(location: &str, options: &StorageOptions) -> Result<Option<String>> {

@@ -90,6 +90,17 @@ pub enum StateError {
         /// Who holds it.
         holder: String,
     },
+    /// A process of a group lost a task: a newer epoch of it exists (its new owner took it
+    /// after this process was paused or cut off past the group's session timeout).
+    #[error("task {task} was taken over (epoch {newer} exists; this process holds epoch {epoch}): it runs in another process of the group now, and this one writes nothing more for it")]
+    Fenced {
+        /// The task.
+        task: u32,
+        /// The epoch this process holds.
+        epoch: u64,
+        /// The newer epoch found.
+        newer: u64,
+    },
     /// An entry that must not exist twice was written again with other content.
     #[error("log entry {path} already exists with different content")]
     Conflict {
@@ -108,7 +119,7 @@ impl StateError {
             StateError::Config { .. }
             | StateError::ConcurrentWriter { .. }
             | StateError::InUse { .. } => ErrorKind::User,
-            StateError::Remote { .. } => ErrorKind::External,
+            StateError::Remote { .. } | StateError::Fenced { .. } => ErrorKind::External,
             StateError::Conflict { .. } | StateError::Bug { .. } => ErrorKind::Bug,
         }
     }

@@ -20,6 +20,18 @@ pub struct Broker {
     pub dir: tempfile::TempDir,
     pub port: u16,
     child: Option<Child>,
+    /// Tansu instead of noida-db: a broker whose consumer groups expire dead members.
+    groups: bool,
+}
+
+/// The tansu binary (a Kafka-compatible broker from crates.io, `scripts/test` installs it):
+/// SLUICE_TEST_TANSU, else `~/.cache/sluice-tools/bin/tansu`.
+fn tansu_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_TEST_TANSU") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    PathBuf::from(home).join(".cache/sluice-tools/bin/tansu")
 }
 
 /// The noida-db binary: SLUICE_TEST_NOIDA, else the one in the venv scripts/test makes.
@@ -51,6 +63,26 @@ impl Broker {
             dir,
             port,
             child: None,
+            groups: false,
+        };
+        t.start_broker();
+        t
+    }
+
+    /// Starts a broker whose consumer groups work as Kafka's do (members that stop
+    /// heartbeating are removed after their session timeout, cooperative rebalances): tansu
+    /// 0.6.0 with in-memory storage. noida-db's groups never expire a dead member.
+    pub fn start_with_groups() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-kafka-")
+            .tempdir()
+            .expect("tempdir");
+        let port = super::db::free_port();
+        let mut t = Self {
+            dir,
+            port,
+            child: None,
+            groups: true,
         };
         t.start_broker();
         t
@@ -77,20 +109,29 @@ impl Broker {
             .append(true)
             .open(self.log())
             .expect("log");
-        let child = Command::new(noida_bin())
+        let mut cmd = if self.groups {
+            let url = format!("tcp://127.0.0.1:{}", self.port);
+            let mut c = Command::new(tansu_bin());
+            c.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"]);
+            c
+        } else {
+            let mut c = Command::new(noida_bin());
+            c.args(["start", "--only", "kafka", "--host", "127.0.0.1"])
+                .args(["--kafka-port", &self.port.to_string()])
+                .arg("--data-dir")
+                .arg(self.dir.path().join("data"));
+            c
+        };
+        let child = cmd
             .current_dir(self.dir.path())
-            .args(["start", "--only", "kafka", "--host", "127.0.0.1"])
-            .args(["--kafka-port", &self.port.to_string()])
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
-                    "start {} (scripts/test installs noida-db): {e}",
-                    noida_bin().display()
+                    "start the broker (scripts/test installs noida-db and tansu): {e}"
                 )
             });
         self.child = Some(child);
@@ -125,7 +166,12 @@ impl Broker {
     /// default 7-day retention deletes, as Kafka's does), and waits until its metadata shows
     /// them.
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        self.create_topic_with(name, partitions, &[("retention.ms", "-1")]);
+        if self.groups {
+            // tansu keeps records until deleted (in memory)
+            self.create_topic_with(name, partitions, &[]);
+        } else {
+            self.create_topic_with(name, partitions, &[("retention.ms", "-1")]);
+        }
     }
 
     /// Creates a topic with topic configs (CreateTopics through librdkafka's admin client).

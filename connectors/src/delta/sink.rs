@@ -20,6 +20,8 @@ use deltalake::{DeltaTable, DeltaTableError};
 use sluice_engine::{EngineError, OutputMode, Result, Sink, SinkContext, SinkFactory, SinkSpec};
 
 use super::journal;
+#[path = "fence.rs"]
+mod fence;
 use super::{delta_err, runtime, runtime_handle, table_url};
 
 /// Options of the Delta sink.
@@ -143,6 +145,9 @@ impl SinkFactory for DeltaSinkFactory {
     fn exactly_once(&self, _spec: &SinkSpec) -> bool {
         true // every commit carries the application transaction (query id, batch id)
     }
+    fn fences_tasks(&self, _spec: &SinkSpec) -> bool {
+        true // every commit of a task carries its epoch transaction (fence.rs)
+    }
     fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
         self.validate(spec)?;
         let path = spec.options.get("path").unwrap_or_default().to_string();
@@ -150,7 +155,7 @@ impl SinkFactory for DeltaSinkFactory {
         let (partition_by, keys) = target_columns(spec, ctx)?;
         let rt = runtime()?;
         let url = table_url(&path)?;
-        Ok(Box::new(DeltaSink {
+        let mut sink = Box::new(DeltaSink {
             rt,
             url,
             path: PathBuf::from(path),
@@ -174,7 +179,13 @@ impl SinkFactory for DeltaSinkFactory {
                     .join(format!("{}.delta-files", ctx.query_id)),
             )),
             storage: spec.options.storage(),
-        }))
+            task: ctx.task,
+        });
+        if let Some(task) = ctx.task {
+            let rt = runtime_handle(&sink.rt);
+            rt.block_on(sink.claim(task))?;
+        }
+        Ok(sink)
     }
 }
 
@@ -222,12 +233,18 @@ pub struct DeltaSink {
     journal: Arc<journal::Journal>,
     /// Object-storage options (`fs.s3a.*`) for a table in a bucket.
     storage: sluice_engine::connector::storage::StorageOptions,
+    /// The task and epoch, when the query runs as a task of a group (fence.rs).
+    task: Option<sluice_engine::TaskInfo>,
 }
 
 impl DeltaSink {
     fn props(&self, batch_id: u64) -> CommitProperties {
-        CommitProperties::default()
-            .with_application_transaction(Transaction::new(&self.app_id, batch_id as i64))
+        let p = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&self.app_id, batch_id as i64));
+        match self.epoch_txn() {
+            Some(e) => p.with_application_transaction(e),
+            None => p,
+        }
     }
 
     /// The store under the table: the one delta-rs would use, its data-file writes journaled.
@@ -382,6 +399,7 @@ impl DeltaSink {
 
     async fn write_batch(&mut self, batch_id: u64, rows: Vec<RecordBatch>) -> Result<bool> {
         let t = self.table().await?;
+        self.check_task_epoch(&t).await?;
         if !self.checked {
             self.check_schema(&t)?;
             self.checked = true;

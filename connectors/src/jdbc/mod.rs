@@ -26,6 +26,7 @@
 
 pub mod config;
 pub mod encode;
+mod fence;
 pub mod read;
 mod table;
 pub mod types;
@@ -55,6 +56,9 @@ impl SinkFactory for JdbcSinkFactory {
     fn exactly_once(&self, _spec: &SinkSpec) -> bool {
         true // rows and the batch marker in one transaction
     }
+    fn fences_tasks(&self, _spec: &SinkSpec) -> bool {
+        true // the marker row carries the task's epoch (fence.rs)
+    }
     fn validate(&self, spec: &SinkSpec) -> Result<()> {
         JdbcConfig::from_options(&spec.options, spec.output_mode).map(|_| ())
     }
@@ -69,7 +73,11 @@ impl SinkFactory for JdbcSinkFactory {
     }
     fn create(&self, spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
         let cfg = JdbcConfig::from_options(&spec.options, spec.output_mode)?;
-        Ok(Box::new(JdbcSink::new(cfg, ctx)?))
+        let mut sink = JdbcSink::new(cfg, ctx)?;
+        if let Some(task) = ctx.task {
+            sink.claim(task)?;
+        }
+        Ok(Box::new(sink))
     }
 }
 
@@ -87,6 +95,8 @@ pub struct JdbcSink {
     schema: SchemaRef,
     keys: Vec<String>,
     prepared: bool,
+    /// The task and epoch, when the query runs as a task of a group (fence.rs).
+    task: Option<sluice_engine::TaskInfo>,
 }
 
 /// The key columns after flattening: each struct key (the window) becomes its fields.
@@ -159,6 +169,7 @@ impl JdbcSink {
             schema,
             keys,
             prepared: false,
+            task: ctx.task,
         })
     }
 
@@ -223,14 +234,19 @@ impl JdbcSink {
                 .map_err(e("setting the isolation level"))?;
         }
         let marker = self.cfg.marker_table.sql(Dialect::Postgres);
-        let done: Option<i64> = sqlx::query_scalar(safe(format!(
-            "SELECT batch_id FROM {marker} WHERE query_id = $1 AND table_name = $2 FOR UPDATE"
-        )))
-        .bind(&self.query_id)
-        .bind(self.cfg.table.display())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(e("reading the batch marker"))?;
+        let row: Option<(i64, i64)> = sqlx::query_as(safe(self.marker_read_sql(Dialect::Postgres)))
+            .bind(&self.query_id)
+            .bind(self.cfg.table.display())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(e("reading the batch marker"))?;
+        if let Some(task) = self.task {
+            if let Err(err) = self.check_epoch(task, row.map(|r| r.1)) {
+                tx.rollback().await.map_err(e("rolling back"))?;
+                return Err(err);
+            }
+        }
+        let done = row.map(|r| r.0);
         if done.is_some_and(|d| d >= batch_id as i64) {
             tx.rollback().await.map_err(e("rolling back"))?;
             return Ok(false);
@@ -322,6 +338,23 @@ impl JdbcSink {
             }
         }
         crash_point("mid-sink", batch_id);
+        if let Some(task) = self.task {
+            let n = sqlx::query(safe(self.task_marker_update_sql(Dialect::Postgres)))
+                .bind(&self.query_id)
+                .bind(self.cfg.table.display())
+                .bind(batch_id as i64)
+                .bind(task.epoch as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(e("writing the batch marker"))?
+                .rows_affected();
+            if n != 1 {
+                tx.rollback().await.map_err(e("rolling back"))?;
+                return Err(self.fenced_by_update(task));
+            }
+            tx.commit().await.map_err(e("committing the batch"))?;
+            return Ok(true);
+        }
         sqlx::query(safe(format!(
             "INSERT INTO {marker} (query_id, table_name, batch_id) VALUES ($1, $2, $3) \
              ON CONFLICT (query_id, table_name) DO UPDATE SET batch_id = EXCLUDED.batch_id, committed_at = now()"
@@ -356,14 +389,19 @@ impl JdbcSink {
         }
         let mut tx = conn.begin().await.map_err(e("starting a transaction"))?;
         let marker = self.cfg.marker_table.sql(Dialect::MySql);
-        let done: Option<i64> = sqlx::query_scalar(safe(format!(
-            "SELECT batch_id FROM {marker} WHERE query_id = ? AND table_name = ? FOR UPDATE"
-        )))
-        .bind(&self.query_id)
-        .bind(self.cfg.table.display())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(e("reading the batch marker"))?;
+        let row: Option<(i64, i64)> = sqlx::query_as(safe(self.marker_read_sql(Dialect::MySql)))
+            .bind(&self.query_id)
+            .bind(self.cfg.table.display())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(e("reading the batch marker"))?;
+        if let Some(task) = self.task {
+            if let Err(err) = self.check_epoch(task, row.map(|r| r.1)) {
+                tx.rollback().await.map_err(e("rolling back"))?;
+                return Err(err);
+            }
+        }
+        let done = row.map(|r| r.0);
         if done.is_some_and(|d| d >= batch_id as i64) {
             tx.rollback().await.map_err(e("rolling back"))?;
             return Ok(false);
@@ -432,6 +470,23 @@ impl JdbcSink {
             base += enc.rows();
         }
         crash_point("mid-sink", batch_id);
+        if let Some(task) = self.task {
+            let n = sqlx::query(safe(self.task_marker_update_sql(Dialect::MySql)))
+                .bind(batch_id as i64)
+                .bind(&self.query_id)
+                .bind(self.cfg.table.display())
+                .bind(task.epoch as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(e("writing the batch marker"))?
+                .rows_affected();
+            if n != 1 {
+                tx.rollback().await.map_err(e("rolling back"))?;
+                return Err(self.fenced_by_update(task));
+            }
+            tx.commit().await.map_err(e("committing the batch"))?;
+            return Ok(true);
+        }
         sqlx::query(safe(format!(
             "INSERT INTO {marker} (query_id, table_name, batch_id) VALUES (?, ?, ?) \
              ON DUPLICATE KEY UPDATE batch_id = VALUES(batch_id), committed_at = CURRENT_TIMESTAMP(6)"

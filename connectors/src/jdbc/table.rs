@@ -15,8 +15,8 @@ use super::{safe, types, Db, JdbcSink};
 
 /// What the database says about the output table: its columns (name, type) and its PRIMARY
 /// KEY / UNIQUE constraints (constraint name, column), empty when the table does not exist.
-struct TableInfo {
-    columns: Vec<(String, String)>,
+pub(super) struct TableInfo {
+    pub(super) columns: Vec<(String, String)>,
     uniques: Vec<(String, String)>,
     /// MySQL/MariaDB: the generation expression of `_sluice_key`, if the table has that column.
     generated_key: Option<String>,
@@ -115,7 +115,7 @@ impl JdbcSink {
     }
 
     /// Runs one statement (DDL or a seed row) with optional text binds.
-    fn execute(&self, what: &str, sql: String, binds: &[&str]) -> Result<()> {
+    pub(super) fn execute(&self, what: &str, sql: String, binds: &[&str]) -> Result<()> {
         match &self.db {
             Db::Pg(pool) => self.rt.block_on(async {
                 let mut q = sqlx::query(safe(sql));
@@ -136,7 +136,7 @@ impl JdbcSink {
     }
 
     /// The columns and keys of table `schema.name` (empty when it does not exist).
-    fn table_info(&self, schema: &Option<String>, name: &str) -> Result<TableInfo> {
+    pub(super) fn table_info(&self, schema: &Option<String>, name: &str) -> Result<TableInfo> {
         const PG_COLUMNS: &str = "SELECT column_name::text, data_type::text \
             FROM information_schema.columns \
             WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2 \

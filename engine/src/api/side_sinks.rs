@@ -53,6 +53,7 @@ impl DataStreamWriter {
                 key_columns: None,
                 checkpoint_dir: checkpoint.root().to_path_buf(),
                 session: session.context().clone(),
+                task: None,
             },
         )
     }

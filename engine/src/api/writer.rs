@@ -57,6 +57,7 @@ pub struct DataStreamWriter {
     progress_log: Option<PathBuf>,
     late_data: Option<(String, Options)>,
     quarantine: Option<(String, Options)>,
+    task: Option<sluice_state::remote::TaskFence>,
 }
 
 impl DataStreamWriter {
@@ -73,7 +74,23 @@ impl DataStreamWriter {
             progress_log: None,
             late_data: None,
             quarantine: None,
+            task: None,
         }
+    }
+
+    /// Refuses a query whose state would not follow its input partitioning: every stateful
+    /// operator must group by the stream column `column` (see
+    /// [`crate::plan::partitioning`]).
+    pub fn check_state_follows(&self, column: &str) -> Result<()> {
+        crate::plan::partitioning::check_state_follows(self.df.logical_plan(), column)
+    }
+
+    /// Runs the query as one task of a group (`sluice run --group`): its checkpoint is the
+    /// task's (worked on through a local copy, guarded by the epoch `fence` holds), and its
+    /// sink must fence tasks ([`crate::connector::SinkFactory::fences_tasks`]).
+    pub fn task(mut self, fence: sluice_state::remote::TaskFence) -> Self {
+        self.task = Some(fence);
+        self
     }
 
     /// The sink format: `console`, `memory`, `csv`, `json`, `parquet` (more with connectors).
@@ -185,10 +202,23 @@ impl DataStreamWriter {
             guarantee,
             checks,
         } = self.checked()?;
-        let checkpoint = CheckpointDir::open_location(
-            &checkpoint_dir.to_string_lossy(),
-            &session.storage_options(),
-        )?;
+        let task = self
+            .task
+            .as_ref()
+            .map(|f| crate::connector::TaskInfo {
+                index: f.task,
+                epoch: f.epoch,
+            });
+        let checkpoint = match self.task.take() {
+            Some(fence) => {
+                task_check(&self, factory.as_deref(), &spec)?;
+                CheckpointDir::open_task(fence)?
+            }
+            None => CheckpointDir::open_location(
+                &checkpoint_dir.to_string_lossy(),
+                &session.storage_options(),
+            )?,
+        };
         if checkpoint.remote_url().is_some()
             && plan.stateful
             && store_options.snapshot_interval == 0
@@ -284,6 +314,7 @@ impl DataStreamWriter {
                     key_columns: plan.key_columns.clone(),
                     checkpoint_dir: checkpoint.root().to_path_buf(),
                     session: session.context().clone(),
+                    task,
                 },
             )?,
             (None, None) => return Err(EngineError::bug("no sink factory")),
@@ -532,6 +563,30 @@ impl DataStreamWriter {
             guarantee,
         })
     }
+}
+
+/// What a query run as a task of a group needs: a sink that fences tasks, and no side sinks
+/// (they could not refuse a zombie's writes).
+fn task_check(
+    w: &DataStreamWriter,
+    factory: Option<&dyn crate::connector::SinkFactory>,
+    spec: &SinkSpec,
+) -> Result<()> {
+    let fences = factory.is_some_and(|f| f.fences_tasks(spec)) && w.foreach.is_none();
+    if !fences {
+        return Err(EngineError::user(format!(
+            "the {} sink cannot run as a task of a group: it cannot refuse the writes of a \
+             process that lost its task (a zombie). Sinks that can: jdbc, delta",
+            spec.format
+        )));
+    }
+    if w.late_data.is_some() || w.quarantine.is_some() {
+        return Err(EngineError::user(
+            "a query run as tasks of a group cannot have a late-data or quarantine sink yet \
+             (they could not refuse a zombie's writes)",
+        ));
+    }
+    Ok(())
 }
 
 /// The checked parts of a query, before anything is opened.

@@ -69,6 +69,7 @@ impl DataStreamWriter {
                 key_columns: None,
                 checkpoint_dir: c.checkpoint_dir.clone(),
                 session: c.session.context().clone(),
+                task: None,
             };
             let what = format!("{role} sink");
             f.check(&spec, &ctx).map_err(|e| e.context(&what))?;
@@ -84,6 +85,7 @@ impl DataStreamWriter {
             key_columns: c.plan.key_columns.clone(),
             checkpoint_dir: c.checkpoint_dir.clone(),
             session: c.session.context().clone(),
+            task: None,
         };
         if let Some(f) = &c.factory {
             f.check(&c.spec, &sink_ctx).map_err(|e| e.context("sink"))?;

@@ -153,6 +153,7 @@ impl Execution {
                     message: e.to_string(),
                     kind: e.kind(),
                     schema_changed: e.is_schema_change(),
+                    fenced: e.is_fenced(),
                 })
             }
             Err(panic) => {
@@ -165,6 +166,7 @@ impl Execution {
                     message: format!("internal error (a bug in Sluice): panic: {msg}"),
                     kind: ErrorKind::Bug,
                     schema_changed: false,
+                    fenced: false,
                 })
             }
         };

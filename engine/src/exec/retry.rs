@@ -128,7 +128,10 @@ pub fn retry<T>(
         match f() {
             Ok(v) => return Ok(v),
             Err(e)
-                if e.kind() == ErrorKind::External && policy.may_retry(attempt) && !stopped() =>
+                if e.kind() == ErrorKind::External
+                    && !e.is_fenced()
+                    && policy.may_retry(attempt)
+                    && !stopped() =>
             {
                 attempt += 1;
                 let wait = policy.backoff(attempt);

@@ -24,6 +24,9 @@ pub struct QueryError {
     /// The query stopped because a source's schema evolved: starting it again continues with
     /// the new schema (Auto Loader's `addNewColumns`; `sluice run` restarts it by itself).
     pub schema_changed: bool,
+    /// The query ran as a task of a group and lost it: a newer epoch of the task exists (see
+    /// [`crate::EngineError::is_fenced`]); the task runs in another process now.
+    pub fenced: bool,
 }
 
 /// Told about queries' lifecycle (Spark's `StreamingQueryListener`). Called on the query's thread:

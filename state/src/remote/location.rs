@@ -255,6 +255,36 @@ impl Location {
         })
     }
 
+    /// A directory of the local file system (or of a network file system every process
+    /// mounts) seen as an object store: what a group's task checkpoints use when the
+    /// checkpoint location is a path. Conditional puts are the file system's exclusive create.
+    pub fn local_dir(dir: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
+        let abs = std::fs::canonicalize(dir).map_err(|e| StateError::io(dir, e))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&abs).map_err(|e| {
+            StateError::Config {
+                what: abs.display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Self {
+            store: Arc::new(fs),
+            unsafe_create: false,
+            root: format!("file://{}", abs.display()),
+            prefix: ObjPath::default(),
+        })
+    }
+
+    /// The location `rel` below this one (same store and credentials).
+    pub fn child(&self, rel: &str) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            unsafe_create: self.unsafe_create,
+            root: self.root.clone(),
+            prefix: self.key(rel),
+        }
+    }
+
     /// The location's URL (never with credentials).
     pub fn url(&self) -> String {
         if self.prefix.as_ref().is_empty() {

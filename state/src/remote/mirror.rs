@@ -179,8 +179,11 @@ pub struct CheckpointMirror {
     held: Mutex<HashMap<String, (u64, SystemTime)>>,
     /// Snapshot directories whose marker is in the bucket.
     snapshots: Mutex<BTreeSet<String>>,
-    /// This process's lease and when it was last renewed.
-    lease: Mutex<(Lease, std::time::Instant)>,
+    /// This process's lease and when it was last renewed (none for a group's task, which
+    /// its epoch guards instead).
+    lease: Option<Mutex<(Lease, std::time::Instant)>>,
+    /// A group's task: the epoch this process holds, checked before every upload.
+    fence: Option<super::TaskFence>,
 }
 
 impl std::fmt::Debug for CheckpointMirror {
@@ -258,13 +261,28 @@ impl CheckpointMirror {
             local,
             held: Mutex::new(held),
             snapshots: Mutex::new(complete),
-            lease: Mutex::new((lease, std::time::Instant::now())),
+            lease: Some(Mutex::new((lease, std::time::Instant::now()))),
+            fence: None,
         })
+    }
+
+    /// [`Self::restore`] for a task of a group: the task's checkpoint, guarded by the epoch
+    /// `fence` holds instead of a lease (the new owner of a task must start while its old
+    /// owner, paused, still lives); every sync first checks that no newer epoch exists.
+    pub fn restore_task(fence: super::TaskFence, local: PathBuf) -> Result<Self> {
+        let mut m = Self::restore(fence.checkpoint().clone(), local)?;
+        m.lease = None;
+        fence.check()?;
+        m.fence = Some(fence);
+        Ok(m)
     }
 
     /// Takes the checkpoint's lease, or refuses when another live process holds it (see the
     /// module's notes). Called at start, before anything is written.
     pub fn take_lease(&self) -> Result<()> {
+        if self.lease.is_none() {
+            return Ok(());
+        }
         if let Some(bytes) = self.remote.get(LEASE)? {
             if let Ok(l) = serde_json::from_slice::<Lease>(&bytes) {
                 let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
@@ -290,7 +308,10 @@ impl CheckpointMirror {
 
     /// Writes the lease again when `now` or a heartbeat is due.
     fn renew_lease(&self, now: bool) -> Result<()> {
-        let mut g = self.lease.lock().map_err(|_| poisoned())?;
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        let mut g = lease.lock().map_err(|_| poisoned())?;
         if !now && g.1.elapsed() < HEARTBEAT {
             return Ok(());
         }
@@ -361,6 +382,9 @@ impl CheckpointMirror {
     /// Uploads what changed locally since the last sync (see the module's notes for the
     /// order). An error leaves the bucket consistent: the next sync (or a restart) goes on.
     pub fn sync(&self) -> Result<()> {
+        if let Some(f) = &self.fence {
+            f.check()?;
+        }
         self.renew_lease(false)?;
         let mut found = Vec::new();
         self.walk(&self.local, "", &mut found)?;
@@ -444,7 +468,8 @@ impl CheckpointMirror {
 impl Drop for CheckpointMirror {
     /// A clean stop releases the lease (when it is still this process's).
     fn drop(&mut self) {
-        let Ok(g) = self.lease.lock() else { return };
+        let Some(lease) = &self.lease else { return };
+        let Ok(g) = lease.lock() else { return };
         if let Ok(Some(bytes)) = self.remote.get(LEASE) {
             if serde_json::from_slice::<Lease>(&bytes).is_ok_and(|l| l.owner == g.0.owner) {
                 let _ = self.remote.delete(LEASE);

@@ -8,10 +8,16 @@
 //!   the bucket at start and mirrored to it at the query's durable points; log entries are
 //!   written with conditional puts (`If-None-Match: *`), so two writers cannot both succeed.
 //!
-//! Plain paths and `file://` URLs stay local files: nothing here is used for them.
+//! - [`tasks`]: [`GroupCheckpoint`], the checkpoint of a query run as tasks by a group of
+//!   processes: the task layout, each task's checkpoint, and its lease epochs ([`TaskFence`]).
+//!
+//! Plain paths and `file://` URLs stay local files: nothing here is used for them, except by a
+//! group's tasks (a shared directory is then seen as an object store).
 
 pub mod location;
 pub mod mirror;
+pub mod tasks;
 
 pub use location::{is_remote, local_path, Location, StorageOptions};
 pub use mirror::CheckpointMirror;
+pub use tasks::{GroupCheckpoint, TaskFence, TaskLayout};
