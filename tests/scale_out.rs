@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::db::Pg;
-use common::kafka::{produce, Broker};
+use common::kafka::Broker;
 
 /// The keys (k00..k29): key i is produced to partition i % 6, as a keyed producer would.
 const KEYS: usize = 30;
@@ -180,7 +180,7 @@ checkpoint = "chk"
     }
 
     fn produce(&mut self, events: Vec<(i32, String, String, i64)>) {
-        produce(&self.broker.bootstrap(), "events", &events);
+        self.broker.produce("events", &events);
         self.events.extend(events);
     }
 

@@ -41,6 +41,7 @@ pub enum Members {
 
 pub(crate) enum Event {
     Group(Membership),
+    /// A run of a task's query ended (by run id: every run of a task has the task's query id).
     Terminated(String, Option<QueryError>),
     Restart(u32),
     Signal(&'static str),
@@ -49,10 +50,10 @@ pub(crate) enum Event {
 struct Forward(mpsc::Sender<Event>);
 
 impl StreamingQueryListener for Forward {
-    fn on_query_terminated(&self, id: &str, _run_id: &str, error: Option<&QueryError>) {
+    fn on_query_terminated(&self, _id: &str, run_id: &str, error: Option<&QueryError>) {
         let _ = self
             .0
-            .send(Event::Terminated(id.to_string(), error.cloned()));
+            .send(Event::Terminated(run_id.to_string(), error.cloned()));
     }
 }
 
@@ -282,11 +283,11 @@ pub fn run(
                     }
                 }
             }
-            Event::Terminated(id, error) => {
+            Event::Terminated(run_id, error) => {
                 let Some(t) = g
                     .running
                     .iter()
-                    .find(|(_, r)| r.query.id() == id)
+                    .find(|(_, r)| r.query.run_id() == run_id)
                     .map(|(t, _)| *t)
                 else {
                     continue;
