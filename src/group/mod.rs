@@ -124,6 +124,15 @@ impl Group<'_> {
         }
     }
 
+    /// Starts task t again in 2 s if it is still this process's then.
+    fn retry_soon(&self, t: u32) {
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = tx.send(Event::Restart(t));
+        });
+    }
+
     fn schedule_restart(&mut self, t: u32) {
         let n = self.failures.entry(t).or_insert(0);
         *n += 1;
@@ -298,11 +307,21 @@ pub fn run(
                 }
                 match error {
                     None => tracing::info!("task {t}: stopped"),
+                    Some(e) if e.fenced && !fixed => {
+                        // another process took a newer epoch: the group gave it the task (a
+                        // revocation for this one follows) — or the coordinator assigned the
+                        // task to both. The group decides: while it says the task is this
+                        // process's, take it again shortly (a newer epoch); the epochs keep
+                        // every batch written once whoever runs it.
+                        tracing::warn!("task {t}: {}", e.message);
+                        if g.owned.contains(&t) {
+                            g.retry_soon(t);
+                        }
+                    }
                     Some(e) if e.fenced => {
-                        // the group gave the task to another process, which took a newer epoch
                         tracing::warn!("task {t}: {}", e.message);
                         g.owned.remove(&t);
-                        if fixed && g.owned.is_empty() {
+                        if g.owned.is_empty() {
                             eprintln!(
                                 "error: every task of this process was taken over by another \
                                  process; exiting"
