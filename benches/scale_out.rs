@@ -56,13 +56,21 @@ fn broker(dir: &Path, groups: bool) -> (Killed, String) {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut c = if groups {
         let mut c = Command::new(home(".cache/sluice-tools/bin/tansu"));
-        c.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"]);
+        c.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"]);
         c
     } else {
-        let noida = std::env::var_os("SLUICE_TEST_NOIDA").map(PathBuf::from).unwrap_or_else(
-            || home(".cache/sluice-venv/lib/python3.11/site-packages/noida_db/noida-db"),
-        );
+        let noida = std::env::var_os("SLUICE_TEST_NOIDA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                home(".cache/sluice-venv/lib/python3.11/site-packages/noida_db/noida-db")
+            });
         let mut c = Command::new(noida);
         c.args(["start", "--only", "kafka", "--host", "127.0.0.1"])
             .args(["--kafka-port", &port.to_string(), "--data-dir"])
@@ -200,7 +208,9 @@ fn throughput_run(events: u64, splits: &[&str]) -> f64 {
         .map(|(i, t)| sluice(&p, dir.path(), &["--tasks", t], &format!("p{i}.log")))
         .collect();
     loop {
-        let n: u64 = psql(&db, "SELECT coalesce(sum(n), 0) FROM agg").parse().unwrap_or(0);
+        let n: u64 = psql(&db, "SELECT coalesce(sum(n), 0) FROM agg")
+            .parse()
+            .unwrap_or(0);
         if n == events {
             break;
         }
@@ -269,7 +279,10 @@ fn failover(kills: u64) -> Vec<f64> {
             if held.iter().all(|t| !still.contains(t)) {
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(120), "kill {k}: tasks never moved");
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "kill {k}: tasks never moved"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let s = t0.elapsed().as_secs_f64();

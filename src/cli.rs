@@ -142,10 +142,8 @@ fn operators(dir: &Path) -> Result<Vec<(usize, Vec<std::path::PathBuf>)>> {
 /// `sluice checkpoint inspect` of a query run as tasks (`sluice run --group`): the layout, then
 /// every task's owner (its newest epoch) and its own checkpoint's position.
 fn inspect_group(dir: &Path) -> Result<String> {
-    let g = sluice_state::remote::GroupCheckpoint::open(
-        &dir.to_string_lossy(),
-        &Default::default(),
-    )?;
+    let g =
+        sluice_state::remote::GroupCheckpoint::open(&dir.to_string_lossy(), &Default::default())?;
     let layout = g.layout()?.ok_or_else(|| not_a_checkpoint(dir))?;
     let mut out = String::new();
     let _ = writeln!(out, "checkpoint   {} (a query run as tasks)", dir.display());
@@ -160,7 +158,9 @@ fn inspect_group(dir: &Path) -> Result<String> {
         let _ = writeln!(out);
         let owner = match g.epochs(t)?.pop() {
             None => "never taken".to_string(),
-            Some((e, Some(o))) => format!("epoch {e}, taken by {} at {}", o.owner, ms_text(o.taken_ms)),
+            Some((e, Some(o))) => {
+                format!("epoch {e}, taken by {} at {}", o.owner, ms_text(o.taken_ms))
+            }
             Some((e, None)) => format!("epoch {e}"),
         };
         let _ = writeln!(out, "task {t}       {owner}");

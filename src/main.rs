@@ -89,7 +89,12 @@ enum Command {
         group: Option<String>,
         /// Run these tasks of the query (comma-separated task numbers) without a group: a
         /// fixed split, or a failover driven from outside. Epochs and fencing as with --group.
-        #[arg(long, value_name = "LIST", value_delimiter = ',', conflicts_with = "group")]
+        #[arg(
+            long,
+            value_name = "LIST",
+            value_delimiter = ',',
+            conflicts_with = "group"
+        )]
         tasks: Option<Vec<u32>>,
     },
     /// Parses a pipeline file, registers its sources and plans every query without running
@@ -230,7 +235,9 @@ fn main() -> ExitCode {
                 }
             }
             let members = match (group, tasks) {
-                (Some(g), _) => Some(sluice::group::Members::Group(Some(g).filter(|g| !g.is_empty()))),
+                (Some(g), _) => Some(sluice::group::Members::Group(
+                    Some(g).filter(|g| !g.is_empty()),
+                )),
                 (None, Some(t)) => Some(sluice::group::Members::Fixed(t)),
                 (None, None) => None,
             };

@@ -299,12 +299,20 @@ fn fixed_tasks_scenario(target: fn(&Path) -> Target) {
     s.wait_for_all(&[&p1b, &p3, &p4]);
     common::signal(&p2.child, "CONT");
     // resumed, p2 sees the new input, and every write it tries is refused
-    p2.wait_log("the zombie refused", "was taken over (epoch 2 exists; this process holds epoch 1)");
+    p2.wait_log(
+        "the zombie refused",
+        "was taken over (epoch 2 exists; this process holds epoch 1)",
+    );
     let mut p2 = p2;
     let code = p2.child.wait().expect("wait").code();
-    assert_eq!(code, Some(1), "a process whose every task was taken over exits 1");
+    assert_eq!(
+        code,
+        Some(1),
+        "a process whose every task was taken over exits 1"
+    );
     assert!(
-        p2.log_text().contains("every task of this process was taken over"),
+        p2.log_text()
+            .contains("every task of this process was taken over"),
         "{}",
         p2.log_text()
     );
@@ -328,7 +336,10 @@ fn fixed_tasks_scenario(target: fn(&Path) -> Target) {
         .expect("inspect");
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{text}");
-    assert!(text.contains("tasks        6 (partition t of events is task t)"), "{text}");
+    assert!(
+        text.contains("tasks        6 (partition t of events is task t)"),
+        "{text}"
+    );
     assert!(text.contains("task 2       epoch 2, taken by"), "{text}");
     assert!(text.contains("task 5       epoch 1, taken by"), "{text}");
 }
@@ -349,18 +360,23 @@ fn what_cannot_run_as_tasks_is_refused_before_anything_runs() {
     let s = Setup::new(pg_target, "");
     // grouping by something else than the message key
     let text = std::fs::read_to_string(&s.pipeline).expect("read");
-    let other = text.replace(
-        "GROUP BY CAST(key AS STRING), window(ts, '1 minute')",
-        "GROUP BY CAST(v AS STRING), window(ts, '1 minute')",
-    )
-    .replace("SELECT CAST(key AS STRING) AS k", "SELECT CAST(v AS STRING) AS k");
+    let other = text
+        .replace(
+            "GROUP BY CAST(key AS STRING), window(ts, '1 minute')",
+            "GROUP BY CAST(v AS STRING), window(ts, '1 minute')",
+        )
+        .replace(
+            "SELECT CAST(key AS STRING) AS k",
+            "SELECT CAST(v AS STRING) AS k",
+        );
     std::fs::write(&s.pipeline, other).expect("write");
     let p = s.start("refused", &["--tasks", "0"]);
     let mut p = p;
     let code = p.child.wait().expect("wait").code();
     assert_eq!(code, Some(2));
     assert!(
-        p.log_text().contains("groups by keys that do not include the input's `key` column"),
+        p.log_text()
+            .contains("groups by keys that do not include the input's `key` column"),
         "{}",
         p.log_text()
     );
@@ -369,7 +385,8 @@ fn what_cannot_run_as_tasks_is_refused_before_anything_runs() {
     let mut p = s.start("bad-task", &["--tasks", "6"]);
     assert_eq!(p.child.wait().expect("wait").code(), Some(2));
     assert!(
-        p.log_text().contains("task 6 does not exist (the query has 6 tasks, 0 to 5)"),
+        p.log_text()
+            .contains("task 6 does not exist (the query has 6 tasks, 0 to 5)"),
         "{}",
         p.log_text()
     );
@@ -383,7 +400,8 @@ fn what_cannot_run_as_tasks_is_refused_before_anything_runs() {
     let mut p = s.start("changed", &["--tasks", "0"]);
     assert_eq!(p.child.wait().expect("wait").code(), Some(2));
     assert!(
-        p.log_text().contains("it was created for topics [\"events\"]"),
+        p.log_text()
+            .contains("it was created for topics [\"events\"]"),
         "{}",
         p.log_text()
     );
@@ -395,7 +413,10 @@ fn wait_or_dump(what: &str, procs: &[&Proc], mut cond: impl FnMut() -> bool) {
     while !cond() {
         if std::time::Instant::now() > deadline {
             let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
-            panic!("timed out waiting for {what}; logs:\n{}", logs.join("\n----\n"));
+            panic!(
+                "timed out waiting for {what}; logs:\n{}",
+                logs.join("\n----\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -500,18 +521,24 @@ fn group_failure_scenario(target: fn(&Path) -> Target) {
     // leave one of four members without any)
     let mut members = vec![p1b, p2, p3, p4];
     let mut zombie = None;
-    wait_or_dump("a member to hold a task", &members.iter().collect::<Vec<_>>(), || {
-        zombie = members
-            .iter()
-            .position(|p| !tasks_of(&s, p.child.id()).is_empty());
-        zombie.is_some()
-    });
+    wait_or_dump(
+        "a member to hold a task",
+        &members.iter().collect::<Vec<_>>(),
+        || {
+            zombie = members
+                .iter()
+                .position(|p| !tasks_of(&s, p.child.id()).is_empty());
+            zombie.is_some()
+        },
+    );
     let z = members.remove(zombie.unwrap_or_default());
     let z_pid = z.child.id();
     common::signal(&z.child, "STOP");
-    wait_or_dump("the paused member's tasks to move", &members.iter().collect::<Vec<_>>(), || {
-        tasks_of(&s, z_pid).is_empty()
-    });
+    wait_or_dump(
+        "the paused member's tasks to move",
+        &members.iter().collect::<Vec<_>>(),
+        || tasks_of(&s, z_pid).is_empty(),
+    );
     s.produce(wave(1200, 4));
     s.wait_for_all(&members.iter().collect::<Vec<_>>());
     common::signal(&z.child, "CONT");
@@ -538,4 +565,101 @@ fn group_members_survive_a_kill_a_join_and_a_zombie_jdbc() {
 #[test]
 fn group_members_survive_a_kill_a_join_and_a_zombie_delta() {
     group_failure_scenario(delta_target);
+}
+
+/// The sinks' own fences, without a checkpoint in the way: a sink created for an older epoch
+/// of a task is refused once a newer epoch has claimed the target, and cannot claim it back.
+fn sink_fence_scenario(format: &str, options: &[(&str, String)], read: &dyn Fn() -> Vec<String>) {
+    use std::sync::Arc;
+
+    use sluice::arrow::array::{Int64Array, RecordBatch, StringArray};
+    use sluice::arrow::datatypes::{DataType, Field, Schema};
+    use sluice::engine::{Options, SinkContext, SinkSpec, TaskInfo};
+
+    let dir = common::workdir();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("n", DataType::Int64, true),
+    ]));
+    let rows = |k: &str, n: i64| {
+        RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec![k])),
+                Arc::new(Int64Array::from(vec![n])),
+            ],
+        )
+        .expect("batch")
+    };
+    let mut o = Options::new();
+    for (k, v) in options {
+        o.set(*k, v.as_str());
+    }
+    let spec = SinkSpec {
+        format: format.to_string(),
+        options: o,
+        output_mode: sluice::OutputMode::Append,
+    };
+    let ctx = |epoch: u64| SinkContext {
+        query_id: "task-query-0".into(),
+        query_name: None,
+        schema: Arc::clone(&schema),
+        key_columns: None,
+        checkpoint_dir: dir.path().join("chk"),
+        session: sluice::datafusion::prelude::SessionContext::new(),
+        task: Some(TaskInfo { index: 0, epoch }),
+    };
+    let session = sluice::Session::builder().build().expect("session");
+    let factory = session.registry().sink(format).expect("factory");
+    let mut old = factory.create(&spec, &ctx(1)).expect("epoch 1 claims");
+    old.add_batch(0, &[rows("a", 1)]).expect("epoch 1 writes");
+    let mut new = factory.create(&spec, &ctx(2)).expect("epoch 2 claims");
+    let refused = old
+        .add_batch(1, &[rows("zombie", 9)])
+        .expect_err("epoch 1 refused");
+    assert!(refused.is_fenced(), "{refused}");
+    let text = refused.to_string();
+    assert!(
+        text.contains("task 0 was taken over (epoch 2 exists; this process holds epoch 1)"),
+        "{text}"
+    );
+    new.add_batch(1, &[rows("b", 2)]).expect("epoch 2 writes");
+    let again = factory
+        .create(&spec, &ctx(1))
+        .err()
+        .expect("epoch 1 cannot claim back");
+    assert!(again.is_fenced(), "{again}");
+    assert_eq!(read(), vec!["a|1", "b|2"]);
+}
+
+#[test]
+fn the_jdbc_sink_refuses_an_older_epoch() {
+    let pg = Pg::shared();
+    let db = pg.new_db("fence");
+    let read = || {
+        let mut v = pg.query(&db, "SELECT k, n FROM fenced");
+        v.sort();
+        v
+    };
+    sink_fence_scenario(
+        "jdbc",
+        &[("url", pg.jdbc_url(&db)), ("dbtable", "fenced".into())],
+        &read,
+    );
+}
+
+#[test]
+fn the_delta_sink_refuses_an_older_epoch() {
+    let dir = common::workdir();
+    let path = dir.path().join("fenced");
+    let read = || {
+        let (_, rows) = common::delta::python_rows(&path);
+        let mut v: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{}|{}", r["k"].as_str().unwrap_or(""), r["n"]))
+            .collect();
+        v.sort();
+        v
+    };
+    sink_fence_scenario("delta", &[("path", path.display().to_string())], &read);
 }

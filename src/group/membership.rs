@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use sluice_connectors::rdkafka;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use sluice_connectors::rdkafka;
 
 use crate::{EngineError, Result};
 

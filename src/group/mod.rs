@@ -288,6 +288,9 @@ pub fn run(
                 if g.owned.contains(&t) && !g.running.contains_key(&t) {
                     if let Err(e) = g.start(t) {
                         tracing::error!("task {t}: {e}");
+                        if e.kind() == crate::ErrorKind::User {
+                            return shutdown(&mut g, member.take(), stop_timeout, 1);
+                        }
                         g.schedule_restart(t);
                     }
                 }
@@ -306,7 +309,13 @@ pub fn run(
                     s.remove_task(t);
                 }
                 match error {
-                    None => tracing::info!("task {t}: stopped"),
+                    None => {
+                        // stopped from outside (the status API): the group still gives it here
+                        tracing::info!("task {t}: stopped");
+                        if g.owned.contains(&t) {
+                            g.retry_soon(t);
+                        }
+                    }
                     Some(e) if e.fenced && !fixed => {
                         // another process took a newer epoch: the group gave it the task (a
                         // revocation for this one follows) — or the coordinator assigned the

@@ -52,6 +52,17 @@ pub fn group_plan(p: &Pipeline, only: &[String]) -> Result<GroupPlan> {
              process reaches (a shared directory or a bucket URL)"
         ))
     })?;
+    if let Some(t) = &q.trigger {
+        if matches!(
+            t.parse::<crate::Trigger>(),
+            Ok(crate::Trigger::Once | crate::Trigger::AvailableNow)
+        ) {
+            return Err(EngineError::user(format!(
+                "query '{query}': trigger {t} stops the query; its tasks run continuously \
+                 (a processing-time trigger, or none)"
+            )));
+        }
+    }
     if p.source.is_empty() {
         return Err(EngineError::user(
             "--group: the pipeline has no [source.NAME]; a group shares Kafka partitions",
@@ -75,9 +86,10 @@ pub fn group_plan(p: &Pipeline, only: &[String]) -> Result<GroupPlan> {
                 )));
             }
         }
-        let sub = s.options.get("subscribe").map(text).ok_or_else(|| {
-            EngineError::user(format!("source '{name}': set option 'subscribe'"))
-        })?;
+        let sub =
+            s.options.get("subscribe").map(text).ok_or_else(|| {
+                EngineError::user(format!("source '{name}': set option 'subscribe'"))
+            })?;
         topics.extend(sub.split(',').map(|t| t.trim().to_string()));
         if kafka.is_empty() {
             kafka = s
@@ -147,26 +159,52 @@ sink = { format = "jdbc" }
         let p = pipeline(OK);
         let g = group_plan(&p, &[]).expect("plan");
         assert_eq!(g.topics, vec!["a", "b"]);
-        assert_eq!(g.kafka.get("session.timeout.ms").map(String::as_str), Some("6000"));
-        assert_eq!(g.kafka.get("bootstrap.servers").map(String::as_str), Some("h:1"));
+        assert_eq!(
+            g.kafka.get("session.timeout.ms").map(String::as_str),
+            Some("6000")
+        );
+        assert_eq!(
+            g.kafka.get("bootstrap.servers").map(String::as_str),
+            Some("h:1")
+        );
         let t = task_pipeline(&p, 4);
         let o = &t.source["events"].options;
         assert!(!o.contains_key("subscribe"));
-        assert_eq!(o.get("assign").map(text).as_deref(), Some(r#"{"a":[4],"b":[4]}"#));
+        assert_eq!(
+            o.get("assign").map(text).as_deref(),
+            Some(r#"{"a":[4],"b":[4]}"#)
+        );
     }
 
     #[test]
     fn what_cannot_run_as_tasks_is_refused_with_the_reason() {
         // (pipeline text with one change, what the message must name)
         let cases = [
-            (OK.replace("format = \"kafka\"", "format = \"json\""), "only over Kafka"),
-            (OK.replace("subscribe = \"a, b\"", "subscribePattern = \"a.*\""), "subscribePattern"),
-            (OK.replace("checkpoint = \"chk\"\n", ""), "checkpoint location"),
-            (format!("{OK}\n[query.r]\nsql = \"SELECT 1\"\nsink = {{ format = \"jdbc\" }}\n"), "--query"),
+            (
+                OK.replace("format = \"kafka\"", "format = \"json\""),
+                "only over Kafka",
+            ),
+            (
+                OK.replace("subscribe = \"a, b\"", "subscribePattern = \"a.*\""),
+                "subscribePattern",
+            ),
+            (
+                OK.replace("checkpoint = \"chk\"\n", ""),
+                "checkpoint location",
+            ),
+            (
+                format!("{OK}\n[query.r]\nsql = \"SELECT 1\"\nsink = {{ format = \"jdbc\" }}\n"),
+                "--query",
+            ),
         ];
         for (text, want) in cases {
-            let err = group_plan(&pipeline(&text), &[]).err().map(|e| e.to_string());
-            assert!(err.as_deref().is_some_and(|e| e.contains(want)), "{want}: {err:?}");
+            let err = group_plan(&pipeline(&text), &[])
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(want)),
+                "{want}: {err:?}"
+            );
         }
     }
 }

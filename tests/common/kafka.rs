@@ -119,8 +119,14 @@ impl Broker {
         let mut cmd = if self.groups {
             let url = format!("tcp://127.0.0.1:{}", self.port);
             let mut c = Command::new(tansu_bin());
-            c.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"]);
+            c.args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"]);
             c
         } else {
             let mut c = Command::new(noida_bin());
@@ -137,9 +143,7 @@ impl Broker {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!(
-                    "start the broker (scripts/test installs noida-db and tansu): {e}"
-                )
+                panic!("start the broker (scripts/test installs noida-db and tansu): {e}")
             });
         self.child = Some(child);
         let start = Instant::now();

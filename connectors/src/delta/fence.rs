@@ -26,7 +26,7 @@ impl DeltaSink {
     /// The epoch transaction a task's commit carries (none outside a task).
     pub(super) fn epoch_txn(&self) -> Option<Transaction> {
         self.task
-            .map(|t| Transaction::new(&self.epoch_app_id(), t.epoch as i64))
+            .map(|t| Transaction::new(self.epoch_app_id(), t.epoch as i64))
     }
 
     /// The newest epoch the table records for this task.
@@ -71,12 +71,10 @@ impl DeltaSink {
                 query_id: self.app_id.clone(),
                 epoch_id: -1,
             };
-            let props = CommitProperties::default()
-                .with_application_transaction(Transaction::new(
-                    &self.epoch_app_id(),
-                    task.epoch as i64,
-                ))
-                .with_max_retries(0);
+            let props = CommitProperties::default().with_application_transaction(Transaction::new(
+                self.epoch_app_id(),
+                task.epoch as i64,
+            ));
             let snap = t
                 .snapshot()
                 .map_err(|e| delta_err("reading the table", e))?;

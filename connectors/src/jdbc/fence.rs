@@ -18,7 +18,11 @@ impl JdbcSink {
     fn ensure_epoch_column(&self) -> Result<()> {
         let m = &self.cfg.marker_table;
         let info = self.table_info(&m.schema, &m.name)?;
-        if info.columns.iter().any(|(c, _)| c.eq_ignore_ascii_case("epoch")) {
+        if info
+            .columns
+            .iter()
+            .any(|(c, _)| c.eq_ignore_ascii_case("epoch"))
+        {
             return Ok(());
         }
         let sql = format!(

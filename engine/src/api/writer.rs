@@ -202,13 +202,10 @@ impl DataStreamWriter {
             guarantee,
             checks,
         } = self.checked()?;
-        let task = self
-            .task
-            .as_ref()
-            .map(|f| crate::connector::TaskInfo {
-                index: f.task,
-                epoch: f.epoch,
-            });
+        let task = self.task.as_ref().map(|f| crate::connector::TaskInfo {
+            index: f.task,
+            epoch: f.epoch,
+        });
         let checkpoint = match self.task.take() {
             Some(fence) => {
                 task_check(&self, factory.as_deref(), &spec)?;
@@ -579,6 +576,13 @@ fn task_check(
              process that lost its task (a zombie). Sinks that can: jdbc, delta",
             spec.format
         )));
+    }
+    if spec.output_mode == OutputMode::Complete {
+        return Err(EngineError::user(
+            "a query run as tasks of a group cannot use complete mode: each task holds the \
+             groups of its partitions only, and a complete write would replace the other \
+             tasks' rows; use update mode",
+        ));
     }
     if w.late_data.is_some() || w.quarantine.is_some() {
         return Err(EngineError::user(

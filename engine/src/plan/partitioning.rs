@@ -56,9 +56,25 @@ pub fn check_state_follows(plan: &LogicalPlan, column: &str) -> Result<()> {
             LogicalPlan::Distinct(Distinct::On(d)) => {
                 d.on_expr.iter().any(|g| traces(g, &d.input, column))
             }
+            LogicalPlan::Extension(e) => {
+                match e
+                    .node
+                    .as_any()
+                    .downcast_ref::<crate::operators::dedup::DedupNode>()
+                {
+                    Some(d) => d
+                        .columns
+                        .iter()
+                        .any(|c| column_traces(&c.name, &d.input, column)),
+                    None => true,
+                }
+            }
             LogicalPlan::Join(_) => {
-                bad = Some("a join (its sides' rows meet only if they share a partition; joins \
-                    are not run as tasks yet)".into());
+                bad = Some(
+                    "a join (its sides' rows meet only if they share a partition; joins \
+                    are not run as tasks yet)"
+                        .into(),
+                );
                 return Ok(TreeNodeRecursion::Stop);
             }
             _ => true,

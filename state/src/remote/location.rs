@@ -275,6 +275,11 @@ impl Location {
         })
     }
 
+    /// Whether the user accepted a store without conditional puts ([`ALLOW_UNSAFE_CREATE`]).
+    pub fn allows_unsafe_create(&self) -> bool {
+        self.unsafe_create
+    }
+
     /// The location `rel` below this one (same store and credentials).
     pub fn child(&self, rel: &str) -> Self {
         Self {

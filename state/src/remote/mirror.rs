@@ -414,7 +414,9 @@ impl CheckpointMirror {
                 Err(err) => return Err(StateError::io(&path, err)),
             };
             match kind {
-                Kind::Offsets | Kind::Commit | Kind::Entry => self.put_entry(&e.rel, bytes)?,
+                Kind::Offsets | Kind::Commit | Kind::Entry => self
+                    .put_entry(&e.rel, bytes)
+                    .map_err(|err| self.task_conflict(err))?,
                 Kind::Plain | Kind::Snapshot => self.remote.put(&e.rel, bytes)?,
             }
             held.insert(e.rel.clone(), (e.len, e.mtime));
@@ -449,6 +451,26 @@ impl CheckpointMirror {
         Ok(())
     }
 
+    /// A task's entry written by another process: the task was taken over (a newer epoch), or
+    /// two processes started it at once (the coordinator gave it to both): an external error,
+    /// after which the task is taken again from what the bucket holds.
+    fn task_conflict(&self, err: StateError) -> StateError {
+        let (Some(fence), StateError::ConcurrentWriter { url, entry }) = (&self.fence, &err) else {
+            return err;
+        };
+        if let Err(fenced) = fence.check() {
+            return fenced;
+        }
+        StateError::Remote {
+            url: url.clone(),
+            reason: format!(
+                "entry {entry} of task {} was written by another process that started the task \
+                 at the same time; the task starts again from the checkpoint",
+                fence.task
+            ),
+        }
+    }
+
     /// Creates log entry `rel` in the bucket; when it exists, it must hold the same bytes (this
     /// query's own earlier upload), else another query wrote it.
     fn put_entry(&self, rel: &str, bytes: Bytes) -> Result<()> {
@@ -468,6 +490,10 @@ impl CheckpointMirror {
 impl Drop for CheckpointMirror {
     /// A clean stop releases the lease (when it is still this process's).
     fn drop(&mut self) {
+        if self.fence.is_some() {
+            // a task's copy (one per epoch): its query has ended
+            let _ = std::fs::remove_dir_all(&self.local);
+        }
         let Some(lease) = &self.lease else { return };
         let Ok(g) = lease.lock() else { return };
         if let Ok(Some(bytes)) = self.remote.get(LEASE) {

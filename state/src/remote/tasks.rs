@@ -125,6 +125,16 @@ impl GroupCheckpoint {
             let path = local_path(location).unwrap_or_else(|| location.into());
             Location::local_dir(&path)?
         };
+        if root.allows_unsafe_create() {
+            return Err(StateError::Config {
+                what: location.to_string(),
+                reason: format!(
+                    "a query run as tasks needs conditional puts for its lease epochs; the \
+                     storage option {} cannot be used for it",
+                    super::location::ALLOW_UNSAFE_CREATE
+                ),
+            });
+        }
         Ok(Self {
             root,
             shown: location.to_string(),
@@ -145,6 +155,15 @@ impl GroupCheckpoint {
         if let Some(l) = self.layout()? {
             check_layout(&l, proposed.tasks, &proposed.topics)?;
             return Ok(l);
+        }
+        if self.root.get("metadata")?.is_some() {
+            return Err(StateError::Config {
+                what: self.shown.clone(),
+                reason: "this is the checkpoint of a query run by one process; run as tasks, \
+                         the query would start again from its starting offsets. Give the \
+                         tasks a new checkpoint location"
+                    .into(),
+            });
         }
         if self.root.put_new(LAYOUT, json_entry(proposed)?)? {
             return Ok(proposed.clone());
@@ -293,7 +312,10 @@ mod tests {
             assert_eq!(got.is_ok(), ok, "{tasks} {topics:?}: {got:?}");
             if tasks == 8 {
                 let msg = got.err().map(|e| e.to_string()).unwrap_or_default();
-                assert!(msg.contains("6 tasks") && msg.contains("8 partitions"), "{msg}");
+                assert!(
+                    msg.contains("6 tasks") && msg.contains("8 partitions"),
+                    "{msg}"
+                );
             }
         }
     }
@@ -306,7 +328,10 @@ mod tests {
         let a = g.take_epoch(3, "a").expect("a");
         let b = g.take_epoch(3, "b").expect("b");
         assert_eq!((a.epoch, b.epoch), (1, 2));
-        assert!(matches!(a.check(), Err(StateError::Fenced { newer: 2, .. })));
+        assert!(matches!(
+            a.check(),
+            Err(StateError::Fenced { newer: 2, .. })
+        ));
         b.check().expect("the newest holds");
         let owners = g.epochs(3).expect("epochs");
         assert_eq!(owners.len(), 2);
