@@ -22,11 +22,10 @@ use sluice::connectors::rdkafka::client::DefaultClientContext;
 use sluice::connectors::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sluice::connectors::rdkafka::ClientConfig;
 
+mod common;
+
 fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
+    common::arg(name)
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }

@@ -54,6 +54,10 @@ fn noida_bin() -> PathBuf {
 impl Broker {
     /// Starts a broker in a fresh directory.
     pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    fn launch(groups: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sluice-kafka-")
             .tempdir()
@@ -63,7 +67,7 @@ impl Broker {
             dir,
             port,
             child: None,
-            groups: false,
+            groups,
         };
         t.start_broker();
         t
@@ -73,19 +77,7 @@ impl Broker {
     /// heartbeating are removed after their session timeout, cooperative rebalances): tansu
     /// 0.6.0 with in-memory storage. noida-db's groups never expire a dead member.
     pub fn start_with_groups() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-kafka-")
-            .tempdir()
-            .expect("tempdir");
-        let port = super::db::free_port();
-        let mut t = Self {
-            dir,
-            port,
-            child: None,
-            groups: true,
-        };
-        t.start_broker();
-        t
+        Self::launch(true)
     }
 
     /// `127.0.0.1:PORT`.
