@@ -207,7 +207,17 @@ impl JdbcSink {
             .columns
             .is_empty()
         {
-            self.execute("creating the marker table", self.marker_sql(), &[])?;
+            let created = self.execute("creating the marker table", self.marker_sql(), &[]);
+            // another writer (a task of the same query) may have created it meanwhile:
+            // PostgreSQL's CREATE TABLE IF NOT EXISTS can fail on that race
+            if created.is_err()
+                && self
+                    .table_info(&marker.schema, &marker.name)?
+                    .columns
+                    .is_empty()
+            {
+                created?;
+            }
         }
         // a marker row exists before the first batch, so that its `SELECT ... FOR UPDATE`
         // serialises a zombie and a restarted instance even for batch 0
@@ -231,7 +241,18 @@ impl JdbcSink {
         if info.columns.is_empty() {
             let create = self.create_table_sql(self.pg_version()?)?;
             tracing::info!("jdbc sink: creating table {table_display}: {create}");
-            self.execute("creating the table", create, &[])?;
+            let created = self.execute("creating the table", create, &[]);
+            // created meanwhile by another writer (see above): it must fit as any existing one
+            match created {
+                Ok(()) => {}
+                Err(e) => {
+                    let info = self.table_info(&self.cfg.table.schema, &self.cfg.table.name)?;
+                    if info.columns.is_empty() {
+                        return Err(e);
+                    }
+                    self.check_fit(&info)?;
+                }
+            }
         } else {
             self.check_fit(&info)?;
         }
