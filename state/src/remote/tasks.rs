@@ -177,20 +177,6 @@ impl GroupCheckpoint {
         Ok(l)
     }
 
-    /// The location of task `t`'s own checkpoint (for messages and the CLI).
-    pub fn task_url(&self, task: u32) -> String {
-        self.root.child(&format!("tasks/{task}")).url()
-    }
-
-    /// The local directory of task `t`'s checkpoint when the group checkpoint is a path.
-    pub fn task_path(&self, task: u32) -> Option<std::path::PathBuf> {
-        if is_remote(&self.shown) {
-            return None;
-        }
-        let base = local_path(&self.shown).unwrap_or_else(|| self.shown.clone().into());
-        Some(base.join("tasks").join(task.to_string()))
-    }
-
     fn epochs_of(&self, task: u32) -> Location {
         self.root.child(&format!("epochs/{task}"))
     }
